@@ -1,0 +1,1 @@
+//! DRMQ broker.

@@ -1,0 +1,1 @@
+//! DRMQ Raft: a pure, deterministic Raft state machine (see issue "raft").

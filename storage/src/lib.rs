@@ -1,0 +1,1 @@
+//! DRMQ storage: the segmented partition log (see issue "storage").

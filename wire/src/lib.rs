@@ -1,0 +1,1 @@
+//! DRMQ wire protocol.
