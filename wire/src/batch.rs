@@ -1,0 +1,558 @@
+//! Record batches: the bytes a producer encodes, the log stores and fetch
+//! returns, unchanged.
+//!
+//! Header (64 bytes, little-endian):
+//!
+//! | offset | size | field                                                   |
+//! |-------:|-----:|---------------------------------------------------------|
+//! |      0 |    8 | base offset (stamped by the leader)                     |
+//! |      8 |    8 | Raft term (stamped by the leader)                       |
+//! |     16 |    4 | `batch_bytes`: whole batch length, header included      |
+//! |     20 |    4 | crc32c over bytes `[24, batch_bytes)`                   |
+//! |     24 |    1 | magic = [`BATCH_MAGIC`]                                 |
+//! |     25 |    1 | reserved, 0                                             |
+//! |     26 |    2 | attributes ([`attributes`])                             |
+//! |     28 |    4 | record count                                            |
+//! |     32 |    8 | first timestamp (ms since the Unix epoch)               |
+//! |     40 |    8 | max timestamp (ms)                                      |
+//! |     48 |    8 | producer id (-1: not idempotent)                        |
+//! |     56 |    2 | producer epoch                                          |
+//! |     58 |    2 | reserved, 0                                             |
+//! |     60 |    4 | base sequence (idempotent producer)                     |
+//!
+//! The CRC starts at byte 24, so the leader patches base offset and term in
+//! place ([`set_base_offset`], [`set_term`]) without touching the records or
+//! recomputing the CRC.
+//!
+//! Each record, after the header:
+//! `varint record_bytes` (bytes after this varint), `u8 attributes`,
+//! `zigzag timestamp_delta` (from the first timestamp), `varint offset_delta`,
+//! `varint key_len+1` (0 = null key), key, `varint value_len+1` (0 = null
+//! value, a tombstone), value, `varint header_count`, then per header
+//! `varint key_len`, key, `varint value_len+1`, value. Varints are unsigned
+//! LEB128 of at most 10 bytes; zigzag maps signed to unsigned.
+
+use crate::error::{Result, WireError};
+
+/// Size of the batch header.
+pub const BATCH_HEADER_BYTES: usize = 64;
+/// The batch format version.
+pub const BATCH_MAGIC: u8 = 1;
+/// The producer id of a batch that is not idempotent.
+pub const NO_PRODUCER_ID: i64 = -1;
+/// Largest LEB128 encoding of a u64.
+const VARINT_BYTES_MAX: usize = 10;
+
+/// Attribute bits.
+pub mod attributes {
+    /// Bits 0..=2: compression codec. Only 0 (none) is defined.
+    pub const COMPRESSION_MASK: u16 = 0b111;
+    /// Bit 3: timestamps are the broker's append time, not the producer's.
+    pub const LOG_APPEND_TIME: u16 = 1 << 3;
+}
+
+fn invalid(msg: impl Into<String>) -> WireError {
+    WireError::InvalidBatch(msg.into())
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Writes the base offset into an encoded batch's header.
+///
+/// # Panics
+/// If `batch` is shorter than the header (a programmer error: only batches
+/// that passed [`RecordBatch::parse`] are patched).
+pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
+    batch[0..8].copy_from_slice(&base_offset.to_le_bytes());
+}
+
+/// Writes the Raft term into an encoded batch's header. Panics as
+/// [`set_base_offset`].
+pub fn set_term(batch: &mut [u8], term: u64) {
+    batch[8..16].copy_from_slice(&term.to_le_bytes());
+}
+
+/// The total length of the batch starting at `bytes`, once its first 20 bytes
+/// are there. For streaming: says how many bytes to wait for.
+pub fn peek_batch_bytes(bytes: &[u8]) -> Option<u32> {
+    (bytes.len() >= 20).then(|| le_u32(bytes, 16))
+}
+
+// ---- varints --------------------------------------------------------------
+
+/// Appends `value` as unsigned LEB128.
+pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// A cursor over untrusted bytes: every read checks what remains.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        let b = *self.bytes.get(self.pos).ok_or_else(|| invalid("record truncated"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut value = 0u64;
+        for i in 0..VARINT_BYTES_MAX {
+            let b = self.u8()?;
+            let part = u64::from(b & 0x7f);
+            if i == VARINT_BYTES_MAX - 1 && part > 1 {
+                return Err(invalid("varint overflows 64 bits"));
+            }
+            value |= part << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(invalid("varint longer than 10 bytes"))
+    }
+
+    /// A length, checked against the bytes that remain before anything uses it.
+    fn len(&mut self, what: &str) -> Result<usize> {
+        let n = self.varint()?;
+        if n > self.remaining() as u64 {
+            return Err(invalid(format!("{what} length {n} exceeds the {} bytes left", self.remaining())));
+        }
+        Ok(n as usize)
+    }
+
+    fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let s = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        s
+    }
+
+    /// `varint len+1` then bytes; 0 means null.
+    fn nullable(&mut self, what: &str) -> Result<Option<&'a [u8]>> {
+        let n = self.varint()?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let n = n - 1;
+        if n > self.remaining() as u64 {
+            return Err(invalid(format!("{what} length {n} exceeds the {} bytes left", self.remaining())));
+        }
+        Ok(Some(self.bytes(n as usize)))
+    }
+}
+
+// ---- records --------------------------------------------------------------
+
+/// One record header (key, optional value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+}
+
+/// One record as read from a batch, borrowing the batch's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// `base_offset + offset_delta` of the batch it came from.
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    /// None for a tombstone.
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<Header<'a>>,
+}
+
+/// A record to encode.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewRecord<'a> {
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [Header<'a>],
+}
+
+// ---- builder --------------------------------------------------------------
+
+/// Encodes records into one batch.
+#[derive(Debug)]
+pub struct RecordBatchBuilder {
+    buf: Vec<u8>,
+    record_count: u32,
+    first_timestamp_ms: Option<i64>,
+    max_timestamp_ms: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    attributes: u16,
+    scratch: Vec<u8>,
+}
+
+impl Default for RecordBatchBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecordBatchBuilder {
+    pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(BATCH_HEADER_BYTES + bytes);
+        buf.resize(BATCH_HEADER_BYTES, 0);
+        RecordBatchBuilder {
+            buf,
+            record_count: 0,
+            first_timestamp_ms: None,
+            max_timestamp_ms: i64::MIN,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: 0,
+            base_sequence: 0,
+            attributes: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Marks the batch as sent by an idempotent producer.
+    pub fn producer(mut self, id: i64, epoch: i16, base_sequence: i32) -> Self {
+        self.producer_id = id;
+        self.producer_epoch = epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.record_count
+    }
+
+    /// Bytes of the batch if finished now.
+    pub fn encoded_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, record: NewRecord<'_>) {
+        let first = *self.first_timestamp_ms.get_or_insert(record.timestamp_ms);
+        self.max_timestamp_ms = self.max_timestamp_ms.max(record.timestamp_ms);
+        let body = &mut self.scratch;
+        body.clear();
+        body.push(0); // record attributes: none defined
+        put_varint(body, zigzag(record.timestamp_ms.wrapping_sub(first)));
+        put_varint(body, u64::from(self.record_count));
+        put_nullable(body, record.key);
+        put_nullable(body, record.value);
+        put_varint(body, record.headers.len() as u64);
+        for h in record.headers {
+            put_varint(body, h.key.len() as u64);
+            body.extend_from_slice(h.key);
+            put_nullable(body, h.value);
+        }
+        put_varint(&mut self.buf, body.len() as u64);
+        self.buf.extend_from_slice(body);
+        self.record_count += 1;
+    }
+
+    /// Writes the header and CRC; base offset and term are 0 until the leader
+    /// stamps them.
+    pub fn finish(mut self) -> Vec<u8> {
+        let len = self.buf.len() as u32;
+        let first = self.first_timestamp_ms.unwrap_or(0);
+        let max = if self.record_count == 0 { first } else { self.max_timestamp_ms };
+        let h = &mut self.buf[..BATCH_HEADER_BYTES];
+        h[16..20].copy_from_slice(&len.to_le_bytes());
+        h[24] = BATCH_MAGIC;
+        h[26..28].copy_from_slice(&self.attributes.to_le_bytes());
+        h[28..32].copy_from_slice(&self.record_count.to_le_bytes());
+        h[32..40].copy_from_slice(&first.to_le_bytes());
+        h[40..48].copy_from_slice(&max.to_le_bytes());
+        h[48..56].copy_from_slice(&self.producer_id.to_le_bytes());
+        h[56..58].copy_from_slice(&self.producer_epoch.to_le_bytes());
+        h[60..64].copy_from_slice(&self.base_sequence.to_le_bytes());
+        let crc = crc32c::crc32c(&self.buf[24..]);
+        self.buf[20..24].copy_from_slice(&crc.to_le_bytes());
+        self.buf
+    }
+}
+
+fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varint(out, 0),
+        Some(b) => {
+            put_varint(out, b.len() as u64 + 1);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+// ---- reading --------------------------------------------------------------
+
+/// A validated view of one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordBatch<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> RecordBatch<'a> {
+    /// Parses the batch at the front of `bytes`: checks the length fields,
+    /// magic and crc32c. The records are checked as they are iterated (or all
+    /// at once by [`RecordBatch::validate_records`]).
+    pub fn parse(bytes: &'a [u8]) -> Result<RecordBatch<'a>> {
+        if bytes.len() < BATCH_HEADER_BYTES {
+            return Err(invalid(format!(
+                "{} bytes, less than the {BATCH_HEADER_BYTES}-byte header",
+                bytes.len()
+            )));
+        }
+        let len = le_u32(bytes, 16) as usize;
+        if len < BATCH_HEADER_BYTES {
+            return Err(invalid(format!("batch_bytes {len} is below the header size")));
+        }
+        if len > bytes.len() {
+            return Err(invalid(format!("batch_bytes {len} exceeds the {} bytes given", bytes.len())));
+        }
+        let bytes = &bytes[..len];
+        if bytes[24] != BATCH_MAGIC {
+            return Err(invalid(format!("magic {} (expected {BATCH_MAGIC})", bytes[24])));
+        }
+        let expected = le_u32(bytes, 20);
+        let actual = crc32c::crc32c(&bytes[24..]);
+        if expected != actual {
+            return Err(invalid(format!(
+                "crc32c mismatch: header {expected:#010x}, bytes {actual:#010x}"
+            )));
+        }
+        Ok(RecordBatch { bytes })
+    }
+
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    pub fn batch_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+    pub fn base_offset(&self) -> u64 {
+        le_u64(self.bytes, 0)
+    }
+    pub fn term(&self) -> u64 {
+        le_u64(self.bytes, 8)
+    }
+    pub fn crc(&self) -> u32 {
+        le_u32(self.bytes, 20)
+    }
+    pub fn attributes(&self) -> u16 {
+        u16::from_le_bytes([self.bytes[26], self.bytes[27]])
+    }
+    pub fn record_count(&self) -> u32 {
+        le_u32(self.bytes, 28)
+    }
+    /// Offset of the last record if offsets are contiguous (not compacted).
+    pub fn last_offset(&self) -> u64 {
+        self.base_offset() + u64::from(self.record_count().saturating_sub(1))
+    }
+    pub fn first_timestamp_ms(&self) -> i64 {
+        le_u64(self.bytes, 32) as i64
+    }
+    pub fn max_timestamp_ms(&self) -> i64 {
+        le_u64(self.bytes, 40) as i64
+    }
+    pub fn producer_id(&self) -> i64 {
+        le_u64(self.bytes, 48) as i64
+    }
+    pub fn producer_epoch(&self) -> i16 {
+        i16::from_le_bytes([self.bytes[56], self.bytes[57]])
+    }
+    pub fn base_sequence(&self) -> i32 {
+        le_u32(self.bytes, 60) as i32
+    }
+
+    /// The records, each checked against the bytes that remain.
+    pub fn records(&self) -> RecordIter<'a> {
+        RecordIter {
+            cursor: Cursor { bytes: &self.bytes[BATCH_HEADER_BYTES..], pos: 0 },
+            base_offset: self.base_offset(),
+            first_timestamp_ms: self.first_timestamp_ms(),
+            left: self.record_count(),
+            failed: false,
+        }
+    }
+
+    /// Checks every record and that the count and length add up exactly.
+    pub fn validate_records(&self) -> Result<()> {
+        let mut iter = self.records();
+        for record in iter.by_ref() {
+            record?;
+        }
+        if iter.cursor.remaining() != 0 {
+            return Err(invalid(format!(
+                "{} bytes after the last of {} records",
+                iter.cursor.remaining(),
+                self.record_count()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Iterator over a batch's records. Stops after the first error.
+#[derive(Debug)]
+pub struct RecordIter<'a> {
+    cursor: Cursor<'a>,
+    base_offset: u64,
+    first_timestamp_ms: i64,
+    left: u32,
+    failed: bool,
+}
+
+impl std::fmt::Debug for Cursor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cursor {{ pos: {}, len: {} }}", self.pos, self.bytes.len())
+    }
+}
+
+impl<'a> RecordIter<'a> {
+    fn next_record(&mut self) -> Result<Record<'a>> {
+        let len = self.cursor.len("record")?;
+        let mut c = Cursor { bytes: self.cursor.bytes(len), pos: 0 };
+        let _attributes = c.u8()?;
+        let timestamp_ms = self.first_timestamp_ms.wrapping_add(unzigzag(c.varint()?));
+        let offset_delta = c.varint()?;
+        let offset = self
+            .base_offset
+            .checked_add(offset_delta)
+            .ok_or_else(|| invalid("offset delta overflows"))?;
+        let key = c.nullable("key")?;
+        let value = c.nullable("value")?;
+        let header_count = c.varint()?;
+        // Each header takes at least 2 bytes: bound the count before allocating.
+        if header_count > (c.remaining() / 2) as u64 {
+            return Err(invalid(format!(
+                "header count {header_count} cannot fit in {} bytes",
+                c.remaining()
+            )));
+        }
+        let mut headers = Vec::with_capacity(header_count as usize);
+        for _ in 0..header_count {
+            let klen = c.len("header key")?;
+            let key = c.bytes(klen);
+            let value = c.nullable("header value")?;
+            headers.push(Header { key, value });
+        }
+        if c.remaining() != 0 {
+            return Err(invalid(format!("{} stray bytes at the end of a record", c.remaining())));
+        }
+        Ok(Record { offset, timestamp_ms, key, value, headers })
+    }
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<Record<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 || self.failed {
+            return None;
+        }
+        self.left -= 1;
+        let r = self.next_record();
+        self.failed = r.is_err();
+        Some(r)
+    }
+}
+
+/// Iterator over concatenated batches (a fetch response, an AppendEntries
+/// payload). Stops after the first error.
+#[derive(Debug, Clone)]
+pub struct BatchIter<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+/// Iterates the batches in `bytes`.
+pub fn batches(bytes: &[u8]) -> BatchIter<'_> {
+    BatchIter { rest: bytes, failed: false }
+}
+
+impl<'a> Iterator for BatchIter<'a> {
+    type Item = Result<RecordBatch<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        match RecordBatch::parse(self.rest) {
+            Ok(b) => {
+                self.rest = &self.rest[b.batch_bytes()..];
+                Some(Ok(b))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_and_zigzag_round_trip_at_the_edges() {
+        for v in [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert!(out.len() <= VARINT_BYTES_MAX);
+            assert_eq!(Cursor { bytes: &out, pos: 0 }.varint().unwrap(), v);
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+    }
+
+    #[test]
+    fn overlong_varints_are_refused() {
+        let eleven = [0x80u8; 11];
+        assert!(Cursor { bytes: &eleven, pos: 0 }.varint().is_err());
+        let mut overflow = [0xffu8; 10];
+        overflow[9] = 0x02; // bit 64
+        assert!(Cursor { bytes: &overflow, pos: 0 }.varint().is_err());
+    }
+
+    #[test]
+    fn leader_patches_offset_and_term_without_breaking_the_crc() {
+        let mut b = RecordBatchBuilder::new();
+        b.push(NewRecord { timestamp_ms: 5, key: Some(b"k"), value: Some(b"v"), headers: &[] });
+        let mut bytes = b.finish();
+        set_base_offset(&mut bytes, 1000);
+        set_term(&mut bytes, 7);
+        let batch = RecordBatch::parse(&bytes).unwrap();
+        assert_eq!((batch.base_offset(), batch.term()), (1000, 7));
+        assert_eq!(batch.records().next().unwrap().unwrap().offset, 1000);
+    }
+}
