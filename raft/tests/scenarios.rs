@@ -1,0 +1,552 @@
+//! The Raft paper's scenarios, each written as the story it tells. Section
+//! numbers refer to "In Search of an Understandable Consensus Algorithm
+//! (Extended Version)" and, for thesis sections, Ongaro's PhD thesis.
+
+mod common;
+
+use common::{storage_with_terms, Cluster};
+use raft::{ConfChange, EntryPayload, Error, MessageBody, ProgressState, Role, Storage};
+
+#[test]
+fn section_5_2_a_candidate_with_votes_from_a_majority_becomes_the_only_leader() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    assert_eq!(cluster.node(1).role(), Role::Leader);
+    assert_eq!(cluster.node(1).term(), 1);
+    for id in [2, 3] {
+        assert_eq!(cluster.node(id).role(), Role::Follower);
+        assert_eq!(cluster.node(id).leader(), Some(1));
+        assert_eq!(cluster.node(id).vote(), Some(1));
+    }
+    // The leader's no-op of term 1 commits everywhere.
+    for id in 1..=3 {
+        assert_eq!(cluster.node(id).commit_index(), 1);
+    }
+}
+
+#[test]
+fn section_5_3_a_committed_entry_reaches_every_state_machine() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.propose(1, b"x");
+    cluster.propose(1, b"y");
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.applied[&id],
+            vec![b"x".to_vec(), b"y".to_vec()],
+            "node {id}"
+        );
+    }
+}
+
+#[test]
+fn thesis_9_6_pre_vote_keeps_an_isolated_node_from_inflating_the_term() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.isolate(3);
+    cluster.tick_node(3, 100);
+    assert_eq!(
+        cluster.node(3).term(),
+        1,
+        "pre-votes that fail do not bump the term"
+    );
+    assert_eq!(cluster.node(3).role(), Role::PreCandidate);
+    cluster.heal();
+    cluster.tick_all(4);
+    assert_eq!(
+        cluster.leader(),
+        Some(1),
+        "the rejoining node did not depose the leader"
+    );
+    assert_eq!(cluster.node(1).term(), 1);
+    assert_eq!(cluster.node(3).leader(), Some(1));
+}
+
+#[test]
+fn thesis_6_2_check_quorum_a_leader_cut_off_from_the_majority_steps_down() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.isolate(1);
+    cluster.tick_node(1, 2 * 10);
+    assert_eq!(
+        cluster.node(1).role(),
+        Role::Follower,
+        "no quorum heard: step down"
+    );
+    // The majority side elects a new leader on its own.
+    cluster.tick_all(40);
+    let leader = cluster.leader().expect("majority elects a leader");
+    assert_ne!(leader, 1);
+    assert!(cluster.node(leader).term() >= 2);
+}
+
+#[test]
+fn thesis_4_2_3_followers_with_a_live_leader_ignore_a_disruptive_candidate() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    // Node 3 campaigns although the leader is fine (say its clock jumped).
+    cluster.node_mut(3).campaign();
+    cluster.stabilize();
+    assert_eq!(cluster.leader(), Some(1));
+    assert_eq!(cluster.node(1).term(), 1, "nobody granted the pre-vote");
+}
+
+/// Figure 7: a new leader (term 8) meets followers with every kind of
+/// divergent log; it brings all of them in line with its own.
+#[test]
+fn figure_7_a_new_leader_forces_every_follower_log_to_match_its_own() {
+    let voters = [1, 2, 3, 4, 5, 6, 7];
+    let leader_terms = [1, 1, 1, 4, 4, 5, 5, 6, 6, 6];
+    let logs: [(u64, &[u64]); 7] = [
+        (1, &leader_terms),
+        (2, &[1, 1, 1, 4, 4, 5, 5, 6, 6]),       // (a) missing one
+        (3, &[1, 1, 1, 4]),                      // (b) missing many
+        (4, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6]), // (c) one extra uncommitted
+        (5, &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7]), // (d) extra entries of term 7
+        (6, &[1, 1, 1, 4, 4, 4, 4]),             // (e) missing and extra
+        (7, &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3]), // (f) a whole divergent history
+    ];
+    let storages = logs
+        .iter()
+        .map(|(id, terms)| (*id, storage_with_terms(&voters, terms, 7)))
+        .collect();
+    let mut cluster = Cluster::from_storages(storages, |_| {});
+    cluster.campaign(1);
+    assert_eq!(
+        cluster.node(1).role(),
+        Role::Leader,
+        "votes from a, b, e, f"
+    );
+    assert_eq!(cluster.node(1).term(), 8);
+    let leader_log = cluster.log_terms(1);
+    assert_eq!(leader_log.len(), 11, "ten entries plus the term-8 no-op");
+    for id in 2..=7 {
+        assert_eq!(
+            cluster.log_terms(id),
+            leader_log,
+            "follower {id} matches the leader"
+        );
+        assert_eq!(cluster.node(id).commit_index(), 11);
+    }
+}
+
+/// Figure 8: a leader may not conclude that an entry of an earlier term is
+/// committed because it is stored on a majority.
+#[test]
+fn figure_8_an_old_term_entry_on_a_majority_is_not_committed_until_a_current_term_entry_is() {
+    let voters = [1, 2, 3, 4, 5];
+    // State of figure 8 (c) before S1 replicates: S1 and S2 hold (2, term 2),
+    // S5 holds (2, term 3) that nobody else has; everybody is in term 3.
+    let storages = vec![
+        (1, storage_with_terms(&voters, &[1, 2], 3)),
+        (2, storage_with_terms(&voters, &[1, 2], 3)),
+        (3, storage_with_terms(&voters, &[1], 3)),
+        (4, storage_with_terms(&voters, &[1], 3)),
+        (5, storage_with_terms(&voters, &[1, 3], 3)),
+    ];
+    // As in the paper: no leader lease (check-quorum), one entry per message.
+    let mut cluster = Cluster::from_storages(storages, |c| {
+        c.msg_bytes_max = 32;
+        c.check_quorum = false;
+    });
+    // S1 is elected in term 4 with votes of S2, S3 and S4 (S5's log is newer),
+    // but only manages to replicate entry 2 (term 2) to S3: the network strips
+    // the term-4 entries, and no append reaches S4 or S5.
+    cluster.rewrite = Some(Box::new(|mut m| {
+        if let MessageBody::Append { entries, .. } = &mut m.body {
+            if m.to == 4 || m.to == 5 {
+                return None;
+            }
+            entries.retain(|e| e.term != 4);
+        }
+        Some(m)
+    }));
+    cluster.node_mut(1).campaign();
+    cluster.stabilize();
+    cluster.tick_all(4);
+    assert_eq!(cluster.node(1).role(), Role::Leader);
+    assert_eq!(cluster.node(1).term(), 4);
+    for id in [1, 2, 3] {
+        assert_eq!(
+            cluster.node(id).log_term(2),
+            Some(2),
+            "S{id} holds entry 2 of term 2"
+        );
+    }
+    assert!(
+        cluster.node(1).commit_index() < 2,
+        "a majority holds entry 2, yet it is not committed"
+    );
+
+    // (d) Good thing: S1 crashes, S5 wins term 5 (its last term 3 beats 2) and
+    // overwrites entry 2 everywhere.
+    cluster.crash(1);
+    cluster.heal();
+    cluster.node_mut(5).campaign();
+    cluster.stabilize();
+    assert_eq!(cluster.node(5).role(), Role::Leader);
+    for id in [2, 3, 4, 5] {
+        assert_eq!(
+            cluster.node(id).log_term(2),
+            Some(3),
+            "S{id} now holds entry 2 of term 3"
+        );
+    }
+
+    // (e) Once the leader commits an entry of its own term, earlier ones go with it.
+    assert!(cluster.node(5).commit_index() >= 3);
+}
+
+#[test]
+fn section_5_1_a_stale_leader_steps_down_and_its_uncommitted_entries_are_replaced() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.isolate(1);
+    let stale_index = cluster.node_mut(1).propose(b"lost".to_vec()).unwrap();
+    cluster.stabilize();
+    cluster.tick_all(40);
+    let new_leader = cluster
+        .leader()
+        .filter(|&l| l != 1)
+        .expect("2 or 3 took over");
+    cluster.propose(new_leader, b"kept");
+    cluster.heal();
+    cluster.tick_all(5);
+    assert_eq!(cluster.node(1).role(), Role::Follower);
+    assert_eq!(cluster.node(1).leader(), Some(new_leader));
+    assert_ne!(
+        cluster.node(1).log_term(stale_index),
+        Some(1),
+        "the stale entry is gone"
+    );
+    for id in 1..=3 {
+        assert_eq!(cluster.applied[&id], vec![b"kept".to_vec()], "node {id}");
+    }
+}
+
+#[test]
+fn a_follower_rejoining_after_a_partition_catches_up() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.isolate(3);
+    for i in 0..20u8 {
+        cluster.propose(1, &[i]);
+    }
+    assert_eq!(cluster.node(3).last_index(), 1, "node 3 saw nothing");
+    cluster.heal();
+    cluster.tick_all(3);
+    assert_eq!(cluster.log_terms(3), cluster.log_terms(1));
+    assert_eq!(cluster.applied[&3].len(), 20);
+    assert_eq!(
+        cluster.node(1).progress(3).unwrap().state,
+        ProgressState::Replicate
+    );
+}
+
+#[test]
+fn fast_back_off_a_follower_with_a_long_divergent_tail_is_repaired_in_few_round_trips() {
+    // Follower 3 has 50 entries of term 2 that nobody else has.
+    let mut terms_3 = vec![1];
+    terms_3.extend(std::iter::repeat_n(2, 50));
+    let storages = vec![
+        (1, storage_with_terms(&[1, 2, 3], &[1, 3], 3)),
+        (2, storage_with_terms(&[1, 2, 3], &[1, 3], 3)),
+        (3, storage_with_terms(&[1, 2, 3], &terms_3, 3)),
+    ];
+    let mut cluster = Cluster::from_storages(storages, |_| {});
+    cluster.campaign(1);
+    let rejections = cluster
+        .delivered
+        .iter()
+        .filter(|m| {
+            m.from == 3 && matches!(m.body, MessageBody::AppendResponse { reject: true, .. })
+        })
+        .count();
+    assert!(
+        rejections <= 2,
+        "{rejections} rejections: one hint skips the whole term"
+    );
+    assert_eq!(cluster.log_terms(3), cluster.log_terms(1));
+}
+
+#[test]
+fn section_5_2_a_restarted_node_does_not_vote_twice_in_one_term() {
+    let mut cluster = Cluster::with_config(3, |c| {
+        c.pre_vote = false;
+        c.check_quorum = false;
+    });
+    // Node 1 asks for votes in term 1; only node 3 hears it and grants.
+    cluster.cut.insert((1, 2));
+    cluster.node_mut(1).campaign();
+    cluster.handle_ready(1);
+    cluster.cut.insert((3, 1)); // the grant is lost
+    while cluster.deliver_one() {}
+    let ready = cluster.handle_ready(3).expect("node 3 persists its vote");
+    assert_eq!(
+        ready.hard_state.unwrap().vote,
+        Some(1),
+        "the vote is in the Ready's hard state"
+    );
+    // Node 3 crashes and restarts: the vote must have survived.
+    cluster.crash(3);
+    cluster.restart(3);
+    assert_eq!(cluster.node(3).vote(), Some(1));
+    // Node 2 campaigns in the same term 1 and asks node 3.
+    cluster.heal();
+    cluster.queue.clear();
+    cluster.node_mut(2).campaign();
+    assert_eq!(cluster.node(2).term(), 1);
+    cluster.stabilize();
+    let answer = cluster
+        .delivered
+        .iter()
+        .rev()
+        .find(|m| m.from == 3 && m.to == 2)
+        .expect("node 3 answered");
+    assert_eq!(answer.body, MessageBody::VoteResponse { reject: true });
+    assert_ne!(cluster.node(2).role(), Role::Leader);
+}
+
+#[test]
+fn persistence_contract_acknowledgements_travel_with_the_entries_they_acknowledge() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.node_mut(1).propose(b"x".to_vec()).unwrap();
+    // Leader Ready: the entry to persist, the appends to send; nothing
+    // committed yet, since the leader's own copy is not durable.
+    let ready = cluster.handle_ready(1).unwrap();
+    assert_eq!(ready.entries.len(), 1);
+    assert!(ready.committed_entries.is_empty());
+    assert!(ready
+        .messages
+        .iter()
+        .all(|m| matches!(m.body, MessageBody::Append { .. })));
+    cluster.deliver_one();
+    let ready = cluster.handle_ready(2).unwrap();
+    assert_eq!(
+        ready.entries.len(),
+        1,
+        "the follower's Ready carries the entry..."
+    );
+    let ack = ready.messages.iter().find(|m| m.to == 1).unwrap();
+    assert!(
+        matches!(
+            ack.body,
+            MessageBody::AppendResponse {
+                reject: false,
+                index: 2,
+                ..
+            }
+        ),
+        "...and its acknowledgement, to be sent only after the entry is durable"
+    );
+    // A node that crashes before persisting a Ready loses its entries and
+    // never sent the acknowledgement: no promise was broken.
+    cluster.node_mut(1).propose(b"y".to_vec()).unwrap();
+    cluster.handle_ready(1);
+    cluster.queue.retain(|m| m.to == 3);
+    cluster.deliver_one();
+    let raft3 = cluster.node_mut(3);
+    let _unpersisted = raft3.ready().unwrap();
+    cluster.crash(3);
+    cluster.restart(3);
+    assert_eq!(
+        cluster.node(3).last_index(),
+        1,
+        "node 3 never persisted entries 2 and 3"
+    );
+}
+
+#[test]
+fn a_single_node_commits_only_after_its_own_write_is_durable() {
+    let mut cluster = Cluster::new(1);
+    cluster.campaign(1);
+    cluster.stabilize();
+    cluster.node_mut(1).propose(b"solo".to_vec()).unwrap();
+    let first = cluster.handle_ready(1).unwrap();
+    assert_eq!(first.entries.len(), 1);
+    assert!(first.committed_entries.is_empty());
+    let second = cluster.handle_ready(1).unwrap();
+    assert_eq!(second.committed_entries.len(), 1, "committed after advance");
+}
+
+#[test]
+fn thesis_3_10_leadership_transfer_hands_over_without_an_election_timeout() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.isolate(3);
+    cluster.propose(1, b"a");
+    cluster.heal();
+    cluster.node_mut(1).transfer_leader(3).unwrap();
+    assert_eq!(
+        cluster.node_mut(1).propose(b"b".to_vec()),
+        Err(Error::TransferInProgress),
+        "proposals wait while the target catches up"
+    );
+    cluster.stabilize();
+    assert_eq!(
+        cluster.leader(),
+        Some(3),
+        "3 caught up, got TimeoutNow and won"
+    );
+    assert_eq!(cluster.node(3).term(), 2);
+    assert!(cluster
+        .delivered
+        .iter()
+        .any(|m| m.body == MessageBody::TimeoutNow));
+    cluster.propose(3, b"c");
+    assert_eq!(cluster.applied[&1], vec![b"a".to_vec(), b"c".to_vec()]);
+}
+
+#[test]
+fn a_leadership_transfer_to_an_unreachable_node_is_abandoned_after_an_election_timeout() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.isolate(3);
+    cluster.node_mut(1).transfer_leader(3).unwrap();
+    cluster.stabilize();
+    cluster
+        .cut
+        .retain(|&(a, b)| a != 1 && b != 1 || a == 3 || b == 3);
+    cluster.tick_node(1, 11);
+    assert_eq!(cluster.leader(), Some(1));
+    assert!(cluster.node_mut(1).propose(b"again".to_vec()).is_ok());
+}
+
+#[test]
+fn a_follower_behind_the_log_start_receives_the_snapshot_in_resumable_chunks() {
+    let mut cluster = Cluster::with_config(3, |c| c.snapshot_chunk_bytes = 16);
+    cluster.campaign(1);
+    cluster.isolate(3);
+    for i in 0..30u8 {
+        cluster.propose(1, &[i; 3]);
+    }
+    cluster.compact(1);
+    assert!(
+        cluster.node(1).first_index() > 2,
+        "the leader dropped its log"
+    );
+    // Lose every third chunk on the way: the transfer resumes by offset.
+    cluster.heal();
+    let mut seen = 0;
+    cluster.rewrite = Some(Box::new(move |m| {
+        if let MessageBody::InstallSnapshot { .. } = m.body {
+            seen += 1;
+            if seen % 3 == 0 {
+                return None;
+            }
+        }
+        Some(m)
+    }));
+    cluster.tick_all(60);
+    let chunks = cluster
+        .delivered
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::InstallSnapshot { .. }))
+        .count();
+    assert!(
+        chunks > 5,
+        "{chunks} chunks: 30 x 7 bytes in 16-byte chunks"
+    );
+    assert_eq!(
+        cluster.applied[&3], cluster.applied[&1],
+        "state restored from the snapshot"
+    );
+    assert_eq!(
+        cluster.node(3).storage().first_index(),
+        cluster.node(1).first_index()
+    );
+    cluster.propose(1, b"after");
+    assert_eq!(cluster.applied[&3].last().unwrap(), b"after");
+    assert_eq!(
+        cluster.node(1).progress(3).unwrap().state,
+        ProgressState::Replicate
+    );
+}
+
+#[test]
+fn thesis_4_2_1_a_learner_catches_up_before_it_may_vote() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    for i in 0..10u8 {
+        cluster.propose(1, &[i]);
+    }
+    cluster.add_blank_node(4);
+    cluster.isolate(4);
+    cluster
+        .node_mut(1)
+        .propose_conf_change(ConfChange::AddLearner(4))
+        .unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(1).membership().is_learner(4));
+    assert!(matches!(
+        cluster
+            .node_mut(1)
+            .propose_conf_change(ConfChange::PromoteLearner(4)),
+        Err(Error::LearnerBehind { id: 4, .. })
+    ));
+    cluster.heal();
+    cluster.tick_all(3);
+    assert_eq!(
+        cluster.applied[&4].len(),
+        10,
+        "the learner has the whole log"
+    );
+    assert!(!cluster.node(4).promotable(), "a learner never campaigns");
+    cluster
+        .node_mut(1)
+        .propose_conf_change(ConfChange::PromoteLearner(4))
+        .unwrap();
+    cluster.stabilize();
+    cluster.tick_all(2);
+    for id in 1..=4 {
+        assert!(
+            cluster.node(id).membership().is_voter(4),
+            "node {id} sees 4 as voter"
+        );
+    }
+    // Now 4 counts: with 2 and 3 down, 1 and 4 are not a majority of 4.
+    cluster.isolate(2);
+    cluster.isolate(3);
+    let index = cluster
+        .node_mut(1)
+        .propose(b"needs 3 of 4".to_vec())
+        .unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(1).commit_index() < index);
+    cluster.heal();
+    cluster.tick_all(2);
+    assert!(cluster.node(1).commit_index() >= index);
+}
+
+#[test]
+fn thesis_4_1_removing_a_voter_shrinks_the_quorum_and_the_leader_cannot_remove_itself() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    assert!(matches!(
+        cluster
+            .node_mut(1)
+            .propose_conf_change(ConfChange::RemoveNode(1)),
+        Err(Error::InvalidConfChange(_))
+    ));
+    cluster
+        .node_mut(1)
+        .propose_conf_change(ConfChange::RemoveNode(3))
+        .unwrap();
+    assert_eq!(
+        cluster
+            .node_mut(1)
+            .propose_conf_change(ConfChange::AddLearner(9)),
+        Err(Error::ConfChangePending),
+        "one change at a time"
+    );
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).membership().voters.len(), 2);
+    cluster.crash(3);
+    cluster.propose(1, b"two of two");
+    assert_eq!(cluster.applied[&2], vec![b"two of two".to_vec()]);
+    let entries = cluster.node(2).log_entries(1, 10).unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| matches!(e.payload, EntryPayload::Membership(_))));
+}
