@@ -1,1 +1,39 @@
-//! DRMQ storage: the segmented partition log (see issue "storage").
+//! DRMQ storage: the segmented partition log, which is also the Raft log
+//! (one copy of the bytes). Knows nothing of Raft or the network.
+//!
+//! # Layout
+//!
+//! | module | what |
+//! |---|---|
+//! | [`batch`] | the record batch header and records, read by byte offset (to be replaced by `wire`) |
+//! | [`config`] | per-partition settings and their limits |
+//! | [`error`] | the one error type; `DiskFull` is retriable, the rest fatal |
+//! | [`fault`] | named fault-injection points (append, roll, fsync, truncate, index write) |
+//! | `index` | sparse offset and time index files, memory-mapped |
+//! | `segment` | one preallocated, memory-mapped segment file |
+//! | [`log`] | the partition log: append, read, truncate, move start, recovery, retention, sync rounds |
+//! | [`shard`] | the only glommio code: io_uring fdatasync with group commit |
+//!
+//! The core (`log`, `segment`, `index`) is synchronous and runtime-free: a
+//! [`Log`] is owned by one thread (a glommio shard) and takes no locks.
+//! Durability is driven from outside through sync rounds
+//! ([`Log::begin_sync`] / [`Log::finish_sync`]); the shard performs them with
+//! io_uring so nothing blocks the executor. See `storage/README.md` for the
+//! on-disk format and the durability contract.
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod fault;
+mod index;
+pub mod log;
+mod segment;
+pub mod shard;
+
+pub use config::{
+    Cleanup, Clock, DiskBudget, LogConfig, SyncPolicy, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN,
+};
+pub use error::{Result, StorageError};
+pub use fault::{Fault, FaultInjector, FaultPoint};
+pub use log::{AppendInfo, LastBatch, Log, ReadOut, RecoveryReport, Removed, SyncJob, Truncation};

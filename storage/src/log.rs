@@ -1,0 +1,972 @@
+//! The partition log: an ordered run of segments, the last one active.
+//! Synchronous and runtime-free; one owner (a shard), no locks.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use crate::batch::{self, BatchError, BatchHeader};
+use crate::config::{LogConfig, SyncPolicy};
+use crate::error::{Result, StorageError};
+use crate::fault::{Fault, FaultPoint};
+use crate::segment::{self, Segment, SWAP_SUFFIX};
+
+/// Free space is checked (statvfs) after every 1 MiB appended, and on every
+/// append while below the floor: at 1 GB/s that is ~1000 cheap syscalls a
+/// second, and the floor can be overshot by at most 1 MiB per partition.
+const SPACE_CHECK_INTERVAL_BYTES: u64 = 1 << 20;
+/// File holding the log start offset (u64 LE + crc32c of those 8 bytes).
+const LOG_START_FILE: &str = "log-start";
+/// Most segments a partition may have: 1 TiB of default 128 MiB segments
+/// (8192), with 8x headroom for small segments. Bounds open files and maps.
+pub const SEGMENT_COUNT_MAX: usize = 65_536;
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub term: u64,
+}
+
+/// The last batch in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastBatch {
+    pub base_offset: u64,
+    /// The offset after the batch's last record, minus one.
+    pub last_offset: u64,
+    pub term: u64,
+}
+
+/// Bytes borrowed from the map: whole batches, all with valid CRCs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOut<'a> {
+    pub bytes: &'a [u8],
+    /// Where the next read should start.
+    pub next_offset: u64,
+}
+
+/// One place where recovery cut the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub path: PathBuf,
+    pub position: u64,
+    pub reason: String,
+    /// Later segment files deleted because they followed the damage.
+    pub segments_dropped: usize,
+}
+
+/// What `Log::open` found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// Segments whose bytes were scanned with CRC checks (the active one,
+    /// and any sealed one whose index was missing or damaged).
+    pub segments_scanned: usize,
+    pub bytes_scanned: u64,
+    pub indexes_rebuilt: usize,
+    pub truncations: Vec<Truncation>,
+}
+
+/// Files and targets one fdatasync round covers. Produced by
+/// [`Log::begin_sync`], performed by a syncer (io_uring on a shard, or
+/// [`Log::sync_now`]), and handed back with [`Log::finish_sync`].
+#[derive(Debug)]
+pub struct SyncJob {
+    pub files: Vec<SyncFile>,
+    /// The partition directory needs an fsync too (files made or removed).
+    pub dir: Option<PathBuf>,
+    target_offset: u64,
+    epoch: u64,
+    dir_epoch: u64,
+    marks: Vec<(u64, (u64, u64), u32, bool)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncFile {
+    pub path: PathBuf,
+    /// (device, inode): a syncer may cache open files by it.
+    pub file_id: (u64, u64),
+    pub file: Rc<File>,
+}
+
+/// What retention or `move_start` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+pub struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    /// Ordered by base offset, chained (`next_offset` of one is the base of
+    /// the next); the last is the active segment and is never sealed.
+    pub(crate) segments: Vec<Segment>,
+    log_start_offset: u64,
+    durable_offset: u64,
+    poisoned: Option<String>,
+    /// Bumped by every truncation, so a sync that raced one does not
+    /// declare the replaced bytes durable.
+    epoch: u64,
+    dir_epoch: u64,
+    dir_synced_epoch: u64,
+    space_full: bool,
+    space_unchecked_bytes: u64,
+    last_sync_ms: i64,
+}
+
+fn parse_base(name: &[u8]) -> Option<u64> {
+    let stem = name.strip_suffix(b".log")?;
+    if stem.len() != 20 || !stem.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(stem).ok()?.parse().ok()
+}
+
+#[allow(dead_code)] // used by archives
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| StorageError::io("open dir", dir, e))?;
+    d.sync_all()
+        .map_err(|e| StorageError::io("fsync dir", dir, e))
+}
+
+/// Bytes available to unprivileged users on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| StorageError::Config(format!("path with NUL: {}", dir.display())))?;
+    let mut st: libc::statvfs = unsafe_zeroed_statvfs();
+    // SAFETY: c is a valid C string, st a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(StorageError::io("statvfs", dir, io::Error::last_os_error()));
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+fn unsafe_zeroed_statvfs() -> libc::statvfs {
+    // SAFETY: statvfs is a plain C struct of integers; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+impl Log {
+    /// Opens (or creates) the partition in `dir`, recovering as needed:
+    /// sealed segments with a valid index are trusted (their batches are
+    /// CRC-checked lazily when first read); the active segment, and any
+    /// segment whose index is missing or damaged, are scanned with CRC
+    /// checks; the log is cut at the first bad or torn batch.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<(Log, RecoveryReport)> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create dir", &dir, e))?;
+        let mut bases = Vec::new();
+        let rd = std::fs::read_dir(&dir).map_err(|e| StorageError::io("read dir", &dir, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| StorageError::io("read dir", &dir, e))?;
+            let name = ent.file_name();
+            let n = name.as_bytes();
+            if n.ends_with(SWAP_SUFFIX.as_bytes()) || n.ends_with(b".tmp") {
+                // Leftover of an interrupted compaction or metadata write.
+                let p = ent.path();
+                std::fs::remove_file(&p).map_err(|e| StorageError::io("remove", &p, e))?;
+            } else if let Some(b) = parse_base(n) {
+                bases.push(b);
+            }
+        }
+        bases.sort_unstable();
+        if bases.len() > SEGMENT_COUNT_MAX {
+            return Err(StorageError::Config(format!(
+                "{} segments in {}, more than {SEGMENT_COUNT_MAX}",
+                bases.len(),
+                dir.display()
+            )));
+        }
+        let cfg = &config;
+        let interval = cfg.index_interval_bytes;
+        let mut report = RecoveryReport::default();
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len() + 1);
+        let mut i = 0;
+        while i < bases.len() {
+            let base = bases[i];
+            let last = i + 1 == bases.len();
+            let expect = segments.last().map(|s| s.next_offset);
+            let min_term = segments.last().map_or(0, |s| s.last_term);
+            let cut = |segments_dropped, position, reason: String, path: PathBuf| Truncation {
+                path,
+                position,
+                reason,
+                segments_dropped,
+            };
+            if expect.is_some_and(|e| e != base) {
+                let path = segment::paths(&dir, base)[0].clone();
+                let reason = format!("segment base {base} does not follow offset {expect:?}");
+                report
+                    .truncations
+                    .push(cut(bases.len() - i, 0, reason, path));
+                for &b in &bases[i..] {
+                    for p in segment::paths(&dir, b) {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+                break;
+            }
+            if !last {
+                if let Some(s) = Segment::open_sealed(&dir, base)? {
+                    if s.last_term >= min_term {
+                        segments.push(s);
+                        i += 1;
+                        continue;
+                    }
+                }
+            }
+            let orig_len = std::fs::metadata(segment::paths(&dir, base)[0].clone())
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let mut s = Segment::open_for_scan(&dir, base, cfg.segment_bytes_max, interval)?;
+            let end = s.scan(interval, min_term);
+            report.segments_scanned += 1;
+            report.bytes_scanned += u64::from(end.valid_bytes);
+            let next_base = bases.get(i + 1).copied();
+            let damaged = end.damage.clone().or_else(|| {
+                next_base.filter(|&nb| nb != s.next_offset).map(|nb| {
+                    format!(
+                        "data ends at offset {} but the next segment starts at {nb}",
+                        s.next_offset
+                    )
+                })
+            });
+            if let Some(reason) = damaged {
+                let dropped = bases.len() - i - 1;
+                tracing::warn!(
+                    path = %s.log_path.display(),
+                    position = end.valid_bytes,
+                    reason = %reason,
+                    dropped_segments = dropped,
+                    "recovery: truncating the log at a torn or corrupt batch"
+                );
+                report.truncations.push(cut(
+                    dropped,
+                    u64::from(end.valid_bytes),
+                    reason,
+                    s.log_path.clone(),
+                ));
+                for &b in &bases[i + 1..] {
+                    for p in segment::paths(&dir, b) {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+                s.truncate(s.next_offset, interval, cfg.segment_bytes_max)?;
+                segments.push(s);
+                break;
+            }
+            if !last {
+                // A sealed segment with a bad or missing index: rebuilt.
+                s.seal(false)?;
+                report.indexes_rebuilt += 1;
+                let _ = orig_len;
+            } else {
+                // Erase anything past the valid data (stale or torn bytes),
+                // so later appends can never be followed by old batches.
+                let next = s.next_offset;
+                s.truncate(next, interval, cfg.segment_bytes_max)?;
+            }
+            segments.push(s);
+            i += 1;
+        }
+        let log_start_file = read_log_start(&dir);
+        if segments.last().is_none_or(|s| s.sealed) {
+            let at = segments
+                .last()
+                .map_or(log_start_file.unwrap_or(0), |s| s.next_offset);
+            segments.push(Segment::create(
+                &dir,
+                at,
+                cfg.segment_bytes_max,
+                interval,
+                false,
+            )?);
+        }
+        report.segments = segments.len();
+        let first_base = segments[0].base_offset;
+        let next = segments.last().map_or(0, |s| s.next_offset);
+        let log_start = log_start_file.unwrap_or(first_base).clamp(first_base, next);
+        if let Some(b) = &cfg.disk_budget {
+            b.take(segments.iter().map(Segment::disk_bytes).sum());
+        }
+        let active_base = segments.last().map_or(0, |s| s.base_offset);
+        if let Some(s) = segments.last_mut() {
+            s.synced_bytes = 0; // sync once after open before claiming durability
+        }
+        let log = Log {
+            dir,
+            config,
+            segments,
+            log_start_offset: log_start,
+            durable_offset: active_base.max(log_start),
+            poisoned: None,
+            epoch: 0,
+            dir_epoch: 1,
+            dir_synced_epoch: 0,
+            space_full: false,
+            space_unchecked_bytes: SPACE_CHECK_INTERVAL_BYTES,
+            last_sync_ms: 0,
+        };
+        Ok((log, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start_offset
+    }
+
+    /// The offset the next append gets.
+    pub fn next_offset(&self) -> u64 {
+        self.active().next_offset
+    }
+
+    /// Every offset below this is on disk (covered by a completed fdatasync).
+    pub fn durable_offset(&self) -> u64 {
+        self.durable_offset.min(self.next_offset())
+    }
+
+    /// Total bytes of batches held.
+    pub fn data_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| u64::from(s.data_bytes)).sum()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        self.segments.iter().map(|s| s.base_offset).collect()
+    }
+
+    /// Whether writes are refused until reopen, and why.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    fn active(&self) -> &Segment {
+        let s = self.segments.last();
+        debug_assert!(s.is_some(), "a log always has an active segment");
+        match s {
+            Some(s) => s,
+            None => unreachable_active(),
+        }
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        match self.segments.last_mut() {
+            Some(s) => s,
+            None => unreachable_active(),
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        match &self.poisoned {
+            None => Ok(()),
+            Some(r) => Err(StorageError::Poisoned {
+                path: self.dir.clone(),
+                reason: r.clone(),
+            }),
+        }
+    }
+
+    fn poison(&mut self, err: StorageError) -> StorageError {
+        if self.poisoned.is_none() {
+            tracing::error!(dir = %self.dir.display(), error = %err, "partition refuses writes until reopened");
+            self.poisoned = Some(err.to_string());
+        }
+        err
+    }
+
+    /// A fatal error poisons; a retriable one passes through.
+    fn fail(&mut self, err: StorageError) -> StorageError {
+        if err.is_retriable() {
+            err
+        } else {
+            self.poison(err)
+        }
+    }
+
+    /// Simulates a power cut: every byte not covered by a completed sync is
+    /// lost, index files not yet synced vanish; the log refuses all writes.
+    fn power_cut(&mut self, point: FaultPoint) -> StorageError {
+        for s in &mut self.segments {
+            s.lose_unsynced();
+            if s.index_dirty {
+                let _ = std::fs::remove_file(&s.index.path);
+                let _ = std::fs::remove_file(&s.time_index.path);
+            }
+        }
+        self.poisoned = Some(format!("simulated power cut at {point}"));
+        StorageError::Crashed {
+            point: point.name(),
+        }
+    }
+
+    /// Applies an armed fault at `point`: `Ok(true)` for a torn write the
+    /// caller must simulate, `Ok(false)` for no fault.
+    fn fault(&mut self, point: FaultPoint, path: &Path) -> Result<bool> {
+        match self.config.faults.hit(point) {
+            None => Ok(false),
+            Some(Fault::TornWrite) => Ok(true),
+            Some(Fault::PowerCut) => Err(self.power_cut(point)),
+            Some(f) => Err(self.fail(StorageError::io(point.name(), path, f.io_error()))),
+        }
+    }
+
+    /// Leader append: stamps the next offset and `term` into the batch.
+    pub fn append(&mut self, batch: &[u8], term: u64) -> Result<AppendInfo> {
+        let mut h = self.check_batch(batch, term)?;
+        h.base_offset = self.next_offset();
+        h.term = term;
+        self.append_checked(batch, h)
+    }
+
+    /// Follower append: the batch already carries base offset and term; the
+    /// base must be the next offset.
+    pub fn append_replicated(&mut self, batch: &[u8]) -> Result<AppendInfo> {
+        let h = self.check_batch(batch, 0)?;
+        let h = self.check_batch(batch, h.term)?;
+        if h.base_offset != self.next_offset() {
+            return Err(StorageError::NotContiguous {
+                reason: format!(
+                    "base offset {} but the log ends at {}",
+                    h.base_offset,
+                    self.next_offset()
+                ),
+            });
+        }
+        self.append_checked(batch, h)
+    }
+
+    fn check_batch(&self, batch: &[u8], term: u64) -> Result<BatchHeader> {
+        self.writable()?;
+        let h = batch::check(batch)?;
+        if h.batch_bytes as usize != batch.len() {
+            return Err(BatchError::Short {
+                have: batch.len(),
+                need: h.batch_bytes as usize,
+            }
+            .into());
+        }
+        if h.batch_bytes > self.config.segment_bytes_max {
+            return Err(BatchError::BadLength {
+                batch_bytes: h.batch_bytes,
+            }
+            .into());
+        }
+        if let Some(last) = self.last_batch() {
+            if term < last.term {
+                return Err(StorageError::NotContiguous {
+                    reason: format!("term {term} below the last batch's term {}", last.term),
+                });
+            }
+        }
+        Ok(h)
+    }
+
+    fn append_checked(&mut self, batch: &[u8], h: BatchHeader) -> Result<AppendInfo> {
+        self.check_space(batch.len() as u64)?;
+        let now = self.config.clock.now_ms();
+        let active = self.active();
+        let aged = self.config.segment_age_ms_max > 0
+            && active
+                .first_append_ms
+                .is_some_and(|t| now.saturating_sub(t) >= self.config.segment_age_ms_max as i64);
+        if active.data_bytes > 0 && (!active.has_room(batch.len()) || aged) {
+            self.roll()?;
+        }
+        let path = self.active().log_path.clone();
+        let torn = self.fault(FaultPoint::Append, &path)?;
+        let interval = self.config.index_interval_bytes;
+        let prefault = self.config.prefault_bytes;
+        let active = self.active_mut();
+        if let Err(e) = active.append(batch, &h, interval, prefault, torn) {
+            return Err(self.fail(StorageError::io("append", path, e)));
+        }
+        active.first_append_ms.get_or_insert(now);
+        Ok(AppendInfo {
+            base_offset: h.base_offset,
+            last_offset: h.base_offset + u64::from(h.record_count) - 1,
+            term: h.term,
+        })
+    }
+
+    fn check_space(&mut self, incoming: u64) -> Result<()> {
+        self.space_unchecked_bytes += incoming;
+        if !self.space_full && self.space_unchecked_bytes < SPACE_CHECK_INTERVAL_BYTES {
+            return Ok(());
+        }
+        self.space_unchecked_bytes = 0;
+        let free = free_bytes(&self.dir)?;
+        self.space_full = free < self.config.free_bytes_floor;
+        if self.space_full {
+            // Check again on the next append, so writes resume as soon as
+            // space returns.
+            return Err(StorageError::DiskFull {
+                op: "append",
+                path: self.dir.clone(),
+                detail: format!(
+                    "{free} bytes free, below the floor of {}",
+                    self.config.free_bytes_floor
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one at the next offset.
+    /// A no-op on an empty active segment.
+    pub fn roll(&mut self) -> Result<()> {
+        self.writable()?;
+        if self.active().data_bytes == 0 {
+            return Ok(());
+        }
+        if self.segments.len() >= SEGMENT_COUNT_MAX {
+            return Err(StorageError::DiskFull {
+                op: "roll",
+                path: self.dir.clone(),
+                detail: format!("{SEGMENT_COUNT_MAX} segments; retention must free some"),
+            });
+        }
+        let path = self.dir.clone();
+        self.fault(FaultPoint::Roll, &path)?;
+        let cap = self.config.segment_bytes_max;
+        if let Some(b) = &self.config.disk_budget {
+            if !b.try_take(u64::from(cap)) {
+                return Err(StorageError::DiskFull {
+                    op: "roll",
+                    path,
+                    detail: format!("broker disk budget spent ({} bytes used)", b.bytes_used()),
+                });
+            }
+        }
+        let next = self.next_offset();
+        let made = Segment::create(
+            &self.dir,
+            next,
+            cap,
+            self.config.index_interval_bytes,
+            false,
+        );
+        let new = match made {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(b) = &self.config.disk_budget {
+                    b.give(u64::from(cap));
+                }
+                return Err(self.fail(e));
+            }
+        };
+        let ix_path = self.active().index.path.clone();
+        let torn = match self.fault(FaultPoint::IndexWrite, &ix_path) {
+            Ok(t) => t,
+            Err(e) => {
+                // Keep the new file out of the way: the old segment stays active.
+                let _ = new.delete_files();
+                return Err(e);
+            }
+        };
+        let old = self.active_mut();
+        let freed = u64::from(old.capacity_bytes - old.data_bytes);
+        if let Err(e) = old.seal(torn) {
+            let _ = new.delete_files();
+            return Err(self.fail(e));
+        }
+        if let Some(b) = &self.config.disk_budget {
+            b.give(freed);
+        }
+        self.segments.push(new);
+        self.dir_epoch += 1;
+        Ok(())
+    }
+
+    /// Bytes from `from_offset`: whole batches starting with the one that
+    /// holds it, at most `bytes_max` (but at least one batch), and only
+    /// batches whose last offset is below `end_offset` (the commit index,
+    /// exclusive). Never crosses a segment; read again at `next_offset`.
+    pub fn read(&self, from_offset: u64, bytes_max: usize, end_offset: u64) -> Result<ReadOut<'_>> {
+        let next = self.next_offset();
+        if from_offset < self.log_start_offset || from_offset > next {
+            return Err(StorageError::OffsetOutOfRange {
+                offset: from_offset,
+                start: self.log_start_offset,
+                end: next,
+            });
+        }
+        let mut i = self.segment_for(from_offset);
+        while i + 1 < self.segments.len() && from_offset >= self.segments[i].next_offset {
+            i += 1;
+        }
+        let s = &self.segments[i];
+        let (range, next_offset) = s.read(from_offset, bytes_max, end_offset)?;
+        Ok(ReadOut {
+            bytes: s.slice(range),
+            next_offset,
+        })
+    }
+
+    /// Index of the segment whose span holds `offset` (the last with base <= it).
+    fn segment_for(&self, offset: u64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
+    }
+
+    /// Term of the batch holding `offset`.
+    pub fn term_at(&self, offset: u64) -> Result<u64> {
+        let next = self.next_offset();
+        if offset < self.log_start_offset || offset >= next {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                start: self.log_start_offset,
+                end: next,
+            });
+        }
+        let s = &self.segments[self.segment_for(offset)];
+        Ok(s.batch_holding(offset)?.term)
+    }
+
+    /// Base offset of the first batch with a timestamp at or after `ts`.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>> {
+        for s in &self.segments {
+            if s.data_bytes > 0 && s.max_timestamp_ms >= ts {
+                return s.offset_for_timestamp(ts);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The last batch, if the log holds any.
+    pub fn last_batch(&self) -> Option<LastBatch> {
+        let s = self
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.last_batch_base.is_some())?;
+        Some(LastBatch {
+            base_offset: s.last_batch_base?,
+            last_offset: s.next_offset - 1,
+            term: s.last_term,
+        })
+    }
+
+    /// Removes every batch at or above `offset` (a batch boundary) — Raft's
+    /// conflict resolution. The removed bytes are zeroed and later segments
+    /// deleted; both become durable with the next sync.
+    pub fn truncate_suffix(&mut self, offset: u64) -> Result<()> {
+        self.writable()?;
+        let next = self.next_offset();
+        if offset >= next {
+            return Ok(());
+        }
+        if offset < self.log_start_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                start: self.log_start_offset,
+                end: next,
+            });
+        }
+        let i = self.segment_for(offset);
+        let path = self.segments[i].log_path.clone();
+        self.fault(FaultPoint::Truncate, &path)?;
+        // Check the boundary before changing anything.
+        let h = self.segments[i].batch_holding(offset)?;
+        if h.base_offset != offset && offset != self.segments[i].base_offset {
+            return Err(StorageError::NotBatchBoundary { offset });
+        }
+        while self.segments.len() > i + 1 {
+            if let Some(s) = self.segments.pop() {
+                if let Err(e) = s.delete_files() {
+                    return Err(self.poison(e));
+                }
+                if let Some(b) = &self.config.disk_budget {
+                    b.give(s.disk_bytes());
+                }
+                self.dir_epoch += 1;
+            }
+        }
+        let interval = self.config.index_interval_bytes;
+        let cap = self.config.segment_bytes_max;
+        let s = &mut self.segments[i];
+        let before = s.disk_bytes();
+        if let Err(e) = s.truncate(offset, interval, cap) {
+            return Err(self.poison(e));
+        }
+        let grown = s.disk_bytes().saturating_sub(before);
+        if let Some(b) = &self.config.disk_budget {
+            b.take(grown);
+        }
+        self.epoch += 1;
+        self.durable_offset = self.durable_offset.min(offset);
+        Ok(())
+    }
+
+    /// Moves the log start to `offset` (retention or a snapshot): offsets
+    /// below it are no longer served; whole segments below it are deleted.
+    /// An offset past the end empties the log, which continues at `offset`.
+    pub fn move_start(&mut self, offset: u64) -> Result<Removed> {
+        self.writable()?;
+        if offset <= self.log_start_offset {
+            return Ok(Removed::default());
+        }
+        let mut removed = Removed::default();
+        if offset >= self.next_offset() && offset > self.active().base_offset {
+            let cap = self.config.segment_bytes_max;
+            let fresh = Segment::create(
+                &self.dir,
+                offset,
+                cap,
+                self.config.index_interval_bytes,
+                false,
+            )
+            .map_err(|e| self.fail(e))?;
+            for s in std::mem::replace(&mut self.segments, vec![fresh]) {
+                removed.segments += 1;
+                removed.bytes += u64::from(s.data_bytes);
+                self.delete_segment_files(&s)?;
+            }
+            if let Some(b) = &self.config.disk_budget {
+                b.take(u64::from(cap));
+            }
+            self.durable_offset = offset;
+        } else {
+            while self.segments.len() > 1 && self.segments[0].next_offset <= offset {
+                let s = self.segments.remove(0);
+                removed.segments += 1;
+                removed.bytes += u64::from(s.data_bytes);
+                self.delete_segment_files(&s)?;
+            }
+        }
+        self.log_start_offset = offset;
+        self.write_log_start()?;
+        Ok(removed)
+    }
+
+    fn delete_segment_files(&mut self, s: &Segment) -> Result<()> {
+        s.delete_files().map_err(|e| self.poison(e))?;
+        if let Some(b) = &self.config.disk_budget {
+            b.give(s.disk_bytes());
+        }
+        self.dir_epoch += 1;
+        Ok(())
+    }
+
+    /// Writes the log start next to the segments (tmp + rename, made
+    /// durable by the next sync's directory fsync; losing it in a crash only
+    /// means serving a little more history).
+    fn write_log_start(&mut self) -> Result<()> {
+        let mut b = [0u8; 12];
+        b[..8].copy_from_slice(&self.log_start_offset.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..8]);
+        b[8..].copy_from_slice(&crc.to_le_bytes());
+        let tmp = self.dir.join(format!("{LOG_START_FILE}.tmp"));
+        let dst = self.dir.join(LOG_START_FILE);
+        std::fs::write(&tmp, b).map_err(|e| self.fail(StorageError::io("write", &tmp, e)))?;
+        std::fs::rename(&tmp, &dst).map_err(|e| self.fail(StorageError::io("rename", &tmp, e)))?;
+        self.dir_epoch += 1;
+        Ok(())
+    }
+
+    /// Deletes whole sealed segments, oldest first, while the log is over
+    /// `retention_bytes_max` or their newest timestamp is older than
+    /// `retention_age_ms_max`. Only segments that end at or below
+    /// `bound_offset` go (the caller passes what Raft no longer needs).
+    pub fn apply_retention(&mut self, bound_offset: u64) -> Result<Removed> {
+        let now = self.config.clock.now_ms();
+        let mut total = self.data_bytes();
+        let mut cut = None;
+        for s in &self.segments[..self.segments.len() - 1] {
+            if s.next_offset > bound_offset {
+                break;
+            }
+            let bytes = u64::from(s.data_bytes);
+            let over_bytes = self
+                .config
+                .retention_bytes_max
+                .is_some_and(|m| total - bytes >= m);
+            let over_age = self
+                .config
+                .retention_age_ms_max
+                .is_some_and(|age| s.max_timestamp_ms < now.saturating_sub(age as i64));
+            if !(over_bytes || over_age) {
+                break;
+            }
+            total -= bytes;
+            cut = Some(s.next_offset);
+        }
+        match cut {
+            Some(offset) => self.move_start(offset),
+            None => Ok(Removed::default()),
+        }
+    }
+
+    /// Whether a sync is due under the interval policy (always false under
+    /// `EveryBatch`, whose appends each wait for a sync).
+    pub fn interval_sync_due(&self) -> bool {
+        match self.config.sync_policy {
+            SyncPolicy::EveryBatch => false,
+            SyncPolicy::IntervalMs(ms) => {
+                self.needs_sync()
+                    && self.config.clock.now_ms().saturating_sub(self.last_sync_ms) >= ms as i64
+            }
+        }
+    }
+
+    /// Whether anything written is not yet durable.
+    pub fn needs_sync(&self) -> bool {
+        self.dir_epoch != self.dir_synced_epoch
+            || self
+                .segments
+                .iter()
+                .any(|s| s.synced_bytes < s.data_bytes || s.index_dirty)
+            || self.durable_offset < self.next_offset()
+    }
+
+    /// Starts a sync round: what to fdatasync so everything appended so far
+    /// becomes durable. `None` if nothing needs it.
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>> {
+        self.writable()?;
+        if !self.needs_sync() {
+            return Ok(None);
+        }
+        let mut files = Vec::new();
+        let mut marks = Vec::new();
+        let n = self.segments.len();
+        for (i, s) in self.segments.iter().enumerate() {
+            let data = s.synced_bytes < s.data_bytes
+                || (i + 1 == n && self.durable_offset < s.next_offset);
+            if data {
+                files.push(SyncFile {
+                    path: s.log_path.clone(),
+                    file_id: s.file_id,
+                    file: s.file().clone(),
+                });
+            }
+            if s.index_dirty {
+                for ix in [&s.index, &s.time_index] {
+                    let file = Rc::new(
+                        ix.file()
+                            .try_clone()
+                            .map_err(|e| StorageError::io("dup", &ix.path, e))?,
+                    );
+                    files.push(SyncFile {
+                        path: ix.path.clone(),
+                        file_id: (0, 0),
+                        file,
+                    });
+                }
+            }
+            if data || s.index_dirty {
+                marks.push((s.base_offset, s.file_id, s.data_bytes, s.index_dirty));
+            }
+        }
+        let dir = (self.dir_epoch != self.dir_synced_epoch).then(|| self.dir.clone());
+        Ok(Some(SyncJob {
+            files,
+            dir,
+            target_offset: self.next_offset(),
+            epoch: self.epoch,
+            dir_epoch: self.dir_epoch,
+            marks,
+        }))
+    }
+
+    /// Ends a sync round with the syncer's result. A failure poisons the
+    /// partition: after a failed fdatasync the page cache state is unknown.
+    /// Returns the durable offset.
+    pub fn finish_sync(&mut self, job: SyncJob, result: io::Result<()>) -> Result<u64> {
+        self.writable()?;
+        let path = job
+            .files
+            .first()
+            .map_or_else(|| self.dir.clone(), |f| f.path.clone());
+        let fault = self.config.faults.hit(FaultPoint::Fsync);
+        let result = match fault {
+            Some(Fault::PowerCut) => return Err(self.power_cut(FaultPoint::Fsync)),
+            Some(f) => Err(f.io_error()),
+            None => result,
+        };
+        if let Err(e) = result {
+            // Even ENOSPC from fdatasync is fatal: the written pages are in
+            // an unknown state.
+            let err = StorageError::Io {
+                op: "fdatasync",
+                path,
+                source: e,
+            };
+            return Err(self.poison(err));
+        }
+        for (base, id, bytes, index) in job.marks {
+            if let Some(s) = self
+                .segments
+                .iter_mut()
+                .find(|s| s.base_offset == base && s.file_id == id)
+            {
+                s.synced_bytes = s.synced_bytes.max(bytes.min(s.data_bytes));
+                if index {
+                    s.index_dirty = false;
+                }
+            }
+        }
+        if job.dir.is_some() {
+            self.dir_synced_epoch = self.dir_synced_epoch.max(job.dir_epoch);
+        }
+        if job.epoch == self.epoch {
+            self.durable_offset = self.durable_offset.max(job.target_offset);
+        }
+        self.last_sync_ms = self.config.clock.now_ms();
+        Ok(self.durable_offset())
+    }
+
+    /// Performs a sync round right here with blocking fdatasync calls. For
+    /// tests, tools and threads that may block — never on a shard, which
+    /// uses [`crate::shard::Partition`] (io_uring).
+    pub fn sync_now(&mut self) -> Result<u64> {
+        let Some(job) = self.begin_sync()? else {
+            return Ok(self.durable_offset());
+        };
+        let r = blocking_sync(&job);
+        self.finish_sync(job, r)
+    }
+}
+
+/// fdatasync every file of the job, then fsync the directory.
+pub fn blocking_sync(job: &SyncJob) -> io::Result<()> {
+    for f in &job.files {
+        // SAFETY: the fd is owned by the Rc<File>, alive for this call.
+        if unsafe { libc::fdatasync(f.file.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if let Some(d) = &job.dir {
+        File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn read_log_start(dir: &Path) -> Option<u64> {
+    let b = std::fs::read(dir.join(LOG_START_FILE)).ok()?;
+    if b.len() != 12 {
+        return None;
+    }
+    let v: [u8; 8] = b[..8].try_into().ok()?;
+    let crc: [u8; 4] = b[8..].try_into().ok()?;
+    (crc32c::crc32c(&v) == u32::from_le_bytes(crc)).then(|| u64::from_le_bytes(v))
+}
+
+#[cold]
+fn unreachable_active() -> ! {
+    // Every constructor and every removal keeps at least one segment.
+    panic!("storage invariant broken: log without an active segment")
+}

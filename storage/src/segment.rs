@@ -1,0 +1,713 @@
+//! One segment: a preallocated, memory-mapped `<base>.log` file plus its two
+//! sparse index files. Synchronous and runtime-free; owned by one [`crate::Log`].
+
+use std::cell::Cell;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use memmap2::{Advice, MmapMut};
+
+use crate::batch::{self, BatchHeader, HEADER_BYTES};
+use crate::error::{Result, StorageError};
+use crate::index::{self, Footer, IndexFile, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+
+/// Bytes after a recovery stop point checked for leftovers, to tell a clean
+/// end (zeros) from a torn or damaged tail in the report: 64 KiB bounds the
+/// cost of the check on open.
+const TAIL_PROBE_BYTES: usize = 64 << 10;
+
+pub(crate) fn file_name(base_offset: u64, ext: &str) -> String {
+    format!("{base_offset:020}.{ext}")
+}
+
+pub(crate) fn paths(dir: &Path, base_offset: u64) -> [PathBuf; 3] {
+    ["log", "index", "timeindex"].map(|e| dir.join(file_name(base_offset, e)))
+}
+
+/// Suffix of files being written by compaction; removed on open.
+pub(crate) const SWAP_SUFFIX: &str = ".swap";
+
+fn swap_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(SWAP_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// Reserves `[from, from+len)` on disk so appends into the map cannot hit
+/// ENOSPC. File systems without fallocate fall back to a sparse `set_len`.
+pub(crate) fn preallocate(file: &File, path: &Path, from: u64, len: u64) -> Result<()> {
+    // SAFETY: plain syscall on an fd we own.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, from as i64, len as i64) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        let need = from + len;
+        if file
+            .metadata()
+            .map_err(|e| StorageError::io("stat", path, e))?
+            .len()
+            < need
+        {
+            file.set_len(need)
+                .map_err(|e| StorageError::io("set_len", path, e))?;
+        }
+        return Ok(());
+    }
+    Err(StorageError::io("fallocate", path, e))
+}
+
+/// Zeroes `range` of a mapped file: punch a hole (cheap, metadata only) and
+/// reserve it again; or write zeros where punching is unsupported.
+fn zero_range(file: &File, map: &mut [u8], path: &Path, range: Range<usize>) -> Result<()> {
+    if range.is_empty() {
+        return Ok(());
+    }
+    let (from, len) = (range.start as i64, range.len() as i64);
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: plain syscall on an fd we own.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, from, len) } == 0 {
+        // The map sees the hole as zeros; reserve the blocks again.
+        return preallocate(file, path, from as u64, len as u64);
+    }
+    map[range].fill(0);
+    Ok(())
+}
+
+/// How a scan of a segment ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScanEnd {
+    pub valid_bytes: u32,
+    /// `None`: the data ended cleanly (end of file or zeros after it).
+    pub damage: Option<String>,
+}
+
+pub(crate) struct Segment {
+    pub base_offset: u64,
+    /// End (exclusive) of the offsets this segment covers.
+    pub next_offset: u64,
+    pub log_path: PathBuf,
+    file: Rc<File>,
+    map: MmapMut,
+    pub data_bytes: u32,
+    pub capacity_bytes: u32,
+    pub synced_bytes: u32,
+    /// Every batch below this position passed its CRC in this process.
+    verified_bytes: Cell<u32>,
+    pub index: IndexFile,
+    pub time_index: IndexFile,
+    pub sealed: bool,
+    /// The sealed index files still need an fsync.
+    pub index_dirty: bool,
+    pub max_timestamp_ms: i64,
+    pub last_term: u64,
+    pub last_batch_base: Option<u64>,
+    bytes_since_index: u32,
+    pub first_append_ms: Option<i64>,
+    prefaulted_to: u32,
+    /// (device, inode) of the log file, so a syncer can cache open files.
+    pub file_id: (u64, u64),
+}
+
+fn index_capacity(capacity_bytes: u32, interval: u32) -> usize {
+    (capacity_bytes / interval) as usize + 1
+}
+
+fn map_file(file: &File, path: &Path) -> Result<MmapMut> {
+    // SAFETY: segment files belong to one partition, owned by one thread;
+    // they are only resized by this type, which never reads past the length
+    // it set. Other processes must not modify a partition's directory.
+    unsafe { MmapMut::map_mut(file) }.map_err(|e| StorageError::io("mmap", path, e))
+}
+
+impl Segment {
+    /// Creates an empty active segment, preallocated to `capacity_bytes`.
+    /// `swap` names the files with [`SWAP_SUFFIX`] (compaction output, made
+    /// final by [`Segment::rename_final`]).
+    pub fn create(
+        dir: &Path,
+        base_offset: u64,
+        capacity_bytes: u32,
+        interval: u32,
+        swap: bool,
+    ) -> Result<Self> {
+        let mut ps = paths(dir, base_offset);
+        if swap {
+            ps = ps.map(|p| swap_path(&p));
+        }
+        let [log_path, ix_path, tix_path] = ps.clone();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log_path)
+            .map_err(|e| StorageError::io("create segment", &log_path, e))?;
+        let made = (|| {
+            preallocate(&file, &log_path, 0, u64::from(capacity_bytes))?;
+            file.set_len(u64::from(capacity_bytes))
+                .map_err(|e| StorageError::io("set_len", &log_path, e))?;
+            let n = index_capacity(capacity_bytes, interval);
+            let index = IndexFile::create(&ix_path, OFFSET_ENTRY_BYTES, n)
+                .map_err(|e| StorageError::io("create index", &ix_path, e))?;
+            let time_index = IndexFile::create(&tix_path, TIME_ENTRY_BYTES, n)
+                .map_err(|e| StorageError::io("create time index", &tix_path, e))?;
+            Self::assemble(
+                base_offset,
+                log_path.clone(),
+                file,
+                capacity_bytes,
+                index,
+                time_index,
+            )
+        })();
+        if made.is_err() {
+            // Leave no half-made segment behind (a later open would see it).
+            for p in &ps {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        made
+    }
+
+    fn assemble(
+        base_offset: u64,
+        log_path: PathBuf,
+        file: File,
+        capacity_bytes: u32,
+        index: IndexFile,
+        time_index: IndexFile,
+    ) -> Result<Self> {
+        let md = file
+            .metadata()
+            .map_err(|e| StorageError::io("stat", &log_path, e))?;
+        let map = map_file(&file, &log_path)?;
+        Ok(Segment {
+            base_offset,
+            next_offset: base_offset,
+            log_path,
+            file: Rc::new(file),
+            map,
+            data_bytes: 0,
+            capacity_bytes,
+            synced_bytes: 0,
+            verified_bytes: Cell::new(0),
+            index,
+            time_index,
+            sealed: false,
+            index_dirty: false,
+            max_timestamp_ms: i64::MIN,
+            last_term: 0,
+            last_batch_base: None,
+            bytes_since_index: 0,
+            first_append_ms: None,
+            prefaulted_to: 0,
+            file_id: (md.dev(), md.ino()),
+        })
+    }
+
+    /// Opens a sealed segment whose index footers check out against the
+    /// file; `None` if anything is off (then the caller scans instead).
+    pub fn open_sealed(dir: &Path, base_offset: u64) -> Result<Option<Self>> {
+        let [log_path, ix_path, tix_path] = paths(dir, base_offset);
+        let Some((index, f)) = IndexFile::open_sealed(&ix_path, OFFSET_ENTRY_BYTES) else {
+            return Ok(None);
+        };
+        let Some((time_index, tf)) = IndexFile::open_sealed(&tix_path, TIME_ENTRY_BYTES) else {
+            return Ok(None);
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .map_err(|e| StorageError::io("open segment", &log_path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| StorageError::io("stat", &log_path, e))?
+            .len();
+        if f != tf
+            || f.data_bytes == 0
+            || u64::from(f.data_bytes) != len
+            || f.next_offset < base_offset
+        {
+            return Ok(None);
+        }
+        let mut s = Self::assemble(base_offset, log_path, file, f.data_bytes, index, time_index)?;
+        // The footer says where the last batch is; check that one header so a
+        // swapped or rewritten log file is not trusted with a stale index.
+        let last_ok = s.batch_positions_tail_check(&f);
+        if !last_ok {
+            return Ok(None);
+        }
+        s.data_bytes = f.data_bytes;
+        s.synced_bytes = f.data_bytes;
+        s.next_offset = f.next_offset;
+        s.max_timestamp_ms = f.max_timestamp_ms;
+        s.last_term = f.last_term;
+        s.last_batch_base = Some(f.last_batch_base);
+        s.sealed = true;
+        Ok(Some(s))
+    }
+
+    fn batch_positions_tail_check(&self, f: &Footer) -> bool {
+        let rel = f.last_batch_base.saturating_sub(self.base_offset);
+        let Ok(rel) = u32::try_from(rel) else {
+            return false;
+        };
+        let mut pos = index::lookup_offset(&self.index, rel) as usize;
+        let end = f.data_bytes as usize;
+        while pos < end {
+            let Ok(h) = batch::header(&self.map[pos..end]) else {
+                return false;
+            };
+            let next = pos + h.batch_bytes as usize;
+            if next == end {
+                return h.base_offset == f.last_batch_base && h.term == f.last_term;
+            }
+            pos = next;
+        }
+        false
+    }
+
+    /// Opens a segment's log file for a full scan (recovery of the active
+    /// segment or of a sealed one with a bad index). Fresh index files are
+    /// made; the caller then runs [`Segment::scan`]. The file is extended to
+    /// `capacity_bytes` if shorter.
+    pub fn open_for_scan(
+        dir: &Path,
+        base_offset: u64,
+        capacity_bytes: u32,
+        interval: u32,
+    ) -> Result<Self> {
+        let [log_path, ix_path, tix_path] = paths(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .map_err(|e| StorageError::io("open segment", &log_path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| StorageError::io("stat", &log_path, e))?
+            .len();
+        let capacity = len
+            .max(u64::from(capacity_bytes))
+            .min(u64::from(crate::SEGMENT_BYTES_MAX));
+        if len < capacity {
+            file.set_len(capacity)
+                .map_err(|e| StorageError::io("set_len", &log_path, e))?;
+        }
+        let capacity = capacity as u32;
+        let n = index_capacity(capacity, interval);
+        let index = IndexFile::create(&ix_path, OFFSET_ENTRY_BYTES, n)
+            .map_err(|e| StorageError::io("create index", &ix_path, e))?;
+        let time_index = IndexFile::create(&tix_path, TIME_ENTRY_BYTES, n)
+            .map_err(|e| StorageError::io("create time index", &tix_path, e))?;
+        Self::assemble(base_offset, log_path, file, capacity, index, time_index)
+    }
+
+    /// Walks the batches from position 0 to the end of the file, checking
+    /// framing, CRC, increasing offsets and non-decreasing terms, rebuilding
+    /// both indexes. Stops at the first batch that fails.
+    pub fn scan(&mut self, interval: u32, min_term: u64) -> ScanEnd {
+        self.index.truncate_entries(0);
+        self.time_index.truncate_entries(0);
+        self.reset_tail_state();
+        let end = self.capacity_bytes as usize;
+        let mut pos = 0usize;
+        let mut last_term = min_term;
+        let damage = loop {
+            if pos + HEADER_BYTES > end {
+                break None;
+            }
+            let h = match batch::check(&self.map[pos..end]) {
+                Ok(h) => h,
+                Err(e) => {
+                    let probe = &self.map[pos..end.min(pos + TAIL_PROBE_BYTES)];
+                    break probe.iter().any(|&b| b != 0).then(|| e.to_string());
+                }
+            };
+            if h.base_offset < self.next_offset {
+                break Some(format!(
+                    "batch offset {} below the expected {}",
+                    h.base_offset, self.next_offset
+                ));
+            }
+            if h.term < last_term {
+                break Some(format!(
+                    "batch term {} below the previous {last_term}",
+                    h.term
+                ));
+            }
+            last_term = h.term;
+            self.note_batch(pos as u32, &h, interval);
+            pos += h.batch_bytes as usize;
+        };
+        self.data_bytes = pos as u32;
+        self.synced_bytes = pos as u32;
+        self.verified_bytes.set(pos as u32);
+        ScanEnd {
+            valid_bytes: pos as u32,
+            damage,
+        }
+    }
+
+    fn reset_tail_state(&mut self) {
+        self.next_offset = self.base_offset;
+        self.max_timestamp_ms = i64::MIN;
+        self.last_term = 0;
+        self.last_batch_base = None;
+        self.bytes_since_index = 0;
+    }
+
+    /// Updates the in-memory state and the indexes for a batch written at `pos`.
+    fn note_batch(&mut self, pos: u32, h: &BatchHeader, interval: u32) {
+        let rel = (h.base_offset - self.base_offset) as u32;
+        if self.last_batch_base.is_none() || self.bytes_since_index >= interval {
+            self.index.push(&index::offset_entry(rel, pos));
+            self.bytes_since_index = 0;
+        }
+        if h.max_timestamp_ms > self.max_timestamp_ms {
+            self.max_timestamp_ms = h.max_timestamp_ms;
+            let due = index::last_time(&self.time_index).is_none() || self.bytes_since_index == 0;
+            if due {
+                self.time_index
+                    .push(&index::time_entry(h.max_timestamp_ms, rel, pos));
+            }
+        }
+        self.bytes_since_index += h.batch_bytes;
+        self.next_offset = h.base_offset + u64::from(h.record_count);
+        self.last_term = h.term;
+        self.last_batch_base = Some(h.base_offset);
+    }
+
+    pub fn has_room(&self, batch_bytes: usize) -> bool {
+        self.data_bytes as usize + batch_bytes <= self.capacity_bytes as usize
+    }
+
+    /// Copies a checked batch into the map at the write position, stamping
+    /// base offset and term. `torn` copies only half, then fails (fault
+    /// injection); the write position does not move then.
+    pub fn append(
+        &mut self,
+        bytes: &[u8],
+        h: &BatchHeader,
+        interval: u32,
+        prefault_bytes: u32,
+        torn: bool,
+    ) -> io::Result<()> {
+        let pos = self.data_bytes as usize;
+        let len = bytes.len();
+        debug_assert!(self.has_room(len) && !self.sealed);
+        self.prefault(pos + len, prefault_bytes);
+        let dst = &mut self.map[pos..pos + len];
+        if torn {
+            dst[..len / 2].copy_from_slice(&bytes[..len / 2]);
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        dst.copy_from_slice(bytes);
+        batch::stamp(dst, h.base_offset, h.term);
+        self.note_batch(pos as u32, h, interval);
+        self.data_bytes += len as u32;
+        if self.verified_bytes.get() == pos as u32 {
+            self.verified_bytes.set(self.data_bytes);
+        }
+        Ok(())
+    }
+
+    /// Faults in the pages ahead of the write position in bounded steps, so
+    /// appends meet no storm of first-touch page faults.
+    fn prefault(&mut self, need_to: usize, step: u32) {
+        if step == 0 || need_to <= self.prefaulted_to as usize {
+            return;
+        }
+        let from = self.prefaulted_to as usize;
+        let to = (need_to + step as usize).min(self.capacity_bytes as usize);
+        // Best effort: kernels before 5.14 lack MADV_POPULATE_WRITE; then the
+        // pages fault in on first touch as usual.
+        let page = 4096;
+        let from = from / page * page;
+        let _ = self
+            .map
+            .advise_range(Advice::PopulateWrite, from, to - from);
+        self.prefaulted_to = to as u32;
+    }
+
+    #[allow(dead_code)] // used by compaction
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[..self.data_bytes as usize]
+    }
+
+    /// Position of the batch that holds `offset` (the last batch whose base
+    /// is at or below it), or of the first batch if all are above it.
+    fn locate(&self, offset: u64) -> Result<usize> {
+        let rel = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
+        let end = self.data_bytes as usize;
+        let mut pos = index::lookup_offset(&self.index, rel) as usize;
+        // A hint that does not land on a sane header means a bad index entry:
+        // fall back to a scan from the start (still bounded by the segment).
+        if pos >= end
+            || batch::header(&self.map[pos..end])
+                .map(|h| h.base_offset > offset)
+                .unwrap_or(true)
+        {
+            pos = 0;
+        }
+        loop {
+            let h = self.header_at(pos)?;
+            let next = pos + h.batch_bytes as usize;
+            if next >= end {
+                return Ok(pos);
+            }
+            let nh = self.header_at(next)?;
+            if nh.base_offset > offset {
+                return Ok(pos);
+            }
+            pos = next;
+        }
+    }
+
+    fn header_at(&self, pos: usize) -> Result<BatchHeader> {
+        let end = self.data_bytes as usize;
+        let h = batch::header(&self.map[pos..end]).map_err(|e| self.corrupt(pos, e.to_string()))?;
+        if pos + h.batch_bytes as usize > end {
+            return Err(self.corrupt(pos, "batch runs past the segment end".into()));
+        }
+        Ok(h)
+    }
+
+    fn corrupt(&self, pos: usize, reason: String) -> StorageError {
+        StorageError::Corrupt {
+            path: self.log_path.clone(),
+            position: pos as u64,
+            reason,
+        }
+    }
+
+    /// CRC-checks the batch at `pos` unless it is below the verified mark.
+    fn verify_at(&self, pos: usize) -> Result<BatchHeader> {
+        let h = self.header_at(pos)?;
+        if pos + h.batch_bytes as usize <= self.verified_bytes.get() as usize {
+            return Ok(h);
+        }
+        let end = self.data_bytes as usize;
+        batch::check(&self.map[pos..end]).map_err(|e| self.corrupt(pos, e.to_string()))?;
+        if self.verified_bytes.get() as usize == pos {
+            self.verified_bytes.set(pos as u32 + h.batch_bytes);
+        }
+        Ok(h)
+    }
+
+    /// Whole batches starting with the one that holds `from_offset`, at most
+    /// `bytes_max` (but at least one batch), only batches that end at or
+    /// below `end_offset`. Returns the byte range and the offset to read next.
+    pub fn read(
+        &self,
+        from_offset: u64,
+        bytes_max: usize,
+        end_offset: u64,
+    ) -> Result<(Range<usize>, u64)> {
+        if self.data_bytes == 0 {
+            return Ok((0..0, from_offset));
+        }
+        let start = self.locate(from_offset)?;
+        let end = self.data_bytes as usize;
+        let mut pos = start;
+        let mut next_offset = from_offset;
+        while pos < end {
+            let h = match self.verify_at(pos) {
+                Ok(h) => h,
+                // Serve what passed; the next read reports the damage.
+                Err(_) if pos > start => break,
+                Err(e) => return Err(e),
+            };
+            let len = h.batch_bytes as usize;
+            let batch_end = h.base_offset + u64::from(h.record_count);
+            if batch_end > end_offset || (pos > start && pos + len - start > bytes_max) {
+                break;
+            }
+            pos += len;
+            next_offset = batch_end.max(next_offset);
+        }
+        if pos == end {
+            next_offset = next_offset.max(self.next_offset);
+        }
+        Ok((start..pos, next_offset))
+    }
+
+    pub fn slice(&self, r: Range<usize>) -> &[u8] {
+        &self.map[r]
+    }
+
+    /// The header of the batch holding `offset`.
+    pub fn batch_holding(&self, offset: u64) -> Result<BatchHeader> {
+        let pos = self.locate(offset)?;
+        self.verify_at(pos)
+    }
+
+    /// Base offset of the first batch whose max timestamp is >= `ts`.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>> {
+        let end = self.data_bytes as usize;
+        let mut pos = index::lookup_time(&self.time_index, ts) as usize;
+        if pos >= end {
+            pos = 0;
+        }
+        while pos < end {
+            let h = self.verify_at(pos)?;
+            if h.max_timestamp_ms >= ts {
+                return Ok(Some(h.base_offset));
+            }
+            pos += h.batch_bytes as usize;
+        }
+        Ok(None)
+    }
+
+    /// Drops every batch whose base offset is >= `offset` (which must be a
+    /// batch boundary or the segment end) and zeroes the dropped bytes, so
+    /// they can never be recovered. A sealed segment becomes active again.
+    pub fn truncate(&mut self, offset: u64, interval: u32, capacity_bytes: u32) -> Result<()> {
+        let end = self.data_bytes as usize;
+        let mut pos = 0usize;
+        while pos < end {
+            let h = self.header_at(pos)?;
+            if h.base_offset >= offset {
+                if h.base_offset != offset {
+                    return Err(StorageError::NotBatchBoundary { offset });
+                }
+                break;
+            }
+            pos += h.batch_bytes as usize;
+        }
+        if pos == end && offset != self.next_offset {
+            return Err(StorageError::NotBatchBoundary { offset });
+        }
+        if self.sealed {
+            self.unseal(capacity_bytes, interval)?;
+        }
+        zero_range(
+            &self.file,
+            &mut self.map,
+            &self.log_path,
+            pos..self.capacity_bytes as usize,
+        )?;
+        // Rebuild tail state and indexes up to the cut (bounded by the segment).
+        let verified = self.verified_bytes.get().min(pos as u32);
+        self.scan(interval, 0);
+        self.data_bytes = pos as u32;
+        self.verified_bytes.set(verified);
+        self.next_offset = offset.max(self.base_offset);
+        self.synced_bytes = 0;
+        Ok(())
+    }
+
+    /// Re-extends a sealed segment to `capacity_bytes` and makes its index
+    /// files writable again.
+    fn unseal(&mut self, capacity_bytes: u32, interval: u32) -> Result<()> {
+        let cap = capacity_bytes.max(self.data_bytes);
+        preallocate(
+            &self.file,
+            &self.log_path,
+            u64::from(self.data_bytes),
+            u64::from(cap - self.data_bytes),
+        )?;
+        self.file
+            .set_len(u64::from(cap))
+            .map_err(|e| StorageError::io("set_len", &self.log_path, e))?;
+        self.map = map_file(&self.file, &self.log_path)?;
+        self.capacity_bytes = cap;
+        let n = index_capacity(cap, interval);
+        let ix = self.index.path.clone();
+        let tix = self.time_index.path.clone();
+        self.index = IndexFile::create(&ix, OFFSET_ENTRY_BYTES, n)
+            .map_err(|e| StorageError::io("create index", &ix, e))?;
+        self.time_index = IndexFile::create(&tix, TIME_ENTRY_BYTES, n)
+            .map_err(|e| StorageError::io("create time index", &tix, e))?;
+        self.sealed = false;
+        self.prefaulted_to = 0;
+        Ok(())
+    }
+
+    /// Seals: shrinks the log file to its data and writes both index footers.
+    /// The caller syncs data and indexes with the next sync job.
+    pub fn seal(&mut self, torn_index: bool) -> Result<()> {
+        let f = self.footer();
+        self.index
+            .seal(f, torn_index)
+            .map_err(|e| StorageError::io("seal index", &self.index.path, e))?;
+        self.time_index
+            .seal(f, false)
+            .map_err(|e| StorageError::io("seal time index", &self.time_index.path, e))?;
+        self.file
+            .set_len(u64::from(self.data_bytes))
+            .map_err(|e| StorageError::io("set_len", &self.log_path, e))?;
+        self.sealed = true;
+        self.index_dirty = true;
+        Ok(())
+    }
+
+    fn footer(&self) -> Footer {
+        Footer {
+            data_bytes: self.data_bytes,
+            next_offset: self.next_offset,
+            max_timestamp_ms: self.max_timestamp_ms,
+            last_term: self.last_term,
+            last_batch_base: self.last_batch_base.unwrap_or(self.base_offset),
+        }
+    }
+
+    /// Zeroes the unsynced tail: what a power cut leaves (fault injection).
+    pub fn lose_unsynced(&mut self) {
+        let from = self.synced_bytes as usize;
+        let to = self.data_bytes.max(self.synced_bytes) as usize;
+        let to = to.min(self.map.len());
+        self.map[from..to].fill(0);
+    }
+
+    pub fn file(&self) -> &Rc<File> {
+        &self.file
+    }
+
+    /// Renames swap files to their final names: the log file first (the
+    /// atomic switch), then the indexes (a crash between leaves a new log
+    /// with an old index, which fails its footer check and is rebuilt).
+    #[allow(dead_code)] // used by compaction
+    pub fn rename_final(&mut self, dir: &Path) -> Result<()> {
+        let [log_path, ix_path, tix_path] = paths(dir, self.base_offset);
+        for (from, to) in [
+            (&mut self.log_path, log_path),
+            (&mut self.index.path, ix_path),
+            (&mut self.time_index.path, tix_path),
+        ] {
+            std::fs::rename(&*from, &to).map_err(|e| StorageError::io("rename", &*from, e))?;
+            *from = to;
+        }
+        Ok(())
+    }
+
+    /// Bytes this segment takes on disk (preallocation included).
+    pub fn disk_bytes(&self) -> u64 {
+        u64::from(if self.sealed {
+            self.data_bytes
+        } else {
+            self.capacity_bytes
+        })
+    }
+
+    pub fn delete_files(&self) -> Result<()> {
+        for p in [&self.log_path, &self.index.path, &self.time_index.path] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove", p, e)),
+            }
+        }
+        Ok(())
+    }
+}
