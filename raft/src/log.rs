@@ -243,6 +243,11 @@ impl<S: Storage> RaftLog<S> {
         };
     }
 
+    /// A snapshot received from the leader is not yet durable.
+    pub fn has_pending_snapshot(&self) -> bool {
+        self.unstable.snapshot.is_some()
+    }
+
     /// Entries not yet handed out for persistence.
     pub fn has_unstable(&self) -> bool {
         let unstable = &self.unstable;

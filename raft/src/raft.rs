@@ -39,7 +39,9 @@ const SNAPSHOT_STALL_HEARTBEATS: u32 = 2;
 ///    done before or during 1-5).
 /// 7. Call [`Raft::advance`].
 ///
-/// `soft_state` (leader and role) is informational.
+/// All `snapshot_chunks` of one Ready belong to one snapshot; when `snapshot`
+/// is set they are its last chunks. `soft_state` (leader and role) is
+/// informational.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub soft_state: Option<SoftState>,
@@ -896,6 +898,11 @@ impl<S: Storage> Raft<S> {
         done: bool,
     ) {
         let snapshot_index = meta.index;
+        if self.log.has_pending_snapshot() {
+            // The previous snapshot is not installed yet; the chunks of one
+            // Ready must belong to one snapshot. The leader resends.
+            return;
+        }
         if meta.index <= self.log.committed || self.log.match_term(meta.index, meta.term) {
             // We already hold everything the snapshot covers.
             self.log.commit_to(meta.index);
