@@ -297,14 +297,14 @@ impl Log {
             b.take(segments.iter().map(Segment::disk_bytes).sum());
         }
         let active_base = segments.last().map_or(0, |s| s.base_offset);
-        if let Some(s) = segments.last_mut() {
-            s.synced_bytes = 0; // sync once after open before claiming durability
-        }
-        let log = Log {
+        let mut log = Log {
             dir,
             config,
             segments,
             log_start_offset: log_start,
+            // What recovery found is on disk or in the page cache; only a
+            // sync in this process proves the former, so durability restarts
+            // at the active segment.
             durable_offset: active_base.max(log_start),
             poisoned: None,
             epoch: 0,
@@ -314,6 +314,12 @@ impl Log {
             space_unchecked_bytes: SPACE_CHECK_INTERVAL_BYTES,
             last_sync_ms: 0,
         };
+        if log_start_file.is_some_and(|v| v != log_start) {
+            // The file claimed a start past the recovered end (its data was
+            // lost in a crash): store what holds now, or a later append
+            // would bring the old value back into range.
+            log.write_log_start()?;
+        }
         Ok((log, report))
     }
 
@@ -416,9 +422,10 @@ impl Log {
     /// Applies an armed fault at `point`: `Ok(true)` for a torn write the
     /// caller must simulate, `Ok(false)` for no fault.
     fn fault(&mut self, point: FaultPoint, path: &Path) -> Result<bool> {
+        let tearable = matches!(point, FaultPoint::Append | FaultPoint::IndexWrite);
         match self.config.faults.hit(point) {
             None => Ok(false),
-            Some(Fault::TornWrite) => Ok(true),
+            Some(Fault::TornWrite) if tearable => Ok(true),
             Some(Fault::PowerCut) => Err(self.power_cut(point)),
             Some(f) => Err(self.fail(StorageError::io(point.name(), path, f.io_error()))),
         }
@@ -602,6 +609,12 @@ impl Log {
                 offset: from_offset,
                 start: self.log_start_offset,
                 end: next,
+            });
+        }
+        if from_offset == next {
+            return Ok(ReadOut {
+                bytes: &[],
+                next_offset: next,
             });
         }
         let mut i = self.segment_for(from_offset);

@@ -599,11 +599,13 @@ impl Segment {
         )?;
         // Rebuild tail state and indexes up to the cut (bounded by the segment).
         let verified = self.verified_bytes.get().min(pos as u32);
+        let synced = self.synced_bytes;
         self.scan(interval, 0);
+        self.synced_bytes = synced;
         self.data_bytes = pos as u32;
         self.verified_bytes.set(verified);
         self.next_offset = offset.max(self.base_offset);
-        self.synced_bytes = 0;
+        self.synced_bytes = self.synced_bytes.min(pos as u32);
         Ok(())
     }
 

@@ -1,1 +1,242 @@
-//! shard
+//! The only glommio code in storage: a [`Partition`] owns a [`Log`] on one
+//! shard and performs its sync rounds with io_uring `fdatasync`, so nothing
+//! blocks the executor.
+//!
+//! Group commit: under [`SyncPolicy::EveryBatch`] an append waits until a
+//! sync round covers it. At most one round is in flight per partition; the
+//! appends that arrive meanwhile wait for it to end and are then covered
+//! together by the next round — one fdatasync for all of them. Under
+//! [`SyncPolicy::IntervalMs`] appends return at once and
+//! [`Partition::flush_loop`] syncs on the interval.
+
+use std::cell::{Cell, Ref, RefCell, RefMut};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use glommio::io::{BufferedFile, Directory};
+
+use crate::config::SyncPolicy;
+use crate::error::{Result, StorageError};
+use crate::log::{AppendInfo, Log, SyncJob};
+
+/// Open files the syncer keeps per partition: the active segment and the one
+/// just sealed are all a round usually touches; 4 leaves headroom.
+const SYNC_FILE_CACHE_MAX: usize = 4;
+
+/// Wakes every waiter when a sync round ends.
+#[derive(Default)]
+struct Notify {
+    generation: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    fn notify_all(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> NotifyWait<'_> {
+        NotifyWait {
+            notify: self,
+            seen: self.generation.get(),
+        }
+    }
+}
+
+struct NotifyWait<'a> {
+    notify: &'a Notify,
+    seen: u64,
+}
+
+impl Future for NotifyWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.notify.generation.get() != self.seen {
+            return Poll::Ready(());
+        }
+        self.notify.wakers.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Performs sync rounds through io_uring.
+#[derive(Default)]
+struct UringSyncer {
+    files: HashMap<(u64, u64), Rc<BufferedFile>>,
+}
+
+impl UringSyncer {
+    async fn file(
+        &mut self,
+        id: (u64, u64),
+        path: &std::path::Path,
+    ) -> io::Result<Rc<BufferedFile>> {
+        if let Some(f) = self.files.get(&id) {
+            return Ok(f.clone());
+        }
+        let f = Rc::new(BufferedFile::open(path).await.map_err(io::Error::from)?);
+        if id != (0, 0) {
+            if self.files.len() >= SYNC_FILE_CACHE_MAX {
+                self.files.clear();
+            }
+            self.files.insert(id, f.clone());
+        }
+        Ok(f)
+    }
+
+    async fn run(&mut self, job: &SyncJob) -> io::Result<()> {
+        for sf in &job.files {
+            let f = match self.file(sf.file_id, &sf.path).await {
+                Ok(f) => f,
+                // Deleted since the round began (truncation, retention):
+                // nothing of it needs to be durable.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            f.fdatasync().await.map_err(io::Error::from)?;
+        }
+        if let Some(d) = &job.dir {
+            let dir = Directory::open(d).await.map_err(io::Error::from)?;
+            dir.sync().await.map_err(io::Error::from)?;
+        }
+        Ok(())
+    }
+}
+
+/// A log owned by one glommio shard, with group commit.
+pub struct Partition {
+    log: RefCell<Log>,
+    syncer: RefCell<UringSyncer>,
+    in_flight: Cell<bool>,
+    round_done: Notify,
+    sync_rounds: Cell<u64>,
+}
+
+impl Partition {
+    pub fn new(log: Log) -> Rc<Self> {
+        Rc::new(Partition {
+            log: RefCell::new(log),
+            syncer: RefCell::default(),
+            in_flight: Cell::new(false),
+            round_done: Notify::default(),
+            sync_rounds: Cell::new(0),
+        })
+    }
+
+    /// The log, for reads and other synchronous calls. Do not hold it
+    /// across an await.
+    pub fn log(&self) -> Ref<'_, Log> {
+        self.log.borrow()
+    }
+
+    pub fn log_mut(&self) -> RefMut<'_, Log> {
+        self.log.borrow_mut()
+    }
+
+    /// Completed sync rounds (fdatasync batches) so far.
+    pub fn sync_rounds(&self) -> u64 {
+        self.sync_rounds.get()
+    }
+
+    /// Leader append; under `EveryBatch` returns once the batch is durable.
+    pub async fn append(&self, batch: &[u8], term: u64) -> Result<AppendInfo> {
+        let info = self.log.borrow_mut().append(batch, term)?;
+        self.after_append(info).await
+    }
+
+    /// Follower append; under `EveryBatch` returns once the batch is durable.
+    pub async fn append_replicated(&self, batch: &[u8]) -> Result<AppendInfo> {
+        let info = self.log.borrow_mut().append_replicated(batch)?;
+        self.after_append(info).await
+    }
+
+    async fn after_append(&self, info: AppendInfo) -> Result<AppendInfo> {
+        if self.log.borrow().config().sync_policy == SyncPolicy::EveryBatch {
+            self.wait_durable(info.last_offset + 1).await?;
+        }
+        Ok(info)
+    }
+
+    /// Waits until every offset below `end_offset` is durable (or the log
+    /// ends), running a sync round if none is in flight.
+    pub async fn wait_durable(&self, end_offset: u64) -> Result<u64> {
+        // Bounded: each pass either returns or completes/awaits one round;
+        // a round covers everything appended before it began.
+        loop {
+            {
+                let log = self.log.borrow();
+                let target = end_offset.min(log.next_offset());
+                if log.durable_offset() >= target {
+                    return Ok(log.durable_offset());
+                }
+                if let Some(reason) = log.poisoned() {
+                    return Err(StorageError::Poisoned {
+                        path: log.dir().to_path_buf(),
+                        reason: reason.to_string(),
+                    });
+                }
+            }
+            if self.in_flight.get() {
+                self.round_done.wait().await;
+                continue;
+            }
+            self.sync_round().await?;
+        }
+    }
+
+    /// Runs one sync round now (unless one is in flight, then waits for it).
+    pub async fn sync_round(&self) -> Result<u64> {
+        if self.in_flight.get() {
+            self.round_done.wait().await;
+            return Ok(self.log.borrow().durable_offset());
+        }
+        let job = self.log.borrow_mut().begin_sync()?;
+        let Some(job) = job else {
+            return Ok(self.log.borrow().durable_offset());
+        };
+        self.in_flight.set(true);
+        // Only one round is in flight, so the syncer is free: move it out
+        // for the round instead of holding a borrow across the awaits.
+        let mut syncer = self.syncer.take();
+        let r = syncer.run(&job).await;
+        self.syncer.replace(syncer);
+        let done = self.log.borrow_mut().finish_sync(job, r);
+        self.in_flight.set(false);
+        self.sync_rounds.set(self.sync_rounds.get() + 1);
+        self.round_done.notify_all();
+        done
+    }
+
+    /// Under `IntervalMs`, syncs when the interval has passed since the last
+    /// round. Returns whether a round ran.
+    pub async fn flush_if_due(&self) -> Result<bool> {
+        if !self.log.borrow().interval_sync_due() {
+            return Ok(false);
+        }
+        self.sync_round().await?;
+        Ok(true)
+    }
+
+    /// Background task for the interval policy: wakes every interval and
+    /// syncs if needed; ends when the partition is poisoned.
+    pub async fn flush_loop(self: Rc<Self>) -> StorageError {
+        let interval_ms = match self.log.borrow().config().sync_policy {
+            SyncPolicy::IntervalMs(ms) => ms,
+            SyncPolicy::EveryBatch => 1000,
+        };
+        loop {
+            glommio::timer::sleep(Duration::from_millis(interval_ms)).await;
+            if let Err(e) = self.flush_if_due().await {
+                return e;
+            }
+        }
+    }
+}
