@@ -10,6 +10,7 @@
 //! | [`log`] | [`RaftLog`]: durable log (through [`Storage`]) plus the unstable tail |
 //! | [`progress`] | per-follower [`Progress`]: probe / replicate / snapshot, the in-flight window |
 //! | [`storage`] | the read-only [`Storage`] trait and [`MemStorage`] |
+//! | [`balance`] | planning leadership transfers that spread leaders over nodes |
 //! | [`heartbeat`] | coalescing the heartbeats of many groups into one batch per peer |
 //! | [`types`] | entries, hard state, membership, snapshot metadata, messages |
 //! | [`config`] | [`Config`] and its limits, [`Config::validate`] |
@@ -23,6 +24,7 @@
 //! quorum) and hands out committed entries only once they are durable, i.e.
 //! after the `advance` of the Ready that carried them.
 
+pub mod balance;
 pub mod config;
 pub mod error;
 pub mod heartbeat;
@@ -33,6 +35,7 @@ pub mod rng;
 pub mod storage;
 pub mod types;
 
+pub use balance::{plan_leader_moves, GroupLeadership, LeaderMove};
 pub use config::{Config, ConfigError};
 pub use error::{Error, StorageError};
 pub use heartbeat::{coalesce, Beat, HeartbeatBatch};
