@@ -117,7 +117,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn u8(&mut self) -> Result<u8> {
-        let b = *self.bytes.get(self.pos).ok_or_else(|| invalid("record truncated"))?;
+        let b = *self
+            .bytes
+            .get(self.pos)
+            .ok_or_else(|| invalid("record truncated"))?;
         self.pos += 1;
         Ok(b)
     }
@@ -142,7 +145,10 @@ impl<'a> Cursor<'a> {
     fn len(&mut self, what: &str) -> Result<usize> {
         let n = self.varint()?;
         if n > self.remaining() as u64 {
-            return Err(invalid(format!("{what} length {n} exceeds the {} bytes left", self.remaining())));
+            return Err(invalid(format!(
+                "{what} length {n} exceeds the {} bytes left",
+                self.remaining()
+            )));
         }
         Ok(n as usize)
     }
@@ -161,7 +167,10 @@ impl<'a> Cursor<'a> {
         }
         let n = n - 1;
         if n > self.remaining() as u64 {
-            return Err(invalid(format!("{what} length {n} exceeds the {} bytes left", self.remaining())));
+            return Err(invalid(format!(
+                "{what} length {n} exceeds the {} bytes left",
+                self.remaining()
+            )));
         }
         Ok(Some(self.bytes(n as usize)))
     }
@@ -284,7 +293,11 @@ impl RecordBatchBuilder {
     pub fn finish(mut self) -> Vec<u8> {
         let len = self.buf.len() as u32;
         let first = self.first_timestamp_ms.unwrap_or(0);
-        let max = if self.record_count == 0 { first } else { self.max_timestamp_ms };
+        let max = if self.record_count == 0 {
+            first
+        } else {
+            self.max_timestamp_ms
+        };
         let h = &mut self.buf[..BATCH_HEADER_BYTES];
         h[16..20].copy_from_slice(&len.to_le_bytes());
         h[24] = BATCH_MAGIC;
@@ -332,14 +345,22 @@ impl<'a> RecordBatch<'a> {
         }
         let len = le_u32(bytes, 16) as usize;
         if len < BATCH_HEADER_BYTES {
-            return Err(invalid(format!("batch_bytes {len} is below the header size")));
+            return Err(invalid(format!(
+                "batch_bytes {len} is below the header size"
+            )));
         }
         if len > bytes.len() {
-            return Err(invalid(format!("batch_bytes {len} exceeds the {} bytes given", bytes.len())));
+            return Err(invalid(format!(
+                "batch_bytes {len} exceeds the {} bytes given",
+                bytes.len()
+            )));
         }
         let bytes = &bytes[..len];
         if bytes[24] != BATCH_MAGIC {
-            return Err(invalid(format!("magic {} (expected {BATCH_MAGIC})", bytes[24])));
+            return Err(invalid(format!(
+                "magic {} (expected {BATCH_MAGIC})",
+                bytes[24]
+            )));
         }
         let expected = le_u32(bytes, 20);
         let actual = crc32c::crc32c(&bytes[24..]);
@@ -395,7 +416,10 @@ impl<'a> RecordBatch<'a> {
     /// The records, each checked against the bytes that remain.
     pub fn records(&self) -> RecordIter<'a> {
         RecordIter {
-            cursor: Cursor { bytes: &self.bytes[BATCH_HEADER_BYTES..], pos: 0 },
+            cursor: Cursor {
+                bytes: &self.bytes[BATCH_HEADER_BYTES..],
+                pos: 0,
+            },
             base_offset: self.base_offset(),
             first_timestamp_ms: self.first_timestamp_ms(),
             left: self.record_count(),
@@ -432,14 +456,22 @@ pub struct RecordIter<'a> {
 
 impl std::fmt::Debug for Cursor<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Cursor {{ pos: {}, len: {} }}", self.pos, self.bytes.len())
+        write!(
+            f,
+            "Cursor {{ pos: {}, len: {} }}",
+            self.pos,
+            self.bytes.len()
+        )
     }
 }
 
 impl<'a> RecordIter<'a> {
     fn next_record(&mut self) -> Result<Record<'a>> {
         let len = self.cursor.len("record")?;
-        let mut c = Cursor { bytes: self.cursor.bytes(len), pos: 0 };
+        let mut c = Cursor {
+            bytes: self.cursor.bytes(len),
+            pos: 0,
+        };
         let _attributes = c.u8()?;
         let timestamp_ms = self.first_timestamp_ms.wrapping_add(unzigzag(c.varint()?));
         let offset_delta = c.varint()?;
@@ -465,9 +497,18 @@ impl<'a> RecordIter<'a> {
             headers.push(Header { key, value });
         }
         if c.remaining() != 0 {
-            return Err(invalid(format!("{} stray bytes at the end of a record", c.remaining())));
+            return Err(invalid(format!(
+                "{} stray bytes at the end of a record",
+                c.remaining()
+            )));
         }
-        Ok(Record { offset, timestamp_ms, key, value, headers })
+        Ok(Record {
+            offset,
+            timestamp_ms,
+            key,
+            value,
+            headers,
+        })
     }
 }
 
@@ -495,7 +536,10 @@ pub struct BatchIter<'a> {
 
 /// Iterates the batches in `bytes`.
 pub fn batches(bytes: &[u8]) -> BatchIter<'_> {
-    BatchIter { rest: bytes, failed: false }
+    BatchIter {
+        rest: bytes,
+        failed: false,
+    }
 }
 
 impl<'a> Iterator for BatchIter<'a> {
@@ -528,7 +572,15 @@ mod tests {
             let mut out = Vec::new();
             put_varint(&mut out, v);
             assert!(out.len() <= VARINT_BYTES_MAX);
-            assert_eq!(Cursor { bytes: &out, pos: 0 }.varint().unwrap(), v);
+            assert_eq!(
+                Cursor {
+                    bytes: &out,
+                    pos: 0
+                }
+                .varint()
+                .unwrap(),
+                v
+            );
         }
         for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
             assert_eq!(unzigzag(zigzag(v)), v);
@@ -538,16 +590,31 @@ mod tests {
     #[test]
     fn overlong_varints_are_refused() {
         let eleven = [0x80u8; 11];
-        assert!(Cursor { bytes: &eleven, pos: 0 }.varint().is_err());
+        assert!(Cursor {
+            bytes: &eleven,
+            pos: 0
+        }
+        .varint()
+        .is_err());
         let mut overflow = [0xffu8; 10];
         overflow[9] = 0x02; // bit 64
-        assert!(Cursor { bytes: &overflow, pos: 0 }.varint().is_err());
+        assert!(Cursor {
+            bytes: &overflow,
+            pos: 0
+        }
+        .varint()
+        .is_err());
     }
 
     #[test]
     fn leader_patches_offset_and_term_without_breaking_the_crc() {
         let mut b = RecordBatchBuilder::new();
-        b.push(NewRecord { timestamp_ms: 5, key: Some(b"k"), value: Some(b"v"), headers: &[] });
+        b.push(NewRecord {
+            timestamp_ms: 5,
+            key: Some(b"k"),
+            value: Some(b"v"),
+            headers: &[],
+        });
         let mut bytes = b.finish();
         set_base_offset(&mut bytes, 1000);
         set_term(&mut bytes, 7);

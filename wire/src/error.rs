@@ -31,7 +31,10 @@ pub enum WireError {
     ReservedNonZero { value: u32 },
     /// The frame was decoded as a different kind than it carries.
     #[error("expected a {expected} frame, got {actual}")]
-    KindMismatch { expected: &'static str, actual: &'static str },
+    KindMismatch {
+        expected: &'static str,
+        actual: &'static str,
+    },
     /// The body failed rkyv validation (out-of-bounds pointers, invalid enum
     /// tags, invalid UTF-8, misaligned data, ...).
     #[error("invalid {kind} body: {reason}")]

@@ -51,7 +51,9 @@ pub struct FrameLimits {
 
 impl Default for FrameLimits {
     fn default() -> Self {
-        FrameLimits { frame_bytes_max: FRAME_BYTES_MAX_DEFAULT }
+        FrameLimits {
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+        }
     }
 }
 
@@ -102,7 +104,10 @@ impl FrameRef<'_> {
     pub fn to_frame(&self) -> Frame {
         let mut body = FrameBuf::with_capacity(self.body.len());
         body.extend_from_slice(self.body);
-        Frame { header: self.header, body }
+        Frame {
+            header: self.header,
+            body,
+        }
     }
 }
 
@@ -112,7 +117,10 @@ pub enum Parsed<'a> {
     /// Not enough bytes yet; at least `needed` more are required.
     Incomplete { needed: usize },
     /// One whole frame, which used the first `consumed` bytes of the input.
-    Frame { frame: FrameRef<'a>, consumed: usize },
+    Frame {
+        frame: FrameRef<'a>,
+        consumed: usize,
+    },
 }
 
 fn read_u32(buf: &[u8], at: usize) -> u32 {
@@ -129,7 +137,9 @@ pub(crate) fn frame_crc(frame: &[u8]) -> u32 {
 /// Errors are final for the stream: the caller should close the connection.
 pub fn parse_frame(buf: &[u8], limits: FrameLimits) -> Result<Parsed<'_>> {
     if buf.len() < 4 {
-        return Ok(Parsed::Incomplete { needed: 4 - buf.len() });
+        return Ok(Parsed::Incomplete {
+            needed: 4 - buf.len(),
+        });
     }
     let frame_bytes = read_u32(buf, 0);
     if frame_bytes > limits.frame_bytes_max {
@@ -139,11 +149,16 @@ pub fn parse_frame(buf: &[u8], limits: FrameLimits) -> Result<Parsed<'_>> {
         });
     }
     if (frame_bytes as usize) < FRAME_HEADER_BYTES {
-        return Err(WireError::FrameTooShort { length: frame_bytes, min: FRAME_HEADER_BYTES as u32 });
+        return Err(WireError::FrameTooShort {
+            length: frame_bytes,
+            min: FRAME_HEADER_BYTES as u32,
+        });
     }
     let frame_len = frame_bytes as usize;
     if buf.len() < frame_len {
-        return Ok(Parsed::Incomplete { needed: frame_len - buf.len() });
+        return Ok(Parsed::Incomplete {
+            needed: frame_len - buf.len(),
+        });
     }
     let frame = &buf[..frame_len];
     let expected = read_u32(frame, 4);
@@ -153,7 +168,10 @@ pub fn parse_frame(buf: &[u8], limits: FrameLimits) -> Result<Parsed<'_>> {
     }
     let version = frame[8];
     if version != PROTOCOL_VERSION {
-        return Err(WireError::UnsupportedVersion { version, supported: PROTOCOL_VERSION });
+        return Err(WireError::UnsupportedVersion {
+            version,
+            supported: PROTOCOL_VERSION,
+        });
     }
     let flags = frame[9];
     let kind_raw = u16::from_le_bytes([frame[10], frame[11]]);
@@ -172,7 +190,10 @@ pub fn parse_frame(buf: &[u8], limits: FrameLimits) -> Result<Parsed<'_>> {
         correlation_id: u64::from_le_bytes(correlation),
     };
     Ok(Parsed::Frame {
-        frame: FrameRef { header, body: &frame[FRAME_HEADER_BYTES..] },
+        frame: FrameRef {
+            header,
+            body: &frame[FRAME_HEADER_BYTES..],
+        },
         consumed: frame_len,
     })
 }
@@ -201,7 +222,10 @@ pub(crate) fn finish_frame(
     if len > limits.frame_bytes_max as usize {
         return Err(WireError::Encode {
             kind: kind_name,
-            reason: format!("frame of {len} bytes exceeds the maximum of {}", limits.frame_bytes_max),
+            reason: format!(
+                "frame of {len} bytes exceeds the maximum of {}",
+                limits.frame_bytes_max
+            ),
         });
     }
     buf[0..4].copy_from_slice(&(len as u32).to_le_bytes());
@@ -226,7 +250,12 @@ pub struct FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(limits: FrameLimits) -> Self {
-        FrameDecoder { limits, buf: Vec::new(), start: 0, poisoned: None }
+        FrameDecoder {
+            limits,
+            buf: Vec::new(),
+            start: 0,
+            poisoned: None,
+        }
     }
 
     /// Appends bytes received from the stream.

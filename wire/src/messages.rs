@@ -517,7 +517,10 @@ fn field(field: &'static str, ok: bool, reason: impl FnOnce() -> String) -> Resu
     if ok {
         Ok(())
     } else {
-        Err(WireError::InvalidField { field, reason: reason() })
+        Err(WireError::InvalidField {
+            field,
+            reason: reason(),
+        })
     }
 }
 
@@ -544,8 +547,12 @@ impl Validate for MetadataResponse {
 impl Validate for CreateTopicRequest {
     fn validate(&self) -> Result<()> {
         validate_topic_name(&self.name)?;
-        field("partitions", self.partitions > 0, || "must be at least 1".into())?;
-        field("replication", self.replication > 0, || "must be at least 1".into())
+        field("partitions", self.partitions > 0, || {
+            "must be at least 1".into()
+        })?;
+        field("replication", self.replication > 0, || {
+            "must be at least 1".into()
+        })
     }
 }
 impl Validate for CreateTopicResponse {
@@ -579,7 +586,9 @@ validate_name_field!(validate_group_name:
 impl Validate for ProduceRequest {
     fn validate(&self) -> Result<()> {
         validate_topic_name(&self.topic)?;
-        field("batch", !self.batch.is_empty(), || "must not be empty".into())
+        field("batch", !self.batch.is_empty(), || {
+            "must not be empty".into()
+        })
     }
 }
 impl Validate for JoinGroupRequest {
@@ -618,15 +627,30 @@ impl Validate for ClusterStatusResponse {
 impl Validate for InstallSnapshotChunk {
     fn validate(&self) -> Result<()> {
         field("data", self.data.len() <= SNAPSHOT_CHUNK_BYTES_MAX, || {
-            format!("{} bytes, the maximum chunk is {SNAPSHOT_CHUNK_BYTES_MAX}", self.data.len())
+            format!(
+                "{} bytes, the maximum chunk is {SNAPSHOT_CHUNK_BYTES_MAX}",
+                self.data.len()
+            )
         })?;
         let end = self.offset.checked_add(self.data.len() as u64);
-        field("offset", end.is_some_and(|end| end <= self.total_bytes), || {
-            format!("chunk at {} + {} passes total {}", self.offset, self.data.len(), self.total_bytes)
-        })?;
+        field(
+            "offset",
+            end.is_some_and(|end| end <= self.total_bytes),
+            || {
+                format!(
+                    "chunk at {} + {} passes total {}",
+                    self.offset,
+                    self.data.len(),
+                    self.total_bytes
+                )
+            },
+        )?;
         let crc = crc32c::crc32c(&self.data);
         field("chunk_crc", crc == self.chunk_crc, || {
-            format!("header says {:#010x}, data gives {crc:#010x}", self.chunk_crc)
+            format!(
+                "header says {:#010x}, data gives {crc:#010x}",
+                self.chunk_crc
+            )
         })
     }
 }
@@ -634,9 +658,19 @@ macro_rules! no_field_checks {
     ($($ty:ident),* $(,)?) => { $( impl Validate for $ty {} )* };
 }
 no_field_checks!(
-    GroupHeartbeatResponse, ClusterStatusRequest, ErrorResponse, PeerHello, PeerHelloResponse,
-    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse,
-    HeartbeatBatchRequest, HeartbeatBatchResponse, InstallSnapshotResponse, TimeoutNow,
+    GroupHeartbeatResponse,
+    ClusterStatusRequest,
+    ErrorResponse,
+    PeerHello,
+    PeerHelloResponse,
+    AppendEntriesRequest,
+    AppendEntriesResponse,
+    VoteRequest,
+    VoteResponse,
+    HeartbeatBatchRequest,
+    HeartbeatBatchResponse,
+    InstallSnapshotResponse,
+    TimeoutNow,
 );
 
 impl InstallSnapshotChunk {
@@ -649,7 +683,11 @@ impl InstallSnapshotChunk {
 
 impl ErrorResponse {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorResponse { code: code as u16, message: message.into(), leader_hint: None }
+        ErrorResponse {
+            code: code as u16,
+            message: message.into(),
+            leader_hint: None,
+        }
     }
 
     pub fn error_code(&self) -> ErrorCode {
@@ -683,8 +721,12 @@ where
     M: WireMessage + for<'a> rkyv::Serialize<Serializer<'a>>,
 {
     let buf = start_frame(M::KIND, correlation_id, buf);
-    let buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(msg, buf)
-        .map_err(|e| WireError::Encode { kind: M::KIND.name(), reason: e.to_string() })?;
+    let buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(msg, buf).map_err(|e| {
+        WireError::Encode {
+            kind: M::KIND.name(),
+            reason: e.to_string(),
+        }
+    })?;
     finish_frame(M::KIND.name(), buf, limits)
 }
 
@@ -698,8 +740,10 @@ where
     M: WireMessage,
     M::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
 {
-    rkyv::access::<M::Archived, rancor::Error>(body)
-        .map_err(|e| WireError::InvalidBody { kind: M::KIND.name(), reason: e.to_string() })
+    rkyv::access::<M::Archived, rancor::Error>(body).map_err(|e| WireError::InvalidBody {
+        kind: M::KIND.name(),
+        reason: e.to_string(),
+    })
 }
 
 /// Validates and deserializes a body, then runs its field checks.
@@ -710,8 +754,11 @@ where
         + rkyv::Deserialize<M, HighDeserializer<rancor::Error>>,
 {
     let archived = access_body::<M>(body)?;
-    let msg = rkyv::deserialize::<M, rancor::Error>(archived)
-        .map_err(|e| WireError::InvalidBody { kind: M::KIND.name(), reason: e.to_string() })?;
+    let msg =
+        rkyv::deserialize::<M, rancor::Error>(archived).map_err(|e| WireError::InvalidBody {
+            kind: M::KIND.name(),
+            reason: e.to_string(),
+        })?;
     msg.validate()?;
     Ok(msg)
 }
@@ -721,7 +768,10 @@ impl Frame {
         if self.header.kind == M::KIND {
             Ok(())
         } else {
-            Err(WireError::KindMismatch { expected: M::KIND.name(), actual: self.header.kind.name() })
+            Err(WireError::KindMismatch {
+                expected: M::KIND.name(),
+                actual: self.header.kind.name(),
+            })
         }
     }
 

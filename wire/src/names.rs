@@ -24,7 +24,9 @@ fn validate(field: &'static str, name: &str, max: usize) -> Result<()> {
     } else {
         name.bytes()
             .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
-            .map(|b| format!("byte {b:#04x} not allowed (use ASCII letters, digits, '.', '_', '-')"))
+            .map(|b| {
+                format!("byte {b:#04x} not allowed (use ASCII letters, digits, '.', '_', '-')")
+            })
     };
     match reason {
         None => Ok(()),
@@ -87,7 +89,10 @@ mod tests {
             &"x".repeat(250),
         ] {
             let err = validate_topic_name(name).unwrap_err();
-            assert!(matches!(err, WireError::InvalidField { field: "topic", .. }), "{name:?}");
+            assert!(
+                matches!(err, WireError::InvalidField { field: "topic", .. }),
+                "{name:?}"
+            );
         }
         assert!(validate_group_name(&"g".repeat(256)).is_err());
         validate_group_name(&"g".repeat(255)).unwrap();

@@ -9,8 +9,12 @@ use crate::*;
 fn as_sent(mut msg: Message) -> Message {
     if let Message::InstallSnapshotChunk(chunk) = &mut msg {
         chunk.chunk_crc = crc32c::crc32c(&chunk.data);
-        chunk.total_bytes = chunk.total_bytes.max(chunk.offset.saturating_add(chunk.data.len() as u64));
-        chunk.offset = chunk.offset.min(chunk.total_bytes - chunk.data.len() as u64);
+        chunk.total_bytes = chunk
+            .total_bytes
+            .max(chunk.offset.saturating_add(chunk.data.len() as u64));
+        chunk.offset = chunk
+            .offset
+            .min(chunk.total_bytes - chunk.data.len() as u64);
     }
     msg
 }

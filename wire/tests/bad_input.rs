@@ -53,7 +53,10 @@ fn an_oversize_length_is_refused_before_the_body_arrives() {
     bytes = u32::MAX.to_le_bytes().to_vec();
     let mut decoder = FrameDecoder::new(limits());
     decoder.extend(&bytes);
-    assert!(matches!(decoder.next_frame(), Err(WireError::FrameTooLarge { .. })));
+    assert!(matches!(
+        decoder.next_frame(),
+        Err(WireError::FrameTooLarge { .. })
+    ));
     // The decoder stays poisoned: the stream cannot be trusted any more.
     decoder.extend(&sample_frame());
     assert!(decoder.next_frame().is_err());
@@ -64,7 +67,10 @@ fn a_configured_smaller_limit_applies_to_decoding_and_encoding() {
     let small = FrameLimits::new(48).unwrap();
     let frame = sample_frame();
     assert!(frame.len() > 48);
-    assert!(matches!(parse_frame(&frame, small), Err(WireError::FrameTooLarge { .. })));
+    assert!(matches!(
+        parse_frame(&frame, small),
+        Err(WireError::FrameTooLarge { .. })
+    ));
     let big = ProduceRequest {
         topic: "t".into(),
         partition: 0,
@@ -72,7 +78,10 @@ fn a_configured_smaller_limit_applies_to_decoding_and_encoding() {
         timeout_ms: 1,
         batch: vec![0; 100],
     };
-    assert!(matches!(encode(&big, 1, small), Err(WireError::Encode { .. })));
+    assert!(matches!(
+        encode(&big, 1, small),
+        Err(WireError::Encode { .. })
+    ));
     assert!(FrameLimits::new(10).is_err());
     assert!(FrameLimits::new(u32::MAX).is_err());
 }
@@ -81,7 +90,10 @@ fn a_configured_smaller_limit_applies_to_decoding_and_encoding() {
 fn a_length_below_the_header_is_refused() {
     let mut frame = sample_frame();
     frame[0..4].copy_from_slice(&10u32.to_le_bytes());
-    assert!(matches!(parse_err(&frame), WireError::FrameTooShort { length: 10, .. }));
+    assert!(matches!(
+        parse_err(&frame),
+        WireError::FrameTooShort { length: 10, .. }
+    ));
 }
 
 #[test]
@@ -92,7 +104,10 @@ fn a_flipped_bit_anywhere_fails_the_crc() {
             let mut bad = frame.clone();
             bad[i] ^= 1 << bit;
             let err = parse_err(&bad);
-            assert!(matches!(err, WireError::FrameCrcMismatch { .. }), "byte {i}: {err}");
+            assert!(
+                matches!(err, WireError::FrameCrcMismatch { .. }),
+                "byte {i}: {err}"
+            );
         }
     }
 }
@@ -102,7 +117,13 @@ fn unknown_version_kind_and_reserved_bits_are_named_in_the_error() {
     let mut f = sample_frame();
     f[8] = 9;
     reseal(&mut f);
-    assert_eq!(parse_err(&f), WireError::UnsupportedVersion { version: 9, supported: 1 });
+    assert_eq!(
+        parse_err(&f),
+        WireError::UnsupportedVersion {
+            version: 9,
+            supported: 1
+        }
+    );
 
     let mut f = sample_frame();
     f[10..12].copy_from_slice(&0x7777u16.to_le_bytes());
@@ -133,22 +154,42 @@ fn frame_with_body(kind: Kind, body: &[u8]) -> Frame {
 fn an_invalid_archive_is_refused_with_the_kind_named() {
     // A body that claims a string far beyond its bytes.
     // (Names of more than 8 bytes are stored out of line, behind a pointer.)
-    let valid = encode(&DescribeTopicRequest { name: "orders-and-more".into() }, 1, limits()).unwrap();
+    let valid = encode(
+        &DescribeTopicRequest {
+            name: "orders-and-more".into(),
+        },
+        1,
+        limits(),
+    )
+    .unwrap();
     let mut body = valid[FRAME_HEADER_BYTES..].to_vec();
     let n = body.len();
     body[n - 4..].copy_from_slice(&i32::MAX.to_le_bytes()); // relative pointer
     let frame = frame_with_body(Kind::DescribeTopicRequest, &body);
     let err = frame.message().unwrap_err();
-    assert!(matches!(err, WireError::InvalidBody { kind: "DescribeTopicRequest", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            WireError::InvalidBody {
+                kind: "DescribeTopicRequest",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     // An empty body for a kind that has fields.
-    let err = frame_with_body(Kind::FetchRequest, &[]).message().unwrap_err();
+    let err = frame_with_body(Kind::FetchRequest, &[])
+        .message()
+        .unwrap_err();
     assert!(matches!(err, WireError::InvalidBody { .. }), "{err}");
 
     // An invalid enum tag (Acks has two variants).
     let valid = sample_frame();
     let body = valid[FRAME_HEADER_BYTES..].to_vec();
-    let tag_positions: Vec<usize> = (0..body.len()).filter(|&i| body[i] == Acks::Quorum as u8).collect();
+    let tag_positions: Vec<usize> = (0..body.len())
+        .filter(|&i| body[i] == Acks::Quorum as u8)
+        .collect();
     let rejected = tag_positions.iter().any(|&i| {
         let mut b = body.clone();
         b[i] = 0xEE;
@@ -159,39 +200,58 @@ fn an_invalid_archive_is_refused_with_the_kind_named() {
 
 #[test]
 fn invalid_utf8_in_a_string_is_refused() {
-    let valid = encode(&DescribeTopicRequest { name: "abcdefghijklmnop".into() }, 1, limits()).unwrap();
+    let valid = encode(
+        &DescribeTopicRequest {
+            name: "abcdefghijklmnop".into(),
+        },
+        1,
+        limits(),
+    )
+    .unwrap();
     let mut body = valid[FRAME_HEADER_BYTES..].to_vec();
-    let at = body.windows(16).position(|w| w == b"abcdefghijklmnop").expect("string bytes");
+    let at = body
+        .windows(16)
+        .position(|w| w == b"abcdefghijklmnop")
+        .expect("string bytes");
     body[at + 5] = 0xff;
-    let err = frame_with_body(Kind::DescribeTopicRequest, &body).message().unwrap_err();
+    let err = frame_with_body(Kind::DescribeTopicRequest, &body)
+        .message()
+        .unwrap_err();
     assert!(matches!(err, WireError::InvalidBody { .. }), "{err}");
 }
 
 #[test]
 fn topic_names_are_checked_where_they_enter() {
     for name in ["../../etc", "a/b", "", "..", "bad\0name"] {
-        let frame = encode(&CreateTopicRequest {
-            name: name.into(),
-            partitions: 1,
-            replication: 1,
-            config: TopicConfig {
-                retention_bytes: None,
-                retention_ms: None,
-                segment_bytes: None,
-                segment_ms: None,
-                cleanup: CleanupPolicy::Delete,
-                durability: Durability::EveryBatch,
-                tombstone_retention_ms: None,
+        let frame = encode(
+            &CreateTopicRequest {
+                name: name.into(),
+                partitions: 1,
+                replication: 1,
+                config: TopicConfig {
+                    retention_bytes: None,
+                    retention_ms: None,
+                    segment_bytes: None,
+                    segment_ms: None,
+                    cleanup: CleanupPolicy::Delete,
+                    durability: Durability::EveryBatch,
+                    tombstone_retention_ms: None,
+                },
+                timeout_ms: 1000,
             },
-            timeout_ms: 1000,
-        }, 1, limits())
+            1,
+            limits(),
+        )
         .unwrap();
         let parsed = match parse_frame(&frame, limits()).unwrap() {
             Parsed::Frame { frame, .. } => frame.to_frame(),
             Parsed::Incomplete { .. } => unreachable!(),
         };
         let err = parsed.message().unwrap_err();
-        assert!(matches!(err, WireError::InvalidField { field: "topic", .. }), "{name:?}: {err}");
+        assert!(
+            matches!(err, WireError::InvalidField { field: "topic", .. }),
+            "{name:?}: {err}"
+        );
     }
 }
 
@@ -202,7 +262,10 @@ fn decoding_as_the_wrong_kind_is_an_error() {
         Parsed::Frame { frame, .. } => frame.to_frame(),
         Parsed::Incomplete { .. } => unreachable!(),
     };
-    assert!(matches!(frame.decode::<FetchRequest>(), Err(WireError::KindMismatch { .. })));
+    assert!(matches!(
+        frame.decode::<FetchRequest>(),
+        Err(WireError::KindMismatch { .. })
+    ));
     assert_eq!(frame.decode::<ProduceRequest>().unwrap().partition, 3);
 }
 
@@ -227,18 +290,36 @@ fn a_snapshot_chunk_with_a_bad_crc_or_oversize_data_is_refused() {
             Parsed::Incomplete { .. } => unreachable!(),
         }
     };
-    assert!(matches!(roundtrip(&chunk), Err(WireError::InvalidField { field: "chunk_crc", .. })));
+    assert!(matches!(
+        roundtrip(&chunk),
+        Err(WireError::InvalidField {
+            field: "chunk_crc",
+            ..
+        })
+    ));
     let sealed = chunk.clone().seal();
     assert_eq!(roundtrip(&sealed).unwrap(), sealed);
-    let past_end = InstallSnapshotChunk { offset: 50, ..sealed.clone() };
-    assert!(matches!(roundtrip(&past_end), Err(WireError::InvalidField { field: "offset", .. })));
+    let past_end = InstallSnapshotChunk {
+        offset: 50,
+        ..sealed.clone()
+    };
+    assert!(matches!(
+        roundtrip(&past_end),
+        Err(WireError::InvalidField {
+            field: "offset",
+            ..
+        })
+    ));
     let huge = InstallSnapshotChunk {
         data: vec![0; SNAPSHOT_CHUNK_BYTES_MAX + 1],
         total_bytes: u64::MAX,
         ..sealed
     }
     .seal();
-    assert!(matches!(roundtrip(&huge), Err(WireError::InvalidField { field: "data", .. })));
+    assert!(matches!(
+        roundtrip(&huge),
+        Err(WireError::InvalidField { field: "data", .. })
+    ));
 }
 
 fn batch_of(n: usize) -> Vec<u8> {
@@ -258,7 +339,10 @@ fn batch_of(n: usize) -> Vec<u8> {
 fn a_damaged_record_batch_is_refused_at_every_truncation_and_bit_flip() {
     let bytes = batch_of(3);
     for len in 0..bytes.len() {
-        assert!(RecordBatch::parse(&bytes[..len]).is_err(), "truncated to {len}");
+        assert!(
+            RecordBatch::parse(&bytes[..len]).is_err(),
+            "truncated to {len}"
+        );
     }
     for i in 16..bytes.len() {
         let mut bad = bytes.clone();
@@ -282,7 +366,12 @@ fn record_lengths_and_counts_are_checked_against_the_bytes_left() {
 
     // A record whose key length runs past the record.
     let mut b = RecordBatchBuilder::new();
-    b.push(NewRecord { timestamp_ms: 0, key: Some(b"abc"), value: None, headers: &[] });
+    b.push(NewRecord {
+        timestamp_ms: 0,
+        key: Some(b"abc"),
+        value: None,
+        headers: &[],
+    });
     let mut bytes = b.finish();
     // record: [len][attr][ts][delta][keylen+1=4]... ; make keylen huge.
     let key_len_at = wire::BATCH_HEADER_BYTES + 4;
@@ -290,6 +379,9 @@ fn record_lengths_and_counts_are_checked_against_the_bytes_left() {
     bytes[key_len_at] = 0x7f;
     let crc = crc32c::crc32c(&bytes[24..]);
     bytes[20..24].copy_from_slice(&crc.to_le_bytes());
-    let err = RecordBatch::parse(&bytes).unwrap().validate_records().unwrap_err();
+    let err = RecordBatch::parse(&bytes)
+        .unwrap()
+        .validate_records()
+        .unwrap_err();
     assert!(err.to_string().contains("key length"), "{err}");
 }

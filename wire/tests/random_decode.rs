@@ -8,23 +8,69 @@ use rand_chacha::ChaCha8Rng;
 use wire::*;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn sample_frames() -> Vec<Vec<u8>> {
     let limits = FrameLimits::default();
     let mut batch = RecordBatchBuilder::new();
-    batch.push(NewRecord { timestamp_ms: 1, key: Some(b"k"), value: Some(b"v"), headers: &[] });
+    batch.push(NewRecord {
+        timestamp_ms: 1,
+        key: Some(b"k"),
+        value: Some(b"v"),
+        headers: &[],
+    });
     let batch = batch.finish();
     let msgs: Vec<Message> = vec![
-        MetadataRequest { topics: Some(vec!["a".into(), "b".into()]) }.into(),
-        ProduceRequest { topic: "t".into(), partition: 1, acks: Acks::Quorum, timeout_ms: 10, batch: batch.clone() }.into(),
-        FetchResponse { topic: "t".into(), partition: 0, high_watermark: 9, log_start_offset: 0, batches: batch }.into(),
+        MetadataRequest {
+            topics: Some(vec!["a".into(), "b".into()]),
+        }
+        .into(),
+        ProduceRequest {
+            topic: "t".into(),
+            partition: 1,
+            acks: Acks::Quorum,
+            timeout_ms: 10,
+            batch: batch.clone(),
+        }
+        .into(),
+        FetchResponse {
+            topic: "t".into(),
+            partition: 0,
+            high_watermark: 9,
+            log_start_offset: 0,
+            batches: batch,
+        }
+        .into(),
         ErrorResponse::new(ErrorCode::NotLeader, "go elsewhere").into(),
-        HeartbeatBatchRequest { from: 1, heartbeats: vec![GroupHeartbeat { group: 1, term: 2, commit_index: 3 }; 3] }.into(),
-        JoinGroupRequest { group: "g".into(), member_id: None, client_id: "c".into(), topics: vec!["t".into()], lease_ms: 1 }.into(),
+        HeartbeatBatchRequest {
+            from: 1,
+            heartbeats: vec![
+                GroupHeartbeat {
+                    group: 1,
+                    term: 2,
+                    commit_index: 3
+                };
+                3
+            ],
+        }
+        .into(),
+        JoinGroupRequest {
+            group: "g".into(),
+            member_id: None,
+            client_id: "c".into(),
+            topics: vec!["t".into()],
+            lease_ms: 1,
+        }
+        .into(),
     ];
-    msgs.iter().enumerate().map(|(i, m)| m.encode(i as u64, limits).unwrap().to_vec()).collect()
+    msgs.iter()
+        .enumerate()
+        .map(|(i, m)| m.encode(i as u64, limits).unwrap().to_vec())
+        .collect()
 }
 
 /// Runs the full decode path; returns whether a message came out.

@@ -1,1 +1,350 @@
-fn main() {}
+//! `drmq`: the broker and its command-line client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use broker::client::{parse_brokers, Connection};
+use broker::config::{load_file, parse_peers, BrokerConfig, FileConfig};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use wire::*;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "drmq",
+    version,
+    about = "DRMQ: a distributed, replicated message log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one broker.
+    Broker(BrokerArgs),
+    /// Run a local cluster of brokers as child processes.
+    Dev {
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Create, delete, list and describe topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce stdin lines as messages.
+    Produce {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        key_separator: Option<char>,
+        #[arg(long)]
+        idempotent: bool,
+    },
+    /// Consume messages as JSON lines.
+    Consume {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long, default_value = "earliest")]
+        from: String,
+        #[arg(long)]
+        max_messages: Option<u64>,
+        #[arg(long)]
+        idle_timeout_ms: Option<u64>,
+    },
+    /// Cluster-wide views.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Args, Debug)]
+struct BrokerArgs {
+    #[arg(long)]
+    id: Option<u64>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Peer-listen addresses of every voter: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long)]
+    peers: Option<String>,
+    #[arg(long)]
+    shards: Option<usize>,
+    /// A TOML file with the same settings; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print it as JSON and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Args, Debug)]
+struct ConnArgs {
+    /// Brokers to bootstrap from: HOST:PORT[,HOST:PORT...]
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Deadline for each request.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicCommand {
+    Create {
+        #[command(flatten)]
+        conn: ConnArgs,
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        #[arg(long, default_value_t = 3)]
+        replication: u16,
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        /// delete or compact
+        #[arg(long, default_value = "delete")]
+        cleanup: String,
+    },
+    Delete {
+        #[command(flatten)]
+        conn: ConnArgs,
+        name: String,
+    },
+    List {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    Describe {
+        #[command(flatten)]
+        conn: ConnArgs,
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    Status {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drmq: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Broker(args) => broker(args),
+        Command::Dev { .. } => bail!(NOT_YET),
+        Command::Topic(cmd) => topic(cmd),
+        Command::Produce { topic, .. } | Command::Consume { topic, .. } => {
+            validate_topic_name(&topic)?;
+            bail!(NOT_YET)
+        }
+        Command::Cluster(ClusterCommand::Status { conn }) => {
+            let resp = request(
+                &conn,
+                ClusterStatusRequest {
+                    include_partitions: true,
+                }
+                .into(),
+            )?;
+            let Message::ClusterStatusResponse(s) = resp else {
+                bail!(unexpected(&resp))
+            };
+            print_json(&cluster_status_json(&s));
+            Ok(())
+        }
+    }
+}
+
+/// The runtime that serves these requests (shards, Raft, storage wired
+/// together) is not built yet; say so instead of pretending.
+const NOT_YET: &str = "this command needs the broker runtime, which is not built yet \
+                       (see docs/ARCHITECTURE.md, \"Status\")";
+
+fn broker(args: BrokerArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => load_file(path)?,
+        None => FileConfig::default(),
+    };
+    let peers = match &args.peers {
+        Some(spec) => Some(
+            parse_peers(spec)?
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        ),
+        None => None,
+    };
+    let flags = FileConfig {
+        id: args.id,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        peer_listen: args.peer_listen,
+        http: args.http,
+        peers,
+        shards: args.shards,
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let config = BrokerConfig::resolve(file, flags, cores)?;
+    if args.check_config {
+        print_json(&serde_json::to_value(&config)?);
+        return Ok(());
+    }
+    bail!(NOT_YET)
+}
+
+fn request(conn: &ConnArgs, msg: Message) -> Result<Message> {
+    let brokers = parse_brokers(&conn.brokers)?;
+    let timeout = Duration::from_millis(conn.timeout_ms.max(1));
+    let mut c = Connection::connect_any(&brokers, timeout)?;
+    let addr = c.addr();
+    c.request(&msg)
+        .with_context(|| format!("{} to {addr}", msg.kind().name()))
+}
+
+fn unexpected(msg: &Message) -> String {
+    format!("unexpected response {}", msg.kind().name())
+}
+
+fn print_json(v: &Value) {
+    println!("{v}");
+}
+
+fn topic(cmd: TopicCommand) -> Result<()> {
+    match cmd {
+        TopicCommand::Create {
+            conn,
+            name,
+            partitions,
+            replication,
+            retention_bytes,
+            retention_ms,
+            cleanup,
+        } => {
+            validate_topic_name(&name)?;
+            let cleanup = match cleanup.as_str() {
+                "delete" => CleanupPolicy::Delete,
+                "compact" => CleanupPolicy::Compact,
+                other => bail!("--cleanup must be delete or compact, not `{other}`"),
+            };
+            if partitions == 0 || replication == 0 {
+                bail!("--partitions and --replication must be at least 1");
+            }
+            let req = CreateTopicRequest {
+                name,
+                partitions,
+                replication,
+                config: TopicConfig {
+                    retention_bytes,
+                    retention_ms,
+                    segment_bytes: None,
+                    segment_ms: None,
+                    cleanup,
+                    durability: Durability::EveryBatch,
+                    tombstone_retention_ms: None,
+                },
+                timeout_ms: conn.timeout_ms.min(u64::from(u32::MAX)) as u32,
+            };
+            let resp = request(&conn, req.into())?;
+            let Message::CreateTopicResponse(r) = resp else {
+                bail!(unexpected(&resp))
+            };
+            print_json(&topic_json(&r.topic));
+        }
+        TopicCommand::Delete { conn, name } => {
+            validate_topic_name(&name)?;
+            let timeout_ms = conn.timeout_ms.min(u64::from(u32::MAX)) as u32;
+            let resp = request(&conn, DeleteTopicRequest { name, timeout_ms }.into())?;
+            let Message::DeleteTopicResponse(r) = resp else {
+                bail!(unexpected(&resp))
+            };
+            print_json(&json!({ "deleted": r.name }));
+        }
+        TopicCommand::List { conn } => {
+            let resp = request(&conn, MetadataRequest { topics: None }.into())?;
+            let Message::MetadataResponse(r) = resp else {
+                bail!(unexpected(&resp))
+            };
+            print_json(&Value::Array(r.topics.iter().map(topic_json).collect()));
+        }
+        TopicCommand::Describe { conn, name } => {
+            validate_topic_name(&name)?;
+            let resp = request(&conn, DescribeTopicRequest { name }.into())?;
+            let Message::DescribeTopicResponse(r) = resp else {
+                bail!(unexpected(&resp))
+            };
+            let mut v = topic_json(&r.topic);
+            v["replication"] = json!(r.replication);
+            v["retention_bytes"] = json!(r.config.retention_bytes);
+            v["retention_ms"] = json!(r.config.retention_ms);
+            v["cleanup"] = json!(format!("{:?}", r.config.cleanup).to_lowercase());
+            print_json(&v);
+        }
+    }
+    Ok(())
+}
+
+fn topic_json(t: &TopicMetadata) -> Value {
+    json!({
+        "name": t.name,
+        "error": (t.error != 0).then(|| ErrorCode::from_u16(t.error).name()),
+        "partitions": t.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "leader": p.leader,
+            "leader_term": p.leader_term,
+            "shard": p.shard,
+            "replicas": p.replicas,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn cluster_status_json(s: &ClusterStatusResponse) -> Value {
+    json!({
+        "controller": s.controller,
+        "brokers": s.brokers.iter().map(|b| json!({
+            "id": b.id,
+            "alive": b.alive,
+            "last_seen_ms_ago": b.last_seen_ms_ago,
+            "endpoints": b.endpoints.iter().map(|e| format!("{}:{}", e.host, e.port)).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "partitions": s.partitions.iter().map(|p| json!({
+            "topic": p.topic,
+            "partition": p.partition,
+            "leader": p.leader,
+            "term": p.term,
+            "commit_index": p.commit_index,
+            "log_start_offset": p.log_start_offset,
+            "replicas": p.replicas.iter().map(|r| json!({
+                "broker": r.broker, "match_index": r.match_index, "lag": r.lag,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}

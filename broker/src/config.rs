@@ -1,0 +1,265 @@
+//! Broker configuration: command-line flags over an optional TOML file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Most brokers a static peer list may name. A Raft group of more than a
+/// handful of voters only slows commits; 64 leaves room for learners.
+pub const PEERS_MAX: usize = 64;
+/// Most shards per broker: one per core, and no machine we target has more
+/// than 256 cores.
+pub const SHARDS_MAX: usize = 256;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("--peers: {0}")]
+    Peers(String),
+    #[error("missing setting `{0}` (give --{0} or set it in the config file)")]
+    Missing(&'static str),
+    #[error("invalid setting `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Settings a TOML config file may hold; every field optional so that flags
+/// can fill or override them.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub peer_listen: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    /// Node id to peer-listen address, as strings in TOML (`1 = "host:port"`).
+    pub peers: Option<BTreeMap<String, SocketAddr>>,
+    pub shards: Option<usize>,
+}
+
+/// A complete, validated broker configuration.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    pub http: SocketAddr,
+    pub peers: BTreeMap<u64, SocketAddr>,
+    pub shards: usize,
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT,...`.
+pub fn parse_peers(spec: &str) -> Result<BTreeMap<u64, SocketAddr>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Peers(format!("`{item}` is not ID=HOST:PORT")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Peers(format!("`{id}` is not a node id")))?;
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Peers(format!("`{addr}` is not a HOST:PORT address")))?;
+        if peers.insert(id, addr).is_some() {
+            return Err(ConfigError::Peers(format!("node {id} is listed twice")));
+        }
+    }
+    Ok(peers)
+}
+
+/// Reads a TOML config file.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.message().to_owned(),
+    })
+}
+
+impl BrokerConfig {
+    /// Merges flags (`overrides`, taking precedence) over a file's settings and
+    /// validates the result. `cores` is the default shard count.
+    pub fn resolve(
+        file: FileConfig,
+        overrides: FileConfig,
+        cores: usize,
+    ) -> Result<BrokerConfig, ConfigError> {
+        let peers = match overrides.peers.or(file.peers) {
+            None => BTreeMap::new(),
+            Some(map) => map
+                .into_iter()
+                .map(|(k, v)| {
+                    k.parse::<u64>()
+                        .map(|id| (id, v))
+                        .map_err(|_| ConfigError::Peers(format!("`{k}` is not a node id")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let config = BrokerConfig {
+            id: overrides.id.or(file.id).ok_or(ConfigError::Missing("id"))?,
+            data_dir: overrides
+                .data_dir
+                .or(file.data_dir)
+                .ok_or(ConfigError::Missing("data-dir"))?,
+            listen: overrides
+                .listen
+                .or(file.listen)
+                .ok_or(ConfigError::Missing("listen"))?,
+            peer_listen: overrides
+                .peer_listen
+                .or(file.peer_listen)
+                .ok_or(ConfigError::Missing("peer-listen"))?,
+            http: overrides
+                .http
+                .or(file.http)
+                .ok_or(ConfigError::Missing("http"))?,
+            peers,
+            shards: overrides.shards.or(file.shards).unwrap_or(cores),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: String| Err(ConfigError::Invalid { field, reason });
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return invalid(
+                "shards",
+                format!("{} is outside 1..={SHARDS_MAX}", self.shards),
+            );
+        }
+        if self.peers.len() > PEERS_MAX {
+            return invalid(
+                "peers",
+                format!("{} peers, at most {PEERS_MAX}", self.peers.len()),
+            );
+        }
+        if !self.peers.is_empty() {
+            match self.peers.get(&self.id) {
+                None => {
+                    return invalid(
+                        "peers",
+                        format!("this broker's id {} is not listed", self.id),
+                    )
+                }
+                Some(addr) if addr.port() != self.peer_listen.port() => {
+                    return invalid(
+                        "peers",
+                        format!(
+                            "lists {addr} for this broker but --peer-listen is {}",
+                            self.peer_listen
+                        ),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+        let ports = [self.listen, self.peer_listen, self.http];
+        if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
+            return invalid("listen", "listen, peer-listen and http must differ".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> FileConfig {
+        FileConfig {
+            id: Some(1),
+            data_dir: Some("d".into()),
+            listen: Some("127.0.0.1:9092".parse().unwrap()),
+            peer_listen: Some("127.0.0.1:9192".parse().unwrap()),
+            http: Some("127.0.0.1:8080".parse().unwrap()),
+            peers: None,
+            shards: Some(2),
+        }
+    }
+
+    #[test]
+    fn peers_parse_and_bad_entries_are_named() {
+        let p = parse_peers("1=127.0.0.1:1,2=127.0.0.1:2").unwrap();
+        assert_eq!(p.len(), 2);
+        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2")
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        assert!(parse_peers("x=127.0.0.1:1")
+            .unwrap_err()
+            .to_string()
+            .contains("`x`"));
+        assert!(parse_peers("1=nohost")
+            .unwrap_err()
+            .to_string()
+            .contains("nohost"));
+        assert!(parse_peers("127.0.0.1:1")
+            .unwrap_err()
+            .to_string()
+            .contains("ID=HOST:PORT"));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_missing_settings_are_named() {
+        let file = FileConfig {
+            id: Some(9),
+            shards: Some(4),
+            ..FileConfig::default()
+        };
+        let c = BrokerConfig::resolve(file, flags(), 8).unwrap();
+        assert_eq!((c.id, c.shards), (1, 2));
+        let err =
+            BrokerConfig::resolve(FileConfig::default(), FileConfig::default(), 2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "missing setting `id` (give --id or set it in the config file)"
+        );
+    }
+
+    #[test]
+    fn a_peer_list_without_this_broker_or_zero_shards_is_refused() {
+        let mut f = flags();
+        f.peers = Some([("2".to_string(), "127.0.0.1:9193".parse().unwrap())].into());
+        assert!(BrokerConfig::resolve(FileConfig::default(), f, 2).is_err());
+        let mut f = flags();
+        f.shards = Some(0);
+        assert!(BrokerConfig::resolve(FileConfig::default(), f, 2).is_err());
+    }
+
+    #[test]
+    fn a_toml_file_loads_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(
+            &path,
+            "id = 2\ndata_dir = \"/tmp/x\"\nlisten = \"127.0.0.1:1\"\npeer_listen = \"127.0.0.1:2\"\n\
+             http = \"127.0.0.1:3\"\n[peers]\n2 = \"127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let c = BrokerConfig::resolve(load_file(&path).unwrap(), FileConfig::default(), 1).unwrap();
+        assert_eq!(c.peers[&2], "127.0.0.1:2".parse::<SocketAddr>().unwrap());
+        std::fs::write(&path, "id = 2\nbogus = 1\n").unwrap();
+        assert!(load_file(&path).unwrap_err().to_string().contains("bogus"));
+        assert!(load_file(&dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
+    }
+}

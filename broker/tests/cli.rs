@@ -1,0 +1,82 @@
+//! The `drmq` binary: wrong flags and bad input give a one-line error and a
+//! non-zero exit; `--check-config` prints the resolved configuration.
+
+use std::process::{Command, Output};
+
+fn drmq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_drmq"))
+        .args(args)
+        .output()
+        .expect("run drmq")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn an_unknown_flag_is_a_usage_error_with_exit_2() {
+    let o = drmq(&["topic", "list", "--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--no-such-flag"), "{}", stderr(&o));
+}
+
+#[test]
+fn broker_check_config_prints_the_merged_settings_as_json() {
+    let o = drmq(&[
+        "broker",
+        "--id",
+        "2",
+        "--data-dir",
+        "/tmp/d2",
+        "--listen",
+        "127.0.0.1:9093",
+        "--peer-listen",
+        "127.0.0.1:9193",
+        "--http",
+        "127.0.0.1:8082",
+        "--peers",
+        "1=127.0.0.1:9192,2=127.0.0.1:9193,3=127.0.0.1:9194",
+        "--shards",
+        "2",
+        "--check-config",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["id"], 2);
+    assert_eq!(v["shards"], 2);
+    assert_eq!(v["peers"]["3"], "127.0.0.1:9194");
+}
+
+#[test]
+fn a_missing_config_file_or_bad_peers_is_one_line_and_exit_1() {
+    for args in [
+        &["broker", "--config", "/nonexistent/drmq.toml"][..],
+        &["broker", "--id", "1", "--peers", "1=nowhere"][..],
+        &["topic", "create", "../escape", "--brokers", "127.0.0.1:1"][..],
+        &["topic", "list", "--brokers", "not-an-address"][..],
+    ] {
+        let o = drmq(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("drmq: error: "), "{err}");
+    }
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error_not_a_hang() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    let o = drmq(&[
+        "cluster",
+        "status",
+        "--brokers",
+        &addr,
+        "--timeout-ms",
+        "2000",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&addr), "{}", stderr(&o));
+}
