@@ -172,12 +172,15 @@ fn main() {
     println!("  ratio 3-node / 1-node:   {:>12.3}", three / single);
 
     let clock = CpuClock::start();
+    let mut stats = sim::Stats::default();
     for seed in 0..seeds {
-        sim::run_seed(0xBE4C_0000 + seed, false);
+        stats.add(&sim::run_seed(0xBE4C_0000 + seed, false));
     }
+    assert_eq!(stats.seeds, seeds);
     let per_minute = seeds as f64 / clock.seconds() * 60.0;
     println!(
         "  simulation: {seeds} seeds ({} fault ticks + liveness each), {per_minute:.0} seeds per CPU-minute (one core)",
         sim::FAULT_TICKS
     );
+    println!("  simulation exercised: {stats:?}");
 }

@@ -25,7 +25,7 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
-fn run_checked(seed: u64, trace: bool) -> Result<(), String> {
+fn run_checked(seed: u64, trace: bool) -> Result<sim::Stats, String> {
     catch_unwind(AssertUnwindSafe(|| run_seed(seed, trace))).map_err(|panic| {
         let what = panic
             .downcast_ref::<String>()
@@ -43,43 +43,63 @@ fn simulation_keeps_raft_safe_and_live_under_faults() {
     if let Some(seed) = env_u64("DRMQ_SIM_SEED") {
         let trace = std::env::var("DRMQ_SIM_TRACE").is_ok();
         println!("simulation: replaying seed {seed}");
-        if let Err(report) = run_checked(seed, trace) {
-            panic!("{report}");
+        match run_checked(seed, trace) {
+            Ok(stats) => println!("simulation: seed {seed} passed: {stats:?}"),
+            Err(report) => panic!("{report}"),
         }
         return;
     }
     let count = env_u64("DRMQ_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
     let base = env_u64("DRMQ_SIM_SEED_BASE").unwrap_or(SEED_BASE_DEFAULT);
-    println!("simulation: {count} seeds from {base}");
+    println!("simulation: {count} seeds from {base} (DRMQ_SIM_SEED_BASE={base})");
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8) as u64;
-    let failures: Vec<String> = std::thread::scope(|scope| {
+    let results: Vec<(sim::Stats, Vec<String>)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
+                    let mut stats = sim::Stats::default();
                     let mut failures = Vec::new();
                     let mut seed = base + t;
                     while seed < base + count {
-                        if let Err(report) = run_checked(seed, false) {
-                            eprintln!("{report}");
-                            failures.push(report);
+                        match run_checked(seed, false) {
+                            Ok(s) => stats.add(&s),
+                            Err(report) => {
+                                eprintln!("{report}");
+                                failures.push(report);
+                            }
                         }
                         seed += threads;
                     }
-                    failures
+                    (stats, failures)
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap())
-            .collect()
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
+    let mut stats = sim::Stats::default();
+    let mut failures = Vec::new();
+    for (s, f) in results {
+        stats.add(&s);
+        failures.extend(f);
+    }
+    println!("simulation: {stats:?}");
     assert!(
         failures.is_empty(),
         "{} of {count} seeds failed:\n{}",
         failures.len(),
         failures.join("\n")
     );
+    if count >= 100 {
+        // The faults must really happen, or a passing run proves nothing.
+        assert!(stats.crashes > count && stats.torn_readies > 0, "{stats:?}");
+        assert!(
+            stats.partitions > count && stats.transfers_started > 0,
+            "{stats:?}"
+        );
+        assert!(stats.snapshots_installed > count / 10, "{stats:?}");
+        assert!(stats.membership_changes_applied > count / 10, "{stats:?}");
+        assert!(stats.leaders_elected > count, "{stats:?}");
+    }
 }

@@ -3,7 +3,7 @@
 //! network that loses, duplicates, delays and reorders messages, with
 //! partitions (symmetric and asymmetric), crashes that lose everything not yet
 //! durable, restarts, snapshots with log compaction, membership changes and
-//! leadership transfers. After every step the invariants below are checked;
+//! leadership transfers, and clocks that miss ticks. After every step the invariants below are checked;
 //! after the faults heal, a leader must be elected and commit within
 //! `LIVENESS_TICKS_MAX` ticks.
 //!
@@ -116,6 +116,35 @@ struct Sim {
     committed_max: u64,
     log_pairs: HashMap<(u64, u64), (u64, u64)>,
     history: Vec<u64>,
+    stats: Stats,
+}
+
+/// What a run exercised (to show the faults actually happen).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub seeds: u64,
+    pub leaders_elected: u64,
+    pub entries_committed: u64,
+    pub crashes: u64,
+    pub torn_readies: u64,
+    pub partitions: u64,
+    pub snapshots_installed: u64,
+    pub membership_changes_applied: u64,
+    pub transfers_started: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, other: &Stats) {
+        self.seeds += other.seeds;
+        self.leaders_elected += other.leaders_elected;
+        self.entries_committed += other.entries_committed;
+        self.crashes += other.crashes;
+        self.torn_readies += other.torn_readies;
+        self.partitions += other.partitions;
+        self.snapshots_installed += other.snapshots_installed;
+        self.membership_changes_applied += other.membership_changes_applied;
+        self.transfers_started += other.transfers_started;
+    }
 }
 
 impl Sim {
@@ -141,6 +170,10 @@ impl Sim {
             committed_max: 0,
             log_pairs: HashMap::new(),
             history: Vec::new(),
+            stats: Stats {
+                seeds: 1,
+                ..Stats::default()
+            },
         };
         for id in 1..=voters_initial + SPARE_NODES {
             let m = if id <= voters_initial {
@@ -216,12 +249,42 @@ impl Sim {
         self.log(format!("restart {id}"));
     }
 
+    /// Loses everything not durable. A pending Ready may be torn: its entries
+    /// reached the disk (they are written first) but its hard state did not,
+    /// and none of its messages were sent.
     fn crash(&mut self, id: NodeId) {
+        let torn = self.rng.chance(1, 2);
         let node = self.nodes.get_mut(&id).unwrap();
         let raft = node.raft.take().expect("crash of a crashed node");
-        node.crashed = Some(raft.into_storage());
-        node.pending = None;
-        self.log(format!("crash {id}"));
+        let mut storage = raft.into_storage();
+        let mut pairs = Vec::new();
+        if let Some(ready) = node.pending.take() {
+            if torn && ready.snapshot.is_none() && !ready.entries.is_empty() {
+                let first = ready.entries[0].index;
+                let mut prev_term = storage.term(first - 1).expect("prev term");
+                for e in &ready.entries {
+                    pairs.push(((e.index, e.term), (digest(e), prev_term)));
+                    prev_term = e.term;
+                }
+                storage.append(&ready.entries);
+            }
+        }
+        node.crashed = Some(storage);
+        self.stats.crashes += 1;
+        self.stats.torn_readies += u64::from(!pairs.is_empty());
+        self.log(format!("crash {id} (torn Ready: {})", !pairs.is_empty()));
+        for (key, value) in pairs {
+            self.check_log_pair(id, key, value);
+        }
+    }
+
+    fn check_log_pair(&mut self, id: NodeId, key: (u64, u64), value: (u64, u64)) {
+        match self.log_pairs.insert(key, value) {
+            Some(old) if old != value => self.fail(format!(
+                "log matching: node {id} entry {key:?} is {value:?}, another log has {old:?}"
+            )),
+            _ => {}
+        }
     }
 
     fn alive(&self) -> Vec<NodeId> {
@@ -344,6 +407,7 @@ impl Sim {
             node.state_index = meta.index;
             node.state_membership = meta.membership.clone();
             installed = Some(node.state.clone());
+            self.stats.snapshots_installed += 1;
         }
         // 2. Entries (checking Log Matching as they become durable).
         let mut pairs = Vec::new();
@@ -370,7 +434,12 @@ impl Sim {
                     applied.push((node.state.len(), data));
                     node.state.push(data);
                 }
-                EntryPayload::Membership(m) => node.state_membership = m.clone(),
+                EntryPayload::Membership(m) => {
+                    node.state_membership = m.clone();
+                    if id == 1 {
+                        self.stats.membership_changes_applied += 1;
+                    }
+                }
                 EntryPayload::Empty => {}
             }
         }
@@ -379,12 +448,7 @@ impl Sim {
         // 4. Send: after everything above is durable.
         self.send(ready.messages);
         for (key, value) in pairs {
-            match self.log_pairs.insert(key, value) {
-                Some(old) if old != value => self.fail(format!(
-                    "log matching: node {id} entry {key:?} is {value:?}, another log has {old:?}"
-                )),
-                _ => {}
-            }
+            self.check_log_pair(id, key, value);
         }
         for e in &committed {
             self.check_committed(id, e);
@@ -457,6 +521,7 @@ impl Sim {
             let raft = self.nodes[&id].raft.as_ref().unwrap();
             let became_leader = role == Role::Leader && !self.nodes[&id].was_leader;
             if became_leader {
+                self.stats.leaders_elected += 1;
                 for index in raft.first_index()..=self.committed_max {
                     let Some(&(term, _)) = self.committed.get(&index) else {
                         continue;
@@ -478,6 +543,10 @@ impl Sim {
             self.inject_faults();
         }
         for id in self.alive() {
+            // A slow clock: under faults, a node now and then misses a tick.
+            if faults && self.rng.chance(1, 10) {
+                continue;
+            }
             let raft = self.nodes.get_mut(&id).unwrap().raft.as_mut().unwrap();
             raft.tick().expect("tick");
         }
@@ -528,6 +597,7 @@ impl Sim {
                 let to = voters[self.rng.below(voters.len() as u64) as usize];
                 let raft = self.nodes.get_mut(&leader).unwrap().raft.as_mut().unwrap();
                 let result = raft.transfer_leader(to);
+                self.stats.transfers_started += u64::from(result.is_ok());
                 self.log(format!("transfer {leader} -> {to}: {result:?}"));
             }
         }
@@ -540,6 +610,7 @@ impl Sim {
 
     fn partition(&mut self, all: &[NodeId]) {
         self.blocked.clear();
+        self.stats.partitions += 1;
         match self.rng.below(3) {
             0 => {
                 let id = all[self.rng.below(all.len() as u64) as usize];
@@ -676,10 +747,12 @@ impl Sim {
 
 /// Runs one seed: faults, then healing and the liveness check. Panics with
 /// the seed and tick on any violated invariant.
-pub fn run_seed(seed: u64, trace: bool) {
+pub fn run_seed(seed: u64, trace: bool) -> Stats {
     let mut sim = Sim::new(seed, trace);
     for _ in 0..FAULT_TICKS {
         sim.step(true);
     }
     sim.check_liveness();
+    sim.stats.entries_committed = sim.committed_max;
+    sim.stats
 }
