@@ -54,6 +54,7 @@ struct Row {
     frame_bytes: usize,
     secs_per_op: f64,
     memcpy_secs_per_op: f64,
+    crc_secs_per_op: f64,
 }
 
 impl Row {
@@ -61,12 +62,13 @@ impl Row {
         let gbps = self.frame_bytes as f64 / self.secs_per_op / 1e9;
         let memcpy_gbps = self.frame_bytes as f64 / self.memcpy_secs_per_op / 1e9;
         println!(
-            "| {} | {} | {:.2} | {:.0} | {:.2} | {:.2} |",
+            "| {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} |",
             self.name,
             self.frame_bytes,
             gbps,
             1.0 / self.secs_per_op,
             memcpy_gbps,
+            self.frame_bytes as f64 / self.crc_secs_per_op / 1e9,
             self.memcpy_secs_per_op / self.secs_per_op
         );
     }
@@ -81,6 +83,16 @@ fn memcpy_per_op(bytes: usize) -> f64 {
         for _ in 0..reps {
             dst.copy_from_slice(black_box(&src));
             black_box(&mut dst);
+        }
+    })
+}
+
+fn crc_per_op(bytes: usize) -> f64 {
+    let reps = (1 << 20) / bytes.max(1) + 1;
+    let src = vec![1u8; bytes];
+    time_per_op(reps as u64, || {
+        for _ in 0..reps {
+            black_box(crc32c::crc32c(black_box(&src)));
         }
     })
 }
@@ -103,6 +115,7 @@ where
     let frame_bytes = frame.len();
     let reps = ((1 << 20) / frame_bytes).max(1);
     let memcpy = memcpy_per_op(frame_bytes);
+    let crc = crc_per_op(frame_bytes);
 
     let mut buf = Some(FrameBuf::with_capacity(frame_bytes));
     let encode_t = time_per_op(reps as u64, || {
@@ -116,6 +129,7 @@ where
         frame_bytes,
         secs_per_op: encode_t,
         memcpy_secs_per_op: memcpy,
+        crc_secs_per_op: crc,
     });
 
     // Decode as a server does: frame check (length, CRC, header), copy into an
@@ -135,6 +149,7 @@ where
         frame_bytes,
         secs_per_op: decode_t,
         memcpy_secs_per_op: memcpy,
+        crc_secs_per_op: crc,
     });
 
     let owned_t = time_per_op(reps as u64, || {
@@ -151,6 +166,7 @@ where
         frame_bytes,
         secs_per_op: owned_t,
         memcpy_secs_per_op: memcpy,
+        crc_secs_per_op: crc,
     });
 }
 
@@ -192,8 +208,10 @@ fn main() {
     };
     bench_message("heartbeat batch, 64 groups", &hb, &mut rows);
 
-    println!("| operation | frame bytes | GB/s | frames/s | memcpy GB/s (same bytes) | ratio to memcpy |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| operation | frame bytes | GB/s | frames/s | memcpy GB/s (same bytes) | crc32c GB/s (same bytes) | ratio to memcpy |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         row.print();
     }
