@@ -22,10 +22,6 @@ pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4 << 10;
 /// Default free-space floor: 256 MiB, two default segments, so a roll
 /// always has room for its preallocation with one to spare.
 pub const FREE_BYTES_FLOOR_DEFAULT: u64 = 256 << 20;
-/// Pages ahead of the write position that are faulted in at once
-/// (`MADV_POPULATE_WRITE`): 2 MiB = 512 pages, so one append never takes
-/// more than one bounded burst of page faults.
-pub const PREFAULT_BYTES_DEFAULT: u32 = 2 << 20;
 /// Default age after which the active segment rolls: 7 days.
 pub const SEGMENT_AGE_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
@@ -126,7 +122,6 @@ pub struct LogConfig {
     /// Appends fail with `DiskFull` while the file system has less free.
     pub free_bytes_floor: u64,
     pub disk_budget: Option<Arc<DiskBudget>>,
-    pub prefault_bytes: u32,
     pub clock: Clock,
     pub faults: FaultInjector,
 }
@@ -143,7 +138,6 @@ impl Default for LogConfig {
             cleanup: Cleanup::Delete,
             free_bytes_floor: FREE_BYTES_FLOOR_DEFAULT,
             disk_budget: None,
-            prefault_bytes: PREFAULT_BYTES_DEFAULT,
             clock: Clock::System,
             faults: FaultInjector::default(),
         }

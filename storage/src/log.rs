@@ -127,13 +127,6 @@ fn parse_base(name: &[u8]) -> Option<u64> {
     std::str::from_utf8(stem).ok()?.parse().ok()
 }
 
-#[allow(dead_code)] // used by archives
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| StorageError::io("open dir", dir, e))?;
-    d.sync_all()
-        .map_err(|e| StorageError::io("fsync dir", dir, e))
-}
-
 /// Bytes available to unprivileged users on the file system holding `dir`.
 pub fn free_bytes(dir: &Path) -> Result<u64> {
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
@@ -496,9 +489,8 @@ impl Log {
         let path = self.active().log_path.clone();
         let torn = self.fault(FaultPoint::Append, &path)?;
         let interval = self.config.index_interval_bytes;
-        let prefault = self.config.prefault_bytes;
         let active = self.active_mut();
-        if let Err(e) = active.append(batch, &h, interval, prefault, torn) {
+        if let Err(e) = active.append(batch, &h, interval, torn) {
             return Err(self.fail(StorageError::io("append", path, e)));
         }
         active.first_append_ms.get_or_insert(now);

@@ -13,7 +13,6 @@ pub fn small_config() -> LogConfig {
         segment_bytes_max: 16 << 10,
         index_interval_bytes: 512,
         free_bytes_floor: 0,
-        prefault_bytes: 0,
         ..LogConfig::default()
     }
 }
