@@ -23,6 +23,33 @@
 //! steps. Raft counts an entry as its own (the leader's self-vote in the commit
 //! quorum) and hands out committed entries only once they are durable, i.e.
 //! after the `advance` of the Ready that carried them.
+//!
+//! # Driving a node
+//! ```
+//! use raft::{Config, Membership, MemStorage, Raft, Role};
+//!
+//! let storage = MemStorage::new(Membership::with_voters([1]));
+//! let mut node = Raft::new(Config::new(1, 7), storage)?;
+//! node.campaign(); // a single voter wins at once
+//! assert_eq!(node.role(), Role::Leader);
+//! let index = node.propose(b"one record batch".to_vec())?;
+//! let mut applied = Vec::new();
+//! while node.has_ready() {
+//!     let ready = node.ready()?;
+//!     // 1-4: make the snapshot, entries and hard state durable...
+//!     node.storage_mut().append(&ready.entries);
+//!     if let Some(hard_state) = ready.hard_state {
+//!         node.storage_mut().set_hard_state(hard_state);
+//!     }
+//!     // 5: ...then send `ready.messages` (none here: a single node)...
+//!     // 6: ...and apply what is committed.
+//!     applied.extend(ready.committed_entries);
+//!     node.advance()?;
+//! }
+//! assert_eq!(applied.last().map(|e| e.index), Some(index));
+//! # Ok::<(), raft::Error>(())
+//! ```
+//! Time goes in through [`Raft::tick`], messages through [`Raft::step`].
 
 pub mod balance;
 pub mod config;

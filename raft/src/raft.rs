@@ -12,7 +12,7 @@ use crate::rng::Rng;
 use crate::storage::Storage;
 use crate::types::{
     ConfChange, Entry, EntryPayload, HardState, Membership, Message, MessageBody, NodeId, Role,
-    SnapshotChunk, SnapshotMeta, SoftState,
+    SnapshotChunk, SnapshotMeta, SoftState, MEMBERS_MAX,
 };
 
 /// On restart, the log after the membership point is scanned for membership
@@ -127,6 +127,12 @@ impl<S: Storage> Raft<S> {
         if applied > committed {
             return Err(Error::Corrupt(format!(
                 "applied {applied} beyond commit {committed}"
+            )));
+        }
+        let members = init.membership.voters.len() + init.membership.learners.len();
+        if members > MEMBERS_MAX {
+            return Err(Error::Corrupt(format!(
+                "{members} members exceed MEMBERS_MAX"
             )));
         }
         let mut membership_log = Vec::new();

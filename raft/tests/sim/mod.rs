@@ -131,6 +131,8 @@ pub struct Stats {
     pub snapshots_installed: u64,
     pub membership_changes_applied: u64,
     pub transfers_started: u64,
+    /// The slowest recovery after healing, in ticks (bound: LIVENESS_TICKS_MAX).
+    pub liveness_ticks_max: u64,
 }
 
 impl Stats {
@@ -144,6 +146,7 @@ impl Stats {
         self.snapshots_installed += other.snapshots_installed;
         self.membership_changes_applied += other.membership_changes_applied;
         self.transfers_started += other.transfers_started;
+        self.liveness_ticks_max = self.liveness_ticks_max.max(other.liveness_ticks_max);
     }
 }
 
@@ -731,6 +734,7 @@ impl Sim {
                 .iter()
                 .all(|id| self.nodes[id].state.contains(&marker))
             {
+                self.stats.liveness_ticks_max = self.now - start;
                 self.log(format!(
                     "live: leader {leader} committed after {} ticks",
                     self.now - start
