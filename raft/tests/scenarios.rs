@@ -550,3 +550,84 @@ fn thesis_4_1_removing_a_voter_shrinks_the_quorum_and_the_leader_cannot_remove_i
         .iter()
         .any(|e| matches!(e.payload, EntryPayload::Membership(_))));
 }
+
+#[test]
+fn thesis_6_2_a_leader_that_can_send_but_not_hear_back_steps_down() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    // Asymmetric partition: 1 -> others works, others -> 1 is cut.
+    cluster.cut.insert((2, 1));
+    cluster.cut.insert((3, 1));
+    cluster.tick_all(25);
+    assert_ne!(
+        cluster.node(1).role(),
+        Role::Leader,
+        "no answers for an election timeout"
+    );
+    // Its heartbeats kept 2 and 3 from electing anyone while it was leader;
+    // once it stops, one of them takes over.
+    cluster.tick_all(60);
+    let leader = cluster.leader().expect("a leader among 2 and 3");
+    assert_ne!(leader, 1);
+}
+
+#[test]
+fn a_leader_that_can_hear_but_not_send_is_replaced_and_learns_the_new_term() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.cut.insert((1, 2));
+    cluster.cut.insert((1, 3));
+    cluster.tick_all(60);
+    let leader = cluster.leader().expect("2 or 3 leads");
+    assert_ne!(leader, 1);
+    cluster.heal();
+    cluster.tick_all(3);
+    assert_eq!(cluster.node(1).role(), Role::Follower);
+    assert_eq!(cluster.node(1).term(), cluster.node(leader).term());
+}
+
+#[test]
+fn an_invalid_config_is_refused_with_a_typed_error() {
+    let mut cfg = common::config(1);
+    cfg.election_timeout_ticks = 1;
+    let storage = raft::MemStorage::new(raft::Membership::with_voters([1]));
+    let err = raft::Raft::new(cfg, storage).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Config(raft::ConfigError::ElectionNotAboveHeartbeat { .. })
+    ));
+    assert!(!err.is_retryable());
+}
+
+#[test]
+#[should_panic(expected = "ready() called again before advance()")]
+fn taking_a_second_ready_before_advance_is_a_programmer_error() {
+    let mut cluster = Cluster::new(1);
+    cluster.node_mut(1).campaign();
+    let _first = cluster.node_mut(1).ready().unwrap();
+    let _second = cluster.node_mut(1).ready();
+}
+
+#[test]
+fn proposals_beyond_the_uncommitted_budget_are_refused_until_commits_catch_up() {
+    let mut cluster = Cluster::with_config(3, |c| {
+        c.msg_bytes_max = 1024;
+        c.uncommitted_bytes_max = 4096;
+    });
+    cluster.campaign(1);
+    cluster.isolate(2);
+    cluster.isolate(3);
+    let mut accepted = 0;
+    let err = loop {
+        match cluster.node_mut(1).propose(vec![0; 1000]) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(accepted, 4, "4 x 1024 bytes fill the 4096-byte budget");
+    assert!(matches!(err, Error::UncommittedFull { entry_count: 4, .. }));
+    assert!(err.is_retryable());
+    cluster.heal();
+    cluster.tick_all(3);
+    assert!(cluster.node_mut(1).propose(vec![0; 1000]).is_ok());
+}
