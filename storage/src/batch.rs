@@ -53,7 +53,7 @@ pub enum BatchError {
     BadLength { batch_bytes: u32 },
     #[error("crc32c mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadCrc { stored: u32, computed: u32 },
-    #[error("record count {record_count} outside [1, {RECORD_COUNT_MAX}]")]
+    #[error("record count {record_count} outside [1, {RECORD_COUNT_MAX}] (0 only in compaction placeholders)")]
     BadRecordCount { record_count: u32 },
     #[error("malformed record {index}: {what}")]
     BadRecord { index: u32, what: &'static str },
@@ -84,6 +84,9 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
 }
 
 /// Reads the header without checking the CRC. Checks the length fields only.
+/// A record count of 0 is accepted: compaction leaves such a header-only
+/// batch where it removed every record of a segment's last batch (it keeps
+/// the segment's last base offset and term). Appends refuse it.
 pub fn header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     if buf.len() < HEADER_BYTES {
         return Err(BatchError::Short {
@@ -96,7 +99,7 @@ pub fn header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::BadLength { batch_bytes });
     }
     let record_count = u32_at(buf, RECORD_COUNT_AT);
-    if record_count == 0 || record_count > RECORD_COUNT_MAX {
+    if record_count > RECORD_COUNT_MAX {
         return Err(BatchError::BadRecordCount { record_count });
     }
     Ok(BatchHeader {
@@ -260,6 +263,19 @@ impl<'a> Iterator for Records<'a> {
             }
         }
     }
+}
+
+/// Offset delta of the last record, `None` for a batch without records or
+/// with a malformed record. Walks the length prefixes of the records, so it
+/// costs one varint per record; used only where a compacted batch's real
+/// extent matters (its records may have gaps, so `base + record_count` can
+/// be short of it).
+pub fn last_offset_delta(batch: &[u8]) -> Option<u64> {
+    let mut last = None;
+    for r in records(batch) {
+        last = Some(r.ok()?.offset_delta);
+    }
+    last
 }
 
 /// Builds a batch from already-encoded records, keeping `template`'s header

@@ -20,6 +20,11 @@ pub enum FaultPoint {
     Truncate,
     /// Writing a sealed segment's index files.
     IndexWrite,
+    /// Rewriting a sealed segment by key compaction. Hit three times per
+    /// rewritten segment: after the `.swap` files are written (not yet
+    /// synced), after they are synced (not yet renamed), and after the
+    /// renames (directory not yet synced); `skip` picks the stage.
+    Compact,
 }
 
 impl FaultPoint {
@@ -30,6 +35,7 @@ impl FaultPoint {
             FaultPoint::Fsync => "fsync",
             FaultPoint::Truncate => "truncate",
             FaultPoint::IndexWrite => "index write",
+            FaultPoint::Compact => "compact",
         }
     }
 }

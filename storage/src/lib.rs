@@ -6,9 +6,10 @@
 //! | module | what |
 //! |---|---|
 //! | [`batch`] | the record batch header and records, read by byte offset (to be replaced by `wire`) |
+//! | `compact` | key compaction of sealed segments (compacted topics), atomic per-segment swap |
 //! | [`config`] | per-partition settings and their limits |
 //! | [`error`] | the one error type; `DiskFull` is retriable, the rest fatal |
-//! | [`fault`] | named fault-injection points (append, roll, fsync, truncate, index write) |
+//! | [`fault`] | named fault-injection points (append, roll, fsync, truncate, index write, compact) |
 //! | `index` | sparse offset and time index files, memory-mapped |
 //! | `segment` | one preallocated, memory-mapped segment file |
 //! | [`log`] | the partition log: append, read, truncate, move start, recovery, retention, sync rounds |
@@ -22,6 +23,7 @@
 //! on-disk format and the durability contract.
 
 pub mod batch;
+mod compact;
 pub mod config;
 pub mod error;
 pub mod fault;
@@ -30,6 +32,7 @@ pub mod log;
 mod segment;
 pub mod shard;
 
+pub use compact::{CompactReport, COMPACT_KEY_BYTES_MAX, COMPACT_KEY_COUNT_MAX};
 pub use config::{
     Cleanup, Clock, DiskBudget, LogConfig, SyncPolicy, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
     SEGMENT_BYTES_MIN,

@@ -223,13 +223,25 @@ impl Log {
             report.segments_scanned += 1;
             report.bytes_scanned += u64::from(end.valid_bytes);
             let next_base = bases.get(i + 1).copied();
+            // Compaction may have removed the records at the end of a sealed
+            // segment: its batches then end short of the next segment's
+            // base. Such a file ends exactly after its last batch (sealed,
+            // shrunk to its data, fsynced before the swap); a crash-damaged
+            // one ends in zeros instead. Accept the gap only in the former.
+            let compaction_gap = !last
+                && end.damage.is_none()
+                && orig_len > 0
+                && u64::from(end.valid_bytes) == orig_len
+                && next_base.is_some_and(|nb| nb > s.next_offset);
             let damaged = end.damage.clone().or_else(|| {
-                next_base.filter(|&nb| nb != s.next_offset).map(|nb| {
-                    format!(
-                        "data ends at offset {} but the next segment starts at {nb}",
-                        s.next_offset
-                    )
-                })
+                next_base
+                    .filter(|&nb| nb != s.next_offset && !compaction_gap)
+                    .map(|nb| {
+                        format!(
+                            "data ends at offset {} but the next segment starts at {nb}",
+                            s.next_offset
+                        )
+                    })
             });
             if let Some(reason) = damaged {
                 let dropped = bases.len() - i - 1;
@@ -257,9 +269,13 @@ impl Log {
             }
             if !last {
                 // A sealed segment with a bad or missing index: rebuilt.
+                if compaction_gap {
+                    if let Some(nb) = next_base {
+                        s.next_offset = nb;
+                    }
+                }
                 s.seal(false)?;
                 report.indexes_rebuilt += 1;
-                let _ = orig_len;
             } else {
                 // Erase anything past the valid data (stale or torn bytes),
                 // so later appends can never be followed by old batches.
@@ -353,7 +369,7 @@ impl Log {
         self.poisoned.as_deref()
     }
 
-    fn active(&self) -> &Segment {
+    pub(crate) fn active(&self) -> &Segment {
         let s = self.segments.last();
         debug_assert!(s.is_some(), "a log always has an active segment");
         match s {
@@ -369,7 +385,7 @@ impl Log {
         }
     }
 
-    fn writable(&self) -> Result<()> {
+    pub(crate) fn writable(&self) -> Result<()> {
         match &self.poisoned {
             None => Ok(()),
             Some(r) => Err(StorageError::Poisoned {
@@ -379,7 +395,7 @@ impl Log {
         }
     }
 
-    fn poison(&mut self, err: StorageError) -> StorageError {
+    pub(crate) fn poison(&mut self, err: StorageError) -> StorageError {
         if self.poisoned.is_none() {
             tracing::error!(dir = %self.dir.display(), error = %err, "partition refuses writes until reopened");
             self.poisoned = Some(err.to_string());
@@ -398,7 +414,7 @@ impl Log {
 
     /// Simulates a power cut: every byte not covered by a completed sync is
     /// lost, index files not yet synced vanish; the log refuses all writes.
-    fn power_cut(&mut self, point: FaultPoint) -> StorageError {
+    pub(crate) fn power_cut(&mut self, point: FaultPoint) -> StorageError {
         for s in &mut self.segments {
             s.lose_unsynced();
             if s.index_dirty {
@@ -452,6 +468,10 @@ impl Log {
     fn check_batch(&self, batch: &[u8], term: u64) -> Result<BatchHeader> {
         self.writable()?;
         let h = batch::check(batch)?;
+        if h.record_count == 0 {
+            // Header-only batches exist only as compaction placeholders.
+            return Err(BatchError::BadRecordCount { record_count: 0 }.into());
+        }
         if h.batch_bytes as usize != batch.len() {
             return Err(BatchError::Short {
                 have: batch.len(),

@@ -32,7 +32,7 @@ pub(crate) fn paths(dir: &Path, base_offset: u64) -> [PathBuf; 3] {
 /// Suffix of files being written by compaction; removed on open.
 pub(crate) const SWAP_SUFFIX: &str = ".swap";
 
-fn swap_path(p: &Path) -> PathBuf {
+pub(crate) fn swap_path(p: &Path) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(SWAP_SUFFIX);
     PathBuf::from(s)
@@ -533,8 +533,15 @@ impl Segment {
     }
 
     /// Whole batches starting with the one that holds `from_offset`, at most
-    /// `bytes_max` (but at least one batch), only batches that end at or
-    /// below `end_offset`. Returns the byte range and the offset to read next.
+    /// `bytes_max` (but at least one batch), only batches whose records all
+    /// lie below `end_offset`. Returns the byte range and the offset to read
+    /// next.
+    ///
+    /// A batch "holds" the offsets from its base up to the next batch's base
+    /// (or the segment end): after compaction its records may have gaps and
+    /// `base + record_count` can fall short of that, so the next read starts
+    /// at the next batch's base, never inside a gap (which would return the
+    /// same batch again).
     pub fn read(
         &self,
         from_offset: u64,
@@ -542,7 +549,7 @@ impl Segment {
         end_offset: u64,
     ) -> Result<(Range<usize>, u64)> {
         if self.data_bytes == 0 {
-            return Ok((0..0, from_offset));
+            return Ok((0..0, from_offset.max(self.next_offset)));
         }
         let start = self.locate(from_offset)?;
         let end = self.data_bytes as usize;
@@ -556,12 +563,15 @@ impl Segment {
                 Err(e) => return Err(e),
             };
             let len = h.batch_bytes as usize;
-            let batch_end = h.base_offset + u64::from(h.record_count);
-            if batch_end > end_offset || (pos > start && pos + len - start > bytes_max) {
+            if pos > start && pos + len - start > bytes_max {
+                break;
+            }
+            let span_end = self.span_end(pos + len, &h);
+            if !self.records_below(pos, &h, span_end, end_offset) {
                 break;
             }
             pos += len;
-            next_offset = batch_end.max(next_offset);
+            next_offset = span_end.max(next_offset);
         }
         if pos == end {
             next_offset = next_offset.max(self.next_offset);
@@ -569,11 +579,51 @@ impl Segment {
         Ok((start..pos, next_offset))
     }
 
+    /// End of the offsets the batch ending at `next_pos` holds: the next
+    /// batch's base, or the segment end. A damaged next header falls back
+    /// to the batch's own count (the next read then reports the damage).
+    fn span_end(&self, next_pos: usize, h: &BatchHeader) -> u64 {
+        let own = h.base_offset + u64::from(h.record_count);
+        if next_pos >= self.data_bytes as usize {
+            return self.next_offset.max(own);
+        }
+        match self.header_at(next_pos) {
+            Ok(nh) if nh.base_offset >= own => nh.base_offset,
+            _ => own,
+        }
+    }
+
+    /// Whether every record of the (verified) batch at `pos` is below
+    /// `end_offset`. Decided from the header unless the batch has gaps that
+    /// straddle the bound (only compacted batches can): then its records'
+    /// offset deltas are walked.
+    fn records_below(&self, pos: usize, h: &BatchHeader, span_end: u64, end_offset: u64) -> bool {
+        let own = h.base_offset + u64::from(h.record_count);
+        if span_end <= end_offset {
+            return true;
+        }
+        if own > end_offset {
+            return false;
+        }
+        let bytes = &self.map[pos..pos + h.batch_bytes as usize];
+        match batch::last_offset_delta(bytes) {
+            Some(d) => h.base_offset + d < end_offset,
+            None => h.record_count == 0,
+        }
+    }
+
+    /// The verified batch at `pos`: its header and bytes.
+    pub fn batch_at(&self, pos: usize) -> Result<(BatchHeader, &[u8])> {
+        let h = self.verify_at(pos)?;
+        Ok((h, &self.map[pos..pos + h.batch_bytes as usize]))
+    }
+
     pub fn slice(&self, r: Range<usize>) -> &[u8] {
         &self.map[r]
     }
 
-    /// The header of the batch holding `offset`.
+    /// The header of the batch holding `offset` (the last batch whose base
+    /// is at or below it: gaps left by compaction belong to the batch before).
     pub fn batch_holding(&self, offset: u64) -> Result<BatchHeader> {
         let pos = self.locate(offset)?;
         self.verify_at(pos)
