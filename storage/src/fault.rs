@@ -25,6 +25,9 @@ pub enum FaultPoint {
     /// synced), after they are synced (not yet renamed), and after the
     /// renames (directory not yet synced); `skip` picks the stage.
     Compact,
+    /// Installing a snapshot archive: hit before and after the directory
+    /// exchange.
+    Install,
 }
 
 impl FaultPoint {
@@ -36,6 +39,7 @@ impl FaultPoint {
             FaultPoint::Truncate => "truncate",
             FaultPoint::IndexWrite => "index write",
             FaultPoint::Compact => "compact",
+            FaultPoint::Install => "install",
         }
     }
 }

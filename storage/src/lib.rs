@@ -9,11 +9,12 @@
 //! | `compact` | key compaction of sealed segments (compacted topics), atomic per-segment swap |
 //! | [`config`] | per-partition settings and their limits |
 //! | [`error`] | the one error type; `DiskFull` is retriable, the rest fatal |
-//! | [`fault`] | named fault-injection points (append, roll, fsync, truncate, index write, compact) |
+//! | [`fault`] | named fault-injection points (append, roll, fsync, truncate, index write, compact, install) |
 //! | `index` | sparse offset and time index files, memory-mapped |
 //! | `segment` | one preallocated, memory-mapped segment file |
 //! | [`log`] | the partition log: append, read, truncate, move start, recovery, retention, sync rounds |
 //! | [`shard`] | the only glommio code: io_uring fdatasync with group commit |
+//! | [`snapshot`] | snapshot archives: take (hard links + manifest), read in CRC'd chunks, install by directory exchange |
 //!
 //! The core (`log`, `segment`, `index`) is synchronous and runtime-free: a
 //! [`Log`] is owned by one thread (a glommio shard) and takes no locks.
@@ -31,6 +32,7 @@ mod index;
 pub mod log;
 mod segment;
 pub mod shard;
+pub mod snapshot;
 
 pub use compact::{CompactReport, COMPACT_KEY_BYTES_MAX, COMPACT_KEY_COUNT_MAX};
 pub use config::{
@@ -40,3 +42,6 @@ pub use config::{
 pub use error::{Result, StorageError};
 pub use fault::{Fault, FaultInjector, FaultPoint};
 pub use log::{AppendInfo, LastBatch, Log, ReadOut, RecoveryReport, Removed, SyncJob, Truncation};
+pub use snapshot::{
+    Chunk, SnapshotInstaller, SnapshotMeta, SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX,
+};

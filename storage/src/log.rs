@@ -19,7 +19,7 @@ use crate::segment::{self, Segment, SWAP_SUFFIX};
 /// second, and the floor can be overshot by at most 1 MiB per partition.
 const SPACE_CHECK_INTERVAL_BYTES: u64 = 1 << 20;
 /// File holding the log start offset (u64 LE + crc32c of those 8 bytes).
-const LOG_START_FILE: &str = "log-start";
+pub(crate) const LOG_START_FILE: &str = "log-start";
 /// Most segments a partition may have: 1 TiB of default 128 MiB segments
 /// (8192), with 8x headroom for small segments. Bounds open files and maps.
 pub const SEGMENT_COUNT_MAX: usize = 65_536;
@@ -451,8 +451,9 @@ impl Log {
     /// Follower append: the batch already carries base offset and term; the
     /// base must be the next offset.
     pub fn append_replicated(&mut self, batch: &[u8]) -> Result<AppendInfo> {
-        let h = self.check_batch(batch, 0)?;
-        let h = self.check_batch(batch, h.term)?;
+        // The term check uses the batch's own stamped term.
+        let term = batch::header(batch)?.term;
+        let h = self.check_batch(batch, term)?;
         if h.base_offset != self.next_offset() {
             return Err(StorageError::NotContiguous {
                 reason: format!(
