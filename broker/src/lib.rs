@@ -11,3 +11,6 @@
 
 pub mod client;
 pub mod config;
+mod notify;
+pub mod runtime;
+pub mod topics;

@@ -312,7 +312,7 @@ pub struct NewRecord {
 /// Stands in for the producer's encoder in tests and benchmarks.
 pub fn build(records: &[NewRecord], first_timestamp_ms: i64) -> Vec<u8> {
     let mut out = vec![0u8; HEADER_BYTES];
-    out[24] = 2; // magic
+    out[24] = 1; // magic, as wire::batch::BATCH_MAGIC
     out[FIRST_TIMESTAMP_AT..FIRST_TIMESTAMP_AT + 8]
         .copy_from_slice(&first_timestamp_ms.to_le_bytes());
     out[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&first_timestamp_ms.to_le_bytes());

@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use wire::*;
 
+mod cli;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "drmq",
@@ -117,6 +119,12 @@ enum TopicCommand {
         retention_bytes: Option<u64>,
         #[arg(long)]
         retention_ms: Option<u64>,
+        /// Segment size in bytes (default 128 MiB, preallocated).
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+        /// Sync by interval (ms) instead of before every acknowledgement.
+        #[arg(long)]
+        sync_interval_ms: Option<u32>,
         /// delete or compact
         #[arg(long, default_value = "delete")]
         cleanup: String,
@@ -159,11 +167,43 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Broker(args) => broker(args),
-        Command::Dev { .. } => bail!(NOT_YET),
+        Command::Dev { nodes, data_dir } => dev(nodes, &data_dir),
         Command::Topic(cmd) => topic(cmd),
-        Command::Produce { topic, .. } | Command::Consume { topic, .. } => {
+        Command::Produce {
+            conn,
+            topic,
+            key_separator,
+            idempotent,
+        } => {
             validate_topic_name(&topic)?;
-            bail!(NOT_YET)
+            if idempotent {
+                bail!(
+                    "--idempotent needs producer ids from the controller, which is not built yet"
+                );
+            }
+            cli::produce(&conn.brokers, conn.timeout_ms, &topic, key_separator)
+        }
+        Command::Consume {
+            conn,
+            topic,
+            group,
+            from,
+            max_messages,
+            idle_timeout_ms,
+        } => {
+            validate_topic_name(&topic)?;
+            if group.is_some() {
+                bail!("--group: consumer groups are not built yet; consume by offset with --from");
+            }
+            let from = cli::parse_from(&from)?;
+            cli::consume(
+                &conn.brokers,
+                conn.timeout_ms,
+                &topic,
+                from,
+                max_messages,
+                idle_timeout_ms,
+            )
         }
         Command::Cluster(ClusterCommand::Status { conn }) => {
             let resp = request(
@@ -181,11 +221,6 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
 }
-
-/// The runtime that serves these requests (shards, Raft, storage wired
-/// together) is not built yet; say so instead of pretending.
-const NOT_YET: &str = "this command needs the broker runtime, which is not built yet \
-                       (see docs/ARCHITECTURE.md, \"Status\")";
 
 fn broker(args: BrokerArgs) -> Result<()> {
     let file = match &args.config {
@@ -218,7 +253,106 @@ fn broker(args: BrokerArgs) -> Result<()> {
         print_json(&serde_json::to_value(&config)?);
         return Ok(());
     }
-    bail!(NOT_YET)
+    broker::runtime::run(config)
+}
+
+/// `drmq dev`: brokers as child processes on 127.0.0.1, a demo topic, and
+/// the addresses printed. Ends (and stops the others) when any broker exits;
+/// Ctrl-C reaches the whole process group.
+fn dev(nodes: u32, data_dir: &std::path::Path) -> Result<()> {
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let shards = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4);
+    let client_port = |i: u32| 9092 + (i - 1) as u16 * 16;
+    let peers: Vec<String> = (1..=nodes)
+        .map(|i| format!("{i}=127.0.0.1:{}", 9292 + i))
+        .collect();
+    let exe = std::env::current_exe().context("locating the drmq binary")?;
+    let mut children = Vec::new();
+    for i in 1..=nodes {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["broker", "--id", &i.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir.join(format!("broker-{i}")))
+            .args(["--listen", &format!("127.0.0.1:{}", client_port(i))])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", 9292 + i)])
+            .args(["--http", &format!("127.0.0.1:{}", 8080 + i)])
+            .args(["--shards", &shards.to_string()]);
+        if nodes > 1 {
+            cmd.args(["--peers", &peers.join(",")]);
+        }
+        children.push(
+            cmd.spawn()
+                .with_context(|| format!("starting broker {i}"))?,
+        );
+    }
+    let brokers: Vec<String> = (1..=nodes)
+        .map(|i| format!("127.0.0.1:{}", client_port(i)))
+        .collect();
+    let conn = ConnArgs {
+        brokers: brokers.join(","),
+        timeout_ms: 2_000,
+    };
+    // Wait (bounded) for the cluster to answer, then create the demo topic.
+    let mut ready = false;
+    for _ in 0..50 {
+        if children
+            .iter_mut()
+            .any(|c| matches!(c.try_wait(), Ok(Some(_))))
+        {
+            break;
+        }
+        if request(&conn, MetadataRequest { topics: None }.into()).is_ok() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if ready {
+        let demo = CreateTopicRequest {
+            name: "demo".into(),
+            partitions: 3,
+            replication: nodes.min(3) as u16,
+            config: TopicConfig {
+                retention_bytes: None,
+                retention_ms: None,
+                segment_bytes: Some(16 << 20),
+                segment_ms: None,
+                cleanup: CleanupPolicy::Delete,
+                durability: Durability::EveryBatch,
+                tombstone_retention_ms: None,
+            },
+            timeout_ms: 5_000,
+        };
+        match request(&conn, demo.into()) {
+            Ok(_) | Err(_) => {} // exists already after a restart, or reported below by status
+        }
+        eprintln!("drmq dev: {nodes} broker(s) up; brokers {}", conn.brokers);
+        eprintln!(
+            "drmq dev: try  echo hello | drmq produce --topic demo --brokers {}",
+            conn.brokers
+        );
+        eprintln!("drmq dev: the dashboard is not built yet (no HTTP server)");
+    }
+    // Wait for the first broker to exit, then stop the rest.
+    let status = loop {
+        if let Some(s) = children
+            .iter_mut()
+            .find_map(|c| c.try_wait().ok().flatten())
+        {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    bail!("a broker exited ({status}); stopped the others")
 }
 
 fn request(conn: &ConnArgs, msg: Message) -> Result<Message> {
@@ -247,6 +381,8 @@ fn topic(cmd: TopicCommand) -> Result<()> {
             replication,
             retention_bytes,
             retention_ms,
+            segment_bytes,
+            sync_interval_ms,
             cleanup,
         } => {
             validate_topic_name(&name)?;
@@ -265,10 +401,13 @@ fn topic(cmd: TopicCommand) -> Result<()> {
                 config: TopicConfig {
                     retention_bytes,
                     retention_ms,
-                    segment_bytes: None,
+                    segment_bytes,
                     segment_ms: None,
                     cleanup,
-                    durability: Durability::EveryBatch,
+                    durability: match sync_interval_ms {
+                        None => Durability::EveryBatch,
+                        Some(ms) => Durability::IntervalMs(ms),
+                    },
                     tombstone_retention_ms: None,
                 },
                 timeout_ms: conn.timeout_ms.min(u64::from(u32::MAX)) as u32,

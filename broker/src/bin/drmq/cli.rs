@@ -1,0 +1,326 @@
+//! `drmq produce` and `drmq consume`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use broker::client::{parse_brokers, ClientError, Connection};
+use serde_json::json;
+use wire::*;
+
+/// Lines per produce request: bounded so one request stays far below the
+/// frame limit for typical lines, and acknowledgements flow steadily.
+const LINES_PER_BATCH_MAX: usize = 1_000;
+/// Bytes per produce batch (1 MiB), well under the 4 MiB frame limit.
+const BATCH_BYTES_MAX: usize = 1 << 20;
+/// How long to wait for more stdin lines before sending a batch.
+const LINGER: Duration = Duration::from_millis(5);
+/// Attempts per batch for retryable errors, with back-off between them.
+const PRODUCE_ATTEMPTS_MAX: u32 = 10;
+
+pub enum From {
+    Earliest,
+    Latest,
+    Offset(u64),
+}
+
+pub fn parse_from(s: &str) -> Result<From> {
+    Ok(match s {
+        "earliest" => From::Earliest,
+        "latest" => From::Latest,
+        n => From::Offset(
+            n.parse()
+                .with_context(|| format!("--from `{n}`: expected earliest, latest or an offset"))?,
+        ),
+    })
+}
+
+/// Connections to every shard endpoint of a single topic's partitions.
+struct Router {
+    timeout: Duration,
+    partitions: Vec<(u32, std::net::SocketAddr)>,
+    conns: BTreeMap<std::net::SocketAddr, Connection>,
+}
+
+impl Router {
+    fn new(brokers: &str, timeout_ms: u64, topic: &str) -> Result<Router> {
+        let timeout = Duration::from_millis(timeout_ms.max(1));
+        let addrs = parse_brokers(brokers)?;
+        let mut bootstrap = Connection::connect_any(&addrs, timeout)?;
+        let resp = bootstrap.request(
+            &MetadataRequest {
+                topics: Some(vec![topic.to_owned()]),
+            }
+            .into(),
+        )?;
+        let Message::MetadataResponse(meta) = resp else {
+            bail!("unexpected response {}", resp.kind().name())
+        };
+        let Some(t) = meta.topics.iter().find(|t| t.name == topic) else {
+            bail!("no topic {topic}")
+        };
+        if t.error != 0 {
+            bail!("topic {topic}: {}", ErrorCode::from_u16(t.error));
+        }
+        let mut partitions = Vec::new();
+        for p in &t.partitions {
+            let leader = p
+                .leader
+                .with_context(|| format!("{topic}-{} has no leader", p.partition))?;
+            let broker = meta
+                .brokers
+                .iter()
+                .find(|b| b.id == leader)
+                .with_context(|| format!("unknown broker {leader}"))?;
+            let ep = broker
+                .endpoints
+                .get(p.shard as usize)
+                .with_context(|| format!("broker {leader} has no shard {}", p.shard))?;
+            let addr = parse_brokers(&format!("{}:{}", ep.host, ep.port))?[0];
+            partitions.push((p.partition, addr));
+        }
+        Ok(Router {
+            timeout,
+            partitions,
+            conns: BTreeMap::new(),
+        })
+    }
+
+    fn request(
+        &mut self,
+        addr: std::net::SocketAddr,
+        msg: &Message,
+    ) -> Result<Message, ClientError> {
+        if !self.conns.contains_key(&addr) {
+            self.conns
+                .insert(addr, Connection::connect(addr, self.timeout)?);
+        }
+        let r = self
+            .conns
+            .get_mut(&addr)
+            .expect("inserted above")
+            .request(msg);
+        if matches!(
+            r,
+            Err(ClientError::Io { .. } | ClientError::Closed { .. } | ClientError::Protocol { .. })
+        ) {
+            self.conns.remove(&addr);
+        }
+        r
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn produce(
+    brokers: &str,
+    timeout_ms: u64,
+    topic: &str,
+    key_separator: Option<char>,
+) -> Result<()> {
+    let mut router = Router::new(brokers, timeout_ms, topic)?;
+    let (tx, rx) = mpsc::sync_channel::<(u64, String)>(LINES_PER_BATCH_MAX * 4);
+    std::thread::spawn(move || {
+        for (i, line) in std::io::stdin().lock().lines().enumerate() {
+            let Ok(line) = line else { break };
+            if tx.send((i as u64 + 1, line)).is_err() {
+                break;
+            }
+        }
+    });
+    let out = std::io::stdout();
+    let mut failed = 0u64;
+    let mut round_robin = 0usize;
+    while let Ok(first) = rx.recv() {
+        let mut lines = vec![first];
+        let mut bytes = lines[0].1.len();
+        let deadline = Instant::now() + LINGER;
+        while lines.len() < LINES_PER_BATCH_MAX && bytes < BATCH_BYTES_MAX {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => {
+                    bytes += l.1.len();
+                    lines.push(l);
+                }
+                Err(_) => break,
+            }
+        }
+        // Group by partition: by key hash when keyed, else round robin.
+        let n = router.partitions.len();
+        let mut groups: BTreeMap<usize, Vec<(u64, Option<String>, String)>> = BTreeMap::new();
+        for (line_no, line) in lines {
+            let (key, value) = match key_separator.and_then(|c| line.split_once(c)) {
+                Some((k, v)) => (Some(k.to_owned()), v.to_owned()),
+                None => (None, line),
+            };
+            let idx = match &key {
+                Some(k) => (fnv(k.as_bytes()) % n as u64) as usize,
+                None => {
+                    round_robin = (round_robin + 1) % n;
+                    round_robin
+                }
+            };
+            groups.entry(idx).or_default().push((line_no, key, value));
+        }
+        for (idx, msgs) in groups {
+            let (partition, addr) = router.partitions[idx];
+            let mut b = RecordBatchBuilder::new();
+            let ts = now_ms();
+            for (_, key, value) in &msgs {
+                b.push(NewRecord {
+                    timestamp_ms: ts,
+                    key: key.as_deref().map(str::as_bytes),
+                    value: Some(value.as_bytes()),
+                    headers: &[],
+                });
+            }
+            let req: Message = ProduceRequest {
+                topic: topic.to_owned(),
+                partition,
+                acks: Acks::Quorum,
+                timeout_ms: timeout_ms.min(u64::from(u32::MAX)) as u32,
+                batch: b.finish(),
+            }
+            .into();
+            let mut attempt = 0;
+            let result = loop {
+                attempt += 1;
+                match router.request(addr, &req) {
+                    Err(ClientError::Broker { code, .. })
+                        if code.is_retryable() && attempt < PRODUCE_ATTEMPTS_MAX => {}
+                    Err(ClientError::Io { .. } | ClientError::Closed { .. })
+                        if attempt < PRODUCE_ATTEMPTS_MAX => {}
+                    other => break other,
+                }
+                std::thread::sleep(Duration::from_millis(20 << attempt.min(6)));
+            };
+            match result {
+                Ok(Message::ProduceResponse(r)) => {
+                    let mut o = out.lock();
+                    for (i, (line_no, _, _)) in msgs.iter().enumerate() {
+                        let line = json!({"topic": topic, "partition": partition, "offset": r.base_offset + i as u64, "line": line_no});
+                        writeln!(o, "{line}")?;
+                    }
+                    o.flush()?;
+                }
+                Ok(other) => bail!("unexpected response {}", other.kind().name()),
+                Err(e) => {
+                    for (line_no, _, _) in &msgs {
+                        eprintln!("drmq: line {line_no} not delivered: {e}");
+                    }
+                    failed += msgs.len() as u64;
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} message(s) not delivered");
+    }
+    Ok(())
+}
+
+pub fn consume(
+    brokers: &str,
+    timeout_ms: u64,
+    topic: &str,
+    from: From,
+    max_messages: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+) -> Result<()> {
+    let mut router = Router::new(brokers, timeout_ms, topic)?;
+    let parts = router.partitions.clone();
+    let mut positions = Vec::with_capacity(parts.len());
+    for &(partition, addr) in &parts {
+        let pos = match from {
+            From::Offset(o) => o,
+            From::Earliest | From::Latest => {
+                let spec = if matches!(from, From::Earliest) {
+                    OffsetSpec::Earliest
+                } else {
+                    OffsetSpec::Latest
+                };
+                let resp = router.request(
+                    addr,
+                    &ListOffsetsRequest {
+                        topic: topic.to_owned(),
+                        partition,
+                        spec,
+                    }
+                    .into(),
+                )?;
+                let Message::ListOffsetsResponse(r) = resp else {
+                    bail!("unexpected response {}", resp.kind().name())
+                };
+                r.offset.unwrap_or(0)
+            }
+        };
+        positions.push(pos);
+    }
+    let out = std::io::stdout();
+    let mut printed = 0u64;
+    let mut last_data = Instant::now();
+    // A short long-poll per partition keeps several partitions moving.
+    let wait_ms = if parts.len() == 1 { 500 } else { 50 };
+    loop {
+        let mut got_any = false;
+        for (i, &(partition, addr)) in parts.iter().enumerate() {
+            let req = FetchRequest {
+                topic: topic.to_owned(),
+                partition,
+                offset: positions[i],
+                max_bytes: 1 << 20,
+                min_bytes: 1,
+                max_wait_ms: wait_ms,
+            };
+            let resp = router.request(addr, &req.into())?;
+            let Message::FetchResponse(r) = resp else {
+                bail!("unexpected response {}", resp.kind().name())
+            };
+            let mut o = out.lock();
+            for batch in batches(&r.batches) {
+                let batch = batch.context("corrupt batch from the broker")?;
+                for rec in batch.records() {
+                    let rec = rec.context("corrupt record from the broker")?;
+                    if rec.offset < positions[i] {
+                        continue;
+                    }
+                    let line = json!({
+                        "topic": topic,
+                        "partition": partition,
+                        "offset": rec.offset,
+                        "key": rec.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+                        "value": rec.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                        "timestamp_ms": rec.timestamp_ms,
+                    });
+                    writeln!(o, "{line}")?;
+                    positions[i] = rec.offset + 1;
+                    printed += 1;
+                    got_any = true;
+                    if max_messages.is_some_and(|m| printed >= m) {
+                        o.flush()?;
+                        return Ok(());
+                    }
+                }
+            }
+            o.flush()?;
+        }
+        if got_any {
+            last_data = Instant::now();
+        } else if idle_timeout_ms.is_some_and(|ms| last_data.elapsed() >= Duration::from_millis(ms))
+        {
+            return Ok(());
+        }
+    }
+}

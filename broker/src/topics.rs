@@ -1,0 +1,172 @@
+//! The topic registry a broker keeps on disk, and partition placement.
+//!
+//! Single-broker mode (what runs today): the registry is a JSON file written
+//! atomically (write a temporary file, fsync, rename, fsync the directory) by
+//! shard 0. With replication it becomes the state of the controller Raft group.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wire::{CleanupPolicy, Durability, TopicConfig};
+
+/// Most topics one broker keeps: each partition holds at least one
+/// preallocated segment and a few open files; 10,000 stays far below the
+/// default 1M open-file limit of a tuned host.
+pub const TOPICS_MAX: usize = 10_000;
+/// Most partitions per topic.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 1_024;
+
+/// Which shard owns partition `partition` of `topic` on every replica:
+/// FNV-1a over the name and the partition number, modulo the shard count.
+/// Stable across processes and builds (no random hasher seed).
+pub fn shard_for(topic: &str, partition: u32, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic.bytes().chain(partition.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+/// One topic as stored in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    pub partitions: u32,
+    pub replication: u16,
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub segment_bytes: Option<u64>,
+    pub segment_ms: Option<u64>,
+    pub compact: bool,
+    pub sync_interval_ms: Option<u32>,
+    pub tombstone_retention_ms: Option<u64>,
+}
+
+impl TopicRecord {
+    pub fn from_config(name: String, partitions: u32, replication: u16, c: &TopicConfig) -> Self {
+        TopicRecord {
+            name,
+            partitions,
+            replication,
+            retention_bytes: c.retention_bytes,
+            retention_ms: c.retention_ms,
+            segment_bytes: c.segment_bytes,
+            segment_ms: c.segment_ms,
+            compact: c.cleanup == CleanupPolicy::Compact,
+            sync_interval_ms: match c.durability {
+                Durability::EveryBatch => None,
+                Durability::IntervalMs(ms) => Some(ms),
+            },
+            tombstone_retention_ms: c.tombstone_retention_ms,
+        }
+    }
+
+    pub fn config(&self) -> TopicConfig {
+        TopicConfig {
+            retention_bytes: self.retention_bytes,
+            retention_ms: self.retention_ms,
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+            cleanup: if self.compact {
+                CleanupPolicy::Compact
+            } else {
+                CleanupPolicy::Delete
+            },
+            durability: match self.sync_interval_ms {
+                None => Durability::EveryBatch,
+                Some(ms) => Durability::IntervalMs(ms),
+            },
+            tombstone_retention_ms: self.tombstone_retention_ms,
+        }
+    }
+
+    /// The directory of one partition's log.
+    pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+        data_dir
+            .join("partitions")
+            .join(format!("{topic}-{partition}"))
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct RegistryFile {
+    topics: Vec<TopicRecord>,
+}
+
+/// Reads the registry; a missing file is an empty registry.
+pub fn load(data_dir: &Path) -> std::io::Result<Vec<TopicRecord>> {
+    let path = data_dir.join("topics.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let file: RegistryFile = serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            Ok(file.topics)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces the registry atomically: after a crash at any point the file is
+/// either the old or the new one.
+pub fn save(data_dir: &Path, topics: &[TopicRecord]) -> std::io::Result<()> {
+    let path = data_dir.join("topics.json");
+    let tmp = data_dir.join("topics.json.tmp");
+    let bytes = serde_json::to_vec_pretty(&RegistryFile {
+        topics: topics.to_vec(),
+    })
+    .map_err(std::io::Error::other)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_is_stable_and_spreads_partitions() {
+        assert_eq!(shard_for("orders", 0, 4), shard_for("orders", 0, 4));
+        let mut per_shard = [0u32; 4];
+        for p in 0..400 {
+            per_shard[shard_for("orders", p, 4)] += 1;
+        }
+        assert!(per_shard.iter().all(|&n| n > 50), "{per_shard:?}");
+        assert_eq!(shard_for("x", 3, 1), 0);
+    }
+
+    #[test]
+    fn the_registry_round_trips_and_a_missing_file_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_empty());
+        let t = TopicRecord::from_config(
+            "orders".into(),
+            3,
+            1,
+            &TopicConfig {
+                retention_bytes: Some(1 << 30),
+                retention_ms: None,
+                segment_bytes: Some(1 << 20),
+                segment_ms: None,
+                cleanup: CleanupPolicy::Compact,
+                durability: Durability::IntervalMs(5),
+                tombstone_retention_ms: Some(1000),
+            },
+        );
+        save(dir.path(), std::slice::from_ref(&t)).unwrap();
+        let back = load(dir.path()).unwrap();
+        assert_eq!(back, vec![t.clone()]);
+        assert_eq!(back[0].config().cleanup, CleanupPolicy::Compact);
+        std::fs::write(dir.path().join("topics.json"), b"{not json").unwrap();
+        assert!(load(dir.path()).is_err());
+    }
+}
