@@ -11,6 +11,5 @@
 
 pub mod client;
 pub mod config;
-mod notify;
 pub mod runtime;
 pub mod topics;

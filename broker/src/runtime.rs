@@ -23,12 +23,11 @@ use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
-use storage::shard::Partition;
+use storage::shard::{Notify, Partition};
 use storage::{Cleanup, Log, LogConfig, StorageError, SyncPolicy};
 use wire::*;
 
 use crate::config::BrokerConfig;
-use crate::notify::Notify;
 use crate::topics::{self, shard_for, TopicRecord, PARTITIONS_PER_TOPIC_MAX, TOPICS_MAX};
 
 /// Requests one connection may have in flight: enough to keep a pipelining

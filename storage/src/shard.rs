@@ -28,22 +28,25 @@ use crate::log::{AppendInfo, Log, SyncJob};
 /// just sealed are all a round usually touches; 4 leaves headroom.
 const SYNC_FILE_CACHE_MAX: usize = 4;
 
-/// Wakes every waiter when a sync round ends.
-#[derive(Default)]
-struct Notify {
+/// Wakes every waiting task (on one shard) when [`Notify::notify_all`] is
+/// called: here when a sync round ends; the broker also uses it to wake
+/// long-polling fetches after an append.
+#[derive(Debug, Default)]
+pub struct Notify {
     generation: Cell<u64>,
     wakers: RefCell<Vec<Waker>>,
 }
 
 impl Notify {
-    fn notify_all(&self) {
+    pub fn notify_all(&self) {
         self.generation.set(self.generation.get() + 1);
         for w in self.wakers.borrow_mut().drain(..) {
             w.wake();
         }
     }
 
-    fn wait(&self) -> NotifyWait<'_> {
+    /// Resolves at the next `notify_all` after this call.
+    pub fn wait(&self) -> NotifyWait<'_> {
         NotifyWait {
             notify: self,
             seen: self.generation.get(),
@@ -51,7 +54,8 @@ impl Notify {
     }
 }
 
-struct NotifyWait<'a> {
+/// The future of [`Notify::wait`].
+pub struct NotifyWait<'a> {
     notify: &'a Notify,
     seen: u64,
 }
@@ -62,7 +66,12 @@ impl Future for NotifyWait<'_> {
         if self.notify.generation.get() != self.seen {
             return Poll::Ready(());
         }
-        self.notify.wakers.borrow_mut().push(cx.waker().clone());
+        // A task polled again before a notify registers once, so the list
+        // stays bounded by the number of waiting tasks.
+        let mut wakers = self.notify.wakers.borrow_mut();
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
         Poll::Pending
     }
 }
