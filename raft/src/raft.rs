@@ -469,13 +469,7 @@ impl<S: Storage> Raft<S> {
         if self.append_pending {
             self.append_pending = false;
             if self.role == Role::Leader {
-                let peers: Vec<NodeId> = self
-                    .progress
-                    .keys()
-                    .copied()
-                    .filter(|&id| id != self.cfg.id)
-                    .collect();
-                for id in peers {
+                for id in self.peer_ids() {
                     while self.send_append(id, false)? {}
                 }
             }
@@ -1195,14 +1189,17 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    fn broadcast_append(&mut self) -> Result<(), Error> {
-        let peers: Vec<NodeId> = self
-            .progress
+    /// Every node with replication progress except this one.
+    fn peer_ids(&self) -> Vec<NodeId> {
+        self.progress
             .keys()
             .copied()
             .filter(|&id| id != self.cfg.id)
-            .collect();
-        for id in peers {
+            .collect()
+    }
+
+    fn broadcast_append(&mut self) -> Result<(), Error> {
+        for id in self.peer_ids() {
             self.send_append(id, true)?;
         }
         Ok(())

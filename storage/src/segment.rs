@@ -268,15 +268,7 @@ impl Segment {
         let Some((time_index, tf)) = IndexFile::open_sealed(&tix_path, TIME_ENTRY_BYTES) else {
             return Ok(None);
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(|e| StorageError::io("open segment", &log_path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| StorageError::io("stat", &log_path, e))?
-            .len();
+        let (file, len) = open_segment_file(&log_path)?;
         if f != tf
             || f.data_bytes == 0
             || u64::from(f.data_bytes) != len
@@ -332,15 +324,7 @@ impl Segment {
         interval: u32,
     ) -> Result<Self> {
         let [log_path, ix_path, tix_path] = paths(dir, base_offset);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(|e| StorageError::io("open segment", &log_path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| StorageError::io("stat", &log_path, e))?
-            .len();
+        let (file, len) = open_segment_file(&log_path)?;
         let capacity = len
             .max(u64::from(capacity_bytes))
             .min(u64::from(crate::SEGMENT_BYTES_MAX));
@@ -771,4 +755,18 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+/// Opens a segment file for reading and writing, with its current length.
+fn open_segment_file(log_path: &Path) -> Result<(File, u64)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(log_path)
+        .map_err(|e| StorageError::io("open segment", log_path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| StorageError::io("stat", log_path, e))?
+        .len();
+    Ok((file, len))
 }
