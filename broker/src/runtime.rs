@@ -66,6 +66,8 @@ enum ShardMsg {
     Status {
         reply: flume::Sender<Vec<PartitionStatus>>,
     },
+    /// To every shard: stop accepting, make everything durable, stop.
+    Shutdown,
 }
 
 /// One partition owned by a shard.
@@ -98,6 +100,8 @@ struct Shard {
     inboxes: Vec<flume::Sender<ShardMsg>>,
     /// Serialises topic administration on shard 0.
     admin_lock: Semaphore,
+    /// Set by [`ShardMsg::Shutdown`]; ends the accept loop.
+    stopping: Notify,
     counters: ShardCounters,
 }
 
@@ -127,6 +131,9 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| flume::bounded::<ShardMsg>(SHARD_INBOX_MAX))
         .unzip();
+    // SIGTERM and SIGINT are blocked in every thread (the shards inherit the
+    // mask) and taken by one waiting thread, which asks the shards to stop.
+    let signals = block_stop_signals()?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -149,6 +156,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     partitions: RefCell::new(HashMap::new()),
                     inboxes: senders,
                     admin_lock: Semaphore::new(1),
+                    stopping: Notify::default(),
                     counters: ShardCounters::default(),
                 });
                 if let Err(e) = shard.clone().serve(registry, inbox, ready.clone()).await {
@@ -179,11 +187,53 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
             .join(","),
         config.data_dir.display()
     );
+    let stop_senders = senders;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let signal = wait_for_signal(&signals);
+            eprintln!("drmq broker: signal {signal}, stopping (syncing partitions)");
+            for s in &stop_senders {
+                let _ = s.send(ShardMsg::Shutdown);
+            }
+        })
+        .context("starting the signal thread")?;
     for h in handles {
         h.join()
             .map_err(|e| anyhow::anyhow!("shard panicked: {e:?}"))?;
     }
+    eprintln!("drmq broker {}: stopped", config.id);
     Ok(())
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and so in every thread
+/// it starts afterwards) and returns the set, for [`wait_for_signal`].
+fn block_stop_signals() -> Result<libc::sigset_t> {
+    // SAFETY: sigemptyset/sigaddset initialise the set we own;
+    // pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            bail!("pthread_sigmask: {}", std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(set)
+    }
+}
+
+/// Waits for one of the blocked signals and returns its number.
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    loop {
+        let mut signal = 0;
+        // SAFETY: `set` is an initialised sigset; sigwait writes `signal`.
+        let rc = unsafe { libc::sigwait(set, &mut signal) };
+        if rc == 0 {
+            return signal;
+        }
+    }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Message {
@@ -269,16 +319,33 @@ impl Shard {
         })
         .detach();
         loop {
-            match listener.accept().await {
-                Ok(stream) => {
+            let accepted =
+                futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    self.stopping.wait().await;
+                    None
+                })
+                .await;
+            match accepted {
+                None => break,
+                Some(Ok(stream)) => {
                     glommio::spawn_local(self.clone().connection(stream)).detach();
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     eprintln!("shard {}: accept failed: {e}", self.id);
                     glommio::timer::sleep(Duration::from_millis(10)).await;
                 }
             }
         }
+        // Graceful stop: no new connections; make every partition durable.
+        drop(listener);
+        let owned: Vec<Rc<OwnedPartition>> = self.partitions.borrow().values().cloned().collect();
+        for p in owned {
+            let end = p.part.log().next_offset();
+            if let Err(e) = p.part.wait_durable(end).await {
+                eprintln!("shard {}: final sync failed: {e}", self.id);
+            }
+        }
+        Ok(())
     }
 
     async fn control(self: Rc<Self>, msg: ShardMsg) {
@@ -296,6 +363,7 @@ impl Shard {
             ShardMsg::Status { reply } => {
                 let _ = reply.send_async(self.local_status()).await;
             }
+            ShardMsg::Shutdown => self.stopping.notify_all(),
         }
     }
 

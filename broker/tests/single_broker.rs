@@ -319,3 +319,48 @@ fn a_corrupt_batch_is_refused_and_nothing_is_stored() {
     assert!(err.to_string().contains("CorruptBatch"), "{err}");
     assert!(consume_all(&broker, "c").is_empty());
 }
+
+#[test]
+fn sigterm_stops_the_broker_cleanly_and_a_restart_serves_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = Broker::start(&data);
+    broker.cli(
+        &[
+            "topic",
+            "create",
+            "s",
+            "--partitions",
+            "2",
+            "--replication",
+            "1",
+            "--segment-bytes",
+            "65536",
+        ],
+        None,
+    );
+    let input: String = (1..=50).map(|i| format!("m{i}\n")).collect();
+    let acks = json_lines(&broker.cli(&["produce", "--topic", "s"], Some(&input)));
+    assert_eq!(acks.len(), 50);
+    let pid = broker.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = broker.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    drop(broker);
+    let broker = Broker::start(&data);
+    assert_eq!(consume_all(&broker, "s").len(), 50);
+}
