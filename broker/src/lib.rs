@@ -1,15 +1,20 @@
 //! The DRMQ broker process, its client library and the `drmq` CLI.
 //!
 //! # Layout
-//! | module     | what it holds                                                       |
-//! |------------|---------------------------------------------------------------------|
-//! | [`config`] | broker settings from flags and a TOML file, validated on load       |
-//! | [`client`] | a blocking request/response client over the wire protocol           |
+//! | module        | what it holds                                                    |
+//! |---------------|------------------------------------------------------------------|
+//! | [`config`]    | broker settings from flags and a TOML file, validated on load    |
+//! | [`runtime`]   | the shards on glommio: client server, partitions, cross-shard messages |
+//! | [`topics`]    | the topic registry on disk and partition-to-shard placement      |
+//! | [`producers`] | idempotent-producer sequence state per partition                 |
+//! | [`client`]    | a blocking request/response client over the wire protocol        |
 //!
-//! The shard runtime (glommio executors, partitions, peer transport,
-//! controller) is the next step (see docs/ARCHITECTURE.md for what exists).
+//! Today the runtime serves a single broker (replication factor 1); Raft
+//! between brokers, the controller group and consumer groups come next (see
+//! docs/ARCHITECTURE.md for what exists).
 
 pub mod client;
 pub mod config;
+pub mod producers;
 pub mod runtime;
 pub mod topics;

@@ -28,6 +28,7 @@ use storage::{Cleanup, Log, LogConfig, StorageError, SyncPolicy};
 use wire::*;
 
 use crate::config::BrokerConfig;
+use crate::producers::{BatchId, ProducerTable, Verdict};
 use crate::topics::{self, shard_for, TopicRecord, PARTITIONS_PER_TOPIC_MAX, TOPICS_MAX};
 
 /// Requests one connection may have in flight: enough to keep a pipelining
@@ -73,6 +74,9 @@ enum ShardMsg {
 /// One partition owned by a shard.
 struct OwnedPartition {
     part: Rc<Partition>,
+    /// Idempotent producers' sequence state (rebuilt from the active segment
+    /// on open).
+    producers: RefCell<ProducerTable>,
     /// Signalled after every append, for long-polling fetches.
     appended: Notify,
 }
@@ -386,6 +390,7 @@ impl Shard {
                             report.truncations
                         );
                     }
+                    let producers = rebuild_producers(&log);
                     let part = Partition::new(log);
                     if record.sync_interval_ms.is_some() {
                         let flusher = part.clone();
@@ -399,6 +404,7 @@ impl Shard {
                         (name.to_owned(), p),
                         Rc::new(OwnedPartition {
                             part,
+                            producers: RefCell::new(producers),
                             appended: Notify::default(),
                         }),
                     );
@@ -762,18 +768,58 @@ impl Shard {
             if b.record_count() == 0 {
                 return Err(WireError::InvalidBatch("no records".into()));
             }
-            Ok(())
+            Ok(BatchId {
+                producer_id: b.producer_id(),
+                epoch: b.producer_epoch(),
+                base_sequence: b.base_sequence(),
+                record_count: b.record_count(),
+            })
         });
-        if let Err(e) = check {
-            return error(ErrorCode::CorruptBatch, e.to_string());
-        }
-        let info = match owned.part.append(&req.batch, SINGLE_BROKER_TERM).await {
-            Ok(info) => info,
-            Err(e) => return storage_error(&e),
+        let id = match check {
+            Ok(id) => id,
+            Err(e) => return error(ErrorCode::CorruptBatch, e.to_string()),
         };
-        // Under an interval policy `append` returns before the fsync; a quorum
-        // ack (the only commit there is with one replica) waits for it.
-        if req.acks == Acks::Quorum {
+        // Check and record the producer's sequence in the same synchronous
+        // step as the append, so pipelined batches of one producer are
+        // judged in the order they are appended.
+        let verdict = owned.producers.borrow().check(id);
+        let info = match verdict {
+            Verdict::Reject { code, reason } => return error(code, reason),
+            Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } => {
+                if let Err(e) = owned.part.wait_durable(last_offset + 1).await {
+                    return storage_error(&e);
+                }
+                return ProduceResponse {
+                    topic: req.topic,
+                    partition: req.partition,
+                    base_offset,
+                    last_offset,
+                    log_append_time_ms: now_ms(),
+                    duplicate: true,
+                }
+                .into();
+            }
+            Verdict::Append => {
+                let appended = owned.part.log_mut().append(&req.batch, SINGLE_BROKER_TERM);
+                match appended {
+                    Ok(info) => {
+                        owned
+                            .producers
+                            .borrow_mut()
+                            .record(id, info.base_offset, info.last_offset);
+                        info
+                    }
+                    Err(e) => return storage_error(&e),
+                }
+            }
+        };
+        // Acknowledge once durable: always for acks=quorum (the only commit
+        // there is with one replica), and under the every-batch policy.
+        let every_batch = owned.part.log().config().sync_policy == SyncPolicy::EveryBatch;
+        if req.acks == Acks::Quorum || every_batch {
             if let Err(e) = owned.part.wait_durable(info.last_offset + 1).await {
                 return storage_error(&e);
             }
@@ -905,6 +951,40 @@ impl Shard {
         }
         .into()
     }
+}
+
+/// Rebuilds idempotent-producer state from the active segment's batches:
+/// retries target recent batches, and the active segment holds them. (A
+/// producer whose last batch is in an older segment is accepted as new.)
+fn rebuild_producers(log: &Log) -> ProducerTable {
+    let mut table = ProducerTable::default();
+    let end = log.next_offset();
+    let mut at = log
+        .segment_bases()
+        .last()
+        .copied()
+        .unwrap_or(end)
+        .max(log.log_start_offset());
+    // Bounded: each read advances `at` (whole batches) or ends the loop.
+    while at < end {
+        let Ok(out) = log.read(at, FETCH_BYTES_MAX, end) else {
+            break;
+        };
+        if out.bytes.is_empty() || out.next_offset <= at {
+            break;
+        }
+        for batch in wire::batches(out.bytes).flatten() {
+            let id = BatchId {
+                producer_id: batch.producer_id(),
+                epoch: batch.producer_epoch(),
+                base_sequence: batch.base_sequence(),
+                record_count: batch.record_count(),
+            };
+            table.record(id, batch.base_offset(), batch.last_offset());
+        }
+        at = out.next_offset;
+    }
+    table
 }
 
 fn now_ms() -> i64 {

@@ -364,3 +364,90 @@ fn sigterm_stops_the_broker_cleanly_and_a_restart_serves_everything() {
     let broker = Broker::start(&data);
     assert_eq!(consume_all(&broker, "s").len(), 50);
 }
+
+#[test]
+fn an_idempotent_retry_is_appended_once_even_after_a_restart() {
+    use wire::*;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::start(&data);
+    broker.cli(
+        &[
+            "topic",
+            "create",
+            "idem",
+            "--partitions",
+            "1",
+            "--replication",
+            "1",
+            "--segment-bytes",
+            "65536",
+        ],
+        None,
+    );
+    let batch = |seq: i32, values: &[&str]| {
+        let mut b = RecordBatchBuilder::new().producer(4242, 0, seq);
+        for v in values {
+            b.push(NewRecord {
+                timestamp_ms: 1,
+                key: None,
+                value: Some(v.as_bytes()),
+                headers: &[],
+            });
+        }
+        b.finish()
+    };
+    let send = |broker: &Broker, bytes: Vec<u8>| {
+        let meta = json_lines(&broker.cli(&["topic", "describe", "idem"], None));
+        let shard = meta[0]["partitions"][0]["shard"].as_u64().unwrap() as u16;
+        let addr = format!("127.0.0.1:{}", broker.listen_port + shard)
+            .parse()
+            .unwrap();
+        let mut c = broker::client::Connection::connect(addr, Duration::from_secs(10)).unwrap();
+        let req = ProduceRequest {
+            topic: "idem".into(),
+            partition: 0,
+            acks: Acks::Quorum,
+            timeout_ms: 5000,
+            batch: bytes,
+        };
+        c.request(&req.into())
+    };
+    let first = send(&broker, batch(0, &["a", "b"])).unwrap();
+    let again = send(&broker, batch(0, &["a", "b"])).unwrap();
+    let (Message::ProduceResponse(first), Message::ProduceResponse(again)) = (first, again) else {
+        panic!("not produce responses")
+    };
+    assert!(!first.duplicate);
+    assert!(again.duplicate, "the retry was appended again");
+    assert_eq!(
+        (again.base_offset, again.last_offset),
+        (first.base_offset, first.last_offset)
+    );
+    // A gap in the sequence is refused.
+    let gap = send(&broker, batch(5, &["x"])).unwrap_err();
+    assert!(gap.to_string().contains("OutOfOrderSequence"), "{gap}");
+    // After kill -9 and restart the state is rebuilt from the log.
+    drop(broker);
+    let broker = Broker::start(&data);
+    let Message::ProduceResponse(after) = send(&broker, batch(0, &["a", "b"])).unwrap() else {
+        panic!()
+    };
+    assert!(after.duplicate);
+    let Message::ProduceResponse(next) = send(&broker, batch(2, &["c"])).unwrap() else {
+        panic!()
+    };
+    assert_eq!(next.base_offset, 2);
+    let values: Vec<String> = consume_all(&broker, "idem")
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values, ["a", "b", "c"]);
+
+    // The CLI's --idempotent produces normally.
+    let acks = json_lines(&broker.cli(
+        &["produce", "--topic", "idem", "--idempotent"],
+        Some("d\ne\n"),
+    ));
+    assert_eq!(acks.len(), 2);
+}

@@ -118,6 +118,22 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
+const NO_PRODUCER: i64 = wire::batch::NO_PRODUCER_ID;
+
+fn random_producer_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; mix in time and pid for good measure.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    (h.finish() & (i64::MAX as u64)) as i64
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -130,8 +146,17 @@ pub fn produce(
     timeout_ms: u64,
     topic: &str,
     key_separator: Option<char>,
+    idempotent: bool,
 ) -> Result<()> {
     let mut router = Router::new(brokers, timeout_ms, topic)?;
+    // An idempotent producer: a random 63-bit id (see broker::producers) and a
+    // record sequence per partition; a retried batch carries the same ones.
+    let producer_id = if idempotent {
+        random_producer_id()
+    } else {
+        NO_PRODUCER
+    };
+    let mut sequences: BTreeMap<u32, i32> = BTreeMap::new();
     let (tx, rx) = mpsc::sync_channel::<(u64, String)>(LINES_PER_BATCH_MAX * 4);
     std::thread::spawn(move || {
         for (i, line) in std::io::stdin().lock().lines().enumerate() {
@@ -176,7 +201,13 @@ pub fn produce(
         }
         for (idx, msgs) in groups {
             let (partition, addr) = router.partitions[idx];
-            let mut b = RecordBatchBuilder::new();
+            let seq = sequences.entry(partition).or_insert(0);
+            let mut b = if producer_id >= 0 {
+                RecordBatchBuilder::new().producer(producer_id, 0, *seq)
+            } else {
+                RecordBatchBuilder::new()
+            };
+            *seq = seq.wrapping_add(msgs.len() as i32);
             let ts = now_ms();
             for (_, key, value) in &msgs {
                 b.push(NewRecord {

@@ -176,12 +176,13 @@ fn run(cli: Cli) -> Result<()> {
             idempotent,
         } => {
             validate_topic_name(&topic)?;
-            if idempotent {
-                bail!(
-                    "--idempotent needs producer ids from the controller, which is not built yet"
-                );
-            }
-            cli::produce(&conn.brokers, conn.timeout_ms, &topic, key_separator)
+            cli::produce(
+                &conn.brokers,
+                conn.timeout_ms,
+                &topic,
+                key_separator,
+                idempotent,
+            )
         }
         Command::Consume {
             conn,
