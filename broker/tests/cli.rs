@@ -80,3 +80,68 @@ fn an_unreachable_broker_is_a_clear_error_not_a_hang() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains(&addr), "{}", stderr(&o));
 }
+
+#[test]
+fn dev_runs_a_broker_with_a_demo_topic_and_stops_it_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    // A free run of ports for client (2 shards max here), and peer/http offsets.
+    let port = loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        if (2000..60_000).contains(&p)
+            && [p, p + 1, p + 201, p - 1011]
+                .iter()
+                .all(|&q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok())
+        {
+            break p;
+        }
+    };
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_drmq"))
+        .args(["dev", "--nodes", "1", "--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Guard(u32);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _guard = Guard(dev.id());
+    let mut lines = BufReader::new(dev.stderr.take().unwrap()).lines();
+    let up = lines
+        .by_ref()
+        .take(10)
+        .map_while(Result::ok)
+        .find(|l| l.contains("broker(s) up"));
+    assert!(up.is_some(), "dev did not report the cluster up");
+    let brokers = format!("127.0.0.1:{port}");
+    let o = drmq(&["topic", "describe", "demo", "--brokers", &brokers]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["partitions"].as_array().unwrap().len(), 3);
+    assert!(Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = dev.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "dev did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    // Its broker is gone too.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

@@ -1,6 +1,7 @@
 //! `drmq`: the broker and its command-line client.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,6 +36,10 @@ enum Command {
         nodes: u32,
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
+        /// First client port: broker i serves clients from PORT + 16(i-1),
+        /// peers on PORT + 200 + i, HTTP on PORT - 1012 + i.
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
     },
     /// Create, delete, list and describe topics.
     #[command(subcommand)]
@@ -155,6 +160,10 @@ enum ClusterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Dev { .. }) {
+        // Taken by `dev`'s signal thread: blocked before any thread starts.
+        block_stop_signals();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -167,7 +176,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Broker(args) => broker(args),
-        Command::Dev { nodes, data_dir } => dev(nodes, &data_dir),
+        Command::Dev {
+            nodes,
+            data_dir,
+            port,
+        } => dev(nodes, &data_dir, port),
         Command::Topic(cmd) => topic(cmd),
         Command::Produce {
             conn,
@@ -260,17 +273,22 @@ fn broker(args: BrokerArgs) -> Result<()> {
 /// `drmq dev`: brokers as child processes on 127.0.0.1, a demo topic, and
 /// the addresses printed. Ends (and stops the others) when any broker exits;
 /// Ctrl-C reaches the whole process group.
-fn dev(nodes: u32, data_dir: &std::path::Path) -> Result<()> {
-    if nodes == 0 {
-        bail!("--nodes must be at least 1");
+fn dev(nodes: u32, data_dir: &std::path::Path, port: u16) -> Result<()> {
+    if nodes == 0 || nodes > 8 {
+        bail!("--nodes must be in 1..=8");
+    }
+    if !(1100..=65_000).contains(&port) {
+        bail!("--port must be in 1100..=65000");
     }
     let shards = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(4);
-    let client_port = |i: u32| 9092 + (i - 1) as u16 * 16;
+    let client_port = |i: u32| port + (i - 1) as u16 * 16;
+    let peer_port = |i: u32| port + 200 + i as u16;
+    let http_port = |i: u32| port - 1012 + i as u16;
     let peers: Vec<String> = (1..=nodes)
-        .map(|i| format!("{i}=127.0.0.1:{}", 9292 + i))
+        .map(|i| format!("{i}=127.0.0.1:{}", peer_port(i)))
         .collect();
     let exe = std::env::current_exe().context("locating the drmq binary")?;
     let mut children = Vec::new();
@@ -280,11 +298,21 @@ fn dev(nodes: u32, data_dir: &std::path::Path) -> Result<()> {
             .arg("--data-dir")
             .arg(data_dir.join(format!("broker-{i}")))
             .args(["--listen", &format!("127.0.0.1:{}", client_port(i))])
-            .args(["--peer-listen", &format!("127.0.0.1:{}", 9292 + i)])
-            .args(["--http", &format!("127.0.0.1:{}", 8080 + i)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", peer_port(i))])
+            .args(["--http", &format!("127.0.0.1:{}", http_port(i))])
             .args(["--shards", &shards.to_string()]);
         if nodes > 1 {
             cmd.args(["--peers", &peers.join(",")]);
+        }
+        // If `drmq dev` dies, whatever the cause, its brokers get SIGTERM.
+        // SAFETY: prctl is async-signal-safe and affects only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         children.push(
             cmd.spawn()
@@ -339,21 +367,68 @@ fn dev(nodes: u32, data_dir: &std::path::Path) -> Result<()> {
         );
         eprintln!("drmq dev: the dashboard is not built yet (no HTTP server)");
     }
-    // Wait for the first broker to exit, then stop the rest.
-    let status = loop {
+    // Run until a broker exits or we are asked to stop (Ctrl-C, SIGTERM);
+    // then stop every broker gracefully (SIGTERM) and wait for them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        wait_for_stop_signal();
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let exited = loop {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break None;
+        }
         if let Some(s) = children
             .iter_mut()
             .find_map(|c| c.try_wait().ok().flatten())
         {
-            break s;
+            break Some(s);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     };
     for c in &mut children {
-        let _ = c.kill();
+        if let Ok(None) = c.try_wait() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+    for c in &mut children {
         let _ = c.wait();
     }
-    bail!("a broker exited ({status}); stopped the others")
+    match exited {
+        None => {
+            eprintln!("drmq dev: stopped");
+            Ok(())
+        }
+        Some(status) => bail!("a broker exited ({status}); stopped the others"),
+    }
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise a set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and the threads it starts.
+fn block_stop_signals() {
+    let set = stop_signals();
+    // SAFETY: changes only this thread's signal mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Waits for SIGINT or SIGTERM (blocked by [`block_stop_signals`]).
+fn wait_for_stop_signal() {
+    let set = stop_signals();
+    let mut sig = 0;
+    // SAFETY: an initialised set; sigwait writes the signal number.
+    while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
 }
 
 fn request(conn: &ConnArgs, msg: Message) -> Result<Message> {
