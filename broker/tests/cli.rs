@@ -100,22 +100,26 @@ fn dev_runs_a_broker_with_a_demo_topic_and_stops_it_on_sigterm() {
             break p;
         }
     };
-    let mut dev = Command::new(env!("CARGO_BIN_EXE_drmq"))
-        .args(["dev", "--nodes", "1", "--port", &port.to_string()])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Guard(u32);
-    impl Drop for Guard {
+    /// Kills `drmq dev` if the test ends early; never touches a reaped pid.
+    struct DevGuard(std::process::Child);
+    impl Drop for DevGuard {
         fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
         }
     }
-    let _guard = Guard(dev.id());
+    let mut guard = DevGuard(
+        Command::new(env!("CARGO_BIN_EXE_drmq"))
+            .args(["dev", "--nodes", "1", "--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let dev = &mut guard.0;
     let mut lines = BufReader::new(dev.stderr.take().unwrap()).lines();
     let up = lines
         .by_ref()
