@@ -7,6 +7,7 @@
 //! | [`runtime`]   | the shards on glommio: client server, partitions, cross-shard messages |
 //! | [`topics`]    | the topic registry on disk and partition-to-shard placement      |
 //! | [`producers`] | idempotent-producer sequence state per partition                 |
+//! | [`telemetry`] | the telemetry thread: counters over HTTP (`/metrics`, `/api/status`) |
 //! | [`client`]    | a blocking request/response client over the wire protocol        |
 //!
 //! Today the runtime serves a single broker (replication factor 1); Raft
@@ -17,4 +18,5 @@ pub mod client;
 pub mod config;
 pub mod producers;
 pub mod runtime;
+pub mod telemetry;
 pub mod topics;

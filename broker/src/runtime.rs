@@ -29,6 +29,7 @@ use wire::*;
 
 use crate::config::BrokerConfig;
 use crate::producers::{BatchId, ProducerTable, Verdict};
+use crate::telemetry::{self, PartitionSample, ShardSample};
 use crate::topics::{self, shard_for, TopicRecord, PARTITIONS_PER_TOPIC_MAX, TOPICS_MAX};
 
 /// Requests one connection may have in flight: enough to keep a pipelining
@@ -46,6 +47,8 @@ const FETCH_WAIT_MS_MAX: u32 = 30_000;
 /// Largest fetch response payload (leaves room for the message fields within
 /// the default 4 MiB frame limit).
 const FETCH_BYTES_MAX: usize = 3 * 1024 * 1024;
+/// How often each shard sends its counters to the telemetry thread.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Term stamped into batches while there is no Raft (single broker).
 const SINGLE_BROKER_TERM: u64 = 1;
 
@@ -106,6 +109,8 @@ struct Shard {
     admin_lock: Semaphore,
     /// Set by [`ShardMsg::Shutdown`]; ends the accept loop.
     stopping: Notify,
+    /// To the telemetry thread (never blocks: `try_send`).
+    samples: flume::Sender<ShardSample>,
     counters: ShardCounters,
 }
 
@@ -138,6 +143,8 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     // SIGTERM and SIGINT are blocked in every thread (the shards inherit the
     // mask) and taken by one waiting thread, which asks the shards to stop.
     let signals = block_stop_signals()?;
+    let samples = telemetry::start(config.id, config.http)
+        .with_context(|| format!("HTTP port {}", config.http))?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -147,6 +154,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         let config = config.clone();
         let registry = registry.clone();
         let senders = senders.clone();
+        let samples = samples.clone();
         let ready = ready_tx.clone();
         let builder =
             LocalExecutorBuilder::new(Placement::Fixed(id % cpus)).name(&format!("shard-{id}"));
@@ -161,6 +169,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     inboxes: senders,
                     admin_lock: Semaphore::new(1),
                     stopping: Notify::default(),
+                    samples,
                     counters: ShardCounters::default(),
                 });
                 if let Err(e) = shard.clone().serve(registry, inbox, ready.clone()).await {
@@ -315,6 +324,15 @@ impl Shard {
             TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| anyhow::anyhow!("{e}"))?;
         let _ = ready.send(Ok(local));
+        let sampler = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(SAMPLE_INTERVAL).await;
+                // Dropped when the telemetry thread is behind: never wait.
+                let _ = sampler.samples.try_send(sampler.sample());
+            }
+        })
+        .detach();
         let control = self.clone();
         glommio::spawn_local(async move {
             while let Ok(msg) = inbox.recv_async().await {
@@ -569,6 +587,33 @@ impl Shard {
                     })
                     .collect(),
             },
+        }
+    }
+
+    fn sample(&self) -> ShardSample {
+        let c = &self.counters;
+        ShardSample {
+            shard: self.id,
+            produce_requests: c.produce_requests.get(),
+            produce_bytes: c.produce_bytes.get(),
+            fetch_requests: c.fetch_requests.get(),
+            fetch_bytes: c.fetch_bytes.get(),
+            errors: c.errors.get(),
+            partitions: self
+                .partitions
+                .borrow()
+                .iter()
+                .map(|((topic, p), owned)| {
+                    let log = owned.part.log();
+                    PartitionSample {
+                        topic: topic.clone(),
+                        partition: *p,
+                        log_start_offset: log.log_start_offset(),
+                        high_watermark: log.durable_offset(),
+                        next_offset: log.next_offset(),
+                    }
+                })
+                .collect(),
         }
     }
 

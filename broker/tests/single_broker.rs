@@ -451,3 +451,60 @@ fn an_idempotent_retry_is_appended_once_even_after_a_restart() {
     ));
     assert_eq!(acks.len(), 2);
 }
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn the_http_port_serves_counters_that_follow_the_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let http = broker.listen_port + SHARDS + 1;
+    broker.cli(
+        &[
+            "topic",
+            "create",
+            "m",
+            "--partitions",
+            "1",
+            "--replication",
+            "1",
+            "--segment-bytes",
+            "65536",
+        ],
+        None,
+    );
+    let acks = json_lines(&broker.cli(&["produce", "--topic", "m"], Some("a\nb\nc\n")));
+    assert_eq!(acks.len(), 3);
+    // Samples arrive once a second: poll, bounded.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = http_get(http, "/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        if metrics
+            .contains("drmq_partition_high_watermark{broker=\"1\",topic=\"m\",partition=\"0\"} 3")
+        {
+            let produced = metrics
+                .lines()
+                .filter(|l| l.starts_with("drmq_produce_requests_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>();
+            assert!(produced >= 1, "{metrics}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters never showed the produce: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = http_get(http, "/api/status");
+    assert!(status.contains("\"shards\""), "{status}");
+    assert!(http_get(http, "/nope").starts_with("HTTP/1.1 404"));
+}
