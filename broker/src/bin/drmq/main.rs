@@ -365,7 +365,10 @@ fn dev(nodes: u32, data_dir: &std::path::Path, port: u16) -> Result<()> {
             "drmq dev: try  echo hello | drmq produce --topic demo --brokers {}",
             conn.brokers
         );
-        eprintln!("drmq dev: the dashboard is not built yet (no HTTP server)");
+        eprintln!(
+            "drmq dev: counters on http://127.0.0.1:{}/metrics and /api/status (the dashboard is not built yet)",
+            http_port(1)
+        );
     }
     // Run until a broker exits or we are asked to stop (Ctrl-C, SIGTERM);
     // then stop every broker gracefully (SIGTERM) and wait for them.
