@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod config;
+pub mod pipeline;
 pub mod producers;
 pub mod runtime;
 pub mod telemetry;

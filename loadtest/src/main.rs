@@ -1,19 +1,520 @@
 //! `drmq-loadtest`: the DRMQ load-test harness.
 //!
-//! The harness drives the broker's client library, which arrives with the
-//! broker runtime; until then this binary only says so.
+//! # Layout
+//! | module       | what it holds                                                      |
+//! |--------------|--------------------------------------------------------------------|
+//! | `run`        | one run: producer/consumer threads, id checks, histograms, progress |
+//! | `report`     | the final table, `--json`, HDR histogram logs                      |
+//! | `baseline`   | raw loopback TCP and write+fdatasync loops at the same batch size  |
+//! | `spawn`      | a local single broker for `--spawn-broker` and `bench`             |
+//!
+//! `drmq-loadtest run` drives a broker (given by `--brokers`, or started by
+//! `--spawn-broker`); `drmq-loadtest bench` runs the fixed suite on a broker
+//! it starts itself. Bad flags are one line on stderr and exit status 2.
 
+mod baseline;
+mod report;
+mod run;
+mod spawn;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use wire::Acks;
+
+use crate::report::Report;
+use crate::run::{SizeSpec, Stop, Workload};
+use crate::spawn::LocalBroker;
+
+#[derive(Parser)]
+#[command(name = "drmq-loadtest", version, about = "Load test for DRMQ brokers")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One workload against a broker (or one it starts with --spawn-broker).
+    Run(RunArgs),
+    /// The fixed suite on a local broker it starts: 100 B and 1 KiB messages,
+    /// 1 and 16 partitions, maximum rate then 50 % of it for latency.
+    Bench(BenchArgs),
+    /// Runs a broker in this process (used by --spawn-broker when no `drmq`
+    /// binary is found next to this one).
+    #[command(hide = true)]
+    ServeBroker(ServeArgs),
+}
+
+#[derive(Args, Clone)]
+struct BrokerArgs {
+    /// Start a local single broker for the run, stop it and remove its data
+    /// after.
+    #[arg(long, conflicts_with = "brokers")]
+    spawn_broker: bool,
+    /// The `drmq` binary for --spawn-broker (default: next to this one).
+    #[arg(long)]
+    drmq: Option<PathBuf>,
+    /// Shards of the spawned broker.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    shards: u16,
+    /// Data directory of the spawned broker (kept afterwards); default a
+    /// fresh temporary directory, removed afterwards.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Where the fdatasync baseline writes (default: the spawned broker's data
+    /// directory, else the current directory).
+    #[arg(long)]
+    baseline_dir: Option<PathBuf>,
+    /// Seconds per baseline measurement.
+    #[arg(long, default_value_t = 1.0)]
+    baseline_s: f64,
+    /// Skip the baselines.
+    #[arg(long)]
+    no_baselines: bool,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Brokers to bootstrap from, HOST:PORT[,HOST:PORT...].
+    #[arg(long, required_unless_present = "spawn_broker")]
+    brokers: Option<String>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Topic (created if missing).
+    #[arg(long, default_value = "loadtest")]
+    topic: String,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    partitions: u32,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=7))]
+    replication: u16,
+    /// Segment size of a created topic.
+    #[arg(long)]
+    segment_bytes: Option<u64>,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    producers: u16,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    consumers: u16,
+    /// Value size: BYTES, or MIN-MAX for a uniform distribution (at least 16).
+    #[arg(long, default_value = "1024", value_parser = SizeSpec::parse)]
+    message_bytes: SizeSpec,
+    /// Keyed messages, keys drawn from N distinct values (unkeyed if absent).
+    #[arg(long)]
+    keys: Option<u64>,
+    /// quorum (the default) or leader.
+    #[arg(long, default_value = "quorum", value_parser = parse_acks)]
+    acks: Acks,
+    /// Producer batch size per partition.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(64..=3 * 1024 * 1024))]
+    batch_bytes: u64,
+    /// How long a batch waits to fill, in microseconds.
+    #[arg(long, default_value_t = 1000)]
+    linger_us: u64,
+    /// Produce requests in flight per producer (the closed-loop window).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    in_flight: u64,
+    /// Target rate in msgs/s over all producers (open loop); maximum rate if
+    /// absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds measured after warm-up.
+    #[arg(long, conflicts_with = "messages")]
+    duration_s: Option<f64>,
+    /// Messages in all (warm-up included) instead of a duration.
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Seconds at the start excluded from the results.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_s: f64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write HDR histogram logs (ack, e2e, send delay) into this directory.
+    #[arg(long)]
+    hdr_log: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Clone)]
+struct BenchArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Seconds measured per case, after warm-up.
+    #[arg(long, default_value_t = 5.0)]
+    duration_s: f64,
+    #[arg(long, default_value_t = 1.0)]
+    warmup_s: f64,
+    #[arg(long, default_value_t = 64 * 1024)]
+    batch_bytes: u64,
+    /// Write every case's report as a JSON array here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    hdr_log: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long)]
+    id: u64,
+    #[arg(long)]
+    shards: usize,
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    peer_listen: SocketAddr,
+    #[arg(long)]
+    http: SocketAddr,
+}
+
+fn parse_acks(s: &str) -> Result<Acks, String> {
+    match s {
+        "quorum" | "all" => Ok(Acks::Quorum),
+        "leader" | "1" => Ok(Acks::Leader),
+        _ => Err(format!("`{s}`: expected quorum or leader")),
+    }
+}
+
+/// A flag problem: one line on stderr, exit status 2.
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("drmq-loadtest: error: {msg}");
+    ExitCode::from(2)
+}
 
 fn main() -> ExitCode {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!(
-            "drmq-loadtest: load-test harness for DRMQ (not built yet: needs the broker runtime)"
-        );
-        return ExitCode::SUCCESS;
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // clap's message, without its usage block, on one line.
+            let text = e.render().to_string();
+            let line = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let line = line.trim_start_matches("error: ");
+            return usage_error(line);
+        }
+    };
+    let result = match cli.cmd {
+        Cmd::Run(args) => match validate_run(&args) {
+            Err(msg) => return usage_error(msg),
+            Ok(()) => cmd_run(args),
+        },
+        Cmd::Bench(args) => match validate_broker_args(&args.broker)
+            .and_then(|()| positive("--duration-s", args.duration_s))
+            .and_then(|()| non_negative("--warmup-s", args.warmup_s))
+        {
+            Err(msg) => return usage_error(msg),
+            Ok(()) => cmd_bench(args),
+        },
+        Cmd::ServeBroker(args) => serve_broker(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("drmq-loadtest: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    eprintln!(
-        "drmq-loadtest: error: the load test needs the broker runtime, which is not built yet"
+}
+
+fn positive(flag: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("{flag} must be a positive number, not {v}"))
+    }
+}
+
+fn non_negative(flag: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(format!("{flag} must be zero or more, not {v}"))
+    }
+}
+
+fn validate_broker_args(b: &BrokerArgs) -> Result<(), String> {
+    positive("--baseline-s", b.baseline_s)
+}
+
+fn validate_run(a: &RunArgs) -> Result<(), String> {
+    validate_broker_args(&a.broker)?;
+    wire::validate_topic_name(&a.topic).map_err(|e| format!("--topic: {e}"))?;
+    if let Some(r) = a.rate {
+        positive("--rate", r)?;
+    }
+    if let Some(d) = a.duration_s {
+        positive("--duration-s", d)?;
+    }
+    non_negative("--warmup-s", a.warmup_s)?;
+    if a.messages == Some(0) {
+        return Err("--messages must be at least 1".into());
+    }
+    if let Some(n) = a.messages {
+        if n / u64::from(a.producers) >= run::MESSAGES_PER_PRODUCER_MAX {
+            return Err(format!(
+                "--messages {n}: at most {} per producer",
+                run::MESSAGES_PER_PRODUCER_MAX
+            ));
+        }
+    }
+    if a.keys == Some(0) {
+        return Err("--keys must be at least 1".into());
+    }
+    let (_, max) = a.message_bytes.bounds();
+    if max as u64 + 64 > a.batch_bytes {
+        return Err(format!(
+            "--batch-bytes {} cannot hold a {max}-byte message",
+            a.batch_bytes
+        ));
+    }
+    if a.linger_us > 10_000_000 {
+        return Err("--linger-us must be at most 10 s".into());
+    }
+    Ok(())
+}
+
+/// The brokers of a run, with the local broker kept alive while it runs.
+fn brokers_for(
+    brokers: Option<&str>,
+    b: &BrokerArgs,
+) -> Result<(Vec<SocketAddr>, Option<LocalBroker>)> {
+    if b.spawn_broker {
+        let local = LocalBroker::start(b.drmq.as_deref(), b.data_dir.as_deref(), b.shards, None)?;
+        eprintln!(
+            "drmq-loadtest: started a broker (pid {}) on {} with data in {}",
+            local.pid(),
+            local.listen,
+            local.data_dir.display()
+        );
+        Ok((vec![local.listen], Some(local)))
+    } else {
+        let spec = brokers.context("--brokers or --spawn-broker is needed")?;
+        Ok((broker::client::parse_brokers(spec)?, None))
+    }
+}
+
+struct Baselines {
+    tcp: Option<baseline::TcpBaseline>,
+    fsync: Option<baseline::FsyncBaseline>,
+}
+
+fn measure_baselines(b: &BrokerArgs, local: Option<&LocalBroker>, batch_bytes: usize) -> Baselines {
+    if b.no_baselines {
+        return Baselines {
+            tcp: None,
+            fsync: None,
+        };
+    }
+    let dur = Duration::from_secs_f64(b.baseline_s);
+    let dir: PathBuf = b
+        .baseline_dir
+        .clone()
+        .or_else(|| local.map(|l| l.data_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let tcp = baseline::tcp(batch_bytes, dur)
+        .map_err(|e| eprintln!("drmq-loadtest: tcp baseline failed: {e:#}"))
+        .ok();
+    let fsync = baseline::fsync(&dir, batch_bytes, dur)
+        .map_err(|e| {
+            eprintln!(
+                "drmq-loadtest: fsync baseline failed in {}: {e:#}",
+                dir.display()
+            )
+        })
+        .ok();
+    Baselines { tcp, fsync }
+}
+
+fn cmd_run(a: RunArgs) -> Result<bool> {
+    let (brokers, local) = brokers_for(a.brokers.as_deref(), &a.broker)?;
+    spawn::ensure_topic(
+        &brokers,
+        &a.topic,
+        a.partitions,
+        a.replication,
+        a.segment_bytes,
+    )?;
+    let stop = match (a.duration_s, a.messages) {
+        (_, Some(n)) => Stop::Messages(n),
+        (Some(d), None) => Stop::Duration(Duration::from_secs_f64(d)),
+        (None, None) => Stop::Duration(Duration::from_secs(10)),
+    };
+    let w = Workload {
+        brokers,
+        topic: a.topic.clone(),
+        producers: usize::from(a.producers),
+        consumers: usize::from(a.consumers),
+        size: a.message_bytes,
+        keys: a.keys,
+        acks: a.acks,
+        batch_bytes: a.batch_bytes as usize,
+        linger: Duration::from_micros(a.linger_us),
+        in_flight: a.in_flight as usize,
+        rate: a.rate,
+        stop,
+        warmup: Duration::from_secs_f64(a.warmup_s),
+        drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
+        progress: !a.quiet,
+    };
+    let outcome = run::run(&w)?;
+    let base = measure_baselines(&a.broker, local.as_ref(), w.batch_bytes);
+    let name = a.topic.clone();
+    let report = Report {
+        name: name.clone(),
+        workload: &w,
+        outcome: &outcome,
+        tcp: base.tcp.as_ref(),
+        fsync: base.fsync.as_ref(),
+    };
+    report.print();
+    if let Some(path) = &a.json {
+        write_json(path, &report.to_json())?;
+    }
+    if let Some(dir) = &a.hdr_log {
+        report::write_hdr_logs(dir, &name, &outcome)?;
+    }
+    drop(local);
+    Ok(report.ok())
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<bool> {
+    let mut b = a.broker.clone();
+    b.spawn_broker = true;
+    let (brokers, local) = brokers_for(None, &b)?;
+    let mut reports = Vec::new();
+    let mut summary = Vec::new();
+    let mut all_ok = true;
+    for size in [1024usize, 100] {
+        let base = measure_baselines(&b, local.as_ref(), a.batch_bytes as usize);
+        for partitions in [1u32, 16] {
+            let mut max_rate = None;
+            for half in [false, true] {
+                let topic = format!(
+                    "bench-{size}b-{partitions}p-{}",
+                    if half { "half" } else { "max" }
+                );
+                spawn::ensure_topic(&brokers, &topic, partitions, 1, None)?;
+                let w = Workload {
+                    brokers: brokers.clone(),
+                    topic: topic.clone(),
+                    producers: 1,
+                    consumers: 1,
+                    size: SizeSpec::Fixed(size),
+                    keys: None,
+                    acks: Acks::Quorum,
+                    batch_bytes: a.batch_bytes as usize,
+                    linger: Duration::from_millis(1),
+                    in_flight: 64,
+                    rate: if half {
+                        max_rate.map(|r: f64| r / 2.0)
+                    } else {
+                        None
+                    },
+                    stop: Stop::Duration(Duration::from_secs_f64(a.duration_s)),
+                    warmup: Duration::from_secs_f64(a.warmup_s),
+                    drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
+                    progress: !a.quiet,
+                };
+                let outcome = run::run(&w)?;
+                let report = Report {
+                    name: topic.clone(),
+                    workload: &w,
+                    outcome: &outcome,
+                    tcp: base.tcp.as_ref(),
+                    fsync: base.fsync.as_ref(),
+                };
+                report.print();
+                all_ok &= report.ok();
+                if !half {
+                    max_rate = Some(report.msgs_per_s().max(1.0));
+                }
+                summary.push(format!(
+                    "{topic:<22} {:>11.0} {:>8.1} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+                    report.msgs_per_s(),
+                    report.bytes_per_s() / 1e6,
+                    outcome.ack_us.value_at_quantile(0.5),
+                    outcome.ack_us.value_at_quantile(0.99),
+                    outcome.e2e_us.value_at_quantile(0.5),
+                    outcome.e2e_us.value_at_quantile(0.99),
+                    base.tcp.as_ref().map_or("-".into(), |t| format!(
+                        "{:.3}",
+                        report.bytes_per_s() / t.bytes_per_s
+                    )),
+                    base.fsync.as_ref().map_or("-".into(), |f| format!(
+                        "{:.2}",
+                        report.bytes_per_s() / f.bytes_per_s
+                    )),
+                ));
+                reports.push(report.to_json());
+                if let Some(dir) = &a.hdr_log {
+                    report::write_hdr_logs(dir, &topic, &outcome)?;
+                }
+            }
+        }
+    }
+    println!();
+    println!(
+        "{:<22} {:>11} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "case", "msgs/s", "MB/s", "ack p50", "ack p99", "e2e p50", "e2e p99", "/tcp", "/fsync"
     );
-    ExitCode::FAILURE
+    for line in &summary {
+        println!("{line}");
+    }
+    if let Some(path) = &a.json {
+        write_json(path, &json!(reports))?;
+    }
+    drop(local);
+    Ok(all_ok)
+}
+
+fn serve_broker(a: ServeArgs) -> Result<bool> {
+    use broker::config::{BrokerConfig, FileConfig};
+    let flags = FileConfig {
+        id: Some(a.id),
+        data_dir: Some(a.data_dir),
+        listen: Some(a.listen),
+        peer_listen: Some(a.peer_listen),
+        http: Some(a.http),
+        peers: None,
+        shards: Some(a.shards),
+    };
+    let config = BrokerConfig::resolve(FileConfig::default(), flags, a.shards)?;
+    broker::runtime::run(config)?;
+    Ok(true)
 }

@@ -1,0 +1,162 @@
+//! `drmq-loadtest` end to end: short real runs against a broker it spawns,
+//! checked through `--json`, and flag errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn loadtest() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_drmq-loadtest"))
+}
+
+fn run_json(args: &[&str], dir: &Path) -> serde_json::Value {
+    let json = dir.join("report.json");
+    let o: Output = loadtest()
+        .arg("run")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .args(["--spawn-broker", "--quiet", "--baseline-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn a_counted_keyed_run_delivers_every_message_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_json(
+        &[
+            "--messages",
+            "20000",
+            "--partitions",
+            "3",
+            "--producers",
+            "2",
+            "--consumers",
+            "2",
+            "--message-bytes",
+            "16-300",
+            "--keys",
+            "100",
+            "--batch-bytes",
+            "8192",
+            "--warmup-s",
+            "0",
+            "--baseline-s",
+            "0.05",
+            "--hdr-log",
+            dir.path().join("hdr").to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["publish"]["sent"], 20000);
+    assert_eq!(r["publish"]["acked"], 20000);
+    assert_eq!(r["consume"]["consumed"], 20000);
+    assert_eq!(r["consume"]["unique"], 20000);
+    assert_eq!(r["consume"]["duplicates"], 0);
+    assert_eq!(r["consume"]["missing"], 0);
+    assert_eq!(r["broker"]["records_appended"], 20000);
+    assert_eq!(r["publish"]["ack_latency_us"]["count"], 20000);
+    assert_eq!(r["consume"]["end_to_end_latency_us"]["count"], 20000);
+    let p50 = r["publish"]["ack_latency_us"]["p50"].as_u64().unwrap();
+    let max = r["publish"]["ack_latency_us"]["max"].as_u64().unwrap();
+    assert!(p50 >= 1 && p50 <= max);
+    assert!(r["baselines"]["tcp_loopback"]["mb_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        r["baselines"]["write_fdatasync"]["syncs_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    for kind in ["ack", "e2e", "send-delay"] {
+        let log = dir.path().join(format!("hdr/loadtest.{kind}.hlog"));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains(&format!("Tag={kind},")), "{kind}: {text}");
+        assert!(text.contains("HIST"), "{kind}: {text}");
+    }
+}
+
+#[test]
+fn an_open_loop_run_measures_from_the_intended_send_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_json(
+        &[
+            "--rate",
+            "4000",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0.25",
+            "--message-bytes",
+            "100",
+            "--no-baselines",
+        ],
+        dir.path(),
+    );
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["config"]["mode"], "open_loop");
+    // 1.25 s at 4000/s is 5000 sends, scheduled: never more.
+    let sent = r["publish"]["sent"].as_u64().unwrap();
+    assert_eq!(sent, 5000);
+    assert_eq!(r["consume"]["unique"], sent);
+    // Warm-up excluded: only the 4000 of the measured second have latencies.
+    assert_eq!(r["publish"]["ack_latency_us"]["count"], 4000);
+    assert_eq!(r["publish"]["send_delay_us"]["count"], 4000);
+    assert_eq!(r["consume"]["end_to_end_latency_us"]["count"], 4000);
+    assert!(r["baselines"]["tcp_loopback"].is_null());
+}
+
+fn usage_error(args: &[&str]) -> String {
+    let o = loadtest().args(args).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{args:?}");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    assert!(o.stdout.is_empty());
+    err
+}
+
+#[test]
+fn bad_flags_are_one_line_and_exit_2() {
+    let e = usage_error(&["run", "--spawn-broker", "--message-bytes", "8"]);
+    assert!(e.contains("at least 16"), "{e}");
+    let e = usage_error(&["run", "--spawn-broker", "--rate", "0"]);
+    assert!(e.contains("--rate"), "{e}");
+    let e = usage_error(&[
+        "run",
+        "--spawn-broker",
+        "--duration-s",
+        "1",
+        "--messages",
+        "5",
+    ]);
+    assert!(
+        e.contains("--messages") || e.contains("--duration-s"),
+        "{e}"
+    );
+    let e = usage_error(&["run", "--spawn-broker", "--acks", "maybe"]);
+    assert!(e.contains("maybe"), "{e}");
+    let e = usage_error(&["run", "--spawn-broker", "--no-such-flag"]);
+    assert!(e.contains("no-such-flag"), "{e}");
+    let e = usage_error(&["run"]);
+    assert!(e.contains("--brokers"), "{e}");
+    let e = usage_error(&["run", "--spawn-broker", "--topic", "bad name!"]);
+    assert!(e.contains("--topic"), "{e}");
+    let e = usage_error(&[
+        "run",
+        "--spawn-broker",
+        "--message-bytes",
+        "5000",
+        "--batch-bytes",
+        "4096",
+    ]);
+    assert!(e.contains("--batch-bytes"), "{e}");
+}
