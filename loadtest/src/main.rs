@@ -77,6 +77,10 @@ struct BrokerArgs {
     /// Skip the baselines.
     #[arg(long)]
     no_baselines: bool,
+    /// The broker's telemetry address (`--http` of `drmq broker`), to report
+    /// its counters; known already with --spawn-broker.
+    #[arg(long)]
+    http: Option<SocketAddr>,
 }
 
 #[derive(Args, Clone)]
@@ -308,7 +312,7 @@ fn validate_run(a: &RunArgs) -> Result<(), String> {
 fn brokers_for(
     brokers: Option<&str>,
     b: &BrokerArgs,
-) -> Result<(Vec<SocketAddr>, Option<LocalBroker>)> {
+) -> Result<(Vec<SocketAddr>, Option<LocalBroker>, Option<SocketAddr>)> {
     if b.spawn_broker {
         let local = LocalBroker::start(b.drmq.as_deref(), b.data_dir.as_deref(), b.shards, None)?;
         eprintln!(
@@ -317,10 +321,11 @@ fn brokers_for(
             local.listen,
             local.data_dir.display()
         );
-        Ok((vec![local.listen], Some(local)))
+        let http = b.http.or(Some(local.http));
+        Ok((vec![local.listen], Some(local), http))
     } else {
         let spec = brokers.context("--brokers or --spawn-broker is needed")?;
-        Ok((broker::client::parse_brokers(spec)?, None))
+        Ok((broker::client::parse_brokers(spec)?, None, b.http))
     }
 }
 
@@ -357,7 +362,7 @@ fn measure_baselines(b: &BrokerArgs, local: Option<&LocalBroker>, batch_bytes: u
 }
 
 fn cmd_run(a: RunArgs) -> Result<bool> {
-    let (brokers, local) = brokers_for(a.brokers.as_deref(), &a.broker)?;
+    let (brokers, local, http) = brokers_for(a.brokers.as_deref(), &a.broker)?;
     spawn::ensure_topic(
         &brokers,
         &a.topic,
@@ -386,6 +391,7 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
         warmup: Duration::from_secs_f64(a.warmup_s),
         drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
         progress: !a.quiet,
+        http,
     };
     let outcome = run::run(&w)?;
     let base = measure_baselines(&a.broker, local.as_ref(), w.batch_bytes);
@@ -416,7 +422,7 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 fn cmd_bench(a: BenchArgs) -> Result<bool> {
     let mut b = a.broker.clone();
     b.spawn_broker = true;
-    let (brokers, local) = brokers_for(None, &b)?;
+    let (brokers, local, http) = brokers_for(None, &b)?;
     let mut reports = Vec::new();
     let mut summary = Vec::new();
     let mut all_ok = true;
@@ -450,6 +456,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
                     warmup: Duration::from_secs_f64(a.warmup_s),
                     drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
                     progress: !a.quiet,
+                    http,
                 };
                 let outcome = run::run(&w)?;
                 let report = Report {

@@ -95,6 +95,7 @@ impl Report<'_> {
             "broker": {
                 "records_appended": o.broker_appended,
                 "end_offsets": o.broker_end_offsets,
+                "counters": o.broker_counters,
             },
             "baselines": {
                 "tcp_loopback": self.tcp.map(|t| json!({
@@ -211,6 +212,17 @@ impl Report<'_> {
             "  broker: {} records appended during the run (log end offsets), {} acknowledged",
             o.broker_appended, o.acked
         );
+        if let Some(c) = &o.broker_counters {
+            let get = |k: &str| c.get(k).copied().unwrap_or(0);
+            let (preq, freq) = (get("produce_requests"), get("fetch_requests"));
+            println!(
+                "  broker counters: {preq} produce requests ({:.1} records, {:.0} B each), {freq} fetches ({:.0} B each), {} errors",
+                o.acked as f64 / preq.max(1) as f64,
+                get("produce_bytes") as f64 / preq.max(1) as f64,
+                get("fetch_bytes") as f64 / freq.max(1) as f64,
+                get("errors")
+            );
+        }
         for f in &o.fatal {
             println!("  FAILED: {f}");
         }

@@ -128,6 +128,8 @@ pub struct Workload {
     pub warmup: Duration,
     pub drain_timeout: Duration,
     pub progress: bool,
+    /// The broker's telemetry address, for its counters (None: not read).
+    pub http: Option<SocketAddr>,
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -228,6 +230,8 @@ pub struct Outcome {
     pub broker_end_offsets: BTreeMap<u32, u64>,
     pub partitions: u32,
     pub fatal: Vec<String>,
+    /// Broker counter deltas over the run (telemetry, 1 s samples).
+    pub broker_counters: Option<BTreeMap<String, u64>>,
 }
 
 fn elapsed_us(t0: Instant, t: Instant) -> u64 {
@@ -268,6 +272,7 @@ pub fn run(w: &Workload) -> Result<Outcome> {
     let client = ClientConfig::new(w.brokers.clone());
     let partitions = broker::pipeline::routes(&client, &w.topic)?.len() as u32;
     let start_offsets = end_offsets(&w.brokers, &w.topic, partitions)?;
+    let counters_before = w.http.and_then(crate::spawn::broker_counters);
     let live = Arc::new(Live::default());
     let end_marks: Arc<Mutex<Option<BTreeMap<u32, u64>>>> = Arc::new(Mutex::new(None));
     let t0 = Instant::now();
@@ -354,6 +359,22 @@ pub fn run(w: &Workload) -> Result<Outcome> {
                 .map_err(|_| anyhow::anyhow!("a consumer thread panicked"))?,
         );
     }
+    let broker_counters = counters_before.and_then(|before| {
+        // The telemetry thread samples once a second: wait for a fresh one.
+        std::thread::sleep(Duration::from_millis(1100));
+        let after = crate::spawn::broker_counters(w.http?)?;
+        Some(
+            after
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+                    )
+                })
+                .collect(),
+        )
+    });
     let drain_end_us = couts.iter().map(|c| c.last_receipt_us).max().unwrap_or(0);
     let producers_end_us = elapsed_us(t0, producers_end);
     let last_send_us = pouts.iter().map(|p| p.last_send_us).max().unwrap_or(0);
@@ -450,6 +471,7 @@ pub fn run(w: &Workload) -> Result<Outcome> {
         broker_end_offsets: final_offsets,
         partitions,
         fatal,
+        broker_counters,
     })
 }
 

@@ -22,6 +22,7 @@ const PORT_RUN_ATTEMPTS_MAX: usize = 500;
 pub struct LocalBroker {
     child: Child,
     pub listen: SocketAddr,
+    pub http: SocketAddr,
     pub data_dir: PathBuf,
     remove_data_dir: bool,
 }
@@ -120,6 +121,7 @@ impl LocalBroker {
         let mut b = LocalBroker {
             child,
             listen: SocketAddr::from(([127, 0, 0, 1], base)),
+            http: SocketAddr::from(([127, 0, 0, 1], base + shards + 1)),
             data_dir,
             remove_data_dir,
         };
@@ -196,4 +198,38 @@ pub fn ensure_topic(
         }
         Err(e) => Err(e).with_context(|| format!("creating topic {name}")),
     }
+}
+
+/// Counters the telemetry thread serves at `GET /api/status`, summed over
+/// shards. Samples are taken once a second, so they lag by up to a second.
+pub const BROKER_COUNTERS: [&str; 5] = [
+    "produce_requests",
+    "produce_bytes",
+    "fetch_requests",
+    "fetch_bytes",
+    "errors",
+];
+
+/// Reads the broker's counters over HTTP (None if it does not answer).
+pub fn broker_counters(http: SocketAddr) -> Option<std::collections::BTreeMap<String, u64>> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET /api/status HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    // Bounded: the server closes after one answer; the read has a timeout.
+    s.take(16 << 20).read_to_string(&mut text).ok()?;
+    let body = text.split_once("\r\n\r\n")?.1;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let mut out = std::collections::BTreeMap::new();
+    for shard in v["shards"].as_array()? {
+        for name in BROKER_COUNTERS {
+            *out.entry(name.to_owned()).or_insert(0) += shard[name].as_u64().unwrap_or(0);
+        }
+    }
+    Some(out)
 }

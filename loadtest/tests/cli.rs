@@ -65,6 +65,14 @@ fn a_counted_keyed_run_delivers_every_message_exactly_once() {
     assert_eq!(r["consume"]["duplicates"], 0);
     assert_eq!(r["consume"]["missing"], 0);
     assert_eq!(r["broker"]["records_appended"], 20000);
+    // The broker's own counters (telemetry) saw the produce requests.
+    assert!(
+        r["broker"]["counters"]["produce_requests"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(r["broker"]["counters"]["errors"], 0);
     assert_eq!(r["publish"]["ack_latency_us"]["count"], 20000);
     assert_eq!(r["consume"]["end_to_end_latency_us"]["count"], 20000);
     let p50 = r["publish"]["ack_latency_us"]["p50"].as_u64().unwrap();
