@@ -8,6 +8,7 @@
 //! | [`topics`]    | the topic registry on disk and partition-to-shard placement      |
 //! | [`producers`] | idempotent-producer sequence state per partition                 |
 //! | [`telemetry`] | the telemetry thread: counters over HTTP (`/metrics`, `/api/status`) |
+//! | [`pipeline`]  | the throughput client: pipelined producer and consumer, routing by metadata |
 //! | [`client`]    | a blocking request/response client over the wire protocol        |
 //!
 //! Today the runtime serves a single broker (replication factor 1); Raft
