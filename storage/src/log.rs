@@ -711,17 +711,12 @@ impl Log {
         if h.base_offset != offset && offset != self.segments[i].base_offset {
             return Err(StorageError::NotBatchBoundary { offset });
         }
-        while self.segments.len() > i + 1 {
-            if let Some(s) = self.segments.pop() {
-                if let Err(e) = s.delete_files() {
-                    return Err(self.poison(e));
-                }
-                if let Some(b) = &self.config.disk_budget {
-                    b.give(s.disk_bytes());
-                }
-                self.dir_epoch += 1;
-            }
-        }
+        // Cut the segment that holds `offset` before deleting the later
+        // ones: a failure while reopening or zeroing it then leaves the log
+        // whole (recovery rebuilds its index), and one while deleting leaves
+        // a segment that ends short of its successor, which recovery cuts
+        // there. Deleting first could leave a log ending at this segment's
+        // old end, neither before nor after the truncation.
         let interval = self.config.index_interval_bytes;
         let cap = self.config.segment_bytes_max;
         let s = &mut self.segments[i];
@@ -732,6 +727,17 @@ impl Log {
         let grown = s.disk_bytes().saturating_sub(before);
         if let Some(b) = &self.config.disk_budget {
             b.take(grown);
+        }
+        while self.segments.len() > i + 1 {
+            if let Some(s) = self.segments.pop() {
+                if let Err(e) = s.delete_files() {
+                    return Err(self.poison(e));
+                }
+                if let Some(b) = &self.config.disk_budget {
+                    b.give(s.disk_bytes());
+                }
+                self.dir_epoch += 1;
+            }
         }
         self.epoch += 1;
         self.durable_offset = self.durable_offset.min(offset);

@@ -40,7 +40,13 @@ pub(crate) fn swap_path(p: &Path) -> PathBuf {
 
 /// Reserves `[from, from+len)` on disk so appends into the map cannot hit
 /// ENOSPC. File systems without fallocate fall back to a sparse `set_len`.
+/// An empty range is a no-op: `fallocate` refuses a zero length with EINVAL
+/// (a segment sealed exactly full has nothing to reserve when it is reopened
+/// for a truncation).
 pub(crate) fn preallocate(file: &File, path: &Path, from: u64, len: u64) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
     // SAFETY: plain syscall on an fd we own.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, from as i64, len as i64) };
     if rc == 0 {

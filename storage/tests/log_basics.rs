@@ -187,3 +187,60 @@ fn replicated_appends_must_continue_the_log() {
     ));
     assert_eq!(log.next_offset(), 2);
 }
+
+/// A batch of one record whose stored size is exactly `bytes`.
+fn batch_of_exactly(tag: u64, bytes: usize) -> Vec<u8> {
+    (0..bytes)
+        .rev()
+        .map(|v| batch(tag, 1, v, 7))
+        .find(|b| b.len() == bytes)
+        .unwrap_or_else(|| panic!("no one-record batch of exactly {bytes} bytes"))
+}
+
+/// Regression (model seed 1795694414262779314, step 45): a segment filled to
+/// exactly `segment_bytes_max` and then sealed has no room to preallocate
+/// when a truncation reopens it; `fallocate` with a zero length failed with
+/// EINVAL, the log was poisoned — after the later segments were already
+/// deleted — and a reopen found the log cut at the sealed segment's end.
+#[test]
+fn truncate_into_a_segment_sealed_exactly_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || storage::LogConfig {
+        segment_bytes_max: storage::SEGMENT_BYTES_MIN,
+        ..small_config()
+    };
+    let cap = storage::SEGMENT_BYTES_MIN as usize;
+    let (mut log, _) = Log::open(dir.path(), cfg()).unwrap();
+    let first = batch(1, 2, 300, 5);
+    let fill = batch_of_exactly(2, cap - first.len());
+    let after = batch(3, 3, 100, 9);
+    assert_eq!(log.append(&first, 1).unwrap().base_offset, 0);
+    assert_eq!(log.append(&fill, 1).unwrap().base_offset, 2);
+    assert_eq!(
+        log.segment_bases(),
+        vec![0],
+        "the first segment is exactly full"
+    );
+    assert_eq!(log.append(&after, 1).unwrap().base_offset, 3);
+    assert_eq!(log.segment_bases(), vec![0, 3], "the full segment rolled");
+    assert_eq!(log.sync_now().unwrap(), 6);
+
+    log.truncate_suffix(2).unwrap();
+    assert!(log.poisoned().is_none());
+    assert_eq!(log.next_offset(), 2);
+    assert_eq!(log.segment_bases(), vec![0]);
+    let want = vec![(0, 1, stamped(first.clone(), 0, 1))];
+    assert_eq!(read_all(&log), want);
+    // The reopened segment takes appends again.
+    let again = batch(4, 1, 50, 11);
+    assert_eq!(log.append(&again, 2).unwrap().base_offset, 2);
+    assert_eq!(log.sync_now().unwrap(), 3);
+    drop(log);
+
+    let (log, report) = Log::open(dir.path(), cfg()).unwrap();
+    assert!(report.truncations.is_empty(), "{report:?}");
+    assert_eq!(log.next_offset(), 3);
+    let mut want = want;
+    want.push((2, 2, stamped(again, 2, 2)));
+    assert_eq!(read_all(&log), want);
+}

@@ -283,3 +283,12 @@ fn random_operations_match_the_model() {
         run(seed.wrapping_add(i));
     }
 }
+
+/// Regression: this seed filled a segment to exactly `segment_bytes_max`,
+/// rolled, and truncated into it (step 45); reopening the sealed segment for
+/// the cut asked `fallocate` for zero bytes, got EINVAL and poisoned the log
+/// after deleting the later segment, so the reopened log ended at 21, not 28.
+#[test]
+fn seed_1795694414262779314_truncates_into_an_exactly_full_segment() {
+    run(1_795_694_414_262_779_314);
+}
