@@ -337,6 +337,23 @@ impl<'a> RecordBatch<'a> {
     /// magic and crc32c. The records are checked as they are iterated (or all
     /// at once by [`RecordBatch::validate_records`]).
     pub fn parse(bytes: &'a [u8]) -> Result<RecordBatch<'a>> {
+        let batch = Self::parse_without_crc(bytes)?;
+        let expected = batch.crc();
+        let actual = crc32c::crc32c(&batch.bytes[24..]);
+        if expected != actual {
+            return Err(invalid(format!(
+                "crc32c mismatch: header {expected:#010x}, bytes {actual:#010x}"
+            )));
+        }
+        Ok(batch)
+    }
+
+    /// As [`RecordBatch::parse`] without the crc32c pass: the length fields
+    /// and magic are checked, and records stay bounds-checked as they are
+    /// read. Only for a caller that verifies the CRC itself before it trusts
+    /// or stores the bytes (the broker's produce path: storage checks the CRC
+    /// on append, so the batch is hashed once, not twice).
+    pub fn parse_without_crc(bytes: &'a [u8]) -> Result<RecordBatch<'a>> {
         if bytes.len() < BATCH_HEADER_BYTES {
             return Err(invalid(format!(
                 "{} bytes, less than the {BATCH_HEADER_BYTES}-byte header",
@@ -360,13 +377,6 @@ impl<'a> RecordBatch<'a> {
             return Err(invalid(format!(
                 "magic {} (expected {BATCH_MAGIC})",
                 bytes[24]
-            )));
-        }
-        let expected = le_u32(bytes, 20);
-        let actual = crc32c::crc32c(&bytes[24..]);
-        if expected != actual {
-            return Err(invalid(format!(
-                "crc32c mismatch: header {expected:#010x}, bytes {actual:#010x}"
             )));
         }
         Ok(RecordBatch { bytes })
@@ -604,6 +614,24 @@ mod tests {
         }
         .varint()
         .is_err());
+    }
+
+    #[test]
+    fn parse_without_crc_skips_only_the_crc() {
+        let mut b = RecordBatchBuilder::new();
+        b.push(NewRecord {
+            timestamp_ms: 5,
+            key: None,
+            value: Some(b"v"),
+            headers: &[],
+        });
+        let mut bytes = b.finish();
+        bytes[20] ^= 0xff; // the stored CRC
+        assert!(RecordBatch::parse(&bytes).is_err());
+        let batch = RecordBatch::parse_without_crc(&bytes).unwrap();
+        batch.validate_records().unwrap();
+        bytes[16] = 10; // a length below the header is still refused
+        assert!(RecordBatch::parse_without_crc(&bytes).is_err());
     }
 
     #[test]
