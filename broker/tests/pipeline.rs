@@ -2,9 +2,7 @@
 //! `drmq broker` process on loopback.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use broker::client::Connection;
@@ -14,67 +12,18 @@ use broker::pipeline::{
 };
 use wire::{CleanupPolicy, CreateTopicRequest, Durability, TopicConfig};
 
-const SHARDS: u16 = 2;
+mod common;
+use common::Broker;
 
-/// A broker child process, killed when the test ends (even on failure).
-struct Broker {
-    child: Child,
-    listen: SocketAddr,
+/// Test helpers on the shared broker fixture.
+trait BrokerExt {
+    fn create_topic(&self, name: &str, partitions: u32);
+    fn client(&self) -> ClientConfig;
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port_run(n: u16) -> u16 {
-    // Bounded: a few hundred candidates on loopback.
-    for _ in 0..500 {
-        let base = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base > 60_000 {
-            continue;
-        }
-        if (1..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports");
-}
-
-impl Broker {
-    fn start(data_dir: &Path) -> Broker {
-        let base = free_port_run(SHARDS + 2);
-        let child = Command::new(env!("CARGO_BIN_EXE_drmq"))
-            .args(["broker", "--id", "1", "--shards", &SHARDS.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", &format!("127.0.0.1:{base}")])
-            .args(["--peer-listen", &format!("127.0.0.1:{}", base + SHARDS)])
-            .args(["--http", &format!("127.0.0.1:{}", base + SHARDS + 1)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let b = Broker {
-            child,
-            listen: SocketAddr::from(([127, 0, 0, 1], base)),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while (0..SHARDS).any(|s| TcpStream::connect(("127.0.0.1", base + s)).is_err()) {
-            assert!(Instant::now() < deadline, "broker did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        b
-    }
-
+impl BrokerExt for Broker {
     fn create_topic(&self, name: &str, partitions: u32) {
-        let mut c = Connection::connect(self.listen, Duration::from_secs(5)).unwrap();
+        let mut c = Connection::connect(self.listen(), Duration::from_secs(5)).unwrap();
         c.request(
             &CreateTopicRequest {
                 name: name.into(),
@@ -97,7 +46,7 @@ impl Broker {
     }
 
     fn client(&self) -> ClientConfig {
-        ClientConfig::new(vec![self.listen])
+        ClientConfig::new(vec![self.listen()])
     }
 }
 
@@ -195,10 +144,10 @@ fn wrong_routes_are_corrected_by_not_leader_hints() {
     b.create_topic("hinted", 8);
     let real = routes(&b.client(), "hinted").unwrap();
     // With two shards, some of 8 partitions live on shard 1.
-    assert!(real.iter().any(|a| *a != b.listen), "{real:?}");
+    assert!(real.iter().any(|a| *a != b.listen()), "{real:?}");
     let mut cfg = ProducerConfig::new(b.client(), "hinted");
     cfg.linger = Duration::ZERO;
-    let mut p = Producer::with_routes(cfg, vec![b.listen; 8]).unwrap();
+    let mut p = Producer::with_routes(cfg, vec![b.listen(); 8]).unwrap();
     for part in 0..8 {
         p.send_to(part, None, b"x", 0, u64::from(part)).unwrap();
     }

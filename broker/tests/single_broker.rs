@@ -2,93 +2,12 @@
 //! raw sockets: produce, consume, restart after kill -9, bad input.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const SHARDS: u16 = 2;
-
-/// A broker child process, killed when the test ends (even on failure).
-struct Broker {
-    child: Child,
-    listen_port: u16,
-    data_dir: PathBuf,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port_run(n: u16) -> u16 {
-    // Bounded: a few hundred candidates on loopback.
-    for _ in 0..500 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base > 60_000 {
-            continue;
-        }
-        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports");
-}
-
-fn drmq() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_drmq"))
-}
-
-impl Broker {
-    fn start(data_dir: &Path) -> Broker {
-        let base = free_port_run(SHARDS + 2);
-        let child = drmq()
-            .args(["broker", "--id", "1", "--shards", &SHARDS.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", &format!("127.0.0.1:{base}")])
-            .args(["--peer-listen", &format!("127.0.0.1:{}", base + SHARDS)])
-            .args(["--http", &format!("127.0.0.1:{}", base + SHARDS + 1)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let b = Broker {
-            child,
-            listen_port: base,
-            data_dir: data_dir.to_owned(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while (0..SHARDS).any(|s| TcpStream::connect(("127.0.0.1", base + s)).is_err()) {
-            assert!(Instant::now() < deadline, "broker did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        b
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.listen_port)
-    }
-
-    fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = drmq();
-        cmd.args(args).args(["--brokers", &self.brokers()]);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-        drop(input);
-        child.wait_with_output().unwrap()
-    }
-}
+mod common;
+use common::Broker;
 
 fn json_lines(o: &Output) -> Vec<serde_json::Value> {
     assert!(
@@ -465,7 +384,7 @@ fn http_get(port: u16, path: &str) -> String {
 fn the_http_port_serves_counters_that_follow_the_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"));
-    let http = broker.listen_port + SHARDS + 1;
+    let http = broker.http_port();
     broker.cli(
         &[
             "topic",
