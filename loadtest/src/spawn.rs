@@ -17,6 +17,8 @@ use wire::{
 const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Candidate port runs tried before giving up (each is one bind + probes).
 const PORT_RUN_ATTEMPTS_MAX: usize = 500;
+/// Broker starts tried, each on fresh ports, before giving up.
+const START_ATTEMPTS_MAX: u32 = 3;
 
 /// A broker child process.
 pub struct LocalBroker {
@@ -91,52 +93,74 @@ impl LocalBroker {
         };
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let base = free_port_run(shards + 2)?;
-        let mut cmd = match find_drmq(drmq) {
-            Some(bin) => {
-                let mut c = Command::new(bin);
-                c.arg("broker");
-                c
+        // A port run found free can be taken by another process before the
+        // broker binds it; the broker then exits at once: try new ports.
+        let mut last_exit = None;
+        for _ in 0..START_ATTEMPTS_MAX {
+            let base = free_port_run(shards + 2)?;
+            let mut cmd = match find_drmq(drmq) {
+                Some(bin) => {
+                    let mut c = Command::new(bin);
+                    c.arg("broker");
+                    c
+                }
+                None => {
+                    let mut c = Command::new(std::env::current_exe()?);
+                    c.arg("serve-broker");
+                    c
+                }
+            };
+            let stderr = match log {
+                Some(p) => Stdio::from(std::fs::File::create(p)?),
+                None => Stdio::null(),
+            };
+            cmd.args(["--id", "1", "--shards", &shards.to_string()])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["--listen", &format!("127.0.0.1:{base}")])
+                .args(["--peer-listen", &format!("127.0.0.1:{}", base + shards)])
+                .args(["--http", &format!("127.0.0.1:{}", base + shards + 1)])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr);
+            let child = cmd.spawn().context("starting the broker")?;
+            let mut b = LocalBroker {
+                child,
+                listen: SocketAddr::from(([127, 0, 0, 1], base)),
+                http: SocketAddr::from(([127, 0, 0, 1], base + shards + 1)),
+                data_dir: data_dir.clone(),
+                // Only the last owner removes the directory (see below).
+                remove_data_dir: false,
+            };
+            let deadline = Instant::now() + BROKER_START_TIMEOUT;
+            // Bounded by the deadline.
+            let exited = loop {
+                if (0..shards).all(|s| TcpStream::connect(("127.0.0.1", base + s)).is_ok()) {
+                    break None;
+                }
+                if let Some(status) = b.child.try_wait()? {
+                    break Some(status);
+                }
+                if Instant::now() >= deadline {
+                    bail!("the broker did not open its ports within {BROKER_START_TIMEOUT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            match exited {
+                None => {
+                    b.remove_data_dir = remove_data_dir;
+                    return Ok(b);
+                }
+                Some(status) => last_exit = Some(status),
             }
-            None => {
-                let mut c = Command::new(std::env::current_exe()?);
-                c.arg("serve-broker");
-                c
-            }
-        };
-        let stderr = match log {
-            Some(p) => Stdio::from(std::fs::File::create(p)?),
-            None => Stdio::null(),
-        };
-        cmd.args(["--id", "1", "--shards", &shards.to_string()])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--listen", &format!("127.0.0.1:{base}")])
-            .args(["--peer-listen", &format!("127.0.0.1:{}", base + shards)])
-            .args(["--http", &format!("127.0.0.1:{}", base + shards + 1)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        let child = cmd.spawn().context("starting the broker")?;
-        let mut b = LocalBroker {
-            child,
-            listen: SocketAddr::from(([127, 0, 0, 1], base)),
-            http: SocketAddr::from(([127, 0, 0, 1], base + shards + 1)),
-            data_dir,
-            remove_data_dir,
-        };
-        let deadline = Instant::now() + BROKER_START_TIMEOUT;
-        // Bounded by the deadline.
-        while (0..shards).any(|s| TcpStream::connect(("127.0.0.1", base + s)).is_err()) {
-            if let Some(status) = b.child.try_wait()? {
-                bail!("the broker exited at start: {status}");
-            }
-            if Instant::now() >= deadline {
-                bail!("the broker did not open its ports within {BROKER_START_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(b)
+        if remove_data_dir {
+            let _ = std::fs::remove_dir_all(&data_dir);
+        }
+        bail!(
+            "the broker exited at start {START_ATTEMPTS_MAX} times (last: {})",
+            last_exit.map(|s| s.to_string()).unwrap_or_default()
+        )
     }
 
     pub fn pid(&self) -> u32 {
