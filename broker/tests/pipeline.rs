@@ -5,46 +5,20 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use broker::client::Connection;
 use broker::pipeline::{
     routes, ClientConfig, Consumer, ConsumerConfig, DeliveryError, Producer, ProducerConfig,
     StartAt,
 };
-use wire::{CleanupPolicy, CreateTopicRequest, Durability, TopicConfig};
 
 mod common;
 use common::Broker;
 
 /// Test helpers on the shared broker fixture.
 trait BrokerExt {
-    fn create_topic(&self, name: &str, partitions: u32);
     fn client(&self) -> ClientConfig;
 }
 
 impl BrokerExt for Broker {
-    fn create_topic(&self, name: &str, partitions: u32) {
-        let mut c = Connection::connect(self.listen(), Duration::from_secs(5)).unwrap();
-        c.request(
-            &CreateTopicRequest {
-                name: name.into(),
-                partitions,
-                replication: 1,
-                config: TopicConfig {
-                    retention_bytes: None,
-                    retention_ms: None,
-                    segment_bytes: Some(1 << 20),
-                    segment_ms: None,
-                    cleanup: CleanupPolicy::Delete,
-                    durability: Durability::EveryBatch,
-                    tombstone_retention_ms: None,
-                },
-                timeout_ms: 10_000,
-            }
-            .into(),
-        )
-        .unwrap();
-    }
-
     fn client(&self) -> ClientConfig {
         ClientConfig::new(vec![self.listen()])
     }

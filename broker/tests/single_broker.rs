@@ -110,21 +110,7 @@ fn produce_consume_and_every_acknowledged_message_survives_kill_9() {
 fn topic_admin_errors_are_one_line_and_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"));
-    let ok = broker.cli(
-        &[
-            "topic",
-            "create",
-            "t1",
-            "--partitions",
-            "1",
-            "--replication",
-            "1",
-            "--segment-bytes",
-            "65536",
-        ],
-        None,
-    );
-    assert!(ok.status.success());
+    broker.create_topic("t1", 1);
     for (args, needle) in [
         (
             &[
@@ -196,20 +182,7 @@ fn a_corrupt_batch_is_refused_and_nothing_is_stored() {
     use wire::*;
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"));
-    broker.cli(
-        &[
-            "topic",
-            "create",
-            "c",
-            "--partitions",
-            "1",
-            "--replication",
-            "1",
-            "--segment-bytes",
-            "65536",
-        ],
-        None,
-    );
+    broker.create_topic("c", 1);
     let mut b = RecordBatchBuilder::new();
     b.push(NewRecord {
         timestamp_ms: 1,
@@ -244,20 +217,7 @@ fn sigterm_stops_the_broker_cleanly_and_a_restart_serves_everything() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut broker = Broker::start(&data);
-    broker.cli(
-        &[
-            "topic",
-            "create",
-            "s",
-            "--partitions",
-            "2",
-            "--replication",
-            "1",
-            "--segment-bytes",
-            "65536",
-        ],
-        None,
-    );
+    broker.create_topic("s", 2);
     let input: String = (1..=50).map(|i| format!("m{i}\n")).collect();
     let acks = json_lines(&broker.cli(&["produce", "--topic", "s"], Some(&input)));
     assert_eq!(acks.len(), 50);
@@ -290,20 +250,7 @@ fn an_idempotent_retry_is_appended_once_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let broker = Broker::start(&data);
-    broker.cli(
-        &[
-            "topic",
-            "create",
-            "idem",
-            "--partitions",
-            "1",
-            "--replication",
-            "1",
-            "--segment-bytes",
-            "65536",
-        ],
-        None,
-    );
+    broker.create_topic("idem", 1);
     let batch = |seq: i32, values: &[&str]| {
         let mut b = RecordBatchBuilder::new().producer(4242, 0, seq);
         for v in values {
@@ -385,20 +332,7 @@ fn the_http_port_serves_counters_that_follow_the_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"));
     let http = broker.http_port();
-    broker.cli(
-        &[
-            "topic",
-            "create",
-            "m",
-            "--partitions",
-            "1",
-            "--replication",
-            "1",
-            "--segment-bytes",
-            "65536",
-        ],
-        None,
-    );
+    broker.create_topic("m", 1);
     let acks = json_lines(&broker.cli(&["produce", "--topic", "m"], Some("a\nb\nc\n")));
     assert_eq!(acks.len(), 3);
     // Samples arrive once a second: poll, bounded.

@@ -99,6 +99,27 @@ impl Broker {
         format!("127.0.0.1:{}", self.listen_port)
     }
 
+    /// Creates an RF=1 topic with small (64 KiB) segments through the CLI.
+    pub fn create_topic(&self, name: &str, partitions: u32) -> Output {
+        let partitions = partitions.to_string();
+        let args = [
+            "topic",
+            "create",
+            name,
+            "--partitions",
+            &partitions,
+            "--replication",
+            "1",
+        ];
+        let o = self.cli(&[&args[..], &["--segment-bytes", "65536"]].concat(), None);
+        assert!(
+            o.status.success(),
+            "create {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
     /// Runs a `drmq` client command against this broker.
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = drmq();
