@@ -47,6 +47,9 @@ const FETCH_WAIT_MS_MAX: u32 = 30_000;
 /// Largest fetch response payload (leaves room for the message fields within
 /// the default 4 MiB frame limit).
 const FETCH_BYTES_MAX: usize = 3 * 1024 * 1024;
+/// How often retention runs: deleting a segment is rare and cheap, and a
+/// few seconds of extra disk use are well inside any free-space floor.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 /// How often each shard sends its counters to the telemetry thread.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Term stamped into batches while there is no Raft (single broker).
@@ -92,6 +95,7 @@ pub struct ShardCounters {
     pub fetch_requests: Cell<u64>,
     pub fetch_bytes: Cell<u64>,
     pub errors: Cell<u64>,
+    pub segments_deleted: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>, by: u64) {
@@ -258,6 +262,7 @@ fn storage_error(e: &StorageError) -> Message {
         StorageError::DiskFull { .. } => ErrorCode::DiskFull,
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         StorageError::InvalidBatch(_) => ErrorCode::CorruptBatch,
+        StorageError::BatchTooLarge { .. } => ErrorCode::RequestTooLarge,
         _ => ErrorCode::StorageError,
     };
     error(code, e.to_string())
@@ -330,6 +335,14 @@ impl Shard {
                 glommio::timer::sleep(SAMPLE_INTERVAL).await;
                 // Dropped when the telemetry thread is behind: never wait.
                 let _ = sampler.samples.try_send(sampler.sample());
+            }
+        })
+        .detach();
+        let retention = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(RETENTION_INTERVAL).await;
+                retention.apply_retention();
             }
         })
         .detach();
@@ -590,6 +603,30 @@ impl Shard {
         }
     }
 
+    /// Deletes whole sealed segments past each topic's retention (bytes,
+    /// age), never beyond what is committed (durable, with one replica).
+    /// Compaction of compacted topics is not scheduled yet: it rewrites
+    /// segments with blocking I/O and needs a task of its own.
+    fn apply_retention(&self) {
+        let owned: Vec<(String, u32, Rc<OwnedPartition>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, o.clone()))
+            .collect();
+        for (topic, p, o) in owned {
+            let mut log = o.part.log_mut();
+            let bound = log.durable_offset();
+            match log.apply_retention(bound) {
+                Ok(removed) if removed.segments > 0 => {
+                    bump(&self.counters.segments_deleted, removed.segments as u64);
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("shard {}: retention on {topic}-{p}: {e}", self.id),
+            }
+        }
+    }
+
     fn sample(&self) -> ShardSample {
         let c = &self.counters;
         ShardSample {
@@ -599,6 +636,7 @@ impl Shard {
             fetch_requests: c.fetch_requests.get(),
             fetch_bytes: c.fetch_bytes.get(),
             errors: c.errors.get(),
+            segments_deleted: c.segments_deleted.get(),
             partitions: self
                 .partitions
                 .borrow()

@@ -43,6 +43,7 @@ pub struct ShardSample {
     pub fetch_requests: u64,
     pub fetch_bytes: u64,
     pub errors: u64,
+    pub segments_deleted: u64,
     pub partitions: Vec<PartitionSample>,
 }
 
@@ -126,7 +127,7 @@ type Counter = (&'static str, &'static str, fn(&ShardSample) -> u64);
 fn prometheus(broker_id: u64, latest: &BTreeMap<usize, ShardSample>) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let counters: [Counter; 5] = [
+    let counters: [Counter; 6] = [
         (
             "drmq_produce_requests_total",
             "Produce requests answered",
@@ -151,6 +152,11 @@ fn prometheus(broker_id: u64, latest: &BTreeMap<usize, ShardSample>) -> String {
             "drmq_errors_total",
             "Requests answered with an error, and closed connections",
             |s| s.errors,
+        ),
+        (
+            "drmq_segments_deleted_total",
+            "Segments deleted by retention",
+            |s| s.segments_deleted,
         ),
     ];
     for (name, help, get) in counters {
@@ -196,6 +202,7 @@ mod tests {
                 fetch_requests: 0,
                 fetch_bytes: 0,
                 errors: 2,
+                segments_deleted: 0,
                 partitions: vec![PartitionSample {
                     topic: "t".into(),
                     partition: 3,

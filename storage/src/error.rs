@@ -48,6 +48,13 @@ pub enum StorageError {
     OffsetOutOfRange { offset: u64, start: u64, end: u64 },
     #[error("offset {offset} is not a batch boundary")]
     NotBatchBoundary { offset: u64 },
+    /// A batch larger than a whole segment can never be appended to this
+    /// log (the producer must send smaller batches).
+    #[error("batch of {batch_bytes} bytes exceeds the segment size of {segment_bytes_max} bytes")]
+    BatchTooLarge {
+        batch_bytes: u32,
+        segment_bytes_max: u32,
+    },
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A fault-injection point simulated a power cut; reopen the log.

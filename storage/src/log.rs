@@ -481,10 +481,10 @@ impl Log {
             .into());
         }
         if h.batch_bytes > self.config.segment_bytes_max {
-            return Err(BatchError::BadLength {
+            return Err(StorageError::BatchTooLarge {
                 batch_bytes: h.batch_bytes,
-            }
-            .into());
+                segment_bytes_max: self.config.segment_bytes_max,
+            });
         }
         if let Some(last) = self.last_batch() {
             if term < last.term {
