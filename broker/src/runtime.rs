@@ -24,7 +24,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
 use storage::shard::{Notify, Partition};
-use storage::{Cleanup, Log, LogConfig, StorageError, SyncPolicy};
+use storage::{Cleanup, Log, LogConfig, Retired, StorageError, SyncPolicy};
 use wire::*;
 
 use crate::config::BrokerConfig;
@@ -115,6 +115,8 @@ struct Shard {
     stopping: Notify,
     /// To the telemetry thread (never blocks: `try_send`).
     samples: flume::Sender<ShardSample>,
+    /// To the janitor thread: retired segment files to unlink off the shard.
+    janitor: flume::Sender<Retired>,
     counters: ShardCounters,
 }
 
@@ -149,6 +151,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     let signals = block_stop_signals()?;
     let samples = telemetry::start(config.id, config.http)
         .with_context(|| format!("HTTP port {}", config.http))?;
+    let janitor = start_janitor().context("starting the janitor thread")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -159,6 +162,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         let registry = registry.clone();
         let senders = senders.clone();
         let samples = samples.clone();
+        let janitor = janitor.clone();
         let ready = ready_tx.clone();
         let builder =
             LocalExecutorBuilder::new(Placement::Fixed(id % cpus)).name(&format!("shard-{id}"));
@@ -174,6 +178,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     admin_lock: Semaphore::new(1),
                     stopping: Notify::default(),
                     samples,
+                    janitor,
                     counters: ShardCounters::default(),
                 });
                 if let Err(e) = shard.clone().serve(registry, inbox, ready.clone()).await {
@@ -269,7 +274,10 @@ fn storage_error(e: &StorageError) -> Message {
 }
 
 fn log_config(record: &TopicRecord) -> LogConfig {
-    let mut c = LogConfig::default();
+    let mut c = LogConfig {
+        defer_deletes: true,
+        ..LogConfig::default()
+    };
     if let Some(b) = record.segment_bytes {
         c.segment_bytes_max = b.clamp(
             u64::from(storage::SEGMENT_BYTES_MIN),
@@ -623,6 +631,14 @@ impl Shard {
                 }
                 Ok(_) => {}
                 Err(e) => eprintln!("shard {}: retention on {topic}-{p}: {e}", self.id),
+            }
+            // Unlinking a large segment can take tens of milliseconds: the
+            // janitor thread does it (inline only if its queue is full).
+            let retired = log.take_retired();
+            if !retired.is_empty() {
+                if let Err(e) = self.janitor.try_send(retired) {
+                    report_failed(e.into_inner().dispose());
+                }
             }
         }
     }
@@ -1097,6 +1113,29 @@ fn rebuild_producers(log: &Log) -> ProducerTable {
         at = out.next_offset;
     }
     table
+}
+
+/// Retired files queued for the janitor: deletions are rare (a segment every
+/// few seconds at most per partition), so 1024 batches is a deep margin.
+const JANITOR_QUEUE_MAX: usize = 1024;
+
+/// The janitor thread: unmaps and unlinks retired segments off the shards.
+fn start_janitor() -> std::io::Result<flume::Sender<Retired>> {
+    let (tx, rx) = flume::bounded::<Retired>(JANITOR_QUEUE_MAX);
+    std::thread::Builder::new()
+        .name("janitor".into())
+        .spawn(move || {
+            while let Ok(retired) = rx.recv() {
+                report_failed(retired.dispose());
+            }
+        })?;
+    Ok(tx)
+}
+
+fn report_failed(failed: Vec<(std::path::PathBuf, std::io::Error)>) {
+    for (p, e) in failed {
+        eprintln!("janitor: removing {}: {e}", p.display());
+    }
 }
 
 fn now_ms() -> i64 {

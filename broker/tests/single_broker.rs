@@ -419,4 +419,22 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The retired files are unlinked by the janitor thread, off the shard.
+    let part_dir = broker.data_dir.join("partitions/small-0");
+    let count = |suffix: &str| {
+        std::fs::read_dir(&part_dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(".deleted") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "retired segment files were never removed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(count(".log") <= 4, "{} segment files left", count(".log"));
 }

@@ -124,6 +124,9 @@ pub struct LogConfig {
     pub disk_budget: Option<Arc<DiskBudget>>,
     pub clock: Clock,
     pub faults: FaultInjector,
+    /// Retire removed segments by renaming them (`Log::take_retired`) and
+    /// let the caller unlink them off the shard, instead of unlinking inline.
+    pub defer_deletes: bool,
 }
 
 impl Default for LogConfig {
@@ -140,6 +143,7 @@ impl Default for LogConfig {
             disk_budget: None,
             clock: Clock::System,
             faults: FaultInjector::default(),
+            defer_deletes: false,
         }
     }
 }

@@ -60,6 +60,13 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 }
 
 impl IndexFile {
+    /// Gives up the file and hands out the map (to be dropped elsewhere).
+    pub fn into_map(self) -> MmapMut {
+        self.map
+    }
+}
+
+impl IndexFile {
     /// Creates (or replaces) an empty index with room for `capacity` entries.
     pub fn create(path: &Path, entry_bytes: usize, capacity: usize) -> io::Result<Self> {
         let file = OpenOptions::new()

@@ -12,7 +12,7 @@ use crate::batch::{self, BatchError, BatchHeader};
 use crate::config::{LogConfig, SyncPolicy};
 use crate::error::{Result, StorageError};
 use crate::fault::{Fault, FaultPoint};
-use crate::segment::{self, Segment, SWAP_SUFFIX};
+use crate::segment::{self, Retired, Segment, SWAP_SUFFIX};
 
 /// Free space is checked (statvfs) after every 1 MiB appended, and on every
 /// append while below the floor: at 1 GB/s that is ~1000 cheap syscalls a
@@ -117,6 +117,8 @@ pub struct Log {
     space_full: bool,
     space_unchecked_bytes: u64,
     last_sync_ms: i64,
+    /// Retired segment files awaiting deletion by the caller.
+    retired: Retired,
 }
 
 fn parse_base(name: &[u8]) -> Option<u64> {
@@ -161,8 +163,12 @@ impl Log {
             let ent = ent.map_err(|e| StorageError::io("read dir", &dir, e))?;
             let name = ent.file_name();
             let n = name.as_bytes();
-            if n.ends_with(SWAP_SUFFIX.as_bytes()) || n.ends_with(b".tmp") {
-                // Leftover of an interrupted compaction or metadata write.
+            if n.ends_with(SWAP_SUFFIX.as_bytes())
+                || n.ends_with(b".tmp")
+                || n.ends_with(crate::segment::DELETED_SUFFIX.as_bytes())
+            {
+                // Leftover of an interrupted compaction or metadata write, or
+                // a retired segment whose deletion had not run yet.
                 let p = ent.path();
                 std::fs::remove_file(&p).map_err(|e| StorageError::io("remove", &p, e))?;
             } else if let Some(b) = parse_base(n) {
@@ -322,6 +328,7 @@ impl Log {
             space_full: false,
             space_unchecked_bytes: SPACE_CHECK_INTERVAL_BYTES,
             last_sync_ms: 0,
+            retired: Retired::default(),
         };
         if log_start_file.is_some_and(|v| v != log_start) {
             // The file claimed a start past the recovered end (its data was
@@ -766,7 +773,7 @@ impl Log {
             for s in std::mem::replace(&mut self.segments, vec![fresh]) {
                 removed.segments += 1;
                 removed.bytes += u64::from(s.data_bytes);
-                self.delete_segment_files(&s)?;
+                self.delete_segment_files(s)?;
             }
             if let Some(b) = &self.config.disk_budget {
                 b.take(u64::from(cap));
@@ -777,7 +784,7 @@ impl Log {
                 let s = self.segments.remove(0);
                 removed.segments += 1;
                 removed.bytes += u64::from(s.data_bytes);
-                self.delete_segment_files(&s)?;
+                self.delete_segment_files(s)?;
             }
         }
         self.log_start_offset = offset;
@@ -785,10 +792,18 @@ impl Log {
         Ok(removed)
     }
 
-    fn delete_segment_files(&mut self, s: &Segment) -> Result<()> {
-        s.delete_files().map_err(|e| self.poison(e))?;
+    fn delete_segment_files(&mut self, s: Segment) -> Result<()> {
+        let disk_bytes = s.disk_bytes();
+        if self.config.defer_deletes {
+            let mut retired = std::mem::take(&mut self.retired);
+            let r = s.retire(&mut retired);
+            self.retired = retired;
+            r.map_err(|e| self.poison(e))?;
+        } else {
+            s.delete_files().map_err(|e| self.poison(e))?;
+        }
         if let Some(b) = &self.config.disk_budget {
-            b.give(s.disk_bytes());
+            b.give(disk_bytes);
         }
         self.dir_epoch += 1;
         Ok(())
@@ -808,6 +823,14 @@ impl Log {
         std::fs::rename(&tmp, &dst).map_err(|e| self.fail(StorageError::io("rename", &tmp, e)))?;
         self.dir_epoch += 1;
         Ok(())
+    }
+
+    /// Segments removed since the last call, their files renamed to
+    /// `*.deleted`, for the caller to release off the shard with
+    /// [`Retired::dispose`] (only with [`LogConfig::defer_deletes`];
+    /// otherwise always empty).
+    pub fn take_retired(&mut self) -> Retired {
+        std::mem::take(&mut self.retired)
     }
 
     /// Deletes whole sealed segments, oldest first, while the log is over

@@ -751,6 +751,28 @@ impl Segment {
         })
     }
 
+    /// Renames the segment's files to `<name>.deleted` and hands back its
+    /// maps and the new paths: a rename is cheap, while unmapping a large
+    /// segment and unlinking it (freeing its extents and page-cache pages)
+    /// can take tens of milliseconds, which the caller can spend on another
+    /// thread ([`Retired::dispose`]). `Log::open` removes leftovers.
+    pub fn retire(self, into: &mut Retired) -> Result<()> {
+        for p in [&self.log_path, &self.index.path, &self.time_index.path] {
+            let mut dead = p.as_os_str().to_owned();
+            dead.push(DELETED_SUFFIX);
+            let dead = PathBuf::from(dead);
+            match std::fs::rename(p, &dead) {
+                Ok(()) => into.paths.push(dead),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("rename", p, e)),
+            }
+        }
+        into.maps.push(self.map);
+        into.maps.push(self.index.into_map());
+        into.maps.push(self.time_index.into_map());
+        Ok(())
+    }
+
     pub fn delete_files(&self) -> Result<()> {
         for p in [&self.log_path, &self.index.path, &self.time_index.path] {
             match std::fs::remove_file(p) {
@@ -760,6 +782,43 @@ impl Segment {
             }
         }
         Ok(())
+    }
+}
+
+/// Suffix of retired segment files awaiting deletion (see
+/// [`Segment::retire`]).
+pub const DELETED_SUFFIX: &str = ".deleted";
+
+/// Segments removed from a log whose maps and files are still to be
+/// released; `Send`, so another thread can do the slow part.
+#[derive(Debug, Default)]
+pub struct Retired {
+    maps: Vec<MmapMut>,
+    paths: Vec<PathBuf>,
+}
+
+impl Retired {
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty() && self.paths.is_empty()
+    }
+
+    /// The renamed files, for tests and logs.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Unmaps and unlinks; returns the files that could not be removed.
+    pub fn dispose(self) -> Vec<(PathBuf, io::Error)> {
+        drop(self.maps);
+        let mut failed = Vec::new();
+        for p in self.paths {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => failed.push((p, e)),
+            }
+        }
+        failed
     }
 }
 

@@ -82,3 +82,65 @@ fn active_segment_rolls_by_age() {
     log.append(&batch(2, 1, 10, 0), 1).unwrap();
     assert_eq!(log.segment_bases(), vec![0, 2]);
 }
+
+#[test]
+fn deferred_deletes_retire_segments_for_the_caller_and_open_clears_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention_bytes_max: Some(40 << 10),
+        defer_deletes: true,
+        ..small_config()
+    };
+    let (mut log, _) = Log::open(dir.path(), cfg.clone()).unwrap();
+    for i in 0..400u64 {
+        log.append(&batch(i, 1, 300, 0), 1).unwrap();
+    }
+    let removed = log.apply_retention(log.next_offset()).unwrap();
+    assert!(removed.segments > 0);
+    let retired = log.take_retired();
+    let paths = retired.paths().to_vec();
+    assert_eq!(
+        paths.len(),
+        removed.segments * 3,
+        "log, index and time index"
+    );
+    assert!(paths
+        .iter()
+        .all(|p| p.exists() && p.to_string_lossy().ends_with(".deleted")));
+    assert!(log.take_retired().is_empty(), "handed out once");
+    // The log no longer serves them and reads the rest as before.
+    assert_eq!(read_all(&log)[0].0, log.log_start_offset());
+    // A crash before the caller unlinked them: open removes the leftovers.
+    let next = log.next_offset();
+    drop(log);
+    let (log, _) = Log::open(dir.path(), cfg).unwrap();
+    assert!(paths.iter().all(|p| !p.exists()));
+    assert_eq!(log.next_offset(), next);
+    // Disposing after that is harmless (the files are already gone).
+    assert!(retired.dispose().is_empty());
+}
+
+#[test]
+fn disposing_retired_segments_unlinks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        retention_bytes_max: Some(40 << 10),
+        defer_deletes: true,
+        ..small_config()
+    };
+    let (mut log, _) = Log::open(dir.path(), cfg).unwrap();
+    for i in 0..400u64 {
+        log.append(&batch(i, 1, 300, 0), 1).unwrap();
+    }
+    log.apply_retention(log.next_offset()).unwrap();
+    let retired = log.take_retired();
+    let paths = retired.paths().to_vec();
+    assert!(!paths.is_empty());
+    // Released on another thread, as the broker does.
+    let failed = std::thread::spawn(move || retired.dispose())
+        .join()
+        .unwrap();
+    assert!(failed.is_empty());
+    assert!(paths.iter().all(|p| !p.exists()));
+    assert_eq!(read_all(&log)[0].0, log.log_start_offset());
+}
