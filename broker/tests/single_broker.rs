@@ -193,21 +193,7 @@ fn a_corrupt_batch_is_refused_and_nothing_is_stored() {
     let mut batch = b.finish();
     let last = batch.len() - 1;
     batch[last] ^= 0xff; // breaks the batch CRC, not the frame CRC
-                         // Partition 0 of "c" lives on shard shard_for("c", 0, 2); ask metadata.
-    let meta = json_lines(&broker.cli(&["topic", "describe", "c"], None));
-    let shard = meta[0]["partitions"][0]["shard"].as_u64().unwrap() as u16;
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", broker.listen_port + shard)
-        .parse()
-        .unwrap();
-    let mut c = broker::client::Connection::connect(addr, Duration::from_secs(10)).unwrap();
-    let req = ProduceRequest {
-        topic: "c".into(),
-        partition: 0,
-        acks: Acks::Quorum,
-        timeout_ms: 1000,
-        batch,
-    };
-    let err = c.request(&req.into()).unwrap_err();
+    let err = broker.produce_raw("c", batch).unwrap_err();
     assert!(err.to_string().contains("CorruptBatch"), "{err}");
     assert!(consume_all(&broker, "c").is_empty());
 }
@@ -263,22 +249,7 @@ fn an_idempotent_retry_is_appended_once_even_after_a_restart() {
         }
         b.finish()
     };
-    let send = |broker: &Broker, bytes: Vec<u8>| {
-        let meta = json_lines(&broker.cli(&["topic", "describe", "idem"], None));
-        let shard = meta[0]["partitions"][0]["shard"].as_u64().unwrap() as u16;
-        let addr = format!("127.0.0.1:{}", broker.listen_port + shard)
-            .parse()
-            .unwrap();
-        let mut c = broker::client::Connection::connect(addr, Duration::from_secs(10)).unwrap();
-        let req = ProduceRequest {
-            topic: "idem".into(),
-            partition: 0,
-            acks: Acks::Quorum,
-            timeout_ms: 5000,
-            batch: bytes,
-        };
-        c.request(&req.into())
-    };
+    let send = |broker: &Broker, bytes: Vec<u8>| broker.produce_raw("idem", bytes);
     let first = send(&broker, batch(0, &["a", "b"])).unwrap();
     let again = send(&broker, batch(0, &["a", "b"])).unwrap();
     let (Message::ProduceResponse(first), Message::ProduceResponse(again)) = (first, again) else {

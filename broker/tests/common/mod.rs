@@ -120,6 +120,33 @@ impl Broker {
         o
     }
 
+    /// Sends one raw record batch to partition 0 of `topic`, straight to the
+    /// shard that owns it (found through `topic describe`).
+    pub fn produce_raw(
+        &self,
+        topic: &str,
+        batch: Vec<u8>,
+    ) -> Result<wire::Message, broker::client::ClientError> {
+        let o = self.cli(&["topic", "describe", topic], None);
+        assert!(
+            o.status.success(),
+            "describe {topic}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let shard = meta["partitions"][0]["shard"].as_u64().unwrap() as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.listen_port + shard));
+        let mut c = broker::client::Connection::connect(addr, Duration::from_secs(10)).unwrap();
+        let req = wire::ProduceRequest {
+            topic: topic.into(),
+            partition: 0,
+            acks: wire::Acks::Quorum,
+            timeout_ms: 5000,
+            batch,
+        };
+        c.request(&req.into())
+    }
+
     /// Runs a `drmq` client command against this broker.
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = drmq();
