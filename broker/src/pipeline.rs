@@ -552,12 +552,6 @@ pub struct Producer {
     stats: ClientStats,
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 impl Producer {
     /// Looks the topic up and prepares (connections open on first use).
     pub fn new(cfg: ProducerConfig) -> Result<Producer, PipelineError> {
@@ -603,7 +597,7 @@ impl Producer {
     /// (sticky: it moves on when that batch is sealed, so batches stay full).
     pub fn partition_for(&self, key: Option<&[u8]>) -> u32 {
         match key {
-            Some(k) => (fnv1a(k) % self.routes.len() as u64) as u32,
+            Some(k) => crate::topics::partition_for_key(k, self.routes.len()) as u32,
             None => self.sticky_partition as u32,
         }
     }

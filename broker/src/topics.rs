@@ -21,12 +21,22 @@ pub const PARTITIONS_PER_TOPIC_MAX: u32 = 1_024;
 /// FNV-1a over the name and the partition number, modulo the shard count.
 /// Stable across processes and builds (no random hasher seed).
 pub fn shard_for(topic: &str, partition: u32, shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic.bytes().chain(partition.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = fnv1a(topic.bytes().chain(partition.to_le_bytes()));
     (h % shards.max(1) as u64) as usize
+}
+
+/// The partition of a keyed record: FNV-1a of the key modulo the partition
+/// count. Every client (the CLI, `pipeline::Producer`) uses this one, so a
+/// key lands on the same partition whoever sends it.
+pub fn partition_for_key(key: &[u8], partitions: usize) -> usize {
+    (fnv1a(key.iter().copied()) % partitions.max(1) as u64) as usize
+}
+
+/// 64-bit FNV-1a: small, stable across processes and builds (no seed).
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// One topic as stored in the registry.

@@ -112,12 +112,6 @@ impl Router {
     }
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 const NO_PRODUCER: i64 = wire::batch::NO_PRODUCER_ID;
 
 fn random_producer_id() -> i64 {
@@ -191,7 +185,7 @@ pub fn produce(
                 None => (None, line),
             };
             let idx = match &key {
-                Some(k) => (fnv(k.as_bytes()) % n as u64) as usize,
+                Some(k) => broker::topics::partition_for_key(k.as_bytes(), n),
                 None => {
                     round_robin = (round_robin + 1) % n;
                     round_robin
