@@ -1,28 +1,36 @@
 //! Record batches: the bytes a producer encodes, the log stores and fetch
 //! returns, unchanged.
 //!
-//! Header (64 bytes, little-endian):
+//! Header (72 bytes, little-endian):
 //!
 //! | offset | size | field                                                   |
 //! |-------:|-----:|---------------------------------------------------------|
 //! |      0 |    8 | base offset (stamped by the leader)                     |
 //! |      8 |    8 | Raft term (stamped by the leader)                       |
-//! |     16 |    4 | `batch_bytes`: whole batch length, header included      |
-//! |     20 |    4 | crc32c over bytes `[24, batch_bytes)`                   |
-//! |     24 |    1 | magic = [`BATCH_MAGIC`]                                 |
-//! |     25 |    1 | reserved, 0                                             |
-//! |     26 |    2 | attributes ([`attributes`])                             |
-//! |     28 |    4 | record count                                            |
-//! |     32 |    8 | first timestamp (ms since the Unix epoch)               |
-//! |     40 |    8 | max timestamp (ms)                                      |
-//! |     48 |    8 | producer id (-1: not idempotent)                        |
-//! |     56 |    2 | producer epoch                                          |
-//! |     58 |    2 | reserved, 0                                             |
-//! |     60 |    4 | base sequence (idempotent producer)                     |
+//! |     16 |    8 | entry index: the Raft log index of the entry holding    |
+//! |        |      | this batch (stamped by each replica as it persists it)  |
+//! |     24 |    4 | `batch_bytes`: whole batch length, header included      |
+//! |     28 |    4 | crc32c over bytes `[32, batch_bytes)`                   |
+//! |     32 |    1 | magic = [`BATCH_MAGIC`]                                 |
+//! |     33 |    1 | reserved, 0                                             |
+//! |     34 |    2 | attributes ([`attributes`])                             |
+//! |     36 |    4 | record count                                            |
+//! |     40 |    8 | first timestamp (ms since the Unix epoch)               |
+//! |     48 |    8 | max timestamp (ms)                                      |
+//! |     56 |    8 | producer id (-1: not idempotent)                        |
+//! |     64 |    2 | producer epoch                                          |
+//! |     66 |    2 | reserved, 0                                             |
+//! |     68 |    4 | base sequence (idempotent producer)                     |
 //!
-//! The CRC starts at byte 24, so the leader patches base offset and term in
-//! place ([`set_base_offset`], [`set_term`]) without touching the records or
-//! recomputing the CRC.
+//! The CRC starts at byte 32, so base offset, term and entry index are
+//! patched in place ([`set_base_offset`], [`set_term`], [`set_entry_index`])
+//! without touching the records or recomputing the CRC.
+//!
+//! A *control batch* ([`attributes::CONTROL`], built by
+//! [`encode_control_batch`]) is a normal, CRC'd batch holding exactly one
+//! record whose value is an opaque control payload (Raft no-op and
+//! membership entries, controller commands). It takes one offset like any
+//! record; consumers skip it.
 //!
 //! Each record, after the header:
 //! `varint record_bytes` (bytes after this varint), `u8 attributes`,
@@ -35,9 +43,9 @@
 use crate::error::{Result, WireError};
 
 /// Size of the batch header.
-pub const BATCH_HEADER_BYTES: usize = 64;
+pub const BATCH_HEADER_BYTES: usize = 72;
 /// The batch format version.
-pub const BATCH_MAGIC: u8 = 1;
+pub const BATCH_MAGIC: u8 = 2;
 /// The producer id of a batch that is not idempotent.
 pub const NO_PRODUCER_ID: i64 = -1;
 /// Largest LEB128 encoding of a u64.
@@ -49,7 +57,26 @@ pub mod attributes {
     pub const COMPRESSION_MASK: u16 = 0b111;
     /// Bit 3: timestamps are the broker's append time, not the producer's.
     pub const LOG_APPEND_TIME: u16 = 1 << 3;
+    /// Bit 4: a control batch: exactly one record, whose value is an opaque
+    /// control payload for the broker (see [`super::encode_control_batch`]).
+    /// It takes one offset; consumers skip it.
+    pub const CONTROL: u16 = 1 << 4;
 }
+
+/// Header field positions.
+const ENTRY_INDEX_AT: usize = 16;
+const BATCH_BYTES_AT: usize = 24;
+const CRC_AT: usize = 28;
+/// First byte covered by the CRC.
+const CRC_FROM: usize = 32;
+const MAGIC_AT: usize = 32;
+const ATTRIBUTES_AT: usize = 34;
+const RECORD_COUNT_AT: usize = 36;
+const FIRST_TIMESTAMP_AT: usize = 40;
+const MAX_TIMESTAMP_AT: usize = 48;
+const PRODUCER_ID_AT: usize = 56;
+const PRODUCER_EPOCH_AT: usize = 64;
+const BASE_SEQUENCE_AT: usize = 68;
 
 fn invalid(msg: impl Into<String>) -> WireError {
     WireError::InvalidBatch(msg.into())
@@ -81,10 +108,38 @@ pub fn set_term(batch: &mut [u8], term: u64) {
     batch[8..16].copy_from_slice(&term.to_le_bytes());
 }
 
-/// The total length of the batch starting at `bytes`, once its first 20 bytes
+/// Writes the Raft entry index into an encoded batch's header (outside the
+/// CRC, like base offset and term). Panics as [`set_base_offset`].
+pub fn set_entry_index(batch: &mut [u8], entry_index: u64) {
+    batch[ENTRY_INDEX_AT..ENTRY_INDEX_AT + 8].copy_from_slice(&entry_index.to_le_bytes());
+}
+
+/// The total length of the batch starting at `bytes`, once its first 28 bytes
 /// are there. For streaming: says how many bytes to wait for.
 pub fn peek_batch_bytes(bytes: &[u8]) -> Option<u32> {
-    (bytes.len() >= 20).then(|| le_u32(bytes, 16))
+    (bytes.len() >= BATCH_BYTES_AT + 4).then(|| le_u32(bytes, BATCH_BYTES_AT))
+}
+
+/// The attribute bits of the batch starting at `bytes` ([`attributes`]),
+/// once its header is there; nothing is validated.
+pub fn batch_attributes(bytes: &[u8]) -> Option<u16> {
+    (bytes.len() >= BATCH_HEADER_BYTES)
+        .then(|| u16::from_le_bytes([bytes[ATTRIBUTES_AT], bytes[ATTRIBUTES_AT + 1]]))
+}
+
+/// Encodes a control batch ([`attributes::CONTROL`]): one record without key
+/// or headers whose value is `payload` (opaque to this crate), timestamp
+/// `timestamp_ms`. Base offset, term and entry index are 0 until stamped.
+pub fn encode_control_batch(payload: &[u8], timestamp_ms: i64) -> Vec<u8> {
+    let mut b = RecordBatchBuilder::with_capacity(payload.len() + 16);
+    b.attributes = attributes::CONTROL;
+    b.push(NewRecord {
+        timestamp_ms,
+        key: None,
+        value: Some(payload),
+        headers: &[],
+    });
+    b.finish()
 }
 
 // ---- varints --------------------------------------------------------------
@@ -288,8 +343,8 @@ impl RecordBatchBuilder {
         self.record_count += 1;
     }
 
-    /// Writes the header and CRC; base offset and term are 0 until the leader
-    /// stamps them.
+    /// Writes the header and CRC; base offset, term and entry index are 0
+    /// until they are stamped.
     pub fn finish(mut self) -> Vec<u8> {
         let len = self.buf.len() as u32;
         let first = self.first_timestamp_ms.unwrap_or(0);
@@ -299,17 +354,19 @@ impl RecordBatchBuilder {
             self.max_timestamp_ms
         };
         let h = &mut self.buf[..BATCH_HEADER_BYTES];
-        h[16..20].copy_from_slice(&len.to_le_bytes());
-        h[24] = BATCH_MAGIC;
-        h[26..28].copy_from_slice(&self.attributes.to_le_bytes());
-        h[28..32].copy_from_slice(&self.record_count.to_le_bytes());
-        h[32..40].copy_from_slice(&first.to_le_bytes());
-        h[40..48].copy_from_slice(&max.to_le_bytes());
-        h[48..56].copy_from_slice(&self.producer_id.to_le_bytes());
-        h[56..58].copy_from_slice(&self.producer_epoch.to_le_bytes());
-        h[60..64].copy_from_slice(&self.base_sequence.to_le_bytes());
-        let crc = crc32c::crc32c(&self.buf[24..]);
-        self.buf[20..24].copy_from_slice(&crc.to_le_bytes());
+        h[BATCH_BYTES_AT..BATCH_BYTES_AT + 4].copy_from_slice(&len.to_le_bytes());
+        h[MAGIC_AT] = BATCH_MAGIC;
+        h[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&self.attributes.to_le_bytes());
+        h[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&self.record_count.to_le_bytes());
+        h[FIRST_TIMESTAMP_AT..FIRST_TIMESTAMP_AT + 8].copy_from_slice(&first.to_le_bytes());
+        h[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&max.to_le_bytes());
+        h[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&self.producer_id.to_le_bytes());
+        h[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2]
+            .copy_from_slice(&self.producer_epoch.to_le_bytes());
+        h[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4]
+            .copy_from_slice(&self.base_sequence.to_le_bytes());
+        let crc = crc32c::crc32c(&self.buf[CRC_FROM..]);
+        self.buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
         self.buf
     }
 }
@@ -339,7 +396,7 @@ impl<'a> RecordBatch<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<RecordBatch<'a>> {
         let batch = Self::parse_without_crc(bytes)?;
         let expected = batch.crc();
-        let actual = crc32c::crc32c(&batch.bytes[24..]);
+        let actual = crc32c::crc32c(&batch.bytes[CRC_FROM..]);
         if expected != actual {
             return Err(invalid(format!(
                 "crc32c mismatch: header {expected:#010x}, bytes {actual:#010x}"
@@ -360,7 +417,7 @@ impl<'a> RecordBatch<'a> {
                 bytes.len()
             )));
         }
-        let len = le_u32(bytes, 16) as usize;
+        let len = le_u32(bytes, BATCH_BYTES_AT) as usize;
         if len < BATCH_HEADER_BYTES {
             return Err(invalid(format!(
                 "batch_bytes {len} is below the header size"
@@ -373,10 +430,10 @@ impl<'a> RecordBatch<'a> {
             )));
         }
         let bytes = &bytes[..len];
-        if bytes[24] != BATCH_MAGIC {
+        if bytes[MAGIC_AT] != BATCH_MAGIC {
             return Err(invalid(format!(
                 "magic {} (expected {BATCH_MAGIC})",
-                bytes[24]
+                bytes[MAGIC_AT]
             )));
         }
         Ok(RecordBatch { bytes })
@@ -394,33 +451,52 @@ impl<'a> RecordBatch<'a> {
     pub fn term(&self) -> u64 {
         le_u64(self.bytes, 8)
     }
+    /// The Raft log index of the entry holding this batch (0 until stamped).
+    pub fn entry_index(&self) -> u64 {
+        le_u64(self.bytes, ENTRY_INDEX_AT)
+    }
     pub fn crc(&self) -> u32 {
-        le_u32(self.bytes, 20)
+        le_u32(self.bytes, CRC_AT)
     }
     pub fn attributes(&self) -> u16 {
-        u16::from_le_bytes([self.bytes[26], self.bytes[27]])
+        u16::from_le_bytes([self.bytes[ATTRIBUTES_AT], self.bytes[ATTRIBUTES_AT + 1]])
+    }
+    /// A control batch ([`attributes::CONTROL`]): consumers skip it.
+    pub fn is_control(&self) -> bool {
+        self.attributes() & attributes::CONTROL != 0
+    }
+    /// The payload of a control batch: its one record's value. `None` for a
+    /// data batch or a control batch that is not one valued record.
+    pub fn control_payload(&self) -> Option<&'a [u8]> {
+        if !self.is_control() || self.record_count() != 1 {
+            return None;
+        }
+        self.records().next()?.ok()?.value
     }
     pub fn record_count(&self) -> u32 {
-        le_u32(self.bytes, 28)
+        le_u32(self.bytes, RECORD_COUNT_AT)
     }
     /// Offset of the last record if offsets are contiguous (not compacted).
     pub fn last_offset(&self) -> u64 {
         self.base_offset() + u64::from(self.record_count().saturating_sub(1))
     }
     pub fn first_timestamp_ms(&self) -> i64 {
-        le_u64(self.bytes, 32) as i64
+        le_u64(self.bytes, FIRST_TIMESTAMP_AT) as i64
     }
     pub fn max_timestamp_ms(&self) -> i64 {
-        le_u64(self.bytes, 40) as i64
+        le_u64(self.bytes, MAX_TIMESTAMP_AT) as i64
     }
     pub fn producer_id(&self) -> i64 {
-        le_u64(self.bytes, 48) as i64
+        le_u64(self.bytes, PRODUCER_ID_AT) as i64
     }
     pub fn producer_epoch(&self) -> i16 {
-        i16::from_le_bytes([self.bytes[56], self.bytes[57]])
+        i16::from_le_bytes([
+            self.bytes[PRODUCER_EPOCH_AT],
+            self.bytes[PRODUCER_EPOCH_AT + 1],
+        ])
     }
     pub fn base_sequence(&self) -> i32 {
-        le_u32(self.bytes, 60) as i32
+        le_u32(self.bytes, BASE_SEQUENCE_AT) as i32
     }
 
     /// The records, each checked against the bytes that remain.
@@ -626,11 +702,12 @@ mod tests {
             headers: &[],
         });
         let mut bytes = b.finish();
-        bytes[20] ^= 0xff; // the stored CRC
+        bytes[CRC_AT] ^= 0xff; // the stored CRC
         assert!(RecordBatch::parse(&bytes).is_err());
         let batch = RecordBatch::parse_without_crc(&bytes).unwrap();
         batch.validate_records().unwrap();
-        bytes[16] = 10; // a length below the header is still refused
+        bytes[BATCH_BYTES_AT..BATCH_BYTES_AT + 4].copy_from_slice(&10u32.to_le_bytes());
+        // a length below the header is still refused
         assert!(RecordBatch::parse_without_crc(&bytes).is_err());
     }
 
@@ -646,8 +723,45 @@ mod tests {
         let mut bytes = b.finish();
         set_base_offset(&mut bytes, 1000);
         set_term(&mut bytes, 7);
+        set_entry_index(&mut bytes, 42);
         let batch = RecordBatch::parse(&bytes).unwrap();
-        assert_eq!((batch.base_offset(), batch.term()), (1000, 7));
+        assert_eq!(
+            (batch.base_offset(), batch.term(), batch.entry_index()),
+            (1000, 7, 42)
+        );
         assert_eq!(batch.records().next().unwrap().unwrap().offset, 1000);
+        assert!(!batch.is_control());
+        assert_eq!(batch.control_payload(), None);
+        assert_eq!(peek_batch_bytes(&bytes[..27]), None);
+        assert_eq!(peek_batch_bytes(&bytes[..28]), Some(bytes.len() as u32));
+    }
+
+    #[test]
+    fn control_batches_round_trip() {
+        let payload = b"\x01membership: 1,2,3";
+        let mut bytes = encode_control_batch(payload, 1_700_000_000_000);
+        set_base_offset(&mut bytes, 9);
+        set_term(&mut bytes, 4);
+        set_entry_index(&mut bytes, 17);
+        assert_eq!(batch_attributes(&bytes), Some(attributes::CONTROL));
+        assert_eq!(batch_attributes(&bytes[..BATCH_HEADER_BYTES - 1]), None);
+        let batch = RecordBatch::parse(&bytes).unwrap();
+        batch.validate_records().unwrap();
+        assert!(batch.is_control());
+        assert_eq!(batch.record_count(), 1);
+        assert_eq!(
+            (batch.base_offset(), batch.term(), batch.entry_index()),
+            (9, 4, 17)
+        );
+        assert_eq!(batch.control_payload(), Some(&payload[..]));
+        let r = batch.records().next().unwrap().unwrap();
+        assert_eq!(
+            (r.offset, r.key, r.timestamp_ms),
+            (9, None, 1_700_000_000_000)
+        );
+        // An empty payload is still one record (one offset).
+        let empty = encode_control_batch(b"", 0);
+        let batch = RecordBatch::parse(&empty).unwrap();
+        assert_eq!(batch.control_payload(), Some(&b""[..]));
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! A frame's body is an rkyv archive, always validated before it is read. The
 //! record batch has its own fixed layout (not rkyv) so that the leader can stamp
-//! base offset and term without re-encoding and the log can store the producer's
+//! base offset and term (and each replica the Raft entry index) without re-encoding and the log can store the producer's
 //! bytes as they are.
 //!
 //! ```
@@ -34,8 +34,8 @@ pub mod messages;
 pub mod names;
 
 pub use batch::{
-    batches, set_base_offset, set_term, Header, NewRecord, Record, RecordBatch, RecordBatchBuilder,
-    BATCH_HEADER_BYTES,
+    batch_attributes, batches, encode_control_batch, set_base_offset, set_entry_index, set_term,
+    Header, NewRecord, Record, RecordBatch, RecordBatchBuilder, BATCH_HEADER_BYTES,
 };
 pub use error::{ErrorCode, Result, WireError};
 pub use frame::{

@@ -84,7 +84,7 @@ proptest! {
              proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..10),
                                         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..10))), 0..3)),
             0..20),
-        base in 0..(1u64 << 62), term in any::<u64>(),
+        base in 0..(1u64 << 62), term in any::<u64>(), entry in any::<u64>(),
         producer in (any::<i64>(), any::<i16>(), any::<i32>()),
     ) {
         let mut b = RecordBatchBuilder::new().producer(producer.0, producer.1, producer.2);
@@ -97,10 +97,12 @@ proptest! {
         let mut bytes = b.finish();
         set_base_offset(&mut bytes, base);
         set_term(&mut bytes, term);
+        set_entry_index(&mut bytes, entry);
         let batch = RecordBatch::parse(&bytes).unwrap();
         batch.validate_records().unwrap();
         prop_assert_eq!(batch.base_offset(), base);
         prop_assert_eq!(batch.term(), term);
+        prop_assert_eq!(batch.entry_index(), entry);
         prop_assert_eq!(batch.record_count() as usize, records.len());
         prop_assert_eq!((batch.producer_id(), batch.producer_epoch(), batch.base_sequence()), producer);
         for (i, (got, want)) in batch.records().zip(&records).enumerate() {

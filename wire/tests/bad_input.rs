@@ -344,7 +344,8 @@ fn a_damaged_record_batch_is_refused_at_every_truncation_and_bit_flip() {
             "truncated to {len}"
         );
     }
-    for i in 16..bytes.len() {
+    // Bytes 0..24 (base offset, term, entry index) are stamped outside the CRC.
+    for i in 24..bytes.len() {
         let mut bad = bytes.clone();
         bad[i] ^= 0x10;
         let ok = RecordBatch::parse(&bad).and_then(|b| b.validate_records());
@@ -356,9 +357,9 @@ fn a_damaged_record_batch_is_refused_at_every_truncation_and_bit_flip() {
 fn record_lengths_and_counts_are_checked_against_the_bytes_left() {
     // A batch whose header claims more records than it holds.
     let mut bytes = batch_of(2);
-    bytes[28..32].copy_from_slice(&1_000_000u32.to_le_bytes());
-    let crc = crc32c::crc32c(&bytes[24..]);
-    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    bytes[36..40].copy_from_slice(&1_000_000u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[32..]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     let batch = RecordBatch::parse(&bytes).unwrap();
     assert!(batch.validate_records().is_err());
     // The iterator stops at the first error instead of looping a million times.
@@ -377,8 +378,8 @@ fn record_lengths_and_counts_are_checked_against_the_bytes_left() {
     let key_len_at = wire::BATCH_HEADER_BYTES + 4;
     assert_eq!(bytes[key_len_at], 4);
     bytes[key_len_at] = 0x7f;
-    let crc = crc32c::crc32c(&bytes[24..]);
-    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[32..]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     let err = RecordBatch::parse(&bytes)
         .unwrap()
         .validate_records()

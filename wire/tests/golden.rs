@@ -68,6 +68,7 @@ fn golden_batch() -> Vec<u8> {
     let mut bytes = b.finish();
     set_base_offset(&mut bytes, 4096);
     set_term(&mut bytes, 3);
+    set_entry_index(&mut bytes, 12);
     bytes
 }
 
@@ -79,9 +80,15 @@ fn record_batch_layout_is_unchanged() {
     let stored = std::fs::read(golden_path("record_batch.bin")).unwrap();
     let batch = RecordBatch::parse(&stored).unwrap();
     assert_eq!(
-        (batch.base_offset(), batch.term(), batch.record_count()),
-        (4096, 3, 3)
+        (
+            batch.base_offset(),
+            batch.term(),
+            batch.entry_index(),
+            batch.record_count()
+        ),
+        (4096, 3, 12, 3)
     );
+    assert!(!batch.is_control());
     assert_eq!(
         (
             batch.producer_id(),
@@ -105,6 +112,24 @@ fn record_batch_layout_is_unchanged() {
     assert_eq!(records[2].offset, 4098);
     assert_eq!(records[2].value, None);
     assert_eq!(records[2].timestamp_ms, 1_699_999_999_990);
+}
+
+#[test]
+fn control_batch_layout_is_unchanged() {
+    let mut bytes = encode_control_batch(b"no-op", 1_700_000_000_000);
+    set_base_offset(&mut bytes, 4099);
+    set_term(&mut bytes, 4);
+    set_entry_index(&mut bytes, 13);
+    check_golden("control_batch.bin", &bytes);
+    let stored = std::fs::read(golden_path("control_batch.bin")).unwrap();
+    let batch = RecordBatch::parse(&stored).unwrap();
+    assert!(batch.is_control());
+    assert_eq!(batch_attributes(&stored), Some(batch::attributes::CONTROL));
+    assert_eq!(
+        (batch.base_offset(), batch.term(), batch.entry_index()),
+        (4099, 4, 13)
+    );
+    assert_eq!(batch.control_payload(), Some(&b"no-op"[..]));
 }
 
 fn golden_produce() -> ProduceRequest {
