@@ -1,36 +1,55 @@
 //! The record batch layout, as far as storage needs it.
 //!
 //! This is the only module that knows the batch format; it will be swapped
-//! for the `wire` crate's codec once that lands. Header (64 bytes, all little
-//! endian):
+//! for the `wire` crate's codec once that lands (`wire::batch` describes the
+//! same layout; keep both in sync). Header (72 bytes, all little endian):
 //!
 //! | at | field | type |
 //! |---|---|---|
 //! | 0 | base_offset | u64 |
 //! | 8 | term | u64 |
-//! | 16 | batch_bytes (whole batch, header included) | u32 |
-//! | 20 | crc32c over `[24..batch_bytes)` | u32 |
-//! | 28 | record_count | u32 |
-//! | 32 | first_timestamp_ms | i64 |
-//! | 40 | max_timestamp_ms | i64 |
+//! | 16 | entry_index: Raft log index of the entry holding the batch | u64 |
+//! | 24 | batch_bytes (whole batch, header included) | u32 |
+//! | 28 | crc32c over `[32..batch_bytes)` | u32 |
+//! | 32 | magic (2) | u8 |
+//! | 33 | reserved | u8 |
+//! | 34 | attributes (bit 4: control batch) | u16 |
+//! | 36 | record_count | u32 |
+//! | 40 | first_timestamp_ms | i64 |
+//! | 48 | max_timestamp_ms | i64 |
+//! | 56 | producer id, epoch, reserved, base sequence (not read here) | 16 bytes |
 //!
-//! Base offset and term are outside the CRC so that the leader can stamp them
-//! without re-hashing. Records follow the header; each is
+//! Base offset, term and entry index are outside the CRC so that they can be
+//! stamped without re-hashing: the leader stamps base offset and term, each
+//! replica stamps the entry index as it persists the entry. Records follow
+//! the header; each is
 //! `varint record_bytes, u8 attributes, zigzag timestamp_delta, varint
 //! offset_delta, varint key_len+1 (0 = null), key, varint value_len+1
 //! (0 = null = tombstone), value, varint header_count, headers...`.
 
 /// Bytes in a batch header.
-pub const HEADER_BYTES: usize = 64;
+pub const HEADER_BYTES: usize = 72;
+/// The batch format version (as `wire::batch::BATCH_MAGIC`).
+pub const MAGIC: u8 = 2;
 const BASE_OFFSET_AT: usize = 0;
 const TERM_AT: usize = 8;
-const BATCH_BYTES_AT: usize = 16;
-const CRC_AT: usize = 20;
+const ENTRY_INDEX_AT: usize = 16;
+const BATCH_BYTES_AT: usize = 24;
+const CRC_AT: usize = 28;
 /// First byte covered by the CRC.
-const CRC_FROM: usize = 24;
-const RECORD_COUNT_AT: usize = 28;
-const FIRST_TIMESTAMP_AT: usize = 32;
-const MAX_TIMESTAMP_AT: usize = 40;
+const CRC_FROM: usize = 32;
+const MAGIC_AT: usize = 32;
+const ATTRIBUTES_AT: usize = 34;
+const RECORD_COUNT_AT: usize = 36;
+const FIRST_TIMESTAMP_AT: usize = 40;
+const MAX_TIMESTAMP_AT: usize = 48;
+
+/// Attribute bits (as `wire::batch::attributes`).
+pub mod attributes {
+    /// A control batch: one record holding an opaque control payload (Raft
+    /// no-op, membership, controller command); consumers skip it.
+    pub const CONTROL: u16 = 1 << 4;
+}
 
 /// Largest batch storage accepts: 16 MiB, so a batch always fits a segment
 /// (segments are at least [`crate::SEGMENT_BYTES_MIN`]) and one append copies
@@ -64,8 +83,11 @@ pub enum BatchError {
 pub struct BatchHeader {
     pub base_offset: u64,
     pub term: u64,
+    /// The Raft log index of the entry holding this batch.
+    pub entry_index: u64,
     pub batch_bytes: u32,
     pub crc: u32,
+    pub attributes: u16,
     pub record_count: u32,
     pub first_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
@@ -105,8 +127,10 @@ pub fn header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(BatchHeader {
         base_offset: u64_at(buf, BASE_OFFSET_AT),
         term: u64_at(buf, TERM_AT),
+        entry_index: u64_at(buf, ENTRY_INDEX_AT),
         batch_bytes,
         crc: u32_at(buf, CRC_AT),
+        attributes: u16::from_le_bytes([buf[ATTRIBUTES_AT], buf[ATTRIBUTES_AT + 1]]),
         record_count,
         first_timestamp_ms: u64_at(buf, FIRST_TIMESTAMP_AT) as i64,
         max_timestamp_ms: u64_at(buf, MAX_TIMESTAMP_AT) as i64,
@@ -133,10 +157,12 @@ pub fn check(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(h)
 }
 
-/// Stamps base offset and term (outside the CRC, so it stays valid).
-pub fn stamp(buf: &mut [u8], base_offset: u64, term: u64) {
+/// Stamps base offset, term and entry index (outside the CRC, so it stays
+/// valid).
+pub fn stamp(buf: &mut [u8], base_offset: u64, term: u64, entry_index: u64) {
     buf[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
     buf[TERM_AT..TERM_AT + 8].copy_from_slice(&term.to_le_bytes());
+    buf[ENTRY_INDEX_AT..ENTRY_INDEX_AT + 8].copy_from_slice(&entry_index.to_le_bytes());
 }
 
 /// One record, borrowed from its batch.
@@ -279,7 +305,7 @@ pub fn last_offset_delta(batch: &[u8]) -> Option<u64> {
 }
 
 /// Builds a batch from already-encoded records, keeping `template`'s header
-/// (offsets, term, timestamps) and fixing length, count and CRC. Used by
+/// (offsets, term, entry index, attributes, timestamps) and fixing length, count and CRC. Used by
 /// compaction to rewrite a batch with fewer records.
 pub fn rebuild(template: &[u8], raw_records: &[&[u8]]) -> Vec<u8> {
     let body: usize = raw_records.iter().map(|r| r.len()).sum();
@@ -312,7 +338,7 @@ pub struct NewRecord {
 /// Stands in for the producer's encoder in tests and benchmarks.
 pub fn build(records: &[NewRecord], first_timestamp_ms: i64) -> Vec<u8> {
     let mut out = vec![0u8; HEADER_BYTES];
-    out[24] = 1; // magic, as wire::batch::BATCH_MAGIC
+    out[MAGIC_AT] = MAGIC;
     out[FIRST_TIMESTAMP_AT..FIRST_TIMESTAMP_AT + 8]
         .copy_from_slice(&first_timestamp_ms.to_le_bytes());
     out[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&first_timestamp_ms.to_le_bytes());
@@ -358,9 +384,10 @@ mod tests {
             (h.record_count, h.first_timestamp_ms, h.batch_bytes as usize),
             (2, 1000, b.len())
         );
-        stamp(&mut b, 77, 5);
+        stamp(&mut b, 77, 5, 9);
         let h = check(&b).unwrap();
-        assert_eq!((h.base_offset, h.term), (77, 5));
+        assert_eq!((h.base_offset, h.term, h.entry_index), (77, 5, 9));
+        assert_eq!(h.attributes, 0);
         let rs: Vec<_> = records(&b).map(|r| r.unwrap()).collect();
         assert_eq!(rs[0].key, Some(&b"a"[..]));
         assert_eq!(rs[0].value, Some(&b"1"[..]));
@@ -371,9 +398,11 @@ mod tests {
     fn corrupt_byte_fails_crc_and_rebuild_keeps_offsets() {
         let mut b = build(&[rec("a", Some("1")), rec("b", Some("2"))], 0);
         let raws: Vec<Vec<u8>> = records(&b).map(|r| r.unwrap().raw.to_vec()).collect();
+        stamp(&mut b, 10, 2, 33);
         let r = rebuild(&b, &[&raws[1]]);
         let h = check(&r).unwrap();
         assert_eq!(h.record_count, 1);
+        assert_eq!((h.base_offset, h.term, h.entry_index), (10, 2, 33));
         assert_eq!(records(&r).next().unwrap().unwrap().offset_delta, 1);
         let last = b.len() - 1;
         b[last] ^= 1;

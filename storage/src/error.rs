@@ -46,6 +46,14 @@ pub enum StorageError {
     NotContiguous { reason: String },
     #[error("offset {offset} outside the log [{start}, {end})")]
     OffsetOutOfRange { offset: u64, start: u64, end: u64 },
+    /// A Raft entry index outside the log's entries `[first, next)`.
+    #[error("entry index {index} outside the log's entries [{first}, {next})")]
+    EntryOutOfRange { index: u64, first: u64, next: u64 },
+    /// An entry index inside the log's range whose batch is gone (key
+    /// compaction dropped it): entry lookups are only guaranteed above the
+    /// compacted range.
+    #[error("entry {index} not found: {reason}")]
+    EntryNotFound { index: u64, reason: String },
     #[error("offset {offset} is not a batch boundary")]
     NotBatchBoundary { offset: u64 },
     /// A batch larger than a whole segment can never be appended to this

@@ -219,6 +219,11 @@ pub(crate) fn lookup_offset(ix: &IndexFile, rel_offset: u32) -> u32 {
     }
 }
 
+/// Position (in the segment file) of offset-index entry `i` (< `count()`).
+pub(crate) fn offset_entry_position(ix: &IndexFile, i: usize) -> u32 {
+    le_u32(ix.entry(i), 4)
+}
+
 /// Position to start scanning from for the first batch with max timestamp
 /// >= `ts`: the entry before the first whose running max reaches `ts`.
 pub(crate) fn lookup_time(ix: &IndexFile, ts: i64) -> u32 {

@@ -20,6 +20,9 @@ use crate::segment::{self, Retired, Segment, SWAP_SUFFIX};
 const SPACE_CHECK_INTERVAL_BYTES: u64 = 1 << 20;
 /// File holding the log start offset (u64 LE + crc32c of those 8 bytes).
 pub(crate) const LOG_START_FILE: &str = "log-start";
+/// File holding the entry index the log continues at while it holds no
+/// batch (u64 LE + crc32c of those 8 bytes); see [`Log::next_entry_index`].
+pub(crate) const ENTRY_START_FILE: &str = "entry-start";
 /// Most segments a partition may have: 1 TiB of default 128 MiB segments
 /// (8192), with 8x headroom for small segments. Bounds open files and maps.
 pub const SEGMENT_COUNT_MAX: usize = 65_536;
@@ -30,6 +33,8 @@ pub struct AppendInfo {
     pub base_offset: u64,
     pub last_offset: u64,
     pub term: u64,
+    /// The Raft entry index stamped into the batch.
+    pub entry_index: u64,
 }
 
 /// The last batch in the log.
@@ -39,6 +44,8 @@ pub struct LastBatch {
     /// The offset after the batch's last record, minus one.
     pub last_offset: u64,
     pub term: u64,
+    /// The batch's Raft entry index.
+    pub entry_index: u64,
 }
 
 /// Bytes borrowed from the map: whole batches, all with valid CRCs.
@@ -107,6 +114,9 @@ pub struct Log {
     /// the next); the last is the active segment and is never sealed.
     pub(crate) segments: Vec<Segment>,
     log_start_offset: u64,
+    /// The entry index of the next append while the log holds no batch
+    /// (otherwise the last batch's entry index + 1 rules).
+    empty_next_entry: u64,
     durable_offset: u64,
     poisoned: Option<String>,
     /// Bumped by every truncation, so a sync that raced one does not
@@ -193,6 +203,9 @@ impl Log {
             let last = i + 1 == bases.len();
             let expect = segments.last().map(|s| s.next_offset);
             let min_term = segments.last().map_or(0, |s| s.last_term);
+            let prev_entry = segments
+                .last()
+                .and_then(|s| Some((s.last_entry_index?, s.last_batch_end)));
             let cut = |segments_dropped, position, reason: String, path: PathBuf| Truncation {
                 path,
                 position,
@@ -214,7 +227,12 @@ impl Log {
             }
             if !last {
                 if let Some(s) = Segment::open_sealed(&dir, base)? {
-                    if s.last_term >= min_term {
+                    // Its first entry must continue the previous segment's
+                    // (else it is scanned, which cuts the log there).
+                    let chained = s
+                        .first_header()
+                        .is_none_or(|h| segment::entry_follows(prev_entry, &h).is_ok());
+                    if s.last_term >= min_term && chained {
                         segments.push(s);
                         i += 1;
                         continue;
@@ -225,7 +243,7 @@ impl Log {
                 .map(|m| m.len())
                 .unwrap_or(0);
             let mut s = Segment::open_for_scan(&dir, base, cfg.segment_bytes_max, interval)?;
-            let end = s.scan(interval, min_term);
+            let end = s.scan(interval, min_term, prev_entry);
             report.segments_scanned += 1;
             report.bytes_scanned += u64::from(end.valid_bytes);
             let next_base = bases.get(i + 1).copied();
@@ -308,6 +326,7 @@ impl Log {
         let first_base = segments[0].base_offset;
         let next = segments.last().map_or(0, |s| s.next_offset);
         let log_start = log_start_file.unwrap_or(first_base).clamp(first_base, next);
+        let empty_next_entry = read_u64_file(&dir, ENTRY_START_FILE).unwrap_or(1).max(1);
         if let Some(b) = &cfg.disk_budget {
             b.take(segments.iter().map(Segment::disk_bytes).sum());
         }
@@ -317,6 +336,7 @@ impl Log {
             config,
             segments,
             log_start_offset: log_start,
+            empty_next_entry,
             // What recovery found is on disk or in the page cache; only a
             // sync in this process proves the former, so durability restarts
             // at the active segment.
@@ -447,16 +467,34 @@ impl Log {
         }
     }
 
-    /// Leader append: stamps the next offset and `term` into the batch.
+    /// Leader append: stamps the next offset, `term` and the next entry
+    /// index ([`Log::next_entry_index`]) into the batch.
     pub fn append(&mut self, batch: &[u8], term: u64) -> Result<AppendInfo> {
+        let entry_index = self.next_entry_index();
+        self.append_entry(batch, term, entry_index)
+    }
+
+    /// Appends the Raft entry `entry_index` holding `batch`: stamps the next
+    /// offset, `term` and `entry_index` into the stored bytes (the caller's
+    /// buffer is not changed). `entry_index` must be
+    /// [`Log::next_entry_index`] (`NotContiguous` otherwise, nothing written).
+    pub fn append_entry(
+        &mut self,
+        batch: &[u8],
+        term: u64,
+        entry_index: u64,
+    ) -> Result<AppendInfo> {
         let mut h = self.check_batch(batch, term)?;
+        self.check_entry_index(entry_index)?;
         h.base_offset = self.next_offset();
         h.term = term;
+        h.entry_index = entry_index;
         self.append_checked(batch, h)
     }
 
-    /// Follower append: the batch already carries base offset and term; the
-    /// base must be the next offset.
+    /// Follower append: the batch already carries base offset, term and
+    /// entry index, all kept; the base must be the next offset and the entry
+    /// index the next entry index.
     pub fn append_replicated(&mut self, batch: &[u8]) -> Result<AppendInfo> {
         // The term check uses the batch's own stamped term.
         let term = batch::header(batch)?.term;
@@ -470,7 +508,18 @@ impl Log {
                 ),
             });
         }
+        self.check_entry_index(h.entry_index)?;
         self.append_checked(batch, h)
+    }
+
+    fn check_entry_index(&self, entry_index: u64) -> Result<()> {
+        let next = self.next_entry_index();
+        if entry_index != next {
+            return Err(StorageError::NotContiguous {
+                reason: format!("entry index {entry_index} but the next entry index is {next}"),
+            });
+        }
+        Ok(())
     }
 
     fn check_batch(&self, batch: &[u8], term: u64) -> Result<BatchHeader> {
@@ -526,6 +575,7 @@ impl Log {
             base_offset: h.base_offset,
             last_offset: h.base_offset + u64::from(h.record_count) - 1,
             term: h.term,
+            entry_index: h.entry_index,
         })
     }
 
@@ -691,7 +741,247 @@ impl Log {
             base_offset: s.last_batch_base?,
             last_offset: s.next_offset - 1,
             term: s.last_term,
+            entry_index: s.last_entry_index?,
         })
+    }
+
+    // ---- Raft entries ------------------------------------------------------
+    //
+    // Every Raft entry is one batch, its entry index stamped in the header
+    // (outside the CRC); indexes go up by exactly 1 from batch to batch
+    // (appends enforce it, recovery cuts the log where it breaks). No extra
+    // index file: entry `i` is found by a binary search over the segments
+    // (each knows its first and last entry index, read from headers in the
+    // map on open) and, inside one, over the sparse offset index, reading the
+    // batch header at each probed point, then a walk of at most about
+    // `index_interval_bytes` of batch headers: O(log segments + log index
+    // points) header reads, each a page of a map.
+    //
+    // Key compaction drops batches whose records were all superseded, which
+    // leaves gaps in the entry indexes below the compaction point: entry
+    // lookups are only guaranteed above the compacted range (Raft sends a
+    // snapshot below it). A missing entry is `EntryNotFound`, never another
+    // entry.
+
+    /// Whether any segment holds a batch (batches below the log start
+    /// included).
+    fn holds_batches(&self) -> bool {
+        self.segments.iter().any(|s| s.data_bytes > 0)
+    }
+
+    /// The entry index the next append gets: one past the last batch's
+    /// entry index, or, while the log holds no batch, the value given by
+    /// [`Log::set_next_entry_index`] or kept when the log was emptied
+    /// (retention, `move_start`, truncation), 1 by default. Survives a
+    /// reopen (file `entry-start` while empty, the batches otherwise).
+    pub fn next_entry_index(&self) -> u64 {
+        self.segments
+            .iter()
+            .rev()
+            .find_map(|s| s.last_entry_index)
+            .map_or(self.empty_next_entry, |e| e + 1)
+    }
+
+    /// The last entry's index; 0 if the log never held an entry (then
+    /// [`Log::next_entry_index`] is 1).
+    pub fn last_entry_index(&self) -> u64 {
+        self.next_entry_index().saturating_sub(1)
+    }
+
+    /// The entry index of the first batch still served: the one holding the
+    /// log start offset. [`Log::next_entry_index`] when the log holds no
+    /// entry at or above the log start.
+    pub fn first_entry_index(&self) -> u64 {
+        let start = self.log_start_offset;
+        if start >= self.next_offset() {
+            return self.next_entry_index();
+        }
+        let s = &self.segments[self.segment_for(start)];
+        let Some(first) = s.first_entry_index else {
+            return self.next_entry_index();
+        };
+        // A damaged header here falls back to the segment's first entry
+        // (reads report the damage).
+        s.position_holding(start)
+            .and_then(|pos| s.header_at(pos))
+            .map_or(first, |h| h.entry_index)
+    }
+
+    /// Sets the entry index of the next append while the log holds no batch
+    /// (after a snapshot install, or a log emptied by retention). Persisted
+    /// at once (`entry-start`: tmp, fsync, rename, fsync of the directory;
+    /// blocking). `NotContiguous` if the log holds a batch or `index` is 0.
+    pub fn set_next_entry_index(&mut self, index: u64) -> Result<()> {
+        self.writable()?;
+        if self.holds_batches() {
+            return Err(StorageError::NotContiguous {
+                reason: format!(
+                    "the next entry index can only be set on an empty log (it holds entries up to {})",
+                    self.last_entry_index()
+                ),
+            });
+        }
+        if index == 0 {
+            return Err(StorageError::NotContiguous {
+                reason: "entry indexes start at 1".into(),
+            });
+        }
+        self.write_entry_start(index)
+    }
+
+    /// Writes `entry-start` durably (tmp, fsync, rename, fsync dir) and sets
+    /// the in-memory value. Called before a change that empties the log,
+    /// so a crash leaves either the old batches or the right value.
+    fn write_entry_start(&mut self, index: u64) -> Result<()> {
+        let mut b = [0u8; 12];
+        b[..8].copy_from_slice(&index.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..8]);
+        b[8..].copy_from_slice(&crc.to_le_bytes());
+        let tmp = self.dir.join(format!("{ENTRY_START_FILE}.tmp"));
+        let dst = self.dir.join(ENTRY_START_FILE);
+        let written = (|| {
+            let mut f = File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
+            io::Write::write_all(&mut f, &b).map_err(|e| StorageError::io("write", &tmp, e))?;
+            f.sync_all()
+                .map_err(|e| StorageError::io("fsync", &tmp, e))?;
+            std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io("rename", &tmp, e))?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StorageError::io("fsync dir", &self.dir, e))
+        })();
+        written.map_err(|e| self.fail(e))?;
+        self.empty_next_entry = index;
+        Ok(())
+    }
+
+    fn entry_out_of_range(&self, index: u64) -> StorageError {
+        StorageError::EntryOutOfRange {
+            index,
+            first: self.first_entry_index(),
+            next: self.next_entry_index(),
+        }
+    }
+
+    /// (segment, position) of entry `index`.
+    fn locate_entry(&self, index: u64) -> Result<(usize, usize)> {
+        if index < self.first_entry_index() || index >= self.next_entry_index() {
+            return Err(self.entry_out_of_range(index));
+        }
+        // Segments with batches come first, ordered by entry index; only
+        // the (empty) active segment can have none.
+        let i = self
+            .segments
+            .partition_point(|s| s.first_entry_index.is_some_and(|e| e <= index))
+            .saturating_sub(1);
+        match self.segments[i].find_entry(index)? {
+            Some(pos) => Ok((i, pos)),
+            None => Err(StorageError::EntryNotFound {
+                index,
+                reason: format!(
+                    "no batch of {} has it (removed by key compaction)",
+                    self.segments[i].log_path.display()
+                ),
+            }),
+        }
+    }
+
+    fn entry_header(&self, index: u64) -> Result<BatchHeader> {
+        let (i, pos) = self.locate_entry(index)?;
+        self.segments[i].header_at(pos)
+    }
+
+    /// The term stamped in entry `index`'s batch header.
+    pub fn entry_term(&self, index: u64) -> Result<u64> {
+        Ok(self.entry_header(index)?.term)
+    }
+
+    /// The base offset of entry `index`'s batch.
+    pub fn entry_base_offset(&self, index: u64) -> Result<u64> {
+        Ok(self.entry_header(index)?.base_offset)
+    }
+
+    /// The offset after entry `index`'s records: base offset + record count
+    /// (the high watermark once the entry is committed).
+    pub fn entry_end_offset(&self, index: u64) -> Result<u64> {
+        let h = self.entry_header(index)?;
+        Ok(h.base_offset + u64::from(h.record_count))
+    }
+
+    /// The bytes of entry `index` (one whole batch, CRC-checked), borrowed
+    /// from the segment's map.
+    pub fn read_entry(&self, index: u64) -> Result<&[u8]> {
+        let (i, pos) = self.locate_entry(index)?;
+        Ok(self.segments[i].batch_at(pos)?.1)
+    }
+
+    /// Entries `[lo, hi)`, one CRC-checked batch each, borrowed from the
+    /// maps, at most `bytes_max` bytes in all but at least one entry when
+    /// `lo < hi`. May cross segments. Stops short (returning what it has)
+    /// at a damaged batch or a gap left by compaction; the next call from
+    /// there reports it. `EntryOutOfRange` if `lo` is outside the entries
+    /// or `hi` past [`Log::next_entry_index`].
+    pub fn read_entries(&self, lo: u64, hi: u64, bytes_max: usize) -> Result<Vec<&[u8]>> {
+        if hi > self.next_entry_index() {
+            return Err(self.entry_out_of_range(hi));
+        }
+        let mut out = Vec::new();
+        if lo >= hi {
+            return Ok(out);
+        }
+        let (mut i, mut pos) = self.locate_entry(lo)?;
+        let mut bytes = 0usize;
+        let mut want = lo;
+        while want < hi && i < self.segments.len() {
+            let s = &self.segments[i];
+            if pos >= s.data_bytes as usize {
+                i += 1;
+                pos = 0;
+                continue;
+            }
+            let (h, b) = match s.batch_at(pos) {
+                Ok(x) => x,
+                Err(e) if out.is_empty() => return Err(e),
+                Err(_) => break,
+            };
+            if h.entry_index != want || (!out.is_empty() && bytes + b.len() > bytes_max) {
+                break;
+            }
+            bytes += b.len();
+            out.push(b);
+            want += 1;
+            pos += b.len();
+        }
+        Ok(out)
+    }
+
+    /// Removes entry `index` and every later one (Raft's conflict
+    /// resolution): [`Log::truncate_suffix`] at its base offset. Afterwards
+    /// [`Log::next_entry_index`] is `index` (above the compacted range). An
+    /// index at or past the next entry index is a no-op.
+    pub fn truncate_entries_from(&mut self, index: u64) -> Result<()> {
+        if index >= self.next_entry_index() {
+            return Ok(());
+        }
+        let base = self.entry_base_offset(index)?;
+        self.truncate_suffix(base)
+    }
+
+    /// The entry holding record `offset` (for mapping a commit index to
+    /// offsets and back); `None` outside `[log_start_offset, next_offset)`
+    /// or where the batch header is damaged. An offset in a gap left by
+    /// compaction belongs to the batch before it.
+    pub fn entry_for_offset(&self, offset: u64) -> Option<u64> {
+        if offset < self.log_start_offset || offset >= self.next_offset() {
+            return None;
+        }
+        let i = self.segment_for(offset);
+        let s = &self.segments[i];
+        let h = s.header_at(s.position_holding(offset).ok()?).ok()?;
+        if h.base_offset > offset && i > 0 {
+            // In a gap before the segment's first batch.
+            return self.segments[i - 1].last_entry_index;
+        }
+        Some(h.entry_index)
     }
 
     /// Removes every batch at or above `offset` (a batch boundary) — Raft's
@@ -717,6 +1007,10 @@ impl Log {
         let h = self.segments[i].batch_holding(offset)?;
         if h.base_offset != offset && offset != self.segments[i].base_offset {
             return Err(StorageError::NotBatchBoundary { offset });
+        }
+        if i == 0 && self.segments[0].first_entry_index == Some(h.entry_index) {
+            // The log is left without a batch: keep where entries continue.
+            self.write_entry_start(h.entry_index)?;
         }
         // Cut the segment that holds `offset` before deleting the later
         // ones: a failure while reopening or zeroing it then leaves the log
@@ -760,6 +1054,13 @@ impl Log {
             return Ok(Removed::default());
         }
         let mut removed = Removed::default();
+        let empties = offset >= self.next_offset()
+            || (self.active().data_bytes == 0 && offset >= self.active().base_offset);
+        if empties && self.holds_batches() {
+            // No batch will be left: keep where entries continue.
+            let next_entry = self.next_entry_index();
+            self.write_entry_start(next_entry)?;
+        }
         if offset >= self.next_offset() && offset > self.active().base_offset {
             let cap = self.config.segment_bytes_max;
             let fresh = Segment::create(
@@ -1011,7 +1312,13 @@ pub fn blocking_sync(job: &SyncJob) -> io::Result<()> {
 }
 
 fn read_log_start(dir: &Path) -> Option<u64> {
-    let b = std::fs::read(dir.join(LOG_START_FILE)).ok()?;
+    read_u64_file(dir, LOG_START_FILE)
+}
+
+/// A `u64 LE + crc32c` file (`log-start`, `entry-start`); `None` if it is
+/// missing or damaged.
+fn read_u64_file(dir: &Path, name: &str) -> Option<u64> {
+    let b = std::fs::read(dir.join(name)).ok()?;
     if b.len() != 12 {
         return None;
     }

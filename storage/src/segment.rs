@@ -134,6 +134,24 @@ fn write_all_at(file: &File, parts: &[&[u8]; 2], at: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the batch `h` continues the entry sequence after a batch with
+/// entry index `prev.0` whose records ended at offset `prev.1` (`None`: no
+/// batch before it, anything goes). Entry indexes increase; they go up by
+/// exactly 1 unless offsets skip between the two batches, which only
+/// compaction does (it drops batches whose records were all superseded).
+pub(crate) fn entry_follows(prev: Option<(u64, u64)>, h: &BatchHeader) -> Result<(), String> {
+    let Some((entry, end)) = prev else {
+        return Ok(());
+    };
+    if h.entry_index <= entry || (h.base_offset <= end && h.entry_index != entry + 1) {
+        return Err(format!(
+            "batch at offset {} has entry index {}, which does not follow entry {entry}",
+            h.base_offset, h.entry_index
+        ));
+    }
+    Ok(())
+}
+
 /// How a scan of a segment ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ScanEnd {
@@ -162,6 +180,12 @@ pub(crate) struct Segment {
     pub max_timestamp_ms: i64,
     pub last_term: u64,
     pub last_batch_base: Option<u64>,
+    /// Entry index of the first and the last batch (`None`: no batch).
+    pub first_entry_index: Option<u64>,
+    pub last_entry_index: Option<u64>,
+    /// `base_offset + record_count` of the last batch (its own end, which a
+    /// compacted batch's span can exceed).
+    pub last_batch_end: u64,
     bytes_since_index: u32,
     pub first_append_ms: Option<i64>,
     /// (device, inode) of the log file, so a syncer can cache open files.
@@ -258,6 +282,9 @@ impl Segment {
             max_timestamp_ms: i64::MIN,
             last_term: 0,
             last_batch_base: None,
+            first_entry_index: None,
+            last_entry_index: None,
+            last_batch_end: base_offset,
             bytes_since_index: 0,
             first_append_ms: None,
             file_id: (md.dev(), md.ino()),
@@ -285,10 +312,18 @@ impl Segment {
         let mut s = Self::assemble(base_offset, log_path, file, f.data_bytes, index, time_index)?;
         // The footer says where the last batch is; check that one header so a
         // swapped or rewritten log file is not trusted with a stale index.
-        let last_ok = s.batch_positions_tail_check(&f);
-        if !last_ok {
+        let Some(last) = s.batch_positions_tail_check(&f) else {
+            return Ok(None);
+        };
+        let Ok(first) = batch::header(&s.map[..f.data_bytes as usize]) else {
+            return Ok(None);
+        };
+        if first.entry_index > last.entry_index {
             return Ok(None);
         }
+        s.first_entry_index = Some(first.entry_index);
+        s.last_entry_index = Some(last.entry_index);
+        s.last_batch_end = last.base_offset + u64::from(last.record_count);
         s.data_bytes = f.data_bytes;
         s.synced_bytes = f.data_bytes;
         s.next_offset = f.next_offset;
@@ -299,24 +334,21 @@ impl Segment {
         Ok(Some(s))
     }
 
-    fn batch_positions_tail_check(&self, f: &Footer) -> bool {
+    /// The last batch's header if it is where the footer says.
+    fn batch_positions_tail_check(&self, f: &Footer) -> Option<BatchHeader> {
         let rel = f.last_batch_base.saturating_sub(self.base_offset);
-        let Ok(rel) = u32::try_from(rel) else {
-            return false;
-        };
+        let rel = u32::try_from(rel).ok()?;
         let mut pos = index::lookup_offset(&self.index, rel) as usize;
         let end = f.data_bytes as usize;
         while pos < end {
-            let Ok(h) = batch::header(&self.map[pos..end]) else {
-                return false;
-            };
+            let h = batch::header(&self.map[pos..end]).ok()?;
             let next = pos + h.batch_bytes as usize;
             if next == end {
-                return h.base_offset == f.last_batch_base && h.term == f.last_term;
+                return (h.base_offset == f.last_batch_base && h.term == f.last_term).then_some(h);
             }
             pos = next;
         }
-        false
+        None
     }
 
     /// Opens a segment's log file for a full scan (recovery of the active
@@ -348,9 +380,16 @@ impl Segment {
     }
 
     /// Walks the batches from position 0 to the end of the file, checking
-    /// framing, CRC, increasing offsets and non-decreasing terms, rebuilding
-    /// both indexes. Stops at the first batch that fails.
-    pub fn scan(&mut self, interval: u32, min_term: u64) -> ScanEnd {
+    /// framing, CRC, increasing offsets, non-decreasing terms and entry
+    /// indexes that continue the sequence ([`entry_follows`]; `prev_entry` is
+    /// the previous segment's last entry index and last batch end, if any),
+    /// rebuilding both indexes. Stops at the first batch that fails.
+    pub fn scan(
+        &mut self,
+        interval: u32,
+        min_term: u64,
+        prev_entry: Option<(u64, u64)>,
+    ) -> ScanEnd {
         self.index.truncate_entries(0);
         self.time_index.truncate_entries(0);
         self.reset_tail_state();
@@ -380,6 +419,13 @@ impl Segment {
                     h.term
                 ));
             }
+            let prev = match self.last_entry_index {
+                Some(e) => Some((e, self.last_batch_end)),
+                None => prev_entry,
+            };
+            if let Err(reason) = entry_follows(prev, &h) {
+                break Some(reason);
+            }
             last_term = h.term;
             self.note_batch(pos as u32, &h, interval);
             pos += h.batch_bytes as usize;
@@ -398,6 +444,9 @@ impl Segment {
         self.max_timestamp_ms = i64::MIN;
         self.last_term = 0;
         self.last_batch_base = None;
+        self.first_entry_index = None;
+        self.last_entry_index = None;
+        self.last_batch_end = self.base_offset;
         self.bytes_since_index = 0;
     }
 
@@ -420,14 +469,17 @@ impl Segment {
         self.next_offset = h.base_offset + u64::from(h.record_count);
         self.last_term = h.term;
         self.last_batch_base = Some(h.base_offset);
+        self.first_entry_index.get_or_insert(h.entry_index);
+        self.last_entry_index = Some(h.entry_index);
+        self.last_batch_end = h.base_offset + u64::from(h.record_count);
     }
 
     pub fn has_room(&self, batch_bytes: usize) -> bool {
         self.data_bytes as usize + batch_bytes <= self.capacity_bytes as usize
     }
 
-    /// Writes a checked batch at the write position, stamping base offset
-    /// and term. The bytes go in with one `pwritev` into the page cache that
+    /// Writes a checked batch at the write position, stamping base offset,
+    /// term and entry index from `h`. The bytes go in with one `pwritev` into the page cache that
     /// the map shares (coherent on Linux), which costs the same as the raw
     /// sequential write it is measured against and, unlike stores into the
     /// map, turns an I/O error into an error instead of a SIGBUS. `torn`
@@ -445,7 +497,7 @@ impl Segment {
         debug_assert!(self.has_room(len) && !self.sealed);
         let mut head = [0u8; HEADER_BYTES];
         head.copy_from_slice(&bytes[..HEADER_BYTES]);
-        batch::stamp(&mut head, h.base_offset, h.term);
+        batch::stamp(&mut head, h.base_offset, h.term, h.entry_index);
         let body = &bytes[HEADER_BYTES..];
         let body = if torn { &body[..body.len() / 2] } else { body };
         write_all_at(&self.file, &[&head, body], pos as u64)?;
@@ -491,7 +543,8 @@ impl Segment {
         }
     }
 
-    fn header_at(&self, pos: usize) -> Result<BatchHeader> {
+    /// The header at `pos` (unverified; framing checked).
+    pub fn header_at(&self, pos: usize) -> Result<BatchHeader> {
         let end = self.data_bytes as usize;
         let h = batch::header(&self.map[pos..end]).map_err(|e| self.corrupt(pos, e.to_string()))?;
         if pos + h.batch_bytes as usize > end {
@@ -619,6 +672,71 @@ impl Segment {
         self.verify_at(pos)
     }
 
+    /// Position of the batch with entry index `entry`, `None` if the segment
+    /// holds no such batch (outside its entries, or removed by compaction).
+    ///
+    /// Entry indexes increase from batch to batch, so this is a binary search
+    /// over the sparse offset index, reading the batch header at each probed
+    /// index point (O(log n) header reads, each a page of the map), then a
+    /// forward walk over headers from the last point at or below `entry`
+    /// (about `index_interval_bytes` of batches). Headers only: the caller
+    /// verifies the CRC of the batch it serves.
+    pub fn find_entry(&self, entry: u64) -> Result<Option<usize>> {
+        let (Some(first), Some(last)) = (self.first_entry_index, self.last_entry_index) else {
+            return Ok(None);
+        };
+        if entry < first || entry > last {
+            return Ok(None);
+        }
+        let end = self.data_bytes as usize;
+        let (mut lo, mut hi) = (0usize, self.index.count());
+        // Invariant: the index points below `lo` start at or below `entry`.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let pos = index::offset_entry_position(&self.index, mid) as usize;
+            let at_or_below = pos < end
+                && batch::header(&self.map[pos..end]).is_ok_and(|h| h.entry_index <= entry);
+            if at_or_below {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut pos = match lo {
+            0 => 0,
+            n => index::offset_entry_position(&self.index, n - 1) as usize,
+        };
+        // A point that does not land on a sane header at or below `entry`
+        // means a bad index entry: walk from the start instead.
+        if pos >= end || !batch::header(&self.map[pos..end]).is_ok_and(|h| h.entry_index <= entry) {
+            pos = 0;
+        }
+        while pos < end {
+            let h = self.header_at(pos)?;
+            if h.entry_index == entry {
+                return Ok(Some(pos));
+            }
+            if h.entry_index > entry {
+                return Ok(None);
+            }
+            pos += h.batch_bytes as usize;
+        }
+        Ok(None)
+    }
+
+    /// Header of the first batch (unverified), `None` for an empty segment
+    /// or a damaged header.
+    pub fn first_header(&self) -> Option<BatchHeader> {
+        (self.data_bytes > 0)
+            .then(|| batch::header(&self.map[..self.data_bytes as usize]).ok())
+            .flatten()
+    }
+
+    /// Position of the batch holding `offset` (see [`Segment::batch_holding`]).
+    pub fn position_holding(&self, offset: u64) -> Result<usize> {
+        self.locate(offset)
+    }
+
     /// Base offset of the first batch whose max timestamp is >= `ts`.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>> {
         let end = self.data_bytes as usize;
@@ -667,7 +785,7 @@ impl Segment {
         // Rebuild tail state and indexes up to the cut (bounded by the segment).
         let verified = self.verified_bytes.get().min(pos as u32);
         let synced = self.synced_bytes;
-        self.scan(interval, 0);
+        self.scan(interval, 0, None);
         self.synced_bytes = synced;
         self.data_bytes = pos as u32;
         self.verified_bytes.set(verified);

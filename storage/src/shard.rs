@@ -161,6 +161,21 @@ impl Partition {
         self.after_append(info).await
     }
 
+    /// Appends Raft entry `entry_index` ([`Log::append_entry`]); under
+    /// `EveryBatch` returns once the batch is durable.
+    pub async fn append_entry(
+        &self,
+        batch: &[u8],
+        term: u64,
+        entry_index: u64,
+    ) -> Result<AppendInfo> {
+        let info = self
+            .log
+            .borrow_mut()
+            .append_entry(batch, term, entry_index)?;
+        self.after_append(info).await
+    }
+
     /// Follower append; under `EveryBatch` returns once the batch is durable.
     pub async fn append_replicated(&self, batch: &[u8]) -> Result<AppendInfo> {
         let info = self.log.borrow_mut().append_replicated(batch)?;

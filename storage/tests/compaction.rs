@@ -613,7 +613,7 @@ fn compaction_refuses_delete_topics_and_appends_refuse_empty_batches() {
         log.append(&empty, 1),
         Err(StorageError::InvalidBatch(_))
     ));
-    batch::stamp(&mut b, 0, 1);
+    batch::stamp(&mut b, 0, 1, 1);
     log.append(&b, 1).unwrap();
     assert_eq!(log.next_offset(), 1);
 }

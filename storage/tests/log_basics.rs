@@ -19,10 +19,11 @@ fn appends_are_read_back_byte_for_byte_across_segments() {
         );
         let n = 1 + i % 4;
         assert_eq!(info.last_offset, info.base_offset + n - 1);
+        assert_eq!(info.entry_index, i + 1);
         want.push((
             info.base_offset,
             n,
-            stamped(b, info.base_offset, 1 + i / 20),
+            stamped(b, info.base_offset, 1 + i / 20, i + 1),
         ));
     }
     assert!(log.segment_bases().len() >= 3, "small segments roll");
@@ -166,19 +167,24 @@ fn timestamp_lookup_finds_the_first_batch_at_or_after() {
 fn replicated_appends_must_continue_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), small_config()).unwrap();
-    let b = stamped(batch(0, 2, 10, 0), 0, 3);
+    let b = stamped(batch(0, 2, 10, 0), 0, 3, 1);
     assert_eq!(log.append_replicated(&b).unwrap().last_offset, 1);
-    let gap = stamped(batch(1, 1, 10, 0), 5, 3);
+    let gap = stamped(batch(1, 1, 10, 0), 5, 3, 2);
     assert!(matches!(
         log.append_replicated(&gap),
         Err(StorageError::NotContiguous { .. })
     ));
-    let old_term = stamped(batch(1, 1, 10, 0), 2, 2);
+    let entry_gap = stamped(batch(1, 1, 10, 0), 2, 3, 3);
+    assert!(matches!(
+        log.append_replicated(&entry_gap),
+        Err(StorageError::NotContiguous { .. })
+    ));
+    let old_term = stamped(batch(1, 1, 10, 0), 2, 2, 2);
     assert!(matches!(
         log.append_replicated(&old_term),
         Err(StorageError::NotContiguous { .. })
     ));
-    let mut bad = stamped(batch(1, 1, 10, 0), 2, 3);
+    let mut bad = stamped(batch(1, 1, 10, 0), 2, 3, 2);
     let n = bad.len();
     bad[n - 1] ^= 0xff;
     assert!(matches!(
@@ -229,7 +235,7 @@ fn truncate_into_a_segment_sealed_exactly_full() {
     assert!(log.poisoned().is_none());
     assert_eq!(log.next_offset(), 2);
     assert_eq!(log.segment_bases(), vec![0]);
-    let want = vec![(0, 1, stamped(first.clone(), 0, 1))];
+    let want = vec![(0, 1, stamped(first.clone(), 0, 1, 1))];
     assert_eq!(read_all(&log), want);
     // The reopened segment takes appends again.
     let again = batch(4, 1, 50, 11);
@@ -241,6 +247,6 @@ fn truncate_into_a_segment_sealed_exactly_full() {
     assert!(report.truncations.is_empty(), "{report:?}");
     assert_eq!(log.next_offset(), 3);
     let mut want = want;
-    want.push((2, 2, stamped(again, 2, 2)));
+    want.push((2, 2, stamped(again, 2, 2, 2)));
     assert_eq!(read_all(&log), want);
 }

@@ -21,6 +21,7 @@ struct MBatch {
     base: u64,
     count: u64,
     term: u64,
+    entry: u64,
     bytes: Vec<u8>,
 }
 
@@ -121,11 +122,16 @@ fn run(seed: u64) {
                 let term = m.last_term().max(1) + u64::from(rng.gen_ratio(1, 20));
                 log.append(&b, term).map(|info| {
                     assert_eq!(info.base_offset, m.next, "{ctx}: append offset");
+                    if let Some(prev) = m.batches.last() {
+                        assert_eq!(info.entry_index, prev.entry + 1, "{ctx}: entry index");
+                    }
+                    assert_eq!(log.next_entry_index(), info.entry_index + 1, "{ctx}");
                     m.batches.push(MBatch {
                         base: m.next,
                         count: n as u64,
                         term,
-                        bytes: stamped(b, m.next, term),
+                        entry: info.entry_index,
+                        bytes: stamped(b, m.next, term, info.entry_index),
                     });
                     m.next += n as u64;
                 })

@@ -23,7 +23,7 @@ fn fill(dir: &Path, n: u64) -> (Vec<Vec<u8>>, usize) {
         let b = batch(i, 1, VALUE_BYTES, i as i64);
         let info = log.append(&b, 1).unwrap();
         assert_eq!(info.base_offset, i);
-        v.push(stamped(b, i, 1));
+        v.push(stamped(b, i, 1, i + 1));
     }
     log.sync_now().unwrap();
     let len = v[0].len();
@@ -135,7 +135,7 @@ fn torn_header_at_the_tail_is_dropped() {
     // The last batch's length field is garbage (a torn header).
     patch(
         &path,
-        ((n - 1) * len + 16) as u64,
+        ((n - 1) * len + 24) as u64,
         &[0xff, 0xff, 0x00, 0x10],
     );
     assert_survivors(dir.path(), &want, want.len() - 1);

@@ -151,7 +151,12 @@ fn archive_streams_in_random_chunks_resumes_and_installs() {
     // The reopened partition takes appends after the archive, and keeps
     // everything across another reopen.
     let mut b = batch(7, 2, 50, 0);
-    batch::stamp(&mut b, dst.next_offset(), meta.last_included_term);
+    batch::stamp(
+        &mut b,
+        dst.next_offset(),
+        meta.last_included_term,
+        dst.next_entry_index(),
+    );
     dst.append_replicated(&b).unwrap();
     dst.sync_now().unwrap();
     let after = read_all(&dst);

@@ -61,9 +61,10 @@ pub fn read_all(log: &Log) -> Vec<(u64, u64, Vec<u8>)> {
     out
 }
 
-/// The batch bytes as the log stores them (offset and term stamped).
-pub fn stamped(mut b: Vec<u8>, base: u64, term: u64) -> Vec<u8> {
-    batch::stamp(&mut b, base, term);
+/// The batch bytes as the log stores them (offset, term and entry index
+/// stamped).
+pub fn stamped(mut b: Vec<u8>, base: u64, term: u64, entry_index: u64) -> Vec<u8> {
+    batch::stamp(&mut b, base, term, entry_index);
     b
 }
 
