@@ -29,7 +29,12 @@ pub enum ClientError {
     #[error("{addr}: connection closed before the response")]
     Closed { addr: SocketAddr },
     #[error("broker answered {code}: {message}")]
-    Broker { code: ErrorCode, message: String },
+    Broker {
+        code: ErrorCode,
+        message: String,
+        /// Where to go instead (NotLeader, NotController).
+        hint: Option<wire::LeaderHint>,
+    },
     #[error("bad --brokers value `{0}`: expected HOST:PORT[,HOST:PORT...]")]
     BadBrokers(String),
 }
@@ -145,6 +150,7 @@ fn broker_error(e: &ErrorResponse) -> ClientError {
     ClientError::Broker {
         code: e.error_code(),
         message: e.message.clone(),
+        hint: e.leader_hint.clone(),
     }
 }
 

@@ -44,6 +44,9 @@ pub struct FileConfig {
     /// Node id to peer-listen address, as strings in TOML (`1 = "host:port"`).
     pub peers: Option<BTreeMap<String, SocketAddr>>,
     pub shards: Option<usize>,
+    /// Shared by every broker of a cluster; peers prove they hold it
+    /// (HMAC) before any Raft message is read. Required with peers.
+    pub cluster_secret: Option<String>,
 }
 
 /// A complete, validated broker configuration.
@@ -56,6 +59,8 @@ pub struct BrokerConfig {
     pub http: SocketAddr,
     pub peers: BTreeMap<u64, SocketAddr>,
     pub shards: usize,
+    #[serde(skip_serializing)]
+    pub cluster_secret: Option<String>,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT,...`.
@@ -131,6 +136,7 @@ impl BrokerConfig {
                 .ok_or(ConfigError::Missing("http"))?,
             peers,
             shards: overrides.shards.or(file.shards).unwrap_or(cores),
+            cluster_secret: overrides.cluster_secret.or(file.cluster_secret),
         };
         config.validate()?;
         Ok(config)
@@ -170,6 +176,15 @@ impl BrokerConfig {
                 Some(_) => {}
             }
         }
+        let others = self.peers.keys().filter(|&&id| id != self.id).count();
+        if others > 0 && self.cluster_secret.as_deref().is_none_or(|s| s.len() < 8) {
+            return invalid(
+                "cluster-secret",
+                "a cluster of several brokers needs a shared secret of at least 8 characters \
+                 (--cluster-secret, DRMQ_CLUSTER_SECRET or cluster_secret in the config file)"
+                    .into(),
+            );
+        }
         let ports = [self.listen, self.peer_listen, self.http];
         if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
             return invalid("listen", "listen, peer-listen and http must differ".into());
@@ -191,6 +206,7 @@ mod tests {
             http: Some("127.0.0.1:8080".parse().unwrap()),
             peers: None,
             shards: Some(2),
+            cluster_secret: None,
         }
     }
 

@@ -17,8 +17,11 @@
 
 pub mod client;
 pub mod config;
+pub mod group;
+pub mod peer;
 pub mod pipeline;
 pub mod producers;
+pub mod replica;
 pub mod runtime;
 pub mod telemetry;
 pub mod topics;

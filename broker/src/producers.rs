@@ -23,8 +23,8 @@ pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 struct Appended {
     base_sequence: i32,
     record_count: u32,
-    base_offset: u64,
-    last_offset: u64,
+    /// The Raft entry holding the batch.
+    entry: u64,
 }
 
 #[derive(Debug, Default)]
@@ -38,10 +38,10 @@ struct ProducerState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Append,
-    /// A retry of a batch already in the log: answer with its offsets.
+    /// A retry of a batch already in the log (entry `entry`): answer with
+    /// its offsets once that entry is committed.
     Duplicate {
-        base_offset: u64,
-        last_offset: u64,
+        entry: u64,
     },
     Reject {
         code: ErrorCode,
@@ -92,10 +92,7 @@ impl ProducerTable {
             .iter()
             .find(|a| a.base_sequence == id.base_sequence && a.record_count == id.record_count)
         {
-            return Verdict::Duplicate {
-                base_offset: a.base_offset,
-                last_offset: a.last_offset,
-            };
+            return Verdict::Duplicate { entry: a.entry };
         }
         if id.base_sequence == state.next_sequence {
             return Verdict::Append;
@@ -120,10 +117,22 @@ impl ProducerTable {
         }
     }
 
-    /// Records a batch that was appended at `base_offset..=last_offset`.
-    pub fn record(&mut self, id: BatchId, base_offset: u64, last_offset: u64) {
+    /// Records a batch held by Raft entry `entry`. Recording the same batch
+    /// again (the leader records at proposal and again when it persists)
+    /// only updates its entry.
+    pub fn record(&mut self, id: BatchId, entry: u64) {
         if id.producer_id < 0 {
             return;
+        }
+        if let Some(state) = self.producers.get_mut(&id.producer_id) {
+            if state.epoch == id.epoch {
+                if let Some(a) = state.recent.iter_mut().find(|a| {
+                    a.base_sequence == id.base_sequence && a.record_count == id.record_count
+                }) {
+                    a.entry = entry;
+                    return;
+                }
+            }
         }
         if !self.producers.contains_key(&id.producer_id)
             && self.producers.len() >= PRODUCERS_PER_PARTITION_MAX
@@ -131,7 +140,7 @@ impl ProducerTable {
             let idlest = self
                 .producers
                 .iter()
-                .min_by_key(|(_, s)| s.recent.back().map_or(0, |a| a.last_offset))
+                .min_by_key(|(_, s)| s.recent.back().map_or(0, |a| a.entry))
                 .map(|(&pid, _)| pid);
             if let Some(pid) = idlest {
                 self.producers.remove(&pid);
@@ -149,8 +158,7 @@ impl ProducerTable {
         state.recent.push_back(Appended {
             base_sequence: id.base_sequence,
             record_count: id.record_count,
-            base_offset,
-            last_offset,
+            entry,
         });
     }
 
@@ -180,13 +188,13 @@ mod tests {
     fn a_retried_batch_is_a_duplicate_with_its_original_offsets() {
         let mut t = ProducerTable::default();
         assert_eq!(t.check(id(0, 3)), Verdict::Append);
-        t.record(id(0, 3), 100, 102);
+        t.record(id(0, 3), 100);
+        assert_eq!(t.check(id(0, 3)), Verdict::Duplicate { entry: 100 });
+        t.record(id(0, 3), 101);
         assert_eq!(
             t.check(id(0, 3)),
-            Verdict::Duplicate {
-                base_offset: 100,
-                last_offset: 102
-            }
+            Verdict::Duplicate { entry: 101 },
+            "recording again moves it, no second copy"
         );
         assert_eq!(t.check(id(3, 2)), Verdict::Append);
     }
@@ -195,7 +203,7 @@ mod tests {
     fn gaps_old_sequences_and_old_epochs_are_refused() {
         let mut t = ProducerTable::default();
         for (i, seq) in (0..7).map(|i| (i, i * 2)) {
-            t.record(id(seq, 2), i as u64 * 2, i as u64 * 2 + 1);
+            t.record(id(seq, 2), i as u64 * 2);
         }
         let code = |v: Verdict| match v {
             Verdict::Reject { code, .. } => code,
@@ -205,17 +213,14 @@ mod tests {
         assert_eq!(code(t.check(id(0, 2))), ErrorCode::DuplicateSequence); // fell out of the window
         assert!(matches!(
             t.check(id(12, 2)),
-            Verdict::Duplicate {
-                base_offset: 12,
-                ..
-            }
+            Verdict::Duplicate { entry: 12 }
         ));
         let newer = BatchId {
             epoch: 1,
             ..id(0, 1)
         };
         assert_eq!(t.check(newer), Verdict::Append);
-        t.record(newer, 50, 50);
+        t.record(newer, 50);
         assert_eq!(code(t.check(id(14, 1))), ErrorCode::ProducerFenced);
     }
 
@@ -226,7 +231,7 @@ mod tests {
             producer_id: -1,
             ..id(0, 1)
         };
-        t.record(anon, 0, 0);
+        t.record(anon, 0);
         assert_eq!(t.check(anon), Verdict::Append);
         assert!(t.is_empty());
     }

@@ -1,20 +1,22 @@
 //! The broker process: one glommio executor per shard, pinned, each owning
-//! its partitions and its client listener.
+//! its Raft groups (partitions), their logs, its client listener and its
+//! peer connections.
 //!
-//! Today this runs a single broker (replication factor 1): the shard runtime,
-//! the client protocol, partitions on storage, topic administration and
-//! cross-shard messages are real; Raft replication between brokers, the
-//! controller group and consumer groups come next (docs/ARCHITECTURE.md).
+//! Shard `s` serves clients on `listen.port + s` and peers on
+//! `peer_listen.port + s`; partition `p` of topic `t` lives on shard
+//! `topics::shard_for(t, p, shards)` of every broker that holds a replica, so
+//! shard `s` only ever talks to shard `s` of the other brokers.
 //!
-//! Shard `s` serves clients on port `listen.port + s`; partition `p` of topic
-//! `t` lives on shard `topics::shard_for(t, p, shards)`. Shard 0 also owns the
-//! topic registry: creations and deletions are forwarded to it over flume and
-//! it broadcasts the result to every shard.
+//! Shard 0 also runs the controller group (Raft group 0, every broker a
+//! voter): topic creations and deletions are proposed there, and every
+//! broker applies the committed commands in order, opening or removing its
+//! replicas on the owning shards (flume messages between shards).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -23,12 +25,17 @@ use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 use glommio::{LocalExecutorBuilder, Placement};
-use storage::shard::{Notify, Partition};
-use storage::{Cleanup, Log, LogConfig, Retired, StorageError, SyncPolicy};
+use raft::{Entry, EntryPayload, Role};
+use serde::{Deserialize, Serialize};
+use storage::shard::Notify;
+use storage::{Cleanup, LogConfig, Retired, StorageError, SyncPolicy};
 use wire::*;
 
 use crate::config::BrokerConfig;
-use crate::producers::{BatchId, ProducerTable, Verdict};
+use crate::group::{self, Group, GroupHooks, GroupKind, LeaderChange, WaitResult};
+use crate::peer::{self, Inbound, Outbox};
+use crate::producers::{BatchId, Verdict};
+use crate::replica;
 use crate::telemetry::{self, PartitionSample, ShardSample};
 use crate::topics::{self, shard_for, TopicRecord, PARTITIONS_PER_TOPIC_MAX, TOPICS_MAX};
 
@@ -52,8 +59,15 @@ const FETCH_BYTES_MAX: usize = 3 * 1024 * 1024;
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 /// How often each shard sends its counters to the telemetry thread.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-/// Term stamped into batches while there is no Raft (single broker).
-const SINGLE_BROKER_TERM: u64 = 1;
+/// Produce requests that give no timeout wait this long for a commit.
+const PRODUCE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// How long topic administration waits for the controller and for the new
+/// partitions' first leaders.
+const ADMIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
+/// A peer not heard from for this long is reported as down.
+const PEER_ALIVE_WINDOW: Duration = Duration::from_secs(3);
+/// The controller's Raft group.
+pub const CONTROLLER_GROUP: u64 = 0;
 
 /// Messages between shards.
 enum ShardMsg {
@@ -62,14 +76,14 @@ enum ShardMsg {
         request: Message,
         reply: flume::Sender<Message>,
     },
-    /// To every shard: open (or, with `None`, close and delete) the partitions
-    /// of a topic that this shard owns, and update the local registry copy.
+    /// To every shard: open (or, with `None`, close and delete) this
+    /// broker's replicas of a topic's partitions that the shard owns.
     ApplyTopic {
         name: String,
         record: Option<TopicRecord>,
         done: flume::Sender<Result<(), String>>,
     },
-    /// To every shard: report the partitions it owns.
+    /// To every shard: report the partitions it holds.
     Status {
         reply: flume::Sender<Vec<PartitionStatus>>,
     },
@@ -77,15 +91,35 @@ enum ShardMsg {
     Shutdown,
 }
 
-/// One partition owned by a shard.
-struct OwnedPartition {
-    part: Rc<Partition>,
-    /// Idempotent producers' sequence state (rebuilt from the active segment
-    /// on open).
-    producers: RefCell<ProducerTable>,
-    /// Signalled after every append, for long-polling fetches.
-    appended: Notify,
+/// A controller command, the payload of a controller entry (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Command {
+    /// Creates the topic unless one of that name exists; its id becomes the
+    /// entry's index.
+    CreateTopic(TopicRecord),
+    DeleteTopic {
+        name: String,
+    },
 }
+
+/// What all shards of this broker know about the cluster (metadata, hints,
+/// status). Written on leadership changes and peer handshakes, read by
+/// metadata requests: never on the produce/fetch path.
+#[derive(Default)]
+pub struct ClusterView {
+    /// Client address (shard 0) of each broker.
+    endpoints: BTreeMap<u64, SocketAddr>,
+    /// When a peer was last heard from (any shard).
+    last_seen: BTreeMap<u64, Instant>,
+    /// Group id -> (leader, term).
+    leaders: HashMap<u64, (Option<u64>, u64)>,
+    /// Leader changes seen by this broker's groups (the election counter).
+    leader_changes: u64,
+    /// Recent leadership events (bounded), the seam for the event feed.
+    events: std::collections::VecDeque<LeaderChange>,
+}
+
+const EVENTS_KEPT: usize = 256;
 
 /// Per-shard counters, the seam for telemetry.
 #[derive(Default)]
@@ -96,6 +130,7 @@ pub struct ShardCounters {
     pub fetch_bytes: Cell<u64>,
     pub errors: Cell<u64>,
     pub segments_deleted: Cell<u64>,
+    pub leader_changes: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>, by: u64) {
@@ -107,10 +142,18 @@ struct Shard {
     shards: usize,
     config: BrokerConfig,
     topics: RefCell<BTreeMap<String, TopicRecord>>,
-    partitions: RefCell<HashMap<(String, u32), Rc<OwnedPartition>>>,
+    partitions: RefCell<HashMap<(String, u32), Rc<Group>>>,
+    groups: RefCell<HashMap<u64, Rc<Group>>>,
+    outbox: Rc<Outbox>,
+    view: Arc<RwLock<ClusterView>>,
     inboxes: Vec<flume::Sender<ShardMsg>>,
     /// Serialises topic administration on shard 0.
     admin_lock: Semaphore,
+    /// Shard 0: the controller's commands wait here to be applied in order.
+    commands: RefCell<Option<local_channel::LocalSender<(u64, Command)>>>,
+    /// Shard 0: index of the last controller entry applied on every shard.
+    applied: Cell<u64>,
+    applied_notify: Notify,
     /// Set by [`ShardMsg::Shutdown`]; ends the accept loop.
     stopping: Notify,
     /// To the telemetry thread (never blocks: `try_send`).
@@ -118,30 +161,35 @@ struct Shard {
     /// To the janitor thread: retired segment files to unlink off the shard.
     janitor: flume::Sender<Retired>,
     counters: ShardCounters,
+    /// Last time this shard marked each peer as seen in the view.
+    seen_marks: RefCell<HashMap<u64, Instant>>,
 }
 
-/// Runs a broker until the process is killed.
-pub fn run(mut config: BrokerConfig) -> Result<()> {
-    if config.peers.len() > 1 {
-        bail!(
-            "a cluster of {} brokers needs Raft replication between brokers, which is not wired \
-             into the runtime yet; run a single broker (no --peers, or only this one)",
-            config.peers.len()
-        );
+/// Everything a broker needs to know about its peers, from its config.
+fn broker_ids(config: &BrokerConfig) -> Vec<u64> {
+    if config.peers.is_empty() {
+        vec![config.id]
+    } else {
+        config.peers.keys().copied().collect()
     }
+}
+
+/// Runs a broker until SIGTERM/SIGINT.
+pub fn run(mut config: BrokerConfig) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     // Absolute: glommio's io_uring directory open does not resolve relative paths.
     config.data_dir = std::fs::canonicalize(&config.data_dir)
         .with_context(|| format!("resolving {}", config.data_dir.display()))?;
-    let registry = topics::load(&config.data_dir).context("reading the topic registry")?;
     let shards = config.shards;
     // glommio binds with SO_REUSEPORT, which would let two brokers share a
     // port silently; a plain bind first refuses a port that is in use.
     for s in 0..shards {
-        let addr = SocketAddr::new(config.listen.ip(), config.listen.port() + s as u16);
-        std::net::TcpListener::bind(addr)
-            .with_context(|| format!("client port {addr} (shard {s})"))?;
+        for (what, base) in [("client", config.listen), ("peer", config.peer_listen)] {
+            let addr = SocketAddr::new(base.ip(), base.port() + s as u16);
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("{what} port {addr} (shard {s})"))?;
+        }
     }
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards)
         .map(|_| flume::bounded::<ShardMsg>(SHARD_INBOX_MAX))
@@ -152,36 +200,63 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     let samples = telemetry::start(config.id, config.http)
         .with_context(|| format!("HTTP port {}", config.http))?;
     let janitor = start_janitor().context("starting the janitor thread")?;
+    let view = Arc::new(RwLock::new(ClusterView::default()));
+    view.write()
+        .map_err(|_| anyhow::anyhow!("cluster view poisoned"))?
+        .endpoints
+        .insert(config.id, config.listen);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let secret = config
+        .cluster_secret
+        .clone()
+        .unwrap_or_default()
+        .into_bytes();
+    let cluster_id = topics::fnv1a(secret.iter().copied());
     let mut handles = Vec::with_capacity(shards);
     for (id, inbox) in receivers.into_iter().enumerate() {
         let config = config.clone();
-        let registry = registry.clone();
         let senders = senders.clone();
         let samples = samples.clone();
         let janitor = janitor.clone();
         let ready = ready_tx.clone();
+        let view = view.clone();
+        let secret = secret.clone();
         let builder =
             LocalExecutorBuilder::new(Placement::Fixed(id % cpus)).name(&format!("shard-{id}"));
         let handle = builder
             .spawn(move || async move {
+                let identity = Rc::new(peer::Identity {
+                    cluster_id,
+                    node_id: config.id,
+                    shard: id as u32,
+                    secret,
+                    endpoint: config.listen.to_string(),
+                });
+                let outbox = Rc::new(Outbox::start(identity.clone(), &config.peers));
                 let shard = Rc::new(Shard {
                     id,
                     shards,
                     config,
                     topics: RefCell::new(BTreeMap::new()),
                     partitions: RefCell::new(HashMap::new()),
+                    groups: RefCell::new(HashMap::new()),
+                    outbox,
+                    view,
                     inboxes: senders,
                     admin_lock: Semaphore::new(1),
+                    commands: RefCell::new(None),
+                    applied: Cell::new(0),
+                    applied_notify: Notify::default(),
                     stopping: Notify::default(),
                     samples,
                     janitor,
                     counters: ShardCounters::default(),
+                    seen_marks: RefCell::new(HashMap::new()),
                 });
-                if let Err(e) = shard.clone().serve(registry, inbox, ready.clone()).await {
+                if let Err(e) = shard.clone().serve(identity, inbox, ready.clone()).await {
                     let _ = ready.send(Err(format!("shard {id}: {e:#}")));
                 }
             })
@@ -199,7 +274,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     }
     endpoints.sort();
     eprintln!(
-        "drmq broker {} up: {} shard(s), clients on {}, data in {}",
+        "drmq broker {} up: {} shard(s), clients on {}, peers on {}, {} broker(s) in the cluster, data in {}",
         config.id,
         shards,
         endpoints
@@ -207,6 +282,8 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(","),
+        config.peer_listen,
+        broker_ids(&config).len(),
         config.data_dir.display()
     );
     let stop_senders = senders;
@@ -300,6 +377,81 @@ fn log_config(record: &TopicRecord) -> LogConfig {
     c
 }
 
+/// Peer messages reach the shard's groups through this.
+struct ShardInbound(Rc<Shard>);
+
+impl Inbound for ShardInbound {
+    fn peer_up(&self, node: u64, endpoint: &str) {
+        if let Ok(addr) = endpoint.parse::<SocketAddr>() {
+            if let Ok(mut v) = self.0.view.write() {
+                v.endpoints.insert(node, addr);
+                v.last_seen.insert(node, Instant::now());
+            }
+        }
+    }
+
+    fn deliver(&self, msgs: Vec<raft::Message>) {
+        let Some(from) = msgs.first().map(|m| m.from) else {
+            return;
+        };
+        self.0.mark_seen(from);
+        let groups = self.0.groups.borrow();
+        for m in msgs {
+            // A group not created here yet (its topic's command is still on
+            // its way) or already deleted: Raft resends.
+            if let Some(g) = groups.get(&m.group_id) {
+                g.step(m);
+            }
+        }
+    }
+}
+
+struct Hooks(std::rc::Weak<Shard>);
+
+impl GroupHooks for Hooks {
+    fn leader_changed(&self, change: LeaderChange) {
+        let Some(shard) = self.0.upgrade() else {
+            return;
+        };
+        bump(&shard.counters.leader_changes, 1);
+        let view = shard.view.clone();
+        if let Ok(mut v) = view.write() {
+            v.leaders.insert(change.group, (change.leader, change.term));
+            v.leader_changes += 1;
+            if v.events.len() == EVENTS_KEPT {
+                v.events.pop_front();
+            }
+            v.events.push_back(change);
+        };
+    }
+
+    fn apply_commands(&self, entries: &[Entry]) {
+        let Some(shard) = self.0.upgrade() else {
+            return;
+        };
+        let commands = shard.commands.borrow();
+        let Some(tx) = commands.as_ref() else {
+            return;
+        };
+        for e in entries {
+            let EntryPayload::Data(batch) = &e.payload else {
+                continue;
+            };
+            let parsed = replica::command_body(batch)
+                .ok_or_else(|| "not a command batch".to_string())
+                .and_then(|b| serde_json::from_slice::<Command>(b).map_err(|e| e.to_string()));
+            match parsed {
+                // Unbounded queue: commands are applied in order, and the
+                // controller log is small (topic changes only).
+                Ok(c) => {
+                    let _ = tx.try_send((e.index, c));
+                }
+                Err(why) => eprintln!("controller entry {}: skipped: {why}", e.index),
+            }
+        }
+    }
+}
+
 impl Shard {
     fn endpoint(&self, shard: usize) -> Endpoint {
         Endpoint {
@@ -308,27 +460,78 @@ impl Shard {
         }
     }
 
+    /// Client endpoint of `shard` on broker `broker`, if known.
+    fn broker_endpoint(&self, broker: u64, shard: usize) -> Option<Endpoint> {
+        if broker == self.config.id {
+            return Some(self.endpoint(shard));
+        }
+        let v = self.view.read().ok()?;
+        let addr = v.endpoints.get(&broker)?;
+        Some(Endpoint {
+            host: addr.ip().to_string(),
+            port: addr.port() + shard as u16,
+        })
+    }
+
+    fn mark_seen(&self, node: u64) {
+        let now = Instant::now();
+        let mut marks = self.seen_marks.borrow_mut();
+        let due = marks
+            .get(&node)
+            .is_none_or(|t| now.duration_since(*t) > Duration::from_millis(200));
+        if due {
+            marks.insert(node, now);
+            if let Ok(mut v) = self.view.write() {
+                v.last_seen.insert(node, now);
+            }
+        }
+    }
+
+    fn hooks(self: &Rc<Self>) -> Rc<dyn GroupHooks> {
+        Rc::new(Hooks(Rc::downgrade(self)))
+    }
+
     async fn serve(
         self: Rc<Self>,
-        registry: Vec<TopicRecord>,
+        identity: Rc<peer::Identity>,
         inbox: flume::Receiver<ShardMsg>,
         ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
     ) -> Result<()> {
-        for record in registry {
-            self.apply_topic(&record.name.clone(), Some(record))?;
+        let control = self.clone();
+        glommio::spawn_local(async move {
+            while let Ok(msg) = inbox.recv_async().await {
+                control.clone().control(msg).await;
+            }
+        })
+        .detach();
+        let peer_addr = SocketAddr::new(
+            self.config.peer_listen.ip(),
+            self.config.peer_listen.port() + self.id as u16,
+        );
+        let peer_listener = TcpListener::bind(peer_addr)
+            .map_err(|e| anyhow::anyhow!("binding peer port {peer_addr}: {e}"))?;
+        glommio::spawn_local(peer::listen(
+            peer_listener,
+            identity,
+            Rc::new(self.config.peers.clone()),
+            Rc::new(ShardInbound(self.clone())),
+            self.outbox.counters.clone(),
+        ))
+        .detach();
+        if self.id == 0 {
+            self.clone().start_controller()?;
         }
-        // Recovered bytes count as durable only after a sync (they may have
-        // been in the page cache only): sync every partition before serving,
-        // so the high watermark covers everything that survived.
-        let opened: Vec<Rc<OwnedPartition>> = self.partitions.borrow().values().cloned().collect();
-        for owned in opened {
-            let end = owned.part.log().next_offset();
-            owned
-                .part
-                .wait_durable(end)
-                .await
-                .map_err(|e| anyhow::anyhow!("syncing a recovered partition: {e}"))?;
-        }
+        let ticker = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(group::TICK).await;
+                let groups: Vec<Rc<Group>> = ticker.groups.borrow().values().cloned().collect();
+                for g in groups {
+                    g.tick();
+                }
+            }
+        })
+        .detach();
         let addr = SocketAddr::new(
             self.config.listen.ip(),
             self.config.listen.port() + self.id as u16,
@@ -354,13 +557,6 @@ impl Shard {
             }
         })
         .detach();
-        let control = self.clone();
-        glommio::spawn_local(async move {
-            while let Ok(msg) = inbox.recv_async().await {
-                control.clone().control(msg).await;
-            }
-        })
-        .detach();
         loop {
             let accepted =
                 futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -379,16 +575,79 @@ impl Shard {
                 }
             }
         }
-        // Graceful stop: no new connections; make every partition durable.
+        // Graceful stop: no new connections; make every group durable.
         drop(listener);
-        let owned: Vec<Rc<OwnedPartition>> = self.partitions.borrow().values().cloned().collect();
-        for p in owned {
-            let end = p.part.log().next_offset();
-            if let Err(e) = p.part.wait_durable(end).await {
+        let groups: Vec<Rc<Group>> = self.groups.borrow().values().cloned().collect();
+        for g in groups {
+            let end = g.part.log().next_offset();
+            if let Err(e) = g.part.wait_durable(end).await {
                 eprintln!("shard {}: final sync failed: {e}", self.id);
             }
+            g.stop();
         }
         Ok(())
+    }
+
+    /// Shard 0: opens the controller group and the task that applies its
+    /// committed commands on every shard, in order.
+    fn start_controller(self: Rc<Self>) -> Result<()> {
+        let voters = broker_ids(&self.config);
+        let dir = self.config.data_dir.join("controller");
+        let config = LogConfig {
+            segment_bytes_max: storage::SEGMENT_BYTES_MIN,
+            ..LogConfig::default()
+        };
+        let controller = Group::open(
+            CONTROLLER_GROUP,
+            GroupKind::Controller,
+            dir,
+            config,
+            self.config.id,
+            voters.clone(),
+            true,
+        )?;
+        let (tx, rx) = local_channel::new_unbounded::<(u64, Command)>();
+        *self.commands.borrow_mut() = Some(tx);
+        let applier = self.clone();
+        glommio::spawn_local(async move {
+            while let Some((index, command)) = rx.recv().await {
+                applier.apply_command(index, command).await;
+                applier.applied.set(index);
+                applier.applied_notify.notify_all();
+            }
+        })
+        .detach();
+        self.groups
+            .borrow_mut()
+            .insert(CONTROLLER_GROUP, controller.clone());
+        glommio::spawn_local(controller.run(self.outbox.clone(), self.hooks())).detach();
+        Ok(())
+    }
+
+    fn controller(&self) -> Option<Rc<Group>> {
+        self.groups.borrow().get(&CONTROLLER_GROUP).cloned()
+    }
+
+    /// Applies one committed controller command on this broker.
+    async fn apply_command(&self, index: u64, command: Command) {
+        let (name, record) = match command {
+            Command::CreateTopic(mut record) => {
+                if self.topics.borrow().contains_key(&record.name) {
+                    return; // a concurrent creation of the same name won
+                }
+                record.id = index;
+                (record.name.clone(), Some(record))
+            }
+            Command::DeleteTopic { name } => {
+                if !self.topics.borrow().contains_key(&name) {
+                    return;
+                }
+                (name, None)
+            }
+        };
+        if let Err(e) = self.broadcast_topic(&name, record).await {
+            eprintln!("controller entry {index}: applying to topic {name}: {e}");
+        }
     }
 
     async fn control(self: Rc<Self>, msg: ShardMsg) {
@@ -410,64 +669,79 @@ impl Shard {
         }
     }
 
-    /// Opens or removes this shard's partitions of a topic.
-    fn apply_topic(&self, name: &str, record: Option<TopicRecord>) -> Result<()> {
-        match record {
-            Some(record) => {
-                for p in 0..record.partitions {
-                    if shard_for(name, p, self.shards) != self.id {
-                        continue;
-                    }
-                    let dir = TopicRecord::partition_dir(&self.config.data_dir, name, p);
-                    let (log, report) = Log::open(&dir, log_config(&record))
-                        .with_context(|| format!("opening {}", dir.display()))?;
-                    if !report.truncations.is_empty() {
-                        eprintln!(
-                            "shard {}: recovered {}: {:?}",
-                            self.id,
-                            dir.display(),
-                            report.truncations
-                        );
-                    }
-                    let producers = rebuild_producers(&log);
-                    let part = Partition::new(log);
-                    if record.sync_interval_ms.is_some() {
-                        let flusher = part.clone();
-                        glommio::spawn_local(async move {
-                            let e = flusher.flush_loop().await;
-                            eprintln!("partition flush loop stopped: {e}");
-                        })
-                        .detach();
-                    }
-                    self.partitions.borrow_mut().insert(
-                        (name.to_owned(), p),
-                        Rc::new(OwnedPartition {
-                            part,
-                            producers: RefCell::new(producers),
-                            appended: Notify::default(),
-                        }),
-                    );
-                }
-                self.topics.borrow_mut().insert(name.to_owned(), record);
+    /// Opens or removes this shard's replicas of a topic.
+    fn apply_topic(self: &Rc<Self>, name: &str, record: Option<TopicRecord>) -> Result<()> {
+        // A previous topic of the same name (deleted, created again) goes first.
+        if let Some(old) = self.topics.borrow_mut().remove(name) {
+            if record.as_ref().is_none_or(|r| r.id != old.id) {
+                self.remove_replicas(&old)?;
+            } else {
+                self.topics.borrow_mut().insert(name.to_owned(), old);
+                return Ok(());
             }
-            None => {
-                self.topics.borrow_mut().remove(name);
-                let removed: Vec<u32> = self
-                    .partitions
-                    .borrow()
-                    .keys()
-                    .filter(|(t, _)| t == name)
-                    .map(|(_, p)| *p)
-                    .collect();
-                for p in removed {
-                    if let Some(owned) = self.partitions.borrow_mut().remove(&(name.to_owned(), p))
-                    {
-                        owned.appended.notify_all();
-                    }
-                    let dir = TopicRecord::partition_dir(&self.config.data_dir, name, p);
-                    std::fs::remove_dir_all(&dir)
-                        .with_context(|| format!("removing {}", dir.display()))?;
-                }
+        }
+        let Some(record) = record else {
+            return Ok(());
+        };
+        for p in 0..record.partitions {
+            if shard_for(name, p, self.shards) != self.id {
+                continue;
+            }
+            let replicas = record
+                .replicas
+                .get(p as usize)
+                .cloned()
+                .unwrap_or_else(|| vec![self.config.id]);
+            if !replicas.contains(&self.config.id) {
+                continue;
+            }
+            let group = Group::open(
+                record.group_id(p),
+                GroupKind::Partition {
+                    topic: name.to_owned(),
+                    partition: p,
+                },
+                record.partition_dir(&self.config.data_dir, p),
+                log_config(&record),
+                self.config.id,
+                replicas.clone(),
+                false,
+            )?;
+            if record.sync_interval_ms.is_some() {
+                let flusher = group.part.clone();
+                glommio::spawn_local(async move {
+                    let e = flusher.flush_loop().await;
+                    eprintln!("partition flush loop stopped: {e}");
+                })
+                .detach();
+            }
+            // The preferred leader (first replica) of a brand-new group
+            // campaigns at once, so leaders land where the controller
+            // spread them instead of wherever a timer fires first.
+            if replicas[0] == self.config.id && group.term() == 0 {
+                group.campaign();
+            }
+            glommio::spawn_local(group.clone().run(self.outbox.clone(), self.hooks())).detach();
+            self.groups.borrow_mut().insert(group.id, group.clone());
+            self.partitions
+                .borrow_mut()
+                .insert((name.to_owned(), p), group);
+        }
+        self.topics.borrow_mut().insert(name.to_owned(), record);
+        Ok(())
+    }
+
+    fn remove_replicas(&self, record: &TopicRecord) -> Result<()> {
+        for p in 0..record.partitions {
+            let removed = self
+                .partitions
+                .borrow_mut()
+                .remove(&(record.name.clone(), p));
+            if let Some(g) = removed {
+                self.groups.borrow_mut().remove(&g.id);
+                g.stop();
+                std::fs::remove_dir_all(&g.dir)
+                    .with_context(|| format!("removing {}", g.dir.display()))?;
             }
         }
         Ok(())
@@ -496,11 +770,77 @@ impl Shard {
         Ok(())
     }
 
-    /// Topic creation and deletion, on shard 0.
+    /// The error telling a client the controller is elsewhere.
+    fn not_controller(&self, leader: Option<u64>) -> Message {
+        let hint = leader.and_then(|l| {
+            self.broker_endpoint(l, 0).map(|endpoint| LeaderHint {
+                broker: l,
+                shard: 0,
+                endpoint,
+            })
+        });
+        ErrorResponse {
+            code: ErrorCode::NotController as u16,
+            message: match leader {
+                Some(l) => format!("the controller is broker {l}"),
+                None => "no controller elected yet; retry".into(),
+            },
+            leader_hint: hint,
+        }
+        .into()
+    }
+
+    /// Proposes a controller command and waits until every shard of this
+    /// broker applied it.
+    async fn propose_command(&self, command: &Command, timeout: Duration) -> Result<u64, Message> {
+        let Some(controller) = self.controller() else {
+            return Err(error(
+                ErrorCode::NotController,
+                "no controller on this shard",
+            ));
+        };
+        let body = serde_json::to_vec(command)
+            .map_err(|e| error(ErrorCode::InvalidRequest, e.to_string()))?;
+        let (index, term) =
+            controller
+                .propose(replica::command_batch(&body))
+                .map_err(|(code, why)| {
+                    if code == ErrorCode::NotLeader {
+                        self.not_controller(controller.leader())
+                    } else {
+                        error(code, why)
+                    }
+                })?;
+        let waited = glommio::timer::timeout(timeout, async {
+            Ok(controller.wait_committed(index, Some(term)).await)
+        })
+        .await;
+        match waited {
+            Ok(Ok(_)) => {}
+            Ok(Err((code, why))) => return Err(error(code, why)),
+            Err(_) => {
+                return Err(error(
+                    ErrorCode::Timeout,
+                    "the controller did not commit in time",
+                ))
+            }
+        }
+        while self.applied.get() < index {
+            self.applied_notify.wait().await;
+        }
+        Ok(index)
+    }
+
+    /// Topic creation and deletion, on shard 0, through the controller.
     async fn admin(&self, request: Message) -> Message {
         let Ok(_permit) = self.admin_lock.acquire_permit(1).await else {
             return error(ErrorCode::ShuttingDown, "shutting down");
         };
+        if let Some(c) = self.controller() {
+            if c.role() != Role::Leader {
+                return self.not_controller(c.leader());
+            }
+        }
         match request {
             Message::CreateTopicRequest(req) => {
                 if self.topics.borrow().contains_key(&req.name) {
@@ -515,41 +855,58 @@ impl Shard {
                         format!("at most {TOPICS_MAX} topics"),
                     );
                 }
-                if req.partitions > PARTITIONS_PER_TOPIC_MAX {
+                if req.partitions == 0 || req.partitions > PARTITIONS_PER_TOPIC_MAX {
                     return error(
                         ErrorCode::InvalidReplication,
                         format!(
-                            "{} partitions, at most {PARTITIONS_PER_TOPIC_MAX}",
+                            "{} partitions, must be 1..={PARTITIONS_PER_TOPIC_MAX}",
                             req.partitions
                         ),
                     );
                 }
-                let brokers = self.config.peers.len().max(1);
-                if usize::from(req.replication) > brokers {
+                let brokers = broker_ids(&self.config);
+                if req.replication == 0 || usize::from(req.replication) > brokers.len() {
                     return error(
                         ErrorCode::InvalidReplication,
                         format!(
-                            "replication {} but the cluster has {brokers} broker(s)",
-                            req.replication
+                            "replication {} but the cluster has {} broker(s)",
+                            req.replication,
+                            brokers.len()
                         ),
                     );
                 }
-                let record = TopicRecord::from_config(
+                let mut record = TopicRecord::from_config(
                     req.name.clone(),
                     req.partitions,
                     req.replication,
                     &req.config,
                 );
-                let mut all: Vec<TopicRecord> = self.topics.borrow().values().cloned().collect();
-                all.push(record.clone());
-                if let Err(e) = topics::save(&self.config.data_dir, &all) {
+                let seed = topics::fnv1a(req.name.bytes());
+                record.replicas =
+                    TopicRecord::assign(&brokers, req.partitions, req.replication, seed);
+                let timeout = admin_timeout(req.timeout_ms);
+                let deadline = Instant::now() + timeout;
+                let index = match self
+                    .propose_command(&Command::CreateTopic(record), timeout)
+                    .await
+                {
+                    Ok(i) => i,
+                    Err(e) => return e,
+                };
+                if self.topics.borrow().get(&req.name).map(|t| t.id) != Some(index) {
                     return error(
-                        ErrorCode::StorageError,
-                        format!("saving the topic registry: {e}"),
+                        ErrorCode::TopicAlreadyExists,
+                        format!("topic {} exists", req.name),
                     );
                 }
-                if let Err(e) = self.broadcast_topic(&req.name, Some(record)).await {
-                    return error(ErrorCode::StorageError, e);
+                // Wait (bounded) for every partition's first leader, so the
+                // topic is usable when the answer arrives.
+                while Instant::now() < deadline {
+                    let meta = self.topic_metadata(&req.name);
+                    if meta.partitions.iter().all(|p| p.leader.is_some()) {
+                        break;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
                 }
                 CreateTopicResponse {
                     topic: self.topic_metadata(&req.name),
@@ -563,21 +920,14 @@ impl Shard {
                         format!("no topic {}", req.name),
                     );
                 }
-                let all: Vec<TopicRecord> = self
-                    .topics
-                    .borrow()
-                    .values()
-                    .filter(|t| t.name != req.name)
-                    .cloned()
-                    .collect();
-                if let Err(e) = topics::save(&self.config.data_dir, &all) {
-                    return error(
-                        ErrorCode::StorageError,
-                        format!("saving the topic registry: {e}"),
-                    );
-                }
-                if let Err(e) = self.broadcast_topic(&req.name, None).await {
-                    return error(ErrorCode::StorageError, e);
+                let command = Command::DeleteTopic {
+                    name: req.name.clone(),
+                };
+                if let Err(e) = self
+                    .propose_command(&command, admin_timeout(req.timeout_ms))
+                    .await
+                {
+                    return e;
                 }
                 DeleteTopicResponse { name: req.name }.into()
             }
@@ -589,52 +939,78 @@ impl Shard {
     }
 
     fn topic_metadata(&self, name: &str) -> TopicMetadata {
-        match self.topics.borrow().get(name) {
-            None => TopicMetadata {
+        let topics = self.topics.borrow();
+        let Some(t) = topics.get(name) else {
+            return TopicMetadata {
                 name: name.to_owned(),
                 error: ErrorCode::UnknownTopicOrPartition as u16,
                 partitions: vec![],
-            },
-            Some(t) => TopicMetadata {
-                name: name.to_owned(),
-                error: 0,
-                partitions: (0..t.partitions)
-                    .map(|p| PartitionMetadata {
+            };
+        };
+        let view = self.view.read().ok();
+        TopicMetadata {
+            name: name.to_owned(),
+            error: 0,
+            partitions: (0..t.partitions)
+                .map(|p| {
+                    let (leader, leader_term) = view
+                        .as_ref()
+                        .and_then(|v| v.leaders.get(&t.group_id(p)).copied())
+                        .unwrap_or((None, 0));
+                    PartitionMetadata {
                         partition: p,
-                        leader: Some(self.config.id),
-                        leader_term: SINGLE_BROKER_TERM,
+                        leader,
+                        leader_term,
                         shard: shard_for(name, p, self.shards) as u32,
-                        replicas: vec![self.config.id],
-                    })
-                    .collect(),
-            },
+                        replicas: t.replicas.get(p as usize).cloned().unwrap_or_default(),
+                    }
+                })
+                .collect(),
         }
     }
 
     /// Deletes whole sealed segments past each topic's retention (bytes,
-    /// age), never beyond what is committed (durable, with one replica).
+    /// age), never beyond the committed prefix. The entry before the new
+    /// log start and its term are saved first, so Raft can still match a
+    /// follower's log at the start point.
     /// Compaction of compacted topics is not scheduled yet: it rewrites
     /// segments with blocking I/O and needs a task of its own.
     fn apply_retention(&self) {
-        let owned: Vec<(String, u32, Rc<OwnedPartition>)> = self
-            .partitions
-            .borrow()
-            .iter()
-            .map(|((t, p), o)| (t.clone(), *p, o.clone()))
-            .collect();
-        for (topic, p, o) in owned {
-            let mut log = o.part.log_mut();
-            let bound = log.durable_offset();
+        let owned: Vec<Rc<Group>> = self.partitions.borrow().values().cloned().collect();
+        for g in owned {
+            let bound = g.high_watermark.get();
+            let mut log = g.part.log_mut();
+            // (segment base) -> (entry before it, its term)
+            let boundaries: Vec<(u64, u64, u64)> = log
+                .segment_bases()
+                .into_iter()
+                .skip(1)
+                .filter(|&b| b <= bound)
+                .filter_map(|b| {
+                    let entry = log.entry_for_offset(b - 1)?;
+                    Some((b, entry, log.entry_term(entry).ok()?))
+                })
+                .collect();
+            let before = log.log_start_offset();
             match log.apply_retention(bound) {
                 Ok(removed) if removed.segments > 0 => {
                     bump(&self.counters.segments_deleted, removed.segments as u64);
                 }
                 Ok(_) => {}
-                Err(e) => eprintln!("shard {}: retention on {topic}-{p}: {e}", self.id),
+                Err(e) => eprintln!("shard {}: retention on {}: {e}", self.id, g.dir.display()),
+            }
+            let start = log.log_start_offset();
+            let retired = log.take_retired();
+            drop(log);
+            if start != before {
+                if let Some(&(_, entry, term)) = boundaries.iter().find(|(b, _, _)| *b == start) {
+                    if let Err(e) = g.set_start_prev(entry, term) {
+                        eprintln!("shard {}: saving {}: {e}", self.id, g.dir.display());
+                    }
+                }
             }
             // Unlinking a large segment can take tens of milliseconds: the
             // janitor thread does it (inline only if its queue is full).
-            let retired = log.take_retired();
             if !retired.is_empty() {
                 if let Err(e) = self.janitor.try_send(retired) {
                     report_failed(e.into_inner().dispose());
@@ -653,17 +1029,22 @@ impl Shard {
             fetch_bytes: c.fetch_bytes.get(),
             errors: c.errors.get(),
             segments_deleted: c.segments_deleted.get(),
+            leader_changes: c.leader_changes.get(),
+            peer_frames_sent: self.outbox.counters.frames_sent.get(),
+            peer_frames_dropped: self.outbox.counters.frames_dropped.get(),
             partitions: self
                 .partitions
                 .borrow()
                 .iter()
-                .map(|((topic, p), owned)| {
-                    let log = owned.part.log();
+                .map(|((topic, p), g)| {
+                    let log = g.part.log();
                     PartitionSample {
                         topic: topic.clone(),
                         partition: *p,
+                        leader: g.leader(),
+                        term: g.term(),
                         log_start_offset: log.log_start_offset(),
-                        high_watermark: log.durable_offset(),
+                        high_watermark: g.high_watermark.get(),
                         next_offset: log.next_offset(),
                     }
                 })
@@ -671,58 +1052,105 @@ impl Shard {
         }
     }
 
+    /// The partitions this shard holds that it leads or whose leader is
+    /// unknown (the CLI merges the answers of all brokers).
     fn local_status(&self) -> Vec<PartitionStatus> {
         self.partitions
             .borrow()
             .iter()
-            .map(|((topic, p), owned)| {
-                let log = owned.part.log();
+            .filter(|(_, g)| g.leader().is_none_or(|l| l == self.config.id))
+            .map(|((topic, p), g)| {
+                let commit = g.commit_index();
                 PartitionStatus {
                     topic: topic.clone(),
                     partition: *p,
-                    leader: Some(self.config.id),
-                    term: SINGLE_BROKER_TERM,
-                    commit_index: log.durable_offset(),
-                    log_start_offset: log.log_start_offset(),
-                    replicas: vec![ReplicaStatus {
-                        broker: self.config.id,
-                        match_index: log.durable_offset(),
-                        lag: 0,
-                    }],
+                    leader: g.leader(),
+                    term: g.term(),
+                    commit_index: commit,
+                    log_start_offset: g.part.log().log_start_offset(),
+                    replicas: g
+                        .replica_progress()
+                        .into_iter()
+                        .map(|(broker, match_index)| ReplicaStatus {
+                            broker,
+                            match_index,
+                            lag: commit.saturating_sub(match_index),
+                        })
+                        .collect(),
                 }
             })
             .collect()
     }
 
-    /// Looks up a partition this shard owns, or the error to answer with.
-    fn owned(&self, topic: &str, partition: u32) -> Result<Rc<OwnedPartition>, Box<Message>> {
-        if let Some(p) = self.partitions.borrow().get(&(topic.to_owned(), partition)) {
-            return Ok(p.clone());
+    /// A partition group this shard holds, or the error to answer with.
+    fn group(&self, topic: &str, partition: u32) -> Result<Rc<Group>, Box<Message>> {
+        if let Some(g) = self.partitions.borrow().get(&(topic.to_owned(), partition)) {
+            return Ok(g.clone());
         }
-        let exists = self
-            .topics
-            .borrow()
-            .get(topic)
-            .is_some_and(|t| partition < t.partitions);
-        if !exists {
+        let topics = self.topics.borrow();
+        let Some(record) = topics.get(topic).filter(|t| partition < t.partitions) else {
             return Err(Box::new(error(
                 ErrorCode::UnknownTopicOrPartition,
                 format!("no partition {topic}-{partition}"),
             )));
-        }
+        };
         let shard = shard_for(topic, partition, self.shards);
-        Err(Box::new(
-            ErrorResponse {
+        if shard != self.id {
+            return Err(Box::new(
+                ErrorResponse {
+                    code: ErrorCode::NotLeader as u16,
+                    message: format!("{topic}-{partition} is on shard {shard}"),
+                    leader_hint: Some(LeaderHint {
+                        broker: self.config.id,
+                        shard: shard as u32,
+                        endpoint: self.endpoint(shard),
+                    }),
+                }
+                .into(),
+            ));
+        }
+        // Not a replica here: point at the leader if known.
+        let leader = self
+            .view
+            .read()
+            .ok()
+            .and_then(|v| v.leaders.get(&record.group_id(partition)).and_then(|l| l.0));
+        Err(Box::new(self.not_leader(topic, partition, leader)))
+    }
+
+    fn not_leader(&self, topic: &str, partition: u32, leader: Option<u64>) -> Message {
+        let shard = shard_for(topic, partition, self.shards);
+        let hint = leader.and_then(|l| {
+            self.broker_endpoint(l, shard).map(|endpoint| LeaderHint {
+                broker: l,
+                shard: shard as u32,
+                endpoint,
+            })
+        });
+        match hint {
+            Some(h) => ErrorResponse {
                 code: ErrorCode::NotLeader as u16,
-                message: format!("{topic}-{partition} is on shard {shard}"),
-                leader_hint: Some(LeaderHint {
-                    broker: self.config.id,
-                    shard: shard as u32,
-                    endpoint: self.endpoint(shard),
-                }),
+                message: format!("{topic}-{partition} is led by broker {}", h.broker),
+                leader_hint: Some(h),
             }
             .into(),
-        ))
+            None => error(
+                ErrorCode::LeaderNotAvailable,
+                format!("{topic}-{partition} has no leader yet; retry"),
+            ),
+        }
+    }
+
+    /// The group if this broker leads it.
+    fn leader_group(&self, topic: &str, partition: u32) -> Result<Rc<Group>, Box<Message>> {
+        let g = self.group(topic, partition)?;
+        if let Some(e) = g.failed.borrow().as_ref() {
+            return Err(Box::new(error(ErrorCode::StorageError, e.clone())));
+        }
+        if g.role() != Role::Leader {
+            return Err(Box::new(self.not_leader(topic, partition, g.leader())));
+        }
+        Ok(g)
     }
 
     async fn connection(self: Rc<Self>, stream: TcpStream) {
@@ -769,8 +1197,7 @@ impl Shard {
                 glommio::spawn_local(async move {
                     let corr = frame.header.correlation_id;
                     let response = if frame.header.kind == Kind::ProduceRequest {
-                        // The hot path reads the archived body in place: the
-                        // batch is not copied out of the frame.
+                        // The hot path reads the archived body in place.
                         shard.produce_frame(&frame).await
                     } else {
                         match frame.message() {
@@ -805,12 +1232,25 @@ impl Shard {
                     Some(names) => names,
                     None => self.topics.borrow().keys().cloned().collect(),
                 };
+                let brokers = broker_ids(&self.config)
+                    .into_iter()
+                    .filter_map(|b| {
+                        let e0 = self.broker_endpoint(b, 0)?;
+                        Some(BrokerInfo {
+                            id: b,
+                            endpoints: (0..self.shards)
+                                .map(|s| Endpoint {
+                                    host: e0.host.clone(),
+                                    port: e0.port + s as u16,
+                                })
+                                .collect(),
+                        })
+                    })
+                    .collect();
+                let controller = self.controller_leader();
                 MetadataResponse {
-                    brokers: vec![BrokerInfo {
-                        id: self.config.id,
-                        endpoints: (0..self.shards).map(|s| self.endpoint(s)).collect(),
-                    }],
-                    controller: Some(self.config.id),
+                    brokers,
+                    controller,
                     topics: names.iter().map(|n| self.topic_metadata(n)).collect(),
                 }
                 .into()
@@ -834,21 +1274,30 @@ impl Shard {
                     .await
                     .unwrap_or_else(|_| error(ErrorCode::ShuttingDown, "shard 0 is gone"))
             }
-            Message::DescribeTopicRequest(req) => match self.topics.borrow().get(&req.name) {
-                None => error(
-                    ErrorCode::UnknownTopicOrPartition,
-                    format!("no topic {}", req.name),
-                ),
-                Some(t) => DescribeTopicResponse {
-                    topic: self.topic_metadata(&req.name),
-                    replication: t.replication,
-                    config: t.config(),
+            Message::DescribeTopicRequest(req) => {
+                let record = self.topics.borrow().get(&req.name).cloned();
+                match record {
+                    None => error(
+                        ErrorCode::UnknownTopicOrPartition,
+                        format!("no topic {}", req.name),
+                    ),
+                    Some(t) => DescribeTopicResponse {
+                        topic: self.topic_metadata(&req.name),
+                        replication: t.replication,
+                        config: t.config(),
+                    }
+                    .into(),
                 }
-                .into(),
-            },
+            }
             Message::ProduceRequest(req) => {
-                self.produce(&req.topic, req.partition, req.acks, &req.batch)
-                    .await
+                self.produce(
+                    &req.topic,
+                    req.partition,
+                    req.acks,
+                    req.timeout_ms,
+                    &req.batch,
+                )
+                .await
             }
             Message::FetchRequest(req) => self.fetch(req).await,
             Message::ListOffsetsRequest(req) => self.list_offsets(req),
@@ -861,6 +1310,11 @@ impl Shard {
                 ),
             ),
         }
+    }
+
+    fn controller_leader(&self) -> Option<u64> {
+        let v = self.view.read().ok()?;
+        v.leaders.get(&CONTROLLER_GROUP).and_then(|l| l.0)
     }
 
     /// Produce from the archived (validated, zero-copy) body of a frame.
@@ -877,24 +1331,42 @@ impl Shard {
             ArchivedAcks::Leader => Acks::Leader,
             ArchivedAcks::Quorum => Acks::Quorum,
         };
-        self.produce(topic, req.partition.to_native(), acks, req.batch.as_slice())
-            .await
+        self.produce(
+            topic,
+            req.partition.to_native(),
+            acks,
+            req.timeout_ms.to_native(),
+            req.batch.as_slice(),
+        )
+        .await
     }
 
-    async fn produce(&self, topic: &str, partition: u32, acks: Acks, batch: &[u8]) -> Message {
-        let owned = match self.owned(topic, partition) {
-            Ok(p) => p,
+    async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        timeout_ms: u32,
+        batch: &[u8],
+    ) -> Message {
+        let g = match self.leader_group(topic, partition) {
+            Ok(g) => g,
             Err(e) => return *e,
         };
-        // The CRC is checked once, by storage on append (a mismatch comes
-        // back as CorruptBatch); here the structure and every record.
-        let check = RecordBatch::parse_without_crc(batch).and_then(|b| {
+        // The CRC is checked here once (followers check it again when the
+        // entry arrives); the structure and every record too.
+        let check = RecordBatch::parse(batch).and_then(|b| {
             b.validate_records()?;
             if b.batch_bytes() != batch.len() {
                 return Err(WireError::InvalidBatch("bytes after the batch".into()));
             }
             if b.record_count() == 0 {
                 return Err(WireError::InvalidBatch("no records".into()));
+            }
+            if b.is_control() {
+                return Err(WireError::InvalidBatch(
+                    "control batches are written by brokers only".into(),
+                ));
             }
             Ok(BatchId {
                 producer_id: b.producer_id(),
@@ -907,68 +1379,77 @@ impl Shard {
             Ok(id) => id,
             Err(e) => return error(ErrorCode::CorruptBatch, e.to_string()),
         };
+        if batch.len() > storage::batch::BATCH_BYTES_MAX {
+            return error(
+                ErrorCode::RequestTooLarge,
+                format!("batch of {} bytes", batch.len()),
+            );
+        }
+        let timeout = match timeout_ms {
+            0 => PRODUCE_TIMEOUT_DEFAULT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
         // Check and record the producer's sequence in the same synchronous
-        // step as the append, so pipelined batches of one producer are
-        // judged in the order they are appended.
-        let verdict = owned.producers.borrow().check(id);
-        let info = match verdict {
+        // step as the proposal, so pipelined batches of one producer are
+        // judged in the order they enter the log.
+        let verdict = g.producers.borrow().check(id);
+        let (wait, duplicate) = match verdict {
             Verdict::Reject { code, reason } => return error(code, reason),
-            Verdict::Duplicate {
-                base_offset,
-                last_offset,
-            } => {
-                if let Err(e) = owned.part.wait_durable(last_offset + 1).await {
-                    return storage_error(&e);
+            Verdict::Duplicate { entry } => (self.wait(&g, entry, None, acks, timeout), true),
+            Verdict::Append => match g.propose(batch.to_vec()) {
+                Ok((index, term)) => {
+                    g.producers.borrow_mut().record(id, index);
+                    (self.wait(&g, index, Some(term), acks, timeout), false)
                 }
-                return ProduceResponse {
+                Err((code, why)) => return error(code, why),
+            },
+        };
+        match wait.await {
+            Ok(c) => {
+                bump(&self.counters.produce_requests, 1);
+                bump(&self.counters.produce_bytes, batch.len() as u64);
+                ProduceResponse {
                     topic: topic.to_owned(),
                     partition,
-                    base_offset,
-                    last_offset,
-                    log_append_time_ms: now_ms(),
-                    duplicate: true,
+                    base_offset: c.base_offset,
+                    last_offset: c.last_offset,
+                    log_append_time_ms: replica::now_ms(),
+                    duplicate,
                 }
-                .into();
+                .into()
             }
-            Verdict::Append => {
-                let appended = owned.part.log_mut().append(batch, SINGLE_BROKER_TERM);
-                match appended {
-                    Ok(info) => {
-                        owned
-                            .producers
-                            .borrow_mut()
-                            .record(id, info.base_offset, info.last_offset);
-                        info
-                    }
-                    Err(e) => return storage_error(&e),
-                }
-            }
-        };
-        // Acknowledge once durable: always for acks=quorum (the only commit
-        // there is with one replica), and under the every-batch policy.
-        let every_batch = owned.part.log().config().sync_policy == SyncPolicy::EveryBatch;
-        if acks == Acks::Quorum || every_batch {
-            if let Err(e) = owned.part.wait_durable(info.last_offset + 1).await {
-                return storage_error(&e);
-            }
+            Err((code, why)) => error(code, why),
         }
-        bump(&self.counters.produce_requests, 1);
-        bump(&self.counters.produce_bytes, batch.len() as u64);
-        owned.appended.notify_all();
-        ProduceResponse {
-            topic: topic.to_owned(),
-            partition,
-            base_offset: info.base_offset,
-            last_offset: info.last_offset,
-            log_append_time_ms: now_ms(),
-            duplicate: false,
-        }
-        .into()
+    }
+
+    /// Waits for entry `index` per `acks`, at most `timeout`.
+    async fn wait(
+        &self,
+        g: &Rc<Group>,
+        index: u64,
+        term: Option<u64>,
+        acks: Acks,
+        timeout: Duration,
+    ) -> WaitResult {
+        let g = g.clone();
+        let waited = glommio::timer::timeout(timeout, async move {
+            Ok(match acks {
+                Acks::Quorum => g.wait_committed(index, term).await,
+                Acks::Leader => g.wait_persisted(index, term).await,
+            })
+        })
+        .await;
+        waited.unwrap_or_else(|_| {
+            Err((
+                ErrorCode::Timeout,
+                format!("not acknowledged within {timeout:?} (no quorum?)"),
+            ))
+        })
     }
 
     async fn fetch(&self, req: FetchRequest) -> Message {
-        let owned = match self.owned(&req.topic, req.partition) {
-            Ok(p) => p,
+        let g = match self.leader_group(&req.topic, req.partition) {
+            Ok(g) => g,
             Err(e) => return *e,
         };
         let max_bytes = (req.max_bytes as usize).clamp(1, FETCH_BYTES_MAX);
@@ -977,8 +1458,8 @@ impl Shard {
         loop {
             let mut out = Vec::new();
             let (high_watermark, log_start_offset) = {
-                let log = owned.part.log();
-                let hw = log.durable_offset();
+                let log = g.part.log();
+                let hw = g.high_watermark.get();
                 let mut at = req.offset;
                 // Bounded: each read advances `at` or returns nothing.
                 while out.len() < max_bytes && at < hw {
@@ -991,14 +1472,16 @@ impl Shard {
                         Err(e) => return storage_error(&e),
                     }
                 }
-                if req.offset > log.next_offset() || req.offset < log.log_start_offset() {
+                if req.offset > hw.max(log.log_start_offset())
+                    || req.offset < log.log_start_offset()
+                {
                     return error(
                         ErrorCode::OffsetOutOfRange,
                         format!(
                             "offset {} outside [{}, {}]",
                             req.offset,
                             log.log_start_offset(),
-                            log.next_offset()
+                            hw
                         ),
                     );
                 }
@@ -1017,27 +1500,30 @@ impl Shard {
                 }
                 .into();
             }
-            // Long poll: wait for an append (its data is durable when the
-            // append returns under the default policy) or the deadline.
+            // Long poll: wait for the high watermark to move or the deadline.
             let _ = glommio::timer::timeout(deadline - now, async {
-                owned.appended.wait().await;
+                g.committed.wait().await;
                 Ok(())
             })
             .await;
+            if g.role() != Role::Leader {
+                return self.not_leader(&req.topic, req.partition, g.leader());
+            }
         }
     }
 
     fn list_offsets(&self, req: ListOffsetsRequest) -> Message {
-        let owned = match self.owned(&req.topic, req.partition) {
-            Ok(p) => p,
+        let g = match self.leader_group(&req.topic, req.partition) {
+            Ok(g) => g,
             Err(e) => return *e,
         };
-        let log = owned.part.log();
+        let log = g.part.log();
+        let hw = g.high_watermark.get();
         let (offset, timestamp_ms) = match req.spec {
             OffsetSpec::Earliest => (Some(log.log_start_offset()), None),
-            OffsetSpec::Latest => (Some(log.durable_offset()), None),
+            OffsetSpec::Latest => (Some(hw), None),
             OffsetSpec::Timestamp(ts) => match log.offset_for_timestamp(ts) {
-                Ok(o) => (o.filter(|&o| o < log.durable_offset()), Some(ts)),
+                Ok(o) => (o.filter(|&o| o < hw), Some(ts)),
                 Err(e) => return storage_error(&e),
             },
         };
@@ -1067,52 +1553,40 @@ impl Shard {
             }
             partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         }
+        let now = Instant::now();
+        let brokers = broker_ids(&self.config)
+            .into_iter()
+            .map(|b| {
+                let seen = if b == self.config.id {
+                    Some(Duration::ZERO)
+                } else {
+                    self.view
+                        .read()
+                        .ok()
+                        .and_then(|v| v.last_seen.get(&b).map(|t| now.duration_since(*t)))
+                };
+                BrokerStatus {
+                    id: b,
+                    endpoints: self.broker_endpoint(b, 0).into_iter().collect(),
+                    alive: seen.is_some_and(|d| d < PEER_ALIVE_WINDOW),
+                    last_seen_ms_ago: seen.map(|d| d.as_millis() as u64),
+                }
+            })
+            .collect();
         ClusterStatusResponse {
-            controller: Some(self.config.id),
-            brokers: vec![BrokerStatus {
-                id: self.config.id,
-                endpoints: (0..self.shards).map(|s| self.endpoint(s)).collect(),
-                alive: true,
-                last_seen_ms_ago: Some(0),
-            }],
+            controller: self.controller_leader(),
+            brokers,
             partitions,
         }
         .into()
     }
 }
 
-/// Rebuilds idempotent-producer state from the active segment's batches:
-/// retries target recent batches, and the active segment holds them. (A
-/// producer whose last batch is in an older segment is accepted as new.)
-fn rebuild_producers(log: &Log) -> ProducerTable {
-    let mut table = ProducerTable::default();
-    let end = log.next_offset();
-    let mut at = log
-        .segment_bases()
-        .last()
-        .copied()
-        .unwrap_or(end)
-        .max(log.log_start_offset());
-    // Bounded: each read advances `at` (whole batches) or ends the loop.
-    while at < end {
-        let Ok(out) = log.read(at, FETCH_BYTES_MAX, end) else {
-            break;
-        };
-        if out.bytes.is_empty() || out.next_offset <= at {
-            break;
-        }
-        for batch in wire::batches(out.bytes).flatten() {
-            let id = BatchId {
-                producer_id: batch.producer_id(),
-                epoch: batch.producer_epoch(),
-                base_sequence: batch.base_sequence(),
-                record_count: batch.record_count(),
-            };
-            table.record(id, batch.base_offset(), batch.last_offset());
-        }
-        at = out.next_offset;
+fn admin_timeout(timeout_ms: u32) -> Duration {
+    match timeout_ms {
+        0 => ADMIN_TIMEOUT_DEFAULT,
+        ms => Duration::from_millis(u64::from(ms)),
     }
-    table
 }
 
 /// Retired files queued for the janitor: deletions are rare (a segment every
@@ -1136,11 +1610,4 @@ fn report_failed(failed: Vec<(std::path::PathBuf, std::io::Error)>) {
     for (p, e) in failed {
         eprintln!("janitor: removing {}: {e}", p.display());
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

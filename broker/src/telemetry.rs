@@ -29,6 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct PartitionSample {
     pub topic: String,
     pub partition: u32,
+    pub leader: Option<u64>,
+    pub term: u64,
     pub log_start_offset: u64,
     pub high_watermark: u64,
     pub next_offset: u64,
@@ -44,6 +46,10 @@ pub struct ShardSample {
     pub fetch_bytes: u64,
     pub errors: u64,
     pub segments_deleted: u64,
+    /// Leadership changes seen by this shard's groups (elections).
+    pub leader_changes: u64,
+    pub peer_frames_sent: u64,
+    pub peer_frames_dropped: u64,
     pub partitions: Vec<PartitionSample>,
 }
 
@@ -127,7 +133,7 @@ type Counter = (&'static str, &'static str, fn(&ShardSample) -> u64);
 fn prometheus(broker_id: u64, latest: &BTreeMap<usize, ShardSample>) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let counters: [Counter; 6] = [
+    let counters: [Counter; 8] = [
         (
             "drmq_produce_requests_total",
             "Produce requests answered",
@@ -157,6 +163,16 @@ fn prometheus(broker_id: u64, latest: &BTreeMap<usize, ShardSample>) -> String {
             "drmq_segments_deleted_total",
             "Segments deleted by retention",
             |s| s.segments_deleted,
+        ),
+        (
+            "drmq_leader_changes_total",
+            "Leadership changes (elections) seen by this shard's Raft groups",
+            |s| s.leader_changes,
+        ),
+        (
+            "drmq_peer_frames_dropped_total",
+            "Peer frames dropped because a peer's queue was full or it was unreachable",
+            |s| s.peer_frames_dropped,
         ),
     ];
     for (name, help, get) in counters {
@@ -203,9 +219,14 @@ mod tests {
                 fetch_bytes: 0,
                 errors: 2,
                 segments_deleted: 0,
+                leader_changes: 1,
+                peer_frames_sent: 0,
+                peer_frames_dropped: 0,
                 partitions: vec![PartitionSample {
                     topic: "t".into(),
                     partition: 3,
+                    leader: Some(9),
+                    term: 1,
                     log_start_offset: 0,
                     high_watermark: 42,
                     next_offset: 42,

@@ -42,6 +42,14 @@ pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
 /// One topic as stored in the registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicRecord {
+    /// The controller entry that created the topic: unique for the life of
+    /// the cluster, so a topic deleted and created again never mixes with
+    /// the old one (its Raft groups and directories carry the id).
+    #[serde(default)]
+    pub id: u64,
+    /// Brokers holding each partition; the first is the preferred leader.
+    #[serde(default)]
+    pub replicas: Vec<Vec<u64>>,
     pub name: String,
     pub partitions: u32,
     pub replication: u16,
@@ -57,6 +65,8 @@ pub struct TopicRecord {
 impl TopicRecord {
     pub fn from_config(name: String, partitions: u32, replication: u16, c: &TopicConfig) -> Self {
         TopicRecord {
+            id: 0,
+            replicas: Vec::new(),
             name,
             partitions,
             replication,
@@ -93,10 +103,30 @@ impl TopicRecord {
     }
 
     /// The directory of one partition's log.
-    pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    pub fn partition_dir(&self, data_dir: &Path, partition: u32) -> PathBuf {
         data_dir
             .join("partitions")
-            .join(format!("{topic}-{partition}"))
+            .join(format!("{}-{}.{}", self.name, partition, self.id))
+    }
+
+    /// The Raft group of one partition: the topic id in the high bits
+    /// (group 0 is the controller).
+    pub fn group_id(&self, partition: u32) -> u64 {
+        (self.id << 20) | u64::from(partition)
+    }
+
+    /// Spreads `partitions` × `replication` replicas over `brokers` (sorted):
+    /// partition `p` starts at broker `(p + seed) % n`, so preferred leaders
+    /// rotate across brokers.
+    pub fn assign(brokers: &[u64], partitions: u32, replication: u16, seed: u64) -> Vec<Vec<u64>> {
+        let n = brokers.len().max(1);
+        (0..partitions)
+            .map(|p| {
+                (0..usize::from(replication).min(n))
+                    .map(|i| brokers[(p as usize + seed as usize + i) % n])
+                    .collect()
+            })
+            .collect()
     }
 }
 

@@ -520,6 +520,7 @@ fn serve_broker(a: ServeArgs) -> Result<bool> {
         http: Some(a.http),
         peers: None,
         shards: Some(a.shards),
+        cluster_secret: None,
     };
     let config = BrokerConfig::resolve(FileConfig::default(), flags, a.shards)?;
     broker::runtime::run(config)?;

@@ -258,6 +258,12 @@ impl FrameDecoder {
         }
     }
 
+    /// Changes the limits for the frames still to come (a peer connection
+    /// accepts larger frames once it is authenticated).
+    pub fn set_limits(&mut self, limits: FrameLimits) {
+        self.limits = limits;
+    }
+
     /// Appends bytes received from the stream.
     pub fn extend(&mut self, bytes: &[u8]) {
         if self.start > 0 && self.start >= self.buf.len() / 2 {

@@ -393,6 +393,9 @@ wire_structs! {
         pub shard: u32,
         pub nonce: u64,
         pub auth_tag: Vec<u8>,
+        /// The caller's client address (`HOST:PORT` of its shard 0), so
+        /// peers can send clients to it.
+        pub endpoint: String,
     }
 
     pub struct PeerHelloResponse {

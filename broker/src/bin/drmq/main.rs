@@ -1,5 +1,6 @@
 //! `drmq`: the broker and its command-line client.
 
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ enum Command {
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
         /// First client port: broker i serves clients from PORT + 16(i-1),
-        /// peers on PORT + 200 + i, HTTP on PORT - 1012 + i.
+        /// peers from PORT + 200 + 16(i-1), HTTP on PORT - 1012 + i.
         #[arg(long, default_value_t = 9092)]
         port: u16,
     },
@@ -92,6 +93,10 @@ struct BrokerArgs {
     peers: Option<String>,
     #[arg(long)]
     shards: Option<usize>,
+    /// Secret shared by the brokers of a cluster (peers authenticate with
+    /// it); better given in the environment than on the command line.
+    #[arg(long, env = "DRMQ_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// A TOML file with the same settings; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -258,6 +263,7 @@ fn broker(args: BrokerArgs) -> Result<()> {
         http: args.http,
         peers,
         shards: args.shards,
+        cluster_secret: args.cluster_secret,
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -285,12 +291,18 @@ fn dev(nodes: u32, data_dir: &std::path::Path, port: u16) -> Result<()> {
         .unwrap_or(1)
         .min(4);
     let client_port = |i: u32| port + (i - 1) as u16 * 16;
-    let peer_port = |i: u32| port + 200 + i as u16;
+    let peer_port = |i: u32| port + 200 + (i - 1) as u16 * 16;
     let http_port = |i: u32| port - 1012 + i as u16;
     let peers: Vec<String> = (1..=nodes)
         .map(|i| format!("{i}=127.0.0.1:{}", peer_port(i)))
         .collect();
     let exe = std::env::current_exe().context("locating the drmq binary")?;
+    // A fresh secret per `drmq dev` run, passed in the environment.
+    let secret = format!(
+        "{:016x}{:016x}",
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
+        std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+    );
     let mut children = Vec::new();
     for i in 1..=nodes {
         let mut cmd = std::process::Command::new(&exe);
@@ -300,7 +312,8 @@ fn dev(nodes: u32, data_dir: &std::path::Path, port: u16) -> Result<()> {
             .args(["--listen", &format!("127.0.0.1:{}", client_port(i))])
             .args(["--peer-listen", &format!("127.0.0.1:{}", peer_port(i))])
             .args(["--http", &format!("127.0.0.1:{}", http_port(i))])
-            .args(["--shards", &shards.to_string()]);
+            .args(["--shards", &shards.to_string()])
+            .env("DRMQ_CLUSTER_SECRET", &secret);
         if nodes > 1 {
             cmd.args(["--peers", &peers.join(",")]);
         }
@@ -434,13 +447,46 @@ fn wait_for_stop_signal() {
     while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
 }
 
+/// Sends `msg` to the cluster: follows NotLeader / NotController hints and
+/// retries retryable errors (no controller elected yet, say) until the
+/// deadline.
 fn request(conn: &ConnArgs, msg: Message) -> Result<Message> {
     let brokers = parse_brokers(&conn.brokers)?;
     let timeout = Duration::from_millis(conn.timeout_ms.max(1));
-    let mut c = Connection::connect_any(&brokers, timeout)?;
-    let addr = c.addr();
-    c.request(&msg)
-        .with_context(|| format!("{} to {addr}", msg.kind().name()))
+    let deadline = std::time::Instant::now() + timeout;
+    let mut target: Option<std::net::SocketAddr> = None;
+    loop {
+        let attempt = (|| -> Result<Message, broker::client::ClientError> {
+            let mut c = match target {
+                Some(a) => Connection::connect(a, timeout)?,
+                None => Connection::connect_any(&brokers, timeout)?,
+            };
+            c.request(&msg)
+        })();
+        let retry_in = match &attempt {
+            Err(broker::client::ClientError::Broker { code, .. }) if code.is_retryable() => {
+                Some(Duration::from_millis(100))
+            }
+            Err(
+                broker::client::ClientError::Io { .. } | broker::client::ClientError::Closed { .. },
+            ) if target.is_some() => {
+                target = None;
+                Some(Duration::from_millis(100))
+            }
+            _ => None,
+        };
+        if let Err(broker::client::ClientError::Broker { hint: Some(h), .. }) = &attempt {
+            target = parse_brokers(&format!("{}:{}", h.endpoint.host, h.endpoint.port))
+                .ok()
+                .and_then(|v| v.first().copied());
+        }
+        match retry_in {
+            Some(d) if std::time::Instant::now() + d < deadline => std::thread::sleep(d),
+            _ => {
+                return attempt.with_context(|| format!("{}", msg.kind().name()));
+            }
+        }
+    }
 }
 
 fn unexpected(msg: &Message) -> String {

@@ -1,0 +1,515 @@
+//! One Raft group on a shard: a partition (or the controller) with its
+//! `Raft` state machine over the partition log, and the task that drives it.
+//!
+//! The driver follows the `raft::Ready` contract: append the entries (each
+//! replica stamps base offset, term and entry index into the batch header),
+//! make them durable (the shard's io_uring group commit), save term and vote
+//! when they changed, and only then send the messages. Proposals made while a
+//! Ready is being persisted ride in the next one, which is the group commit of
+//! the replicated path.
+//!
+//! Produce requests wait on the entry their batch went into: when the commit
+//! index passes it with the proposal's term still there, the request is
+//! answered with the offsets the batch got; if the entry was replaced or this
+//! node lost leadership, with a retriable `NotLeader`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use anyhow::{Context as _, Result};
+use raft::{Entry, EntryPayload, Membership, Raft, Role};
+use storage::shard::{Notify, Partition};
+use storage::{Log, LogConfig};
+use wire::ErrorCode;
+
+use crate::peer::Outbox;
+use crate::producers::{BatchId, ProducerTable};
+use crate::replica::{self, GroupState, LogStore};
+
+/// Raft timing in ticks of [`TICK`]: heartbeats every 100 ms, elections
+/// after 1-2 s of silence. Generous for loaded 2-core test machines.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+pub const HEARTBEAT_TICKS: u32 = 10;
+pub const ELECTION_TICKS: u32 = 100;
+
+/// What a group is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupKind {
+    Controller,
+    Partition { topic: String, partition: u32 },
+}
+
+/// A committed produce: the offsets its batch got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+pub type WaitResult = Result<Committed, (ErrorCode, String)>;
+
+struct Waiter {
+    /// The term the entry must still have (`None`: whatever is there).
+    term: Option<u64>,
+    tx: flume::Sender<WaitResult>,
+}
+
+/// Leadership changes, for the shard (metadata, telemetry events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderChange {
+    pub group: u64,
+    pub kind: GroupKind,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub role: Role,
+}
+
+/// Hooks from the driver to the shard.
+pub trait GroupHooks {
+    fn leader_changed(&self, change: LeaderChange);
+    /// Controller commands, in commit order (controller group only).
+    fn apply_commands(&self, entries: &[Entry]);
+}
+
+pub struct Group {
+    pub id: u64,
+    pub kind: GroupKind,
+    pub dir: PathBuf,
+    pub part: Rc<Partition>,
+    pub replicas: Vec<u64>,
+    raft: RefCell<Raft<LogStore>>,
+    start_prev: Rc<Cell<(u64, u64)>>,
+    saved: Cell<GroupState>,
+    dirty: Cell<bool>,
+    wake: Notify,
+    waiters: RefCell<BTreeMap<u64, Vec<Waiter>>>,
+    /// First offset not committed: what consumers may read up to.
+    pub high_watermark: Cell<u64>,
+    /// Signalled when the high watermark moves (long-polling fetches).
+    pub committed: Notify,
+    /// Signalled when entries became durable here (acks = leader).
+    persisted: Notify,
+    pub producers: RefCell<ProducerTable>,
+    /// Set when persisting failed: the group stops (its data stays as it
+    /// was on disk) and every request gets this error.
+    pub failed: RefCell<Option<String>>,
+    stopped: Cell<bool>,
+}
+
+impl Group {
+    /// Opens (or creates) the group's log in `dir` and restarts Raft from it.
+    /// `replay` restarts the applied index at the log start, so committed
+    /// entries are handed to [`GroupHooks::apply_commands`] again (the
+    /// controller rebuilds its state that way).
+    pub fn open(
+        id: u64,
+        kind: GroupKind,
+        dir: PathBuf,
+        config: LogConfig,
+        me: u64,
+        replicas: Vec<u64>,
+        replay: bool,
+    ) -> Result<Rc<Group>> {
+        let (mut log, report) =
+            Log::open(&dir, config).with_context(|| format!("opening {}", dir.display()))?;
+        // Recovered bytes may have been in the page cache only: make them
+        // durable before Raft counts them as persisted.
+        log.sync_now()
+            .with_context(|| format!("syncing {}", dir.display()))?;
+        if !report.truncations.is_empty() {
+            eprintln!("recovered {}: {:?}", dir.display(), report.truncations);
+        }
+        let state = GroupState::load(&dir)?;
+        let producers = rebuild_producers(&log);
+        let part = Partition::new(log);
+        let start_prev = Rc::new(Cell::new((state.start_prev_index, state.start_prev_term)));
+        let store = LogStore {
+            part: part.clone(),
+            membership: Membership::with_voters(replicas.iter().copied()),
+            hard_state: raft::HardState {
+                term: state.term,
+                vote: state.vote,
+                // Only term and vote are saved on every change; commit is
+                // learnt again from the leader (a lower commit is safe).
+                commit: state.commit.min(raft::Storage::last_index(&LogStore {
+                    part: part.clone(),
+                    membership: Membership::default(),
+                    hard_state: raft::HardState::default(),
+                    start_prev: start_prev.clone(),
+                })),
+            },
+            start_prev: start_prev.clone(),
+        };
+        let mut cfg = raft::Config::new(me, id);
+        cfg.election_timeout_ticks = ELECTION_TICKS;
+        cfg.heartbeat_interval_ticks = HEARTBEAT_TICKS;
+        cfg.seed = crate::topics::fnv1a(id.to_le_bytes().into_iter().chain(me.to_le_bytes()));
+        cfg.applied_index = if replay { 0 } else { store.hard_state.commit };
+        let raft = Raft::new(cfg, store).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let high_watermark = high_watermark(&part.log(), raft.commit_index());
+        Ok(Rc::new(Group {
+            id,
+            kind,
+            dir,
+            part,
+            replicas,
+            raft: RefCell::new(raft),
+            start_prev,
+            saved: Cell::new(state),
+            dirty: Cell::new(true),
+            wake: Notify::default(),
+            waiters: RefCell::new(BTreeMap::new()),
+            high_watermark: Cell::new(high_watermark),
+            committed: Notify::default(),
+            persisted: Notify::default(),
+            producers: RefCell::new(producers),
+            failed: RefCell::new(None),
+            stopped: Cell::new(false),
+        }))
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.borrow().leader()
+    }
+    pub fn term(&self) -> u64 {
+        self.raft.borrow().term()
+    }
+    pub fn role(&self) -> Role {
+        self.raft.borrow().role()
+    }
+    pub fn commit_index(&self) -> u64 {
+        self.raft.borrow().commit_index()
+    }
+    /// `(replica, match index)` as the leader sees them (empty elsewhere).
+    pub fn replica_progress(&self) -> Vec<(u64, u64)> {
+        let raft = self.raft.borrow();
+        self.replicas
+            .iter()
+            .map(|&r| {
+                let m = if r == raft.id() {
+                    raft.persisted_index()
+                } else {
+                    raft.progress(r).map_or(0, |p| p.match_index)
+                };
+                (r, m)
+            })
+            .collect()
+    }
+
+    fn poke(&self) {
+        self.dirty.set(true);
+        self.wake.notify_all();
+    }
+
+    pub fn tick(&self) {
+        if let Err(e) = self.raft.borrow_mut().tick() {
+            eprintln!("group {}: tick: {e}", self.id);
+        }
+        if self.raft.borrow().has_ready() {
+            self.poke();
+        }
+    }
+
+    pub fn step(&self, m: raft::Message) {
+        if let Err(e) = self.raft.borrow_mut().step(m) {
+            eprintln!("group {}: step: {e}", self.id);
+        }
+        self.poke();
+    }
+
+    /// Starts an election now (the preferred leader of a new group does, so
+    /// leaders spread as the controller placed them).
+    pub fn campaign(&self) {
+        self.raft.borrow_mut().campaign();
+        self.poke();
+    }
+
+    /// Proposes a batch; returns its entry index and term.
+    pub fn propose(&self, batch: Vec<u8>) -> Result<(u64, u64), (ErrorCode, String)> {
+        if let Some(e) = self.failed.borrow().as_ref() {
+            return Err((ErrorCode::StorageError, e.clone()));
+        }
+        let mut raft = self.raft.borrow_mut();
+        let term = raft.term();
+        match raft.propose(batch) {
+            Ok(index) => {
+                drop(raft);
+                self.poke();
+                Ok((index, term))
+            }
+            Err(raft::Error::NotLeader { leader }) => Err((
+                ErrorCode::NotLeader,
+                format!("not the leader (leader: {leader:?})"),
+            )),
+            Err(e) if e.is_retryable() => Err((ErrorCode::LeaderNotAvailable, e.to_string())),
+            Err(e @ raft::Error::ProposalTooLarge { .. }) => {
+                Err((ErrorCode::RequestTooLarge, e.to_string()))
+            }
+            Err(e) => Err((ErrorCode::StorageError, e.to_string())),
+        }
+    }
+
+    /// Waits until entry `index` is committed; `term`: the term it was
+    /// proposed in (the answer is `NotLeader` if another entry replaced it).
+    pub async fn wait_committed(&self, index: u64, term: Option<u64>) -> WaitResult {
+        if index <= self.commit_index() {
+            return self.committed_offsets(index, term);
+        }
+        let (tx, rx) = flume::bounded(1);
+        self.waiters
+            .borrow_mut()
+            .entry(index)
+            .or_default()
+            .push(Waiter { term, tx });
+        rx.recv_async()
+            .await
+            .unwrap_or_else(|_| Err((ErrorCode::LeaderNotAvailable, "the partition closed".into())))
+    }
+
+    /// Waits until entry `index` is durable on this node (acks = leader).
+    pub async fn wait_persisted(&self, index: u64, term: Option<u64>) -> WaitResult {
+        loop {
+            if self.stopped.get() {
+                return Err((ErrorCode::LeaderNotAvailable, "the partition closed".into()));
+            }
+            let (persisted, role) = {
+                let raft = self.raft.borrow();
+                (raft.persisted_index(), raft.role())
+            };
+            if persisted >= index {
+                return self.committed_offsets(index, term);
+            }
+            if role != Role::Leader {
+                return Err((
+                    ErrorCode::NotLeader,
+                    "leadership changed before the batch was written; retry".into(),
+                ));
+            }
+            self.persisted.wait().await;
+        }
+    }
+
+    fn committed_offsets(&self, index: u64, term: Option<u64>) -> WaitResult {
+        let log = self.part.log();
+        let found = log.entry_term(index).and_then(|t| {
+            Ok((
+                t,
+                log.entry_base_offset(index)?,
+                log.entry_end_offset(index)?,
+            ))
+        });
+        match found {
+            Ok((t, base, end)) if term.is_none_or(|want| want == t) => Ok(Committed {
+                base_offset: base,
+                last_offset: end.saturating_sub(1),
+            }),
+            Ok(_) => Err((
+                ErrorCode::NotLeader,
+                "leadership changed before the batch committed; retry".into(),
+            )),
+            Err(e) => Err((ErrorCode::StorageError, e.to_string())),
+        }
+    }
+
+    fn fail_waiters(&self, code: ErrorCode, why: &str) {
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in waiters.into_values().flatten() {
+            let _ = w.tx.try_send(Err((code, why.to_owned())));
+        }
+    }
+
+    /// Stops the driver (the partition was deleted or the broker stops).
+    pub fn stop(&self) {
+        self.stopped.set(true);
+        self.fail_waiters(ErrorCode::LeaderNotAvailable, "the partition closed");
+        self.poke();
+        self.committed.notify_all();
+        self.persisted.notify_all();
+    }
+
+    /// The driver task: runs until [`Group::stop`] or a persistence failure.
+    pub async fn run(self: Rc<Self>, outbox: Rc<Outbox>, hooks: Rc<dyn GroupHooks>) {
+        loop {
+            if self.stopped.get() {
+                return;
+            }
+            let ready = self.dirty.replace(false) || self.raft.borrow().has_ready();
+            if !ready {
+                self.wake.wait().await;
+                continue;
+            }
+            while !self.stopped.get() && self.raft.borrow().has_ready() {
+                if let Err(e) = self.process_ready(&outbox, &*hooks).await {
+                    let why = format!("{e:#}");
+                    eprintln!("group {} ({}): stopped: {why}", self.id, self.dir.display());
+                    self.fail_waiters(ErrorCode::StorageError, &why);
+                    *self.failed.borrow_mut() = Some(why);
+                    self.stopped.set(true);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn process_ready(&self, outbox: &Outbox, hooks: &dyn GroupHooks) -> Result<()> {
+        let rd = self.raft.borrow_mut().ready()?;
+        if rd.snapshot.is_some() || !rd.snapshot_chunks.is_empty() {
+            anyhow::bail!("snapshot install is not supported yet");
+        }
+        if let Some(ss) = rd.soft_state {
+            if ss.role != Role::Leader {
+                self.fail_waiters(
+                    ErrorCode::NotLeader,
+                    "leadership changed before the batch committed; retry",
+                );
+            }
+            hooks.leader_changed(LeaderChange {
+                group: self.id,
+                kind: self.kind.clone(),
+                leader: ss.leader,
+                term: self.term(),
+                role: ss.role,
+            });
+        }
+        if !rd.entries.is_empty() {
+            let first = rd.entries[0].index;
+            let mut truncated = false;
+            {
+                let mut log = self.part.log_mut();
+                if first < log.next_entry_index() {
+                    log.truncate_entries_from(first)?;
+                    truncated = true;
+                }
+                let mut producers = self.producers.borrow_mut();
+                for e in &rd.entries {
+                    let batch = replica::entry_batch(&e.payload);
+                    log.append_entry(&batch, e.term, e.index)?;
+                    if let EntryPayload::Data(bytes) = &e.payload {
+                        if let Some(id) = batch_id(bytes) {
+                            producers.record(id, e.index);
+                        }
+                    }
+                }
+                if truncated {
+                    *producers = rebuild_producers(&log);
+                }
+            }
+            let end = self.part.log().next_offset();
+            self.part.wait_durable(end).await?;
+        }
+        if let Some(hs) = rd.hard_state {
+            let saved = self.saved.get();
+            // Term and vote must be durable before the messages go out;
+            // the controller also saves its commit index (rare changes), so
+            // a restarted broker applies its topics at once.
+            let controller_commit = self.kind == GroupKind::Controller && hs.commit != saved.commit;
+            if hs.term != saved.term || hs.vote != saved.vote || controller_commit {
+                let (prev, prev_term) = self.start_prev.get();
+                let state = GroupState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit,
+                    start_prev_index: prev,
+                    start_prev_term: prev_term,
+                };
+                state.save(&self.dir).context("saving raft.state")?;
+                self.saved.set(state);
+            }
+        }
+        outbox.send(rd.messages);
+        if !rd.committed_entries.is_empty() {
+            if self.kind == GroupKind::Controller {
+                hooks.apply_commands(&rd.committed_entries);
+            }
+        }
+        self.raft.borrow_mut().advance()?;
+        self.persisted.notify_all();
+        self.after_commit();
+        Ok(())
+    }
+
+    /// Moves the high watermark to the commit index and answers the
+    /// produce requests it covers.
+    fn after_commit(&self) {
+        let commit = self.commit_index();
+        let hw = high_watermark(&self.part.log(), commit);
+        if hw != self.high_watermark.get() {
+            self.high_watermark.set(hw);
+            self.committed.notify_all();
+        }
+        let done: Vec<(u64, Vec<Waiter>)> = {
+            let mut waiters = self.waiters.borrow_mut();
+            let rest = waiters.split_off(&(commit + 1));
+            std::mem::replace(&mut *waiters, rest).into_iter().collect()
+        };
+        for (index, ws) in done {
+            for w in ws {
+                let _ = w.tx.try_send(self.committed_offsets(index, w.term));
+            }
+        }
+    }
+
+    /// Records the entry before the new log start after retention removed
+    /// a prefix, so `term(first - 1)` stays answerable.
+    pub fn set_start_prev(&self, index: u64, term: u64) -> std::io::Result<()> {
+        self.start_prev.set((index, term));
+        let mut s = self.saved.get();
+        s.start_prev_index = index;
+        s.start_prev_term = term;
+        s.save(&self.dir)?;
+        self.saved.set(s);
+        Ok(())
+    }
+}
+
+/// The first offset past entry `commit` (0 when nothing is committed).
+fn high_watermark(log: &Log, commit: u64) -> u64 {
+    if commit == 0 || commit < log.first_entry_index() {
+        return log.log_start_offset();
+    }
+    log.entry_end_offset(commit)
+        .unwrap_or_else(|_| log.log_start_offset())
+}
+
+/// The idempotence fields of a producer's batch (`None` for control batches).
+pub fn batch_id(bytes: &[u8]) -> Option<BatchId> {
+    let b = wire::RecordBatch::parse_without_crc(bytes).ok()?;
+    (!b.is_control()).then(|| BatchId {
+        producer_id: b.producer_id(),
+        epoch: b.producer_epoch(),
+        base_sequence: b.base_sequence(),
+        record_count: b.record_count(),
+    })
+}
+
+/// Rebuilds idempotent-producer state from the active segment's batches:
+/// retries target recent batches, and the active segment holds them. (A
+/// producer whose last batch is in an older segment is accepted as new.)
+pub fn rebuild_producers(log: &Log) -> ProducerTable {
+    let mut table = ProducerTable::default();
+    let end = log.next_offset();
+    let mut at = log
+        .segment_bases()
+        .last()
+        .copied()
+        .unwrap_or(end)
+        .max(log.log_start_offset());
+    // Bounded: each read advances `at` (whole batches) or ends the loop.
+    while at < end {
+        let Ok(out) = log.read(at, 4 << 20, end) else {
+            break;
+        };
+        if out.bytes.is_empty() || out.next_offset <= at {
+            break;
+        }
+        for batch in wire::batches(out.bytes).flatten() {
+            if let Some(id) = batch_id(batch.as_bytes()) {
+                table.record(id, batch.entry_index());
+            }
+        }
+        at = out.next_offset;
+    }
+    table
+}
