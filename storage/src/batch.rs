@@ -410,6 +410,32 @@ mod tests {
     }
 
     #[test]
+    fn wire_golden_batches_read_the_same_here() {
+        // `wire::batch` describes the same layout: its golden files must
+        // parse here with the same header fields.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../wire/tests/golden/");
+        let b = std::fs::read(format!("{dir}record_batch.bin")).unwrap();
+        let h = check(&b).unwrap();
+        assert_eq!(
+            (h.base_offset, h.term, h.entry_index, h.record_count),
+            (4096, 3, 12, 3)
+        );
+        assert_eq!(
+            (h.first_timestamp_ms, h.max_timestamp_ms),
+            (1_700_000_000_000, 1_700_000_000_005)
+        );
+        assert_eq!((h.batch_bytes as usize, h.attributes), (b.len(), 0));
+        assert_eq!(b[MAGIC_AT], MAGIC);
+        assert_eq!(records(&b).count(), 3);
+        let c = std::fs::read(format!("{dir}control_batch.bin")).unwrap();
+        let h = check(&c).unwrap();
+        assert_eq!((h.entry_index, h.record_count), (13, 1));
+        assert_eq!(h.attributes, attributes::CONTROL);
+        let r = records(&c).next().unwrap().unwrap();
+        assert_eq!((r.key, r.value), (None, Some(&b"no-op"[..])));
+    }
+
+    #[test]
     fn truncated_record_is_reported_not_panicking() {
         let mut b = build(&[rec("key", Some("value"))], 0);
         b[HEADER_BYTES] = 0x7f; // record claims more bytes than the batch has
