@@ -145,8 +145,33 @@ fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
 
 /// Asks the bootstrap brokers for `topic`'s partitions and returns, indexed
 /// by partition number, the client endpoint of the shard that leads each.
+/// While a partition has no leader (an election is under way) it asks
+/// again, each bootstrap broker in turn, for up to `connect_timeout`.
 pub fn routes(cfg: &ClientConfig, topic: &str) -> Result<Vec<SocketAddr>, PipelineError> {
-    let mut conn = Connection::connect_any(&cfg.brokers, cfg.connect_timeout)?;
+    let deadline = Instant::now() + cfg.connect_timeout;
+    let mut attempt = 0usize;
+    loop {
+        let n = cfg.brokers.len().max(1);
+        let mut order = cfg.brokers.clone();
+        order.rotate_left(attempt % n);
+        let result = Connection::connect_any(&order, cfg.connect_timeout)
+            .map_err(PipelineError::from)
+            .and_then(|mut conn| routes_once(&mut conn, topic));
+        match result {
+            Ok(r) => return Ok(r),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(PipelineError::Metadata(m)) if m.contains("no topic") => {
+                return Err(PipelineError::Metadata(m))
+            }
+            Err(_) => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn routes_once(conn: &mut Connection, topic: &str) -> Result<Vec<SocketAddr>, PipelineError> {
     let resp = conn.request(
         &MetadataRequest {
             topics: Some(vec![topic.to_owned()]),
@@ -1200,6 +1225,11 @@ impl Consumer {
                         let mut n = 0;
                         for batch in wire::batches(&r.batches) {
                             let batch = batch.map_err(|e| fatal(format!("corrupt batch: {e}")))?;
+                            // Raft's no-op and membership entries: not messages.
+                            if batch.is_control() {
+                                p.position = p.position.max(batch.last_offset() + 1);
+                                continue;
+                            }
                             for rec in batch.records() {
                                 let rec = rec.map_err(|e| fatal(format!("corrupt record: {e}")))?;
                                 // A batch may start before the position asked for.

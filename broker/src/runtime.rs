@@ -187,8 +187,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     for s in 0..shards {
         for (what, base) in [("client", config.listen), ("peer", config.peer_listen)] {
             let addr = SocketAddr::new(base.ip(), base.port() + s as u16);
-            std::net::TcpListener::bind(addr)
-                .with_context(|| format!("{what} port {addr} (shard {s})"))?;
+            check_port_free(addr).with_context(|| format!("{what} port {addr} (shard {s})"))?;
         }
     }
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards)
@@ -303,6 +302,27 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     }
     eprintln!("drmq broker {}: stopped", config.id);
     Ok(())
+}
+
+/// Refuses a port another process listens on. A plain bind also fails when
+/// only TIME_WAIT connections of an earlier run hold the port (they inherit
+/// glommio's SO_REUSEPORT, not SO_REUSEADDR), which must not stop a quick
+/// restart: then a connection attempt tells whether anyone listens.
+fn check_port_free(addr: SocketAddr) -> Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let mut probe = addr;
+            if probe.ip().is_unspecified() {
+                probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
+                Ok(_) => bail!("{e}: another process listens there"),
+                Err(_) => Ok(()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Blocks SIGTERM and SIGINT in the calling thread (and so in every thread

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use broker::client::{parse_brokers, ClientError, Connection};
+use broker::pipeline::{routes, ClientConfig};
 use serde_json::json;
 use wire::*;
 
@@ -17,8 +18,6 @@ const LINES_PER_BATCH_MAX: usize = 1_000;
 const BATCH_BYTES_MAX: usize = 1 << 20;
 /// How long to wait for more stdin lines before sending a batch.
 const LINGER: Duration = Duration::from_millis(5);
-/// Attempts per batch for retryable errors, with back-off between them.
-const PRODUCE_ATTEMPTS_MAX: u32 = 10;
 
 pub enum From {
     Earliest,
@@ -37,9 +36,13 @@ pub fn parse_from(s: &str) -> Result<From> {
     })
 }
 
-/// Connections to every shard endpoint of a single topic's partitions.
+/// Connections to the leaders of one topic's partitions, following
+/// leadership as it moves.
 struct Router {
+    cfg: ClientConfig,
+    topic: String,
     timeout: Duration,
+    /// Partition number and the client endpoint of its leader's shard.
     partitions: Vec<(u32, std::net::SocketAddr)>,
     conns: BTreeMap<std::net::SocketAddr, Connection>,
 }
@@ -47,41 +50,16 @@ struct Router {
 impl Router {
     fn new(brokers: &str, timeout_ms: u64, topic: &str) -> Result<Router> {
         let timeout = Duration::from_millis(timeout_ms.max(1));
-        let addrs = parse_brokers(brokers)?;
-        let mut bootstrap = Connection::connect_any(&addrs, timeout)?;
-        let resp = bootstrap.request(
-            &MetadataRequest {
-                topics: Some(vec![topic.to_owned()]),
-            }
-            .into(),
-        )?;
-        let Message::MetadataResponse(meta) = resp else {
-            bail!("unexpected response {}", resp.kind().name())
-        };
-        let Some(t) = meta.topics.iter().find(|t| t.name == topic) else {
-            bail!("no topic {topic}")
-        };
-        if t.error != 0 {
-            bail!("topic {topic}: {}", ErrorCode::from_u16(t.error));
-        }
-        let mut partitions = Vec::new();
-        for p in &t.partitions {
-            let leader = p
-                .leader
-                .with_context(|| format!("{topic}-{} has no leader", p.partition))?;
-            let broker = meta
-                .brokers
-                .iter()
-                .find(|b| b.id == leader)
-                .with_context(|| format!("unknown broker {leader}"))?;
-            let ep = broker
-                .endpoints
-                .get(p.shard as usize)
-                .with_context(|| format!("broker {leader} has no shard {}", p.shard))?;
-            let addr = parse_brokers(&format!("{}:{}", ep.host, ep.port))?[0];
-            partitions.push((p.partition, addr));
-        }
+        let mut cfg = ClientConfig::new(parse_brokers(brokers)?);
+        cfg.connect_timeout = timeout;
+        let partitions = routes(&cfg, topic)?
+            .into_iter()
+            .enumerate()
+            .map(|(p, a)| (p as u32, a))
+            .collect();
         Ok(Router {
+            cfg,
+            topic: topic.to_owned(),
             timeout,
             partitions,
             conns: BTreeMap::new(),
@@ -109,6 +87,64 @@ impl Router {
             self.conns.remove(&addr);
         }
         r
+    }
+
+    /// Sends `msg` to the leader of partition number `idx`; on a leader
+    /// change (hint, refused connection, retriable error) it finds the new
+    /// leader and sends again, with back-off, until `deadline`.
+    fn send(
+        &mut self,
+        idx: usize,
+        msg: &Message,
+        deadline: Instant,
+    ) -> Result<Message, ClientError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let addr = self.partitions[idx].1;
+            let err = match self.request(addr, msg) {
+                Ok(m) => return Ok(m),
+                Err(e) => e,
+            };
+            let retry = match &err {
+                ClientError::Broker { code, hint, .. } if code.is_retryable() => {
+                    let hinted = hint.as_ref().and_then(|h| {
+                        parse_brokers(&format!("{}:{}", h.endpoint.host, h.endpoint.port)).ok()
+                    });
+                    match hinted.and_then(|v| v.first().copied()) {
+                        Some(a) if a != addr => self.partitions[idx].1 = a,
+                        _ => self.refresh(),
+                    }
+                    true
+                }
+                ClientError::Io { .. }
+                | ClientError::Closed { .. }
+                | ClientError::Unreachable { .. } => {
+                    self.refresh();
+                    true
+                }
+                _ => false,
+            };
+            let pause = Duration::from_millis(20 << attempt.min(5));
+            if !retry || Instant::now() + pause >= deadline {
+                return Err(err);
+            }
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// Asks the cluster again where the leaders are (keeps the old routes
+    /// if nobody answers).
+    fn refresh(&mut self) {
+        let mut cfg = self.cfg.clone();
+        cfg.connect_timeout = Duration::from_millis(500);
+        if let Ok(r) = routes(&cfg, &self.topic) {
+            for (p, a) in r.into_iter().enumerate() {
+                if let Some(slot) = self.partitions.get_mut(p) {
+                    slot.1 = a;
+                }
+            }
+        }
     }
 }
 
@@ -194,7 +230,7 @@ pub fn produce(
             groups.entry(idx).or_default().push((line_no, key, value));
         }
         for (idx, msgs) in groups {
-            let (partition, addr) = router.partitions[idx];
+            let partition = router.partitions[idx].0;
             let seq = sequences.entry(partition).or_insert(0);
             let mut b = if producer_id >= 0 {
                 RecordBatchBuilder::new().producer(producer_id, 0, *seq)
@@ -219,18 +255,8 @@ pub fn produce(
                 batch: b.finish(),
             }
             .into();
-            let mut attempt = 0;
-            let result = loop {
-                attempt += 1;
-                match router.request(addr, &req) {
-                    Err(ClientError::Broker { code, .. })
-                        if code.is_retryable() && attempt < PRODUCE_ATTEMPTS_MAX => {}
-                    Err(ClientError::Io { .. } | ClientError::Closed { .. })
-                        if attempt < PRODUCE_ATTEMPTS_MAX => {}
-                    other => break other,
-                }
-                std::thread::sleep(Duration::from_millis(20 << attempt.min(6)));
-            };
+            let deadline = Instant::now() + router.timeout;
+            let result = router.send(idx, &req, deadline);
             match result {
                 Ok(Message::ProduceResponse(r)) => {
                     let mut o = out.lock();
@@ -265,9 +291,9 @@ pub fn consume(
     idle_timeout_ms: Option<u64>,
 ) -> Result<()> {
     let mut router = Router::new(brokers, timeout_ms, topic)?;
-    let parts = router.partitions.clone();
+    let parts: Vec<u32> = router.partitions.iter().map(|p| p.0).collect();
     let mut positions = Vec::with_capacity(parts.len());
-    for &(partition, addr) in &parts {
+    for (idx, &partition) in parts.iter().enumerate() {
         let pos = match from {
             From::Offset(o) => o,
             From::Earliest | From::Latest => {
@@ -276,14 +302,15 @@ pub fn consume(
                 } else {
                     OffsetSpec::Latest
                 };
-                let resp = router.request(
-                    addr,
+                let resp = router.send(
+                    idx,
                     &ListOffsetsRequest {
                         topic: topic.to_owned(),
                         partition,
                         spec,
                     }
                     .into(),
+                    Instant::now() + router.timeout,
                 )?;
                 let Message::ListOffsetsResponse(r) = resp else {
                     bail!("unexpected response {}", resp.kind().name())
@@ -300,7 +327,7 @@ pub fn consume(
     let wait_ms = if parts.len() == 1 { 500 } else { 50 };
     loop {
         let mut got_any = false;
-        for (i, &(partition, addr)) in parts.iter().enumerate() {
+        for (i, &partition) in parts.iter().enumerate() {
             let req = FetchRequest {
                 topic: topic.to_owned(),
                 partition,
@@ -309,13 +336,19 @@ pub fn consume(
                 min_bytes: 1,
                 max_wait_ms: wait_ms,
             };
-            let resp = router.request(addr, &req.into())?;
+            let resp = router.send(i, &req.into(), Instant::now() + router.timeout)?;
             let Message::FetchResponse(r) = resp else {
                 bail!("unexpected response {}", resp.kind().name())
             };
             let mut o = out.lock();
             for batch in batches(&r.batches) {
                 let batch = batch.context("corrupt batch from the broker")?;
+                // Raft's no-op and membership entries take an offset each
+                // but are not messages.
+                if batch.is_control() {
+                    positions[i] = positions[i].max(batch.last_offset() + 1);
+                    continue;
+                }
                 for rec in batch.records() {
                     let rec = rec.context("corrupt record from the broker")?;
                     if rec.offset < positions[i] {

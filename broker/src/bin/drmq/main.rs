@@ -232,9 +232,41 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 .into(),
             )?;
-            let Message::ClusterStatusResponse(s) = resp else {
+            let Message::ClusterStatusResponse(mut s) = resp else {
                 bail!(unexpected(&resp))
             };
+            // Each broker reports the partitions it leads (and those with
+            // no leader yet): ask every live broker and merge.
+            let timeout = Duration::from_millis(conn.timeout_ms.max(1));
+            for b in s.brokers.clone().iter().filter(|b| b.alive) {
+                let Some(ep) = b.endpoints.first() else {
+                    continue;
+                };
+                let Ok(addrs) = parse_brokers(&format!("{}:{}", ep.host, ep.port)) else {
+                    continue;
+                };
+                let Ok(mut c) = Connection::connect(addrs[0], timeout) else {
+                    continue;
+                };
+                if let Ok(Message::ClusterStatusResponse(other)) = c.request(
+                    &ClusterStatusRequest {
+                        include_partitions: true,
+                    }
+                    .into(),
+                ) {
+                    s.partitions.extend(other.partitions);
+                }
+            }
+            s.partitions.sort_by(|a, b| {
+                (&a.topic, a.partition, a.leader.is_none()).cmp(&(
+                    &b.topic,
+                    b.partition,
+                    b.leader.is_none(),
+                ))
+            });
+            s.partitions.dedup_by(|later, first| {
+                later.topic == first.topic && later.partition == first.partition
+            });
             print_json(&cluster_status_json(&s));
             Ok(())
         }
