@@ -33,6 +33,8 @@ use crate::replica::{self, GroupState, LogStore};
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
 pub const HEARTBEAT_TICKS: u32 = 10;
 pub const ELECTION_TICKS: u32 = 100;
+/// How often a Ready that met a full disk is tried again.
+const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What a group is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,27 +376,28 @@ impl Group {
             });
         }
         if !rd.entries.is_empty() {
-            let first = rd.entries[0].index;
-            let mut truncated = false;
-            {
-                let mut log = self.part.log_mut();
-                if first < log.next_entry_index() {
-                    log.truncate_entries_from(first)?;
-                    truncated = true;
-                }
-                let mut producers = self.producers.borrow_mut();
-                for e in &rd.entries {
-                    let batch = replica::entry_batch(&e.payload);
-                    log.append_entry(&batch, e.term, e.index)?;
-                    if let EntryPayload::Data(bytes) = &e.payload {
-                        if let Some(id) = batch_id(bytes) {
-                            producers.record(id, e.index);
+            // A full disk is a state, not a failure: keep this Ready and
+            // try again until space returns (nothing is acknowledged
+            // meanwhile; the leader refuses new proposals while full).
+            let mut warned = false;
+            loop {
+                match self.append_entries(&rd.entries) {
+                    Ok(()) => break,
+                    Err(e) if e.is_retriable() => {
+                        if !warned {
+                            eprintln!("group {}: {e}; retrying until space returns", self.id);
+                            warned = true;
+                        }
+                        glommio::timer::sleep(DISK_FULL_RETRY).await;
+                        if self.stopped.get() {
+                            anyhow::bail!("stopped while the disk was full");
                         }
                     }
+                    Err(e) => return Err(e.into()),
                 }
-                if truncated {
-                    *producers = rebuild_producers(&log);
-                }
+            }
+            if warned {
+                eprintln!("group {}: appending again", self.id);
             }
             let end = self.part.log().next_offset();
             self.part.wait_durable(end).await?;
@@ -427,6 +430,31 @@ impl Group {
         self.raft.borrow_mut().advance()?;
         self.persisted.notify_all();
         self.after_commit();
+        Ok(())
+    }
+
+    /// Writes a Ready's entries (first removing a conflicting suffix; again
+    /// from the start on a retry, which rewrites the same entries).
+    fn append_entries(&self, entries: &[Entry]) -> Result<(), storage::StorageError> {
+        let first = entries[0].index;
+        let mut log = self.part.log_mut();
+        let truncated = first < log.next_entry_index();
+        if truncated {
+            log.truncate_entries_from(first)?;
+        }
+        let mut producers = self.producers.borrow_mut();
+        if truncated {
+            *producers = rebuild_producers(&log);
+        }
+        for e in entries {
+            let batch = replica::entry_batch(&e.payload);
+            log.append_entry(&batch, e.term, e.index)?;
+            if let EntryPayload::Data(bytes) = &e.payload {
+                if let Some(id) = batch_id(bytes) {
+                    producers.record(id, e.index);
+                }
+            }
+        }
         Ok(())
     }
 

@@ -750,11 +750,10 @@ pub fn from_wire(msg: Message, from: NodeId, to: NodeId) -> Result<Vec<raft::Mes
     }
 }
 
-/// The payload is not used here but keeps `EntryPayload` in the public API
-/// of this module's tests.
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft::EntryPayload;
 
     fn round_trip(m: raft::Message) -> raft::Message {
         let w = to_wire(m.clone()).expect("carried");

@@ -308,22 +308,33 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
 /// only TIME_WAIT connections of an earlier run hold the port (they inherit
 /// glommio's SO_REUSEPORT, not SO_REUSEADDR), which must not stop a quick
 /// restart: then a connection attempt tells whether anyone listens.
+/// The listener of a process that just exited can linger for a moment
+/// (io_uring tears its files down asynchronously), so a listener found
+/// there is looked at again for up to [`PORT_SETTLE`] before giving up.
 fn check_port_free(addr: SocketAddr) -> Result<()> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let mut probe = addr;
-            if probe.ip().is_unspecified() {
-                probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    let deadline = Instant::now() + PORT_SETTLE;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let mut probe = addr;
+                if probe.ip().is_unspecified() {
+                    probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
+                    Err(_) => return Ok(()),
+                    Ok(_) if Instant::now() >= deadline => {
+                        bail!("{e}: another process listens there")
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
             }
-            match std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)) {
-                Ok(_) => bail!("{e}: another process listens there"),
-                Err(_) => Ok(()),
-            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
 }
+
+const PORT_SETTLE: Duration = Duration::from_secs(3);
 
 /// Blocks SIGTERM and SIGINT in the calling thread (and so in every thread
 /// it starts afterwards) and returns the set, for [`wait_for_signal`].
@@ -637,6 +648,9 @@ impl Shard {
             }
         })
         .detach();
+        if voters.len() == 1 {
+            controller.campaign(); // a lone broker need not wait for a timeout
+        }
         self.groups
             .borrow_mut()
             .insert(CONTROLLER_GROUP, controller.clone());
@@ -738,7 +752,7 @@ impl Shard {
             // The preferred leader (first replica) of a brand-new group
             // campaigns at once, so leaders land where the controller
             // spread them instead of wherever a timer fires first.
-            if replicas[0] == self.config.id && group.term() == 0 {
+            if (replicas[0] == self.config.id && group.term() == 0) || replicas.len() == 1 {
                 group.campaign();
             }
             glommio::spawn_local(group.clone().run(self.outbox.clone(), self.hooks())).detach();
@@ -1399,11 +1413,25 @@ impl Shard {
             Ok(id) => id,
             Err(e) => return error(ErrorCode::CorruptBatch, e.to_string()),
         };
-        if batch.len() > storage::batch::BATCH_BYTES_MAX {
-            return error(
-                ErrorCode::RequestTooLarge,
-                format!("batch of {} bytes", batch.len()),
-            );
+        // Refused before Raft sees it: every replica would fail the same way.
+        {
+            let log = g.part.log();
+            let segment = log.config().segment_bytes_max as usize;
+            if batch.len() > segment.min(storage::batch::BATCH_BYTES_MAX) {
+                return error(
+                    ErrorCode::RequestTooLarge,
+                    format!(
+                        "batch of {} bytes exceeds the topic's segment size ({segment} bytes)",
+                        batch.len()
+                    ),
+                );
+            }
+            if log.space_full() {
+                return error(
+                    ErrorCode::DiskFull,
+                    "the partition's disk is below its free-space floor; retry later",
+                );
+            }
         }
         let timeout = match timeout_ms {
             0 => PRODUCE_TIMEOUT_DEFAULT,

@@ -579,6 +579,13 @@ impl Log {
         })
     }
 
+    /// True while the last append was refused for lack of space (it
+    /// clears when an append succeeds again). Lets a caller refuse new work
+    /// early without trying an append.
+    pub fn space_full(&self) -> bool {
+        self.space_full
+    }
+
     fn check_space(&mut self, incoming: u64) -> Result<()> {
         self.space_unchecked_bytes += incoming;
         if !self.space_full && self.space_unchecked_bytes < SPACE_CHECK_INTERVAL_BYTES {

@@ -52,17 +52,18 @@ pub fn free_port_run(n: u16) -> u16 {
 
 impl Broker {
     /// Starts a single broker with [`SHARDS`] shards on `data_dir`; client
-    /// ports `base..base+SHARDS`, peer `base+SHARDS`, HTTP `base+SHARDS+1`.
+    /// ports `base..base+SHARDS`, peer ports `base+SHARDS..base+2*SHARDS`,
+    /// HTTP `base+2*SHARDS`.
     pub fn start(data_dir: &Path) -> Broker {
         for _ in 0..START_ATTEMPTS_MAX {
-            let base = free_port_run(SHARDS + 2);
+            let base = free_port_run(2 * SHARDS + 1);
             let child = drmq()
                 .args(["broker", "--id", "1", "--shards", &SHARDS.to_string()])
                 .arg("--data-dir")
                 .arg(data_dir)
                 .args(["--listen", &format!("127.0.0.1:{base}")])
                 .args(["--peer-listen", &format!("127.0.0.1:{}", base + SHARDS)])
-                .args(["--http", &format!("127.0.0.1:{}", base + SHARDS + 1)])
+                .args(["--http", &format!("127.0.0.1:{}", base + 2 * SHARDS)])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -92,7 +93,7 @@ impl Broker {
     }
 
     pub fn http_port(&self) -> u16 {
-        self.listen_port + SHARDS + 1
+        self.listen_port + 2 * SHARDS
     }
 
     pub fn brokers(&self) -> String {
@@ -161,5 +162,190 @@ impl Broker {
         }
         drop(input);
         child.wait_with_output().unwrap()
+    }
+}
+
+/// Ports of one cluster member: clients `base..base+SHARDS`, peers
+/// `base+SHARDS..base+2*SHARDS`, HTTP `base+2*SHARDS`.
+const PORTS_PER_BROKER: u16 = 2 * SHARDS + 1;
+
+/// A cluster of `drmq broker` child processes on loopback, RF up to its
+/// size. Every child is killed (after SIGCONT, in case a test stopped it)
+/// when the cluster is dropped, even when the test fails.
+pub struct Cluster {
+    pub bases: Vec<u16>,
+    pub dirs: Vec<PathBuf>,
+    pub children: Vec<Option<Child>>,
+    secret: String,
+    /// A stopped broker is left out of `--brokers` (a client would time
+    /// out on it before trying the next one).
+    paused: std::cell::Cell<Option<usize>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            // SAFETY: kill(2) on our own, not yet reaped, child.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts `n` brokers (ids 1..=n) with data under `root`.
+    pub fn start(root: &Path, n: usize) -> Cluster {
+        let run = free_port_run(PORTS_PER_BROKER * n as u16);
+        let mut c = Cluster {
+            bases: (0..n).map(|i| run + PORTS_PER_BROKER * i as u16).collect(),
+            dirs: (1..=n).map(|i| root.join(format!("broker-{i}"))).collect(),
+            children: (0..n).map(|_| None).collect(),
+            secret: "test-cluster-secret".into(),
+            paused: std::cell::Cell::new(None),
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_up(i);
+        }
+        c
+    }
+
+    fn peers(&self) -> String {
+        self.bases
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{}=127.0.0.1:{}", i + 1, b + SHARDS))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let base = self.bases[i];
+        let child = drmq()
+            .args(["broker", "--id", &(i + 1).to_string()])
+            .args(["--shards", &SHARDS.to_string()])
+            .arg("--data-dir")
+            .arg(&self.dirs[i])
+            .args(["--listen", &format!("127.0.0.1:{base}")])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", base + SHARDS)])
+            .args(["--http", &format!("127.0.0.1:{}", base + 2 * SHARDS)])
+            .args(["--peers", &self.peers()])
+            .env("DRMQ_CLUSTER_SECRET", &self.secret)
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("DRMQ_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap();
+        self.children[i] = Some(child);
+    }
+
+    fn wait_up(&mut self, i: usize) {
+        let base = self.bases[i];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(0..SHARDS).all(|s| TcpStream::connect(("127.0.0.1", base + s)).is_ok()) {
+            let child = self.children[i].as_mut().unwrap();
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "broker {} exited during start-up",
+                i + 1
+            );
+            assert!(Instant::now() < deadline, "broker {} did not start", i + 1);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts broker `i` (0-based) again on its data and ports.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.children[i].is_none(), "broker {} is running", i + 1);
+        self.spawn(i);
+        self.wait_up(i);
+    }
+
+    /// kill -9 of broker `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, i: usize, sig: libc::c_int) {
+        let c = self.children[i].as_ref().expect("running");
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        assert_eq!(unsafe { libc::kill(c.id() as libc::pid_t, sig) }, 0);
+    }
+
+    pub fn pause(&self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+        self.paused.set(Some(i));
+    }
+
+    pub fn resume(&self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+        self.paused.set(None);
+    }
+
+    /// Every broker's client address (shard 0), for `--brokers`.
+    pub fn brokers(&self) -> String {
+        self.bases
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != self.paused.get() && self.children[*i].is_some())
+            .map(|(_, b)| format!("127.0.0.1:{b}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs a `drmq` client command against the whole cluster.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = drmq();
+        cmd.args(args).args(["--brokers", &self.brokers()]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// `topic describe` as JSON (any live broker answers).
+    pub fn describe(&self, topic: &str) -> serde_json::Value {
+        let o = self.cli(&["topic", "describe", topic], None);
+        assert!(
+            o.status.success(),
+            "describe {topic}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// (leader id, leader term) of a partition, waiting (bounded) for one.
+    pub fn leader(&self, topic: &str, partition: usize) -> (u64, u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let d = self.describe(topic);
+            let p = &d["partitions"][partition];
+            if let Some(l) = p["leader"].as_u64() {
+                let i = l as usize - 1;
+                if self.children[i].is_some() {
+                    return (l, p["leader_term"].as_u64().unwrap());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader for {topic}-{partition}: {d}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }

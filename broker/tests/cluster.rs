@@ -1,0 +1,260 @@
+//! Three real brokers on loopback, replication factor 3: replication, a
+//! leader killed while a producer runs, a follower stopped for 30 s, and a
+//! restart of every broker.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{drmq, Cluster};
+use serde_json::Value;
+
+fn create(c: &Cluster, topic: &str, partitions: u32) {
+    let p = partitions.to_string();
+    let o = c.cli(
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &p,
+            "--replication",
+            "3",
+            "--segment-bytes",
+            "1048576",
+        ],
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "create {topic}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Every message of `topic` (value -> count), read from the cluster.
+fn consume_all(c: &Cluster, topic: &str) -> BTreeMap<String, usize> {
+    let o = c.cli(
+        &["consume", "--topic", topic, "--idle-timeout-ms", "2000"],
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "consume: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut seen = BTreeMap::new();
+    for line in String::from_utf8(o.stdout).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        *seen
+            .entry(v["value"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    seen
+}
+
+fn produce_lines(c: &Cluster, topic: &str, values: &[String]) -> Vec<Value> {
+    let input = values.join("\n") + "\n";
+    let o = c.cli(&["produce", "--topic", topic, "--idempotent"], Some(&input));
+    assert!(
+        o.status.success(),
+        "produce: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn three_brokers_replicate_and_a_restart_of_all_keeps_every_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3);
+    create(&c, "rf3", 3);
+    // Leaders are spread: the controller names a different first replica
+    // per partition and that replica campaigns first.
+    let d = c.describe("rf3");
+    let leaders: BTreeSet<u64> = (0..3)
+        .map(|p| d["partitions"][p]["leader"].as_u64().unwrap())
+        .collect();
+    assert_eq!(leaders.len(), 3, "one leader per broker: {d}");
+    for p in 0..3 {
+        let replicas = d["partitions"][p]["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 3, "{d}");
+    }
+    let values: Vec<String> = (0..300).map(|i| format!("m-{i}")).collect();
+    let acks = produce_lines(&c, "rf3", &values);
+    assert_eq!(acks.len(), values.len());
+    // Every replica has every entry (the leader's view of its followers).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = c.cli(&["cluster", "status"], None);
+        let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let parts = s["partitions"].as_array().unwrap();
+        let rf3: Vec<&Value> = parts.iter().filter(|p| p["topic"] == "rf3").collect();
+        let caught_up = rf3.len() == 3
+            && rf3.iter().all(|p| {
+                p["replicas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| r["lag"] == 0 && r["match_index"] == p["commit_index"])
+            });
+        if caught_up {
+            assert!(s["brokers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["alive"] == true));
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas did not catch up: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // kill -9 every broker, then start them all again.
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    let seen = consume_all(&c, "rf3");
+    for v in &values {
+        assert_eq!(seen.get(v), Some(&1), "{v} after restarting every broker");
+    }
+    assert_eq!(seen.len(), values.len());
+}
+
+#[test]
+fn killing_the_leader_while_producing_loses_no_acknowledged_message_and_duplicates_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3);
+    create(&c, "failover", 1);
+    let (leader, term) = c.leader("failover", 0);
+    let mut producer = drmq()
+        .args(["produce", "--topic", "failover", "--idempotent"])
+        .args(["--brokers", &c.brokers(), "--timeout-ms", "20000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = producer.stdin.take().unwrap();
+    let stdout = producer.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
+            .collect::<Vec<Value>>()
+    });
+    // 3,000 lines over ~6 s; the leader dies after ~2 s.
+    let total = 3_000;
+    for i in 0..total {
+        writeln!(stdin, "v-{i}").unwrap();
+        if i % 50 == 49 {
+            stdin.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if i == 1_000 {
+            c.kill(leader as usize - 1);
+        }
+    }
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = producer.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "producer hung");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let acks = reader.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut producer.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "producer failed: {err}");
+    assert_eq!(acks.len(), total, "every line acknowledged: {err}");
+    let (new_leader, new_term) = c.leader("failover", 0);
+    assert_ne!(new_leader, leader);
+    assert!(new_term > term);
+    // Bring the old leader back: it rejoins as a follower.
+    c.restart(leader as usize - 1);
+    let seen = consume_all(&c, "failover");
+    for a in &acks {
+        let line = a["line"].as_u64().unwrap();
+        let v = format!("v-{}", line - 1);
+        assert_eq!(
+            seen.get(&v),
+            Some(&1),
+            "acknowledged {v} must be there once"
+        );
+    }
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "no duplicates with the idempotent producer"
+    );
+    // Offsets the producer was given are the ones consumers see.
+    let offsets: BTreeSet<u64> = acks.iter().map(|a| a["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets.len(), total, "distinct offsets");
+}
+
+#[test]
+fn a_follower_stopped_for_30_s_neither_causes_an_election_nor_stalls_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3);
+    create(&c, "slow", 1);
+    let (leader, term) = c.leader("slow", 0);
+    let follower = (1..=3u64).find(|&b| b != leader).unwrap();
+    c.pause(follower as usize - 1);
+    let started = Instant::now();
+    let mut acked = 0;
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(30) {
+        let values: Vec<String> = (0..50).map(|i| format!("r{round}-{i}")).collect();
+        let t = Instant::now();
+        acked += produce_lines(&c, "slow", &values).len();
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the leader stalled behind the stopped follower"
+        );
+        round += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(round >= 10, "only {round} rounds in 30 s");
+    let (leader_after, term_after) = c.leader("slow", 0);
+    assert_eq!(
+        (leader_after, term_after),
+        (leader, term),
+        "no election among the healthy brokers"
+    );
+    c.resume(follower as usize - 1);
+    // The follower catches up once it runs again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = c.cli(&["cluster", "status"], None);
+        let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let p = s["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["topic"] == "slow")
+            .cloned()
+            .unwrap();
+        let lagging = p["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["lag"] != 0);
+        if !lagging {
+            break;
+        }
+        assert!(Instant::now() < deadline, "follower did not catch up: {p}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = consume_all(&c, "slow");
+    assert_eq!(seen.len(), acked);
+}
