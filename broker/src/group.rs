@@ -422,10 +422,8 @@ impl Group {
             }
         }
         outbox.send(rd.messages);
-        if !rd.committed_entries.is_empty() {
-            if self.kind == GroupKind::Controller {
-                hooks.apply_commands(&rd.committed_entries);
-            }
+        if !rd.committed_entries.is_empty() && self.kind == GroupKind::Controller {
+            hooks.apply_commands(&rd.committed_entries);
         }
         self.raft.borrow_mut().advance()?;
         self.persisted.notify_all();

@@ -13,6 +13,8 @@
 //! it starts itself. Bad flags are one line on stderr and exit status 2.
 
 mod baseline;
+mod fault;
+mod plot;
 mod report;
 mod run;
 mod spawn;
@@ -27,9 +29,11 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use wire::Acks;
 
+use crate::fault::FaultSpec;
 use crate::report::Report;
 use crate::run::{SizeSpec, Stop, Workload};
-use crate::spawn::LocalBroker;
+use crate::spawn::LocalCluster;
+use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
 #[command(name = "drmq-loadtest", version, about = "Load test for DRMQ brokers")]
@@ -42,8 +46,10 @@ struct Cli {
 enum Cmd {
     /// One workload against a broker (or one it starts with --spawn-broker).
     Run(RunArgs),
-    /// The fixed suite on a local broker it starts: 100 B and 1 KiB messages,
-    /// 1 and 16 partitions, maximum rate then 50 % of it for latency.
+    /// The fixed suite on brokers it starts: RF=1 on one broker and RF=3 on
+    /// three; 100 B and 1 KiB messages; 1 and 16 partitions; maximum rate,
+    /// then 50 % of it for latency; RF=3 with a follower stopped and with the
+    /// leader killed; optionally a latency-versus-throughput plot.
     Bench(BenchArgs),
     /// Runs a broker in this process (used by --spawn-broker when no `drmq`
     /// binary is found next to this one).
@@ -53,10 +59,14 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct BrokerArgs {
-    /// Start a local single broker for the run, stop it and remove its data
-    /// after.
+    /// Start local brokers for the run (see --nodes), stop them and remove
+    /// their data after.
     #[arg(long, conflicts_with = "brokers")]
     spawn_broker: bool,
+    /// Brokers --spawn-broker starts: a local cluster (replication up to
+    /// this many).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=7))]
+    nodes: u16,
     /// The `drmq` binary for --spawn-broker (default: next to this one).
     #[arg(long)]
     drmq: Option<PathBuf>,
@@ -138,6 +148,12 @@ struct RunArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A scripted fault on the spawned brokers, at SECS from the start
+    /// (warm-up included): kill-leader@SECS[:RESTART_AFTER_SECS] (kill -9 of
+    /// partition 0's leader, restarted after 5 s by default) or
+    /// pause-follower@SECS:FOR_SECS (SIGSTOP of one of its followers).
+    #[arg(long, value_parser = FaultSpec::parse, requires = "spawn_broker")]
+    fault: Option<FaultSpec>,
     /// Write HDR histogram logs (ack, e2e, send delay) into this directory.
     #[arg(long)]
     hdr_log: Option<PathBuf>,
@@ -162,6 +178,10 @@ struct BenchArgs {
     json: Option<PathBuf>,
     #[arg(long)]
     hdr_log: Option<PathBuf>,
+    /// Also run 1 KiB at 10-90 % of the maximum rate and draw latency
+    /// against throughput into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     #[arg(long)]
     quiet: bool,
 }
@@ -308,25 +328,53 @@ fn validate_run(a: &RunArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// The brokers of a run, with the local broker kept alive while it runs.
+/// Local brokers shared with a fault thread.
+type Shared = Arc<Mutex<LocalCluster>>;
+
+/// The brokers of a run, with the local ones kept alive while it runs, and
+/// the telemetry addresses to read counters from.
 fn brokers_for(
     brokers: Option<&str>,
     b: &BrokerArgs,
-) -> Result<(Vec<SocketAddr>, Option<LocalBroker>, Option<SocketAddr>)> {
+) -> Result<(Vec<SocketAddr>, Option<Shared>, Vec<SocketAddr>)> {
     if b.spawn_broker {
-        let local = LocalBroker::start(b.drmq.as_deref(), b.data_dir.as_deref(), b.shards, None)?;
+        let local = LocalCluster::start(
+            b.drmq.as_deref(),
+            b.data_dir.as_deref(),
+            b.shards,
+            b.nodes,
+            None,
+        )?;
         eprintln!(
-            "drmq-loadtest: started a broker (pid {}) on {} with data in {}",
-            local.pid(),
-            local.listen,
+            "drmq-loadtest: started {} broker(s) (pids {:?}) on {:?} with data in {}",
+            local.nodes(),
+            (0..local.nodes())
+                .filter_map(|i| local.pid(i))
+                .collect::<Vec<_>>(),
+            local.listens,
             local.data_dir.display()
         );
-        let http = b.http.or(Some(local.http));
-        Ok((vec![local.listen], Some(local), http))
+        let https = match b.http {
+            Some(h) => vec![h],
+            None => local.https.clone(),
+        };
+        Ok((
+            local.listens.clone(),
+            Some(Arc::new(Mutex::new(local))),
+            https,
+        ))
     } else {
         let spec = brokers.context("--brokers or --spawn-broker is needed")?;
-        Ok((broker::client::parse_brokers(spec)?, None, b.http))
+        Ok((
+            broker::client::parse_brokers(spec)?,
+            None,
+            b.http.into_iter().collect(),
+        ))
     }
+}
+
+fn local_data_dir(local: Option<&Shared>) -> Option<PathBuf> {
+    local.and_then(|l| l.lock().ok().map(|l| l.data_dir.clone()))
 }
 
 struct Baselines {
@@ -334,7 +382,7 @@ struct Baselines {
     fsync: Option<baseline::FsyncBaseline>,
 }
 
-fn measure_baselines(b: &BrokerArgs, local: Option<&LocalBroker>, batch_bytes: usize) -> Baselines {
+fn measure_baselines(b: &BrokerArgs, local_dir: Option<PathBuf>, batch_bytes: usize) -> Baselines {
     if b.no_baselines {
         return Baselines {
             tcp: None,
@@ -345,7 +393,7 @@ fn measure_baselines(b: &BrokerArgs, local: Option<&LocalBroker>, batch_bytes: u
     let dir: PathBuf = b
         .baseline_dir
         .clone()
-        .or_else(|| local.map(|l| l.data_dir.clone()))
+        .or(local_dir)
         .unwrap_or_else(|| PathBuf::from("."));
     let tcp = baseline::tcp(batch_bytes, dur)
         .map_err(|e| eprintln!("drmq-loadtest: tcp baseline failed: {e:#}"))
@@ -362,7 +410,7 @@ fn measure_baselines(b: &BrokerArgs, local: Option<&LocalBroker>, batch_bytes: u
 }
 
 fn cmd_run(a: RunArgs) -> Result<bool> {
-    let (brokers, local, http) = brokers_for(a.brokers.as_deref(), &a.broker)?;
+    let (brokers, local, https) = brokers_for(a.brokers.as_deref(), &a.broker)?;
     spawn::ensure_topic(
         &brokers,
         &a.topic,
@@ -391,10 +439,26 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
         warmup: Duration::from_secs_f64(a.warmup_s),
         drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
         progress: !a.quiet,
-        http,
+        https,
+    };
+    let fault = match (a.fault, &local) {
+        (Some(spec), Some(l)) => Some((
+            spec,
+            fault::spawn(spec, l.clone(), a.topic.clone(), std::time::Instant::now()),
+        )),
+        _ => None,
     };
     let outcome = run::run(&w)?;
-    let base = measure_baselines(&a.broker, local.as_ref(), w.batch_bytes);
+    let fault = match fault {
+        Some((spec, thread)) => {
+            let log = thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the fault thread panicked"))?;
+            Some(fault::analyse(spec, log, &outcome))
+        }
+        None => None,
+    };
+    let base = measure_baselines(&a.broker, local_data_dir(local.as_ref()), w.batch_bytes);
     let name = a.topic.clone();
     let report = Report {
         name: name.clone(),
@@ -404,14 +468,19 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
         fsync: base.fsync.as_ref(),
     };
     report.print();
+    let mut j = report.to_json();
+    if let Some(f) = &fault {
+        f.print(&outcome);
+        j["fault"] = f.to_json(&outcome);
+    }
     if let Some(path) = &a.json {
-        write_json(path, &report.to_json())?;
+        write_json(path, &j)?;
     }
     if let Some(dir) = &a.hdr_log {
         report::write_hdr_logs(dir, &name, &outcome)?;
     }
     drop(local);
-    Ok(report.ok())
+    Ok(report.ok() && fault.as_ref().is_none_or(|f| f.ok()))
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
@@ -419,95 +488,267 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
+/// One bench case's results.
+struct Case {
+    json: serde_json::Value,
+    line: String,
+    msgs_per_s: f64,
+    ack_p50_us: u64,
+    ack_p99_us: u64,
+    ok: bool,
+}
+
+/// Runs one bench case (with an optional fault) and formats its summary line.
+#[allow(clippy::too_many_arguments)]
+fn bench_case(
+    a: &BenchArgs,
+    brokers: &[SocketAddr],
+    https: &[SocketAddr],
+    local: Option<&Shared>,
+    base: &Baselines,
+    topic: &str,
+    size: usize,
+    rate: Option<f64>,
+    fault: Option<FaultSpec>,
+) -> Result<Case> {
+    let w = Workload {
+        brokers: brokers.to_vec(),
+        topic: topic.to_owned(),
+        producers: 1,
+        consumers: 1,
+        size: SizeSpec::Fixed(size),
+        keys: None,
+        acks: Acks::Quorum,
+        batch_bytes: a.batch_bytes as usize,
+        linger: Duration::from_millis(1),
+        in_flight: 64,
+        rate,
+        stop: Stop::Duration(Duration::from_secs_f64(a.duration_s)),
+        warmup: Duration::from_secs_f64(a.warmup_s),
+        drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
+        progress: !a.quiet,
+        https: https.to_vec(),
+    };
+    let thread = match (fault, local) {
+        (Some(spec), Some(l)) => Some((
+            spec,
+            fault::spawn(spec, l.clone(), topic.to_owned(), std::time::Instant::now()),
+        )),
+        _ => None,
+    };
+    let outcome = run::run(&w)?;
+    let fault = match thread {
+        Some((spec, t)) => Some(fault::analyse(
+            spec,
+            t.join()
+                .map_err(|_| anyhow::anyhow!("the fault thread panicked"))?,
+            &outcome,
+        )),
+        None => None,
+    };
+    let report = Report {
+        name: topic.to_owned(),
+        workload: &w,
+        outcome: &outcome,
+        tcp: base.tcp.as_ref(),
+        fsync: base.fsync.as_ref(),
+    };
+    report.print();
+    let mut json = report.to_json();
+    if let Some(f) = &fault {
+        f.print(&outcome);
+        json["fault"] = f.to_json(&outcome);
+    }
+    if let Some(dir) = &a.hdr_log {
+        report::write_hdr_logs(dir, topic, &outcome)?;
+    }
+    let elections = outcome
+        .broker_counters
+        .as_ref()
+        .and_then(|c| c.get("leader_changes").copied());
+    let line = format!(
+        "{topic:<28} {:>10.0} {:>7.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>5}",
+        report.msgs_per_s(),
+        report.bytes_per_s() / 1e6,
+        outcome.ack_us.value_at_quantile(0.5),
+        outcome.ack_us.value_at_quantile(0.99),
+        outcome.ack_us.value_at_quantile(0.999),
+        outcome.e2e_us.value_at_quantile(0.5),
+        outcome.e2e_us.value_at_quantile(0.99),
+        base.tcp.as_ref().map_or("-".into(), |t| format!(
+            "{:.3}",
+            report.bytes_per_s() / t.bytes_per_s
+        )),
+        base.fsync.as_ref().map_or("-".into(), |f| format!(
+            "{:.2}",
+            report.bytes_per_s() / f.bytes_per_s
+        )),
+        elections.map_or("-".into(), |e| e.to_string()),
+    );
+    Ok(Case {
+        json,
+        line,
+        msgs_per_s: report.msgs_per_s(),
+        ack_p50_us: outcome.ack_us.value_at_quantile(0.5),
+        ack_p99_us: outcome.ack_us.value_at_quantile(0.99),
+        ok: report.ok() && fault.as_ref().is_none_or(|f| f.ok()),
+    })
+}
+
 fn cmd_bench(a: BenchArgs) -> Result<bool> {
-    let mut b = a.broker.clone();
-    b.spawn_broker = true;
-    let (brokers, local, http) = brokers_for(None, &b)?;
-    let mut reports = Vec::new();
-    let mut summary = Vec::new();
-    let mut all_ok = true;
-    for size in [1024usize, 100] {
-        let base = measure_baselines(&b, local.as_ref(), a.batch_bytes as usize);
-        for partitions in [1u32, 16] {
-            let mut max_rate = None;
-            for half in [false, true] {
-                let topic = format!(
-                    "bench-{size}b-{partitions}p-{}",
-                    if half { "half" } else { "max" }
-                );
-                spawn::ensure_topic(&brokers, &topic, partitions, 1, None)?;
-                let w = Workload {
-                    brokers: brokers.clone(),
-                    topic: topic.clone(),
-                    producers: 1,
-                    consumers: 1,
-                    size: SizeSpec::Fixed(size),
-                    keys: None,
-                    acks: Acks::Quorum,
-                    batch_bytes: a.batch_bytes as usize,
-                    linger: Duration::from_millis(1),
-                    in_flight: 64,
-                    rate: if half {
+    let mut cases: Vec<Case> = Vec::new();
+    let mut series: Vec<plot::Series> = Vec::new();
+    for (nodes, rf) in [(1u16, 1u16), (3, 3)] {
+        let mut b = a.broker.clone();
+        b.spawn_broker = true;
+        b.nodes = nodes;
+        let (brokers, local, https) = brokers_for(None, &b)?;
+        let mut max_1k_1p = None;
+        for size in [1024usize, 100] {
+            let base =
+                measure_baselines(&b, local_data_dir(local.as_ref()), a.batch_bytes as usize);
+            for partitions in [1u32, 16] {
+                let mut max_rate = None;
+                for half in [false, true] {
+                    let topic = format!(
+                        "bench-rf{rf}-{size}b-{partitions}p-{}",
+                        if half { "half" } else { "max" }
+                    );
+                    spawn::ensure_topic(&brokers, &topic, partitions, rf, None)?;
+                    let rate = if half {
                         max_rate.map(|r: f64| r / 2.0)
                     } else {
                         None
-                    },
-                    stop: Stop::Duration(Duration::from_secs_f64(a.duration_s)),
-                    warmup: Duration::from_secs_f64(a.warmup_s),
-                    drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
-                    progress: !a.quiet,
-                    http,
-                };
-                let outcome = run::run(&w)?;
-                let report = Report {
-                    name: topic.clone(),
-                    workload: &w,
-                    outcome: &outcome,
-                    tcp: base.tcp.as_ref(),
-                    fsync: base.fsync.as_ref(),
-                };
-                report.print();
-                all_ok &= report.ok();
-                if !half {
-                    max_rate = Some(report.msgs_per_s().max(1.0));
-                }
-                summary.push(format!(
-                    "{topic:<22} {:>11.0} {:>8.1} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
-                    report.msgs_per_s(),
-                    report.bytes_per_s() / 1e6,
-                    outcome.ack_us.value_at_quantile(0.5),
-                    outcome.ack_us.value_at_quantile(0.99),
-                    outcome.e2e_us.value_at_quantile(0.5),
-                    outcome.e2e_us.value_at_quantile(0.99),
-                    base.tcp.as_ref().map_or("-".into(), |t| format!(
-                        "{:.3}",
-                        report.bytes_per_s() / t.bytes_per_s
-                    )),
-                    base.fsync.as_ref().map_or("-".into(), |f| format!(
-                        "{:.2}",
-                        report.bytes_per_s() / f.bytes_per_s
-                    )),
-                ));
-                reports.push(report.to_json());
-                if let Some(dir) = &a.hdr_log {
-                    report::write_hdr_logs(dir, &topic, &outcome)?;
+                    };
+                    let c = bench_case(
+                        &a,
+                        &brokers,
+                        &https,
+                        local.as_ref(),
+                        &base,
+                        &topic,
+                        size,
+                        rate,
+                        None,
+                    )?;
+                    if !half {
+                        max_rate = Some(c.msgs_per_s.max(1.0));
+                        if size == 1024 && partitions == 1 {
+                            max_1k_1p = max_rate;
+                        }
+                    }
+                    cases.push(c);
                 }
             }
         }
+        let max = max_1k_1p.unwrap_or(1.0);
+        let base = measure_baselines(&b, local_data_dir(local.as_ref()), a.batch_bytes as usize);
+        if rf == 3 {
+            // The same load (50 % of the 1 KiB, 1-partition maximum) healthy,
+            // with a follower stopped, and with the leader killed.
+            let fault_at = a.warmup_s + 1.0;
+            let pause_for = (a.duration_s - 2.0).max(1.0);
+            for (name, fault) in [
+                ("healthy", None),
+                (
+                    "pause",
+                    Some(FaultSpec::PauseFollower {
+                        at_s: fault_at,
+                        for_s: pause_for,
+                    }),
+                ),
+                (
+                    "kill",
+                    Some(FaultSpec::KillLeader {
+                        at_s: fault_at,
+                        restart_after_s: 3.0,
+                    }),
+                ),
+            ] {
+                let topic = format!("bench-rf3-1024b-1p-{name}");
+                spawn::ensure_topic(&brokers, &topic, 1, rf, None)?;
+                cases.push(bench_case(
+                    &a,
+                    &brokers,
+                    &https,
+                    local.as_ref(),
+                    &base,
+                    &topic,
+                    1024,
+                    Some(max / 2.0),
+                    fault,
+                )?);
+            }
+        }
+        if a.plot.is_some() {
+            let mut points = Vec::new();
+            for pct in [10u32, 30, 50, 70, 90] {
+                let topic = format!("bench-rf{rf}-1024b-1p-at{pct}");
+                spawn::ensure_topic(&brokers, &topic, 1, rf, None)?;
+                let c = bench_case(
+                    &a,
+                    &brokers,
+                    &https,
+                    local.as_ref(),
+                    &base,
+                    &topic,
+                    1024,
+                    Some(max * f64::from(pct) / 100.0),
+                    None,
+                )?;
+                points.push(plot::Point {
+                    msgs_per_s: c.msgs_per_s,
+                    p50_ms: c.ack_p50_us as f64 / 1e3,
+                    p99_ms: c.ack_p99_us as f64 / 1e3,
+                });
+                cases.push(c);
+            }
+            series.push(plot::Series {
+                name: format!(
+                    "RF={rf} ({nodes} broker{})",
+                    if nodes > 1 { "s" } else { "" }
+                ),
+                points,
+            });
+        }
+        drop(local);
     }
     println!();
     println!(
-        "{:<22} {:>11} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
-        "case", "msgs/s", "MB/s", "ack p50", "ack p99", "e2e p50", "e2e p99", "/tcp", "/fsync"
+        "{:<28} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>5}",
+        "case",
+        "msgs/s",
+        "MB/s",
+        "ack p50",
+        "ack p99",
+        "p99.9",
+        "e2e p50",
+        "e2e p99",
+        "/tcp",
+        "/fsync",
+        "elect"
     );
-    for line in &summary {
-        println!("{line}");
+    for c in &cases {
+        println!("{}", c.line);
     }
     if let Some(path) = &a.json {
-        write_json(path, &json!(reports))?;
+        write_json(
+            path,
+            &json!(cases.iter().map(|c| &c.json).collect::<Vec<_>>()),
+        )?;
     }
-    drop(local);
-    Ok(all_ok)
+    if let Some(path) = &a.plot {
+        std::fs::write(
+            path,
+            plot::svg(
+                "publish-ack latency vs throughput, 1 KiB messages, 1 partition",
+                &series,
+            ),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("drmq-loadtest: wrote {}", path.display());
+    }
+    Ok(cases.iter().all(|c| c.ok))
 }
 
 fn serve_broker(a: ServeArgs) -> Result<bool> {

@@ -128,8 +128,29 @@ pub struct Workload {
     pub warmup: Duration,
     pub drain_timeout: Duration,
     pub progress: bool,
-    /// The broker's telemetry address, for its counters (None: not read).
-    pub http: Option<SocketAddr>,
+    /// The brokers' telemetry addresses, for their counters (empty: not read).
+    pub https: Vec<SocketAddr>,
+}
+
+/// Acknowledgements per [`TIMELINE_BUCKET_US`] of the run, by the time they
+/// arrived: how a fault shows (a gap, then a spike of late acks).
+pub const TIMELINE_BUCKET_US: u64 = 100_000;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub acks: u64,
+    /// Largest publish-ack latency among them (µs).
+    pub max_ack_us: u64,
+}
+
+fn timeline_add(t: &mut Vec<Bucket>, done_us: u64, latency_us: u64) {
+    let i = (done_us / TIMELINE_BUCKET_US) as usize;
+    // Bounded: runs are limited in time (10 buckets a second).
+    if t.len() <= i {
+        t.resize(i + 1, Bucket::default());
+    }
+    t[i].acks += 1;
+    t[i].max_ack_us = t[i].max_ack_us.max(latency_us);
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -184,6 +205,7 @@ struct ProducerOut {
     stats: ClientStats,
     /// µs since start when this producer's last send happened.
     last_send_us: u64,
+    timeline: Vec<Bucket>,
     fatal: Option<String>,
 }
 
@@ -232,6 +254,9 @@ pub struct Outcome {
     pub fatal: Vec<String>,
     /// Broker counter deltas over the run (telemetry, 1 s samples).
     pub broker_counters: Option<BTreeMap<String, u64>>,
+    /// When the run started (timeline times are µs since then).
+    pub started_at: Instant,
+    pub ack_timeline: Vec<Bucket>,
 }
 
 fn elapsed_us(t0: Instant, t: Instant) -> u64 {
@@ -272,7 +297,7 @@ pub fn run(w: &Workload) -> Result<Outcome> {
     let client = ClientConfig::new(w.brokers.clone());
     let partitions = broker::pipeline::routes(&client, &w.topic)?.len() as u32;
     let start_offsets = end_offsets(&w.brokers, &w.topic, partitions)?;
-    let counters_before = w.http.and_then(crate::spawn::broker_counters);
+    let counters_before = crate::spawn::cluster_counters(&w.https);
     let live = Arc::new(Live::default());
     let end_marks: Arc<Mutex<Option<BTreeMap<u32, u64>>>> = Arc::new(Mutex::new(None));
     let t0 = Instant::now();
@@ -362,7 +387,7 @@ pub fn run(w: &Workload) -> Result<Outcome> {
     let broker_counters = counters_before.and_then(|before| {
         // The telemetry thread samples once a second: wait for a fresh one.
         std::thread::sleep(Duration::from_millis(1100));
-        let after = crate::spawn::broker_counters(w.http?)?;
+        let after = crate::spawn::cluster_counters(&w.https)?;
         Some(
             after
                 .iter()
@@ -472,6 +497,17 @@ pub fn run(w: &Workload) -> Result<Outcome> {
         partitions,
         fatal,
         broker_counters,
+        started_at: t0,
+        ack_timeline: pouts.iter().fold(Vec::new(), |mut all, p| {
+            if all.len() < p.timeline.len() {
+                all.resize(p.timeline.len(), Bucket::default());
+            }
+            for (a, b) in all.iter_mut().zip(&p.timeline) {
+                a.acks += b.acks;
+                a.max_ack_us = a.max_ack_us.max(b.max_ack_us);
+            }
+            all
+        }),
     })
 }
 
@@ -494,6 +530,7 @@ fn produce(
         send_delay_us: new_hist(),
         stats: ClientStats::default(),
         last_send_us: 0,
+        timeline: Vec::new(),
         fatal: None,
     };
     let quota = match w.stop {
@@ -523,6 +560,7 @@ fn produce(
                         let seq = tag & MESSAGES_PER_PRODUCER_MAX;
                         let intended = tag >> SEQ_BITS;
                         out.acked.set(seq);
+                        timeline_add(&mut out.timeline, done_us, done_us.saturating_sub(intended));
                         if intended >= warmup_us && intended < window_end {
                             out.acked_in_window += 1;
                             out.ack_us

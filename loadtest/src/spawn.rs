@@ -1,5 +1,6 @@
-//! A local single broker for `--spawn-broker` and `bench`: started as a child
-//! process, killed by PID and its data directory removed when dropped.
+//! Local brokers for `--spawn-broker` and `bench`: child processes, killed by
+//! PID and their data directory removed when dropped; faults (kill -9,
+//! SIGSTOP) are applied to them by PID too.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use broker::client::{ClientError, Connection};
 use wire::{
     CleanupPolicy, CreateTopicRequest, DescribeTopicRequest, Durability, ErrorCode, Message,
-    TopicConfig,
+    MetadataRequest, TopicConfig,
 };
 
 /// How long a broker may take to open its shard ports (recovery included).
@@ -20,19 +21,41 @@ const PORT_RUN_ATTEMPTS_MAX: usize = 500;
 /// Broker starts tried, each on fresh ports, before giving up.
 const START_ATTEMPTS_MAX: u32 = 3;
 
-/// A broker child process.
-pub struct LocalBroker {
-    child: Child,
-    pub listen: SocketAddr,
-    pub http: SocketAddr,
+/// One member of a [`LocalCluster`].
+struct Node {
+    child: Option<Child>,
+    base: u16,
+}
+
+/// Local brokers started as child processes (ids 1..=n, RF up to n), killed
+/// by PID (after SIGCONT, in case a fault stopped one) and their data
+/// directory removed when dropped. Ports per broker: clients
+/// `base..base+shards`, peers `base+shards..base+2*shards`, HTTP
+/// `base+2*shards`.
+pub struct LocalCluster {
+    nodes: Vec<Node>,
+    drmq: Option<PathBuf>,
+    shards: u16,
+    secret: String,
+    log: Option<PathBuf>,
+    /// Client address (shard 0) of each broker.
+    pub listens: Vec<SocketAddr>,
+    /// Telemetry address of each broker.
+    pub https: Vec<SocketAddr>,
     pub data_dir: PathBuf,
     remove_data_dir: bool,
 }
 
-impl Drop for LocalBroker {
+impl Drop for LocalCluster {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for n in &mut self.nodes {
+            if let Some(c) = n.child.as_mut() {
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
         if self.remove_data_dir {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
@@ -44,7 +67,7 @@ impl Drop for LocalBroker {
 fn free_port_run(n: u16) -> Result<u16> {
     for _ in 0..PORT_RUN_ATTEMPTS_MAX {
         let base = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if base > 60_000 {
+        if base > 60_000 - n {
             continue;
         }
         if (1..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
@@ -70,16 +93,25 @@ pub fn find_drmq(explicit: Option<&Path>) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-impl LocalBroker {
-    /// Starts `drmq broker` with `shards` shards. Without a `drmq` binary the
-    /// broker runs in a child of this executable (`serve-broker`), the same
-    /// runtime from the broker crate.
+impl LocalCluster {
+    /// Starts `nodes` brokers with `shards` shards each. Without a `drmq`
+    /// binary a single broker runs in a child of this executable
+    /// (`serve-broker`, the same runtime from the broker crate); a cluster
+    /// needs the binary.
     pub fn start(
         drmq: Option<&Path>,
         data_dir: Option<&Path>,
         shards: u16,
+        nodes: u16,
         log: Option<&Path>,
-    ) -> Result<LocalBroker> {
+    ) -> Result<LocalCluster> {
+        if nodes == 0 || nodes > 7 {
+            bail!("--nodes must be in 1..=7");
+        }
+        let drmq = find_drmq(drmq);
+        if nodes > 1 && drmq.is_none() {
+            bail!("a cluster of {nodes} brokers needs the drmq binary (--drmq or $DRMQ_BIN)");
+        }
         let (data_dir, remove_data_dir) = match data_dir {
             Some(d) => (d.to_owned(), false),
             None => {
@@ -94,77 +126,208 @@ impl LocalBroker {
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         // A port run found free can be taken by another process before the
-        // broker binds it; the broker then exits at once: try new ports.
-        let mut last_exit = None;
+        // brokers bind it; a broker then exits at once: try new ports.
+        let per = 2 * shards + 1;
+        let mut last_err = None;
         for _ in 0..START_ATTEMPTS_MAX {
-            let base = free_port_run(shards + 2)?;
-            let mut cmd = match find_drmq(drmq) {
-                Some(bin) => {
-                    let mut c = Command::new(bin);
-                    c.arg("broker");
-                    c
-                }
-                None => {
-                    let mut c = Command::new(std::env::current_exe()?);
-                    c.arg("serve-broker");
-                    c
-                }
-            };
-            let stderr = match log {
-                Some(p) => Stdio::from(std::fs::File::create(p)?),
-                None => Stdio::null(),
-            };
-            cmd.args(["--id", "1", "--shards", &shards.to_string()])
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .args(["--listen", &format!("127.0.0.1:{base}")])
-                .args(["--peer-listen", &format!("127.0.0.1:{}", base + shards)])
-                .args(["--http", &format!("127.0.0.1:{}", base + shards + 1)])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr);
-            let child = cmd.spawn().context("starting the broker")?;
-            let mut b = LocalBroker {
-                child,
-                listen: SocketAddr::from(([127, 0, 0, 1], base)),
-                http: SocketAddr::from(([127, 0, 0, 1], base + shards + 1)),
+            let run = free_port_run(per * nodes)?;
+            let mut c = LocalCluster {
+                nodes: (0..nodes)
+                    .map(|i| Node {
+                        child: None,
+                        base: run + per * i,
+                    })
+                    .collect(),
+                drmq: drmq.clone(),
+                shards,
+                secret: format!(
+                    "loadtest-{:016x}",
+                    rand_seed() ^ u64::from(std::process::id())
+                ),
+                log: log.map(Path::to_owned),
+                listens: (0..nodes)
+                    .map(|i| SocketAddr::from(([127, 0, 0, 1], run + per * i)))
+                    .collect(),
+                https: (0..nodes)
+                    .map(|i| SocketAddr::from(([127, 0, 0, 1], run + per * i + 2 * shards)))
+                    .collect(),
                 data_dir: data_dir.clone(),
                 // Only the last owner removes the directory (see below).
                 remove_data_dir: false,
             };
-            let deadline = Instant::now() + BROKER_START_TIMEOUT;
-            // Bounded by the deadline.
-            let exited = loop {
-                if (0..shards).all(|s| TcpStream::connect(("127.0.0.1", base + s)).is_ok()) {
-                    break None;
+            let started = (0..nodes as usize)
+                .try_for_each(|i| c.spawn(i))
+                .and_then(|_| (0..nodes as usize).try_for_each(|i| c.wait_up(i)));
+            match started {
+                Ok(()) => {
+                    c.remove_data_dir = remove_data_dir;
+                    return Ok(c);
                 }
-                if let Some(status) = b.child.try_wait()? {
-                    break Some(status);
-                }
-                if Instant::now() >= deadline {
-                    bail!("the broker did not open its ports within {BROKER_START_TIMEOUT:?}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            match exited {
-                None => {
-                    b.remove_data_dir = remove_data_dir;
-                    return Ok(b);
-                }
-                Some(status) => last_exit = Some(status),
+                Err(e) => last_err = Some(e),
             }
         }
         if remove_data_dir {
             let _ = std::fs::remove_dir_all(&data_dir);
         }
         bail!(
-            "the broker exited at start {START_ATTEMPTS_MAX} times (last: {})",
-            last_exit.map(|s| s.to_string()).unwrap_or_default()
+            "the brokers did not start in {START_ATTEMPTS_MAX} attempts (last: {:#})",
+            last_err.unwrap_or_else(|| anyhow::anyhow!("?"))
         )
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let shards = self.shards;
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| format!("{}=127.0.0.1:{}", k + 1, n.base + shards))
+            .collect();
+        let base = self.nodes[i].base;
+        let mut cmd = match &self.drmq {
+            Some(bin) => {
+                let mut c = Command::new(bin);
+                c.arg("broker");
+                c
+            }
+            None => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.arg("serve-broker");
+                c
+            }
+        };
+        let stderr = match &self.log {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+            None => Stdio::null(),
+        };
+        cmd.args([
+            "--id",
+            &(i + 1).to_string(),
+            "--shards",
+            &shards.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(self.data_dir.join(format!("broker-{}", i + 1)))
+        .args(["--listen", &format!("127.0.0.1:{base}")])
+        .args(["--peer-listen", &format!("127.0.0.1:{}", base + shards)])
+        .args(["--http", &format!("127.0.0.1:{}", base + 2 * shards)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+        if self.nodes.len() > 1 {
+            cmd.args(["--peers", &peers.join(",")])
+                .env("DRMQ_CLUSTER_SECRET", &self.secret);
+        }
+        self.nodes[i].child = Some(cmd.spawn().context("starting a broker")?);
+        Ok(())
+    }
+
+    fn wait_up(&mut self, i: usize) -> Result<()> {
+        let (base, shards) = (self.nodes[i].base, self.shards);
+        let deadline = Instant::now() + BROKER_START_TIMEOUT;
+        // Bounded by the deadline.
+        loop {
+            if (0..shards).all(|s| TcpStream::connect(("127.0.0.1", base + s)).is_ok()) {
+                return Ok(());
+            }
+            if let Some(c) = self.nodes[i].child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    self.nodes[i].child = None;
+                    bail!("broker {} exited at start ({status})", i + 1);
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "broker {} did not open its ports within {BROKER_START_TIMEOUT:?}",
+                    i + 1
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
+    /// kill -9 of broker `i` (0-based).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts broker `i` again on its data and ports.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        if self.nodes[i].child.is_some() {
+            bail!("broker {} is running", i + 1);
+        }
+        self.spawn(i)?;
+        self.wait_up(i)
+    }
+
+    fn signal(&self, i: usize, sig: libc::c_int) -> Result<()> {
+        let c = self.nodes[i]
+            .child
+            .as_ref()
+            .with_context(|| format!("broker {} is not running", i + 1))?;
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        if unsafe { libc::kill(c.id() as libc::pid_t, sig) } != 0 {
+            bail!(
+                "signalling broker {}: {}",
+                i + 1,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP of broker `i`.
+    pub fn pause(&self, i: usize) -> Result<()> {
+        self.signal(i, libc::SIGSTOP)
+    }
+
+    /// SIGCONT of broker `i`.
+    pub fn resume(&self, i: usize) -> Result<()> {
+        self.signal(i, libc::SIGCONT)
+    }
+
+    /// The leader and the replicas (broker ids) of a partition, as the
+    /// running brokers see them.
+    pub fn placement(&self, topic: &str, partition: u32) -> Result<(Option<u64>, Vec<u64>)> {
+        let live: Vec<SocketAddr> = self
+            .listens
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, n)| n.child.is_some())
+            .map(|(a, _)| *a)
+            .collect();
+        let mut conn = Connection::connect_any(&live, Duration::from_secs(2))?;
+        let resp = conn.request(
+            &MetadataRequest {
+                topics: Some(vec![topic.to_owned()]),
+            }
+            .into(),
+        )?;
+        let Message::MetadataResponse(m) = resp else {
+            bail!("unexpected response {}", resp.kind().name())
+        };
+        let p = m
+            .topics
+            .first()
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+            .with_context(|| format!("no partition {topic}-{partition}"))?;
+        Ok((p.leader, p.replicas.clone()))
     }
 }
 
@@ -226,13 +389,28 @@ pub fn ensure_topic(
 
 /// Counters the telemetry thread serves at `GET /api/status`, summed over
 /// shards. Samples are taken once a second, so they lag by up to a second.
-pub const BROKER_COUNTERS: [&str; 5] = [
+pub const BROKER_COUNTERS: [&str; 6] = [
     "produce_requests",
     "produce_bytes",
     "fetch_requests",
     "fetch_bytes",
     "errors",
+    "leader_changes",
 ];
+
+/// [`broker_counters`] summed over brokers (None if none answers).
+pub fn cluster_counters(https: &[SocketAddr]) -> Option<std::collections::BTreeMap<String, u64>> {
+    let mut out: Option<std::collections::BTreeMap<String, u64>> = None;
+    for h in https {
+        if let Some(c) = broker_counters(*h) {
+            let sum = out.get_or_insert_with(Default::default);
+            for (k, v) in c {
+                *sum.entry(k).or_insert(0) += v;
+            }
+        }
+    }
+    out
+}
 
 /// Reads the broker's counters over HTTP (None if it does not answer).
 pub fn broker_counters(http: SocketAddr) -> Option<std::collections::BTreeMap<String, u64>> {

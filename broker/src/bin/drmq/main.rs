@@ -515,7 +515,7 @@ fn request(conn: &ConnArgs, msg: Message) -> Result<Message> {
         match retry_in {
             Some(d) if std::time::Instant::now() + d < deadline => std::thread::sleep(d),
             _ => {
-                return attempt.with_context(|| format!("{}", msg.kind().name()));
+                return attempt.with_context(|| msg.kind().name().to_string());
             }
         }
     }

@@ -1,0 +1,302 @@
+//! `--fault`: one scripted fault during a run on brokers this harness
+//! started (they are signalled by PID), and what it did to the workload.
+//!
+//! - `kill-leader@AT[:RESTART]`: kill -9 of the leader of partition 0 at
+//!   AT seconds (warm-up included), restarted RESTART seconds later
+//!   (default 5).
+//! - `pause-follower@AT:FOR`: SIGSTOP of a follower of partition 0 at AT
+//!   seconds, SIGCONT FOR seconds later.
+//!
+//! The report comes from the run's acknowledgement timeline (100 ms
+//! buckets): how long no produce was acknowledged after the fault, the
+//! largest ack latency after it, and the ack rate while it lasted against
+//! the rate before it. Lost or duplicated messages are the consumers' id
+//! checks, as in every run.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::run::{Outcome, TIMELINE_BUCKET_US};
+use crate::spawn::LocalCluster;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultSpec {
+    KillLeader { at_s: f64, restart_after_s: f64 },
+    PauseFollower { at_s: f64, for_s: f64 },
+}
+
+impl FaultSpec {
+    pub fn parse(s: &str) -> Result<FaultSpec, String> {
+        let bad = || {
+            format!("`{s}`: expected kill-leader@SECS[:RESTART_AFTER_SECS] or pause-follower@SECS:FOR_SECS")
+        };
+        let (kind, times) = s.split_once('@').ok_or_else(bad)?;
+        let nums: Vec<f64> = times
+            .split(':')
+            .map(|t| t.parse::<f64>().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        if nums.iter().any(|n| !n.is_finite() || *n < 0.0) {
+            return Err(bad());
+        }
+        match (kind, nums.as_slice()) {
+            ("kill-leader", [at]) => Ok(FaultSpec::KillLeader {
+                at_s: *at,
+                restart_after_s: 5.0,
+            }),
+            ("kill-leader", [at, r]) => Ok(FaultSpec::KillLeader {
+                at_s: *at,
+                restart_after_s: *r,
+            }),
+            ("pause-follower", [at, f]) if *f > 0.0 => Ok(FaultSpec::PauseFollower {
+                at_s: *at,
+                for_s: *f,
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            FaultSpec::KillLeader { .. } => "kill-leader",
+            FaultSpec::PauseFollower { .. } => "pause-follower",
+        }
+    }
+}
+
+/// What the fault thread did.
+#[derive(Debug, Default, Clone)]
+pub struct FaultLog {
+    pub target: Option<u64>,
+    pub injected_at: Option<Instant>,
+    pub healed_at: Option<Instant>,
+    pub error: Option<String>,
+}
+
+/// Applies `spec` to `cluster` on its own thread, timed from `start`.
+pub fn spawn(
+    spec: FaultSpec,
+    cluster: Arc<Mutex<LocalCluster>>,
+    topic: String,
+    start: Instant,
+) -> std::thread::JoinHandle<FaultLog> {
+    std::thread::spawn(move || {
+        let mut log = FaultLog::default();
+        if let Err(e) = apply(spec, &cluster, &topic, start, &mut log) {
+            log.error = Some(format!("{e:#}"));
+        }
+        log
+    })
+}
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+fn apply(
+    spec: FaultSpec,
+    cluster: &Mutex<LocalCluster>,
+    topic: &str,
+    start: Instant,
+    log: &mut FaultLog,
+) -> Result<()> {
+    let lock = || {
+        cluster
+            .lock()
+            .map_err(|_| anyhow::anyhow!("cluster lock poisoned"))
+    };
+    match spec {
+        FaultSpec::KillLeader {
+            at_s,
+            restart_after_s,
+        } => {
+            sleep_until(start + Duration::from_secs_f64(at_s));
+            let mut c = lock()?;
+            let (leader, _) = c.placement(topic, 0)?;
+            let leader = leader.context("partition 0 has no leader to kill")?;
+            c.kill(leader as usize - 1);
+            log.target = Some(leader);
+            log.injected_at = Some(Instant::now());
+            drop(c);
+            std::thread::sleep(Duration::from_secs_f64(restart_after_s));
+            lock()?.restart(leader as usize - 1)?;
+            log.healed_at = Some(Instant::now());
+        }
+        FaultSpec::PauseFollower { at_s, for_s } => {
+            sleep_until(start + Duration::from_secs_f64(at_s));
+            let c = lock()?;
+            let (leader, replicas) = c.placement(topic, 0)?;
+            let Some(follower) = replicas.iter().copied().find(|r| Some(*r) != leader) else {
+                bail!("partition 0 has no follower (replication 1?)");
+            };
+            c.pause(follower as usize - 1)?;
+            log.target = Some(follower);
+            log.injected_at = Some(Instant::now());
+            drop(c);
+            std::thread::sleep(Duration::from_secs_f64(for_s));
+            lock()?.resume(follower as usize - 1)?;
+            log.healed_at = Some(Instant::now());
+        }
+    }
+    Ok(())
+}
+
+/// What the fault did to the run.
+#[derive(Debug, Clone)]
+pub struct FaultReport {
+    pub spec: FaultSpec,
+    pub log: FaultLog,
+    /// Seconds from the fault until produce was acknowledged again (0 when
+    /// acknowledgements never stopped for a whole 100 ms bucket).
+    pub unavailable_s: Option<f64>,
+    /// Largest publish-ack latency acknowledged after the fault (ms).
+    pub max_ack_after_ms: Option<f64>,
+    /// Ack rate while the fault lasted / ack rate in the 3 s before it.
+    pub rate_ratio_during: Option<f64>,
+}
+
+pub fn analyse(spec: FaultSpec, log: FaultLog, o: &Outcome) -> FaultReport {
+    let bucket_s = TIMELINE_BUCKET_US as f64 / 1e6;
+    let index = |t: Instant| {
+        (t.saturating_duration_since(o.started_at).as_micros() as u64 / TIMELINE_BUCKET_US) as usize
+    };
+    let t = &o.ack_timeline;
+    let (mut unavailable_s, mut max_ack_after_ms, mut rate_ratio_during) = (None, None, None);
+    if let Some(at) = log.injected_at {
+        let i0 = index(at).min(t.len());
+        // The first bucket without acks at or after the fault, then the
+        // first with acks again.
+        let gap_start = (i0..t.len()).find(|&i| t[i].acks == 0);
+        unavailable_s = Some(match gap_start {
+            None => 0.0,
+            Some(g) => match (g..t.len()).find(|&i| t[i].acks > 0) {
+                Some(back) => (back - i0) as f64 * bucket_s,
+                None => (t.len() - i0) as f64 * bucket_s,
+            },
+        });
+        max_ack_after_ms = t[i0..]
+            .iter()
+            .map(|b| b.max_ack_us)
+            .max()
+            .map(|us| us as f64 / 1e3);
+        let before: Vec<u64> = t[i0.saturating_sub(30)..i0]
+            .iter()
+            .map(|b| b.acks)
+            .collect();
+        let i1 = log.healed_at.map_or(t.len(), |h| index(h).min(t.len()));
+        let during: Vec<u64> = t[i0..i1.max(i0)].iter().map(|b| b.acks).collect();
+        if !before.is_empty() && !during.is_empty() {
+            let avg = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len() as f64;
+            if avg(&before) > 0.0 {
+                rate_ratio_during = Some(avg(&during) / avg(&before));
+            }
+        }
+    }
+    FaultReport {
+        spec,
+        log,
+        unavailable_s,
+        max_ack_after_ms,
+        rate_ratio_during,
+    }
+}
+
+impl FaultReport {
+    pub fn print(&self, o: &Outcome) {
+        let since = |t: Option<Instant>| {
+            t.map(|t| {
+                format!(
+                    "{:.1} s",
+                    t.saturating_duration_since(o.started_at).as_secs_f64()
+                )
+            })
+            .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "  fault {}: broker {} at {}, healed at {}{}",
+            self.spec.name(),
+            self.log.target.map_or("-".into(), |t| t.to_string()),
+            since(self.log.injected_at),
+            since(self.log.healed_at),
+            self.log
+                .error
+                .as_ref()
+                .map(|e| format!(" (FAILED: {e})"))
+                .unwrap_or_default()
+        );
+        let f = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2}{unit}"));
+        println!(
+            "    no ack for {} after it; largest ack latency after it {}; ack rate during it {} of before; leader changes {}",
+            f(self.unavailable_s, " s"),
+            f(self.max_ack_after_ms, " ms"),
+            f(self.rate_ratio_during, ""),
+            o.broker_counters
+                .as_ref()
+                .and_then(|c| c.get("leader_changes"))
+                .map_or("-".into(), |n| n.to_string()),
+        );
+        println!(
+            "    acknowledged messages missing: {}, duplicated: {}",
+            o.missing, o.duplicates
+        );
+    }
+
+    pub fn to_json(&self, o: &Outcome) -> Value {
+        let since =
+            |t: Option<Instant>| t.map(|t| t.saturating_duration_since(o.started_at).as_secs_f64());
+        json!({
+            "kind": self.spec.name(),
+            "target_broker": self.log.target,
+            "injected_at_s": since(self.log.injected_at),
+            "healed_at_s": since(self.log.healed_at),
+            "error": self.log.error,
+            "unavailable_s": self.unavailable_s,
+            "max_ack_ms_after": self.max_ack_after_ms,
+            "ack_rate_ratio_during": self.rate_ratio_during,
+            "missing": o.missing,
+            "duplicates": o.duplicates,
+            "leader_changes": o.broker_counters.as_ref().and_then(|c| c.get("leader_changes")),
+        })
+    }
+
+    pub fn ok(&self) -> bool {
+        self.log.error.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_specs_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            FaultSpec::parse("kill-leader@3").unwrap(),
+            FaultSpec::KillLeader {
+                at_s: 3.0,
+                restart_after_s: 5.0
+            }
+        );
+        assert_eq!(
+            FaultSpec::parse("pause-follower@2:10").unwrap(),
+            FaultSpec::PauseFollower {
+                at_s: 2.0,
+                for_s: 10.0
+            }
+        );
+        for bad in [
+            "kill-leader",
+            "pause-follower@2",
+            "nuke@1",
+            "kill-leader@-1",
+            "kill-leader@x",
+        ] {
+            assert!(FaultSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
