@@ -10,10 +10,9 @@ all: build
 build:
 	$(CARGO) build --release --workspace --bins
 
-# A local cluster (drmq dev). One broker until replication between brokers
-# is wired into the runtime; then --nodes 3 (see docs/ARCHITECTURE.md).
+# A local 3-broker cluster (drmq dev): Ctrl-C stops it.
 run: build
-	./target/release/drmq dev --nodes 1 --data-dir data
+	./target/release/drmq dev --nodes 3 --data-dir data
 
 # Everything CI runs: formatting, lints, every test.
 test: lint
