@@ -131,6 +131,9 @@ pub struct ShardCounters {
     pub errors: Cell<u64>,
     pub segments_deleted: Cell<u64>,
     pub leader_changes: Cell<u64>,
+    /// Elections won by this shard's groups (each election counts once in
+    /// the cluster: only the winner counts it).
+    pub elections: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>, by: u64) {
@@ -445,6 +448,9 @@ impl GroupHooks for Hooks {
             return;
         };
         bump(&shard.counters.leader_changes, 1);
+        if change.role == Role::Leader {
+            bump(&shard.counters.elections, 1);
+        }
         let view = shard.view.clone();
         if let Ok(mut v) = view.write() {
             v.leaders.insert(change.group, (change.leader, change.term));
@@ -1064,6 +1070,7 @@ impl Shard {
             errors: c.errors.get(),
             segments_deleted: c.segments_deleted.get(),
             leader_changes: c.leader_changes.get(),
+            elections: c.elections.get(),
             peer_frames_sent: self.outbox.counters.frames_sent.get(),
             peer_frames_dropped: self.outbox.counters.frames_dropped.get(),
             partitions: self

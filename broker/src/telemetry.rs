@@ -48,6 +48,8 @@ pub struct ShardSample {
     pub segments_deleted: u64,
     /// Leadership changes seen by this shard's groups (elections).
     pub leader_changes: u64,
+    /// Elections won by this shard's groups.
+    pub elections: u64,
     pub peer_frames_sent: u64,
     pub peer_frames_dropped: u64,
     pub partitions: Vec<PartitionSample>,
@@ -133,7 +135,7 @@ type Counter = (&'static str, &'static str, fn(&ShardSample) -> u64);
 fn prometheus(broker_id: u64, latest: &BTreeMap<usize, ShardSample>) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let counters: [Counter; 8] = [
+    let counters: [Counter; 9] = [
         (
             "drmq_produce_requests_total",
             "Produce requests answered",
@@ -168,6 +170,11 @@ fn prometheus(broker_id: u64, latest: &BTreeMap<usize, ShardSample>) -> String {
             "drmq_leader_changes_total",
             "Leadership changes (elections) seen by this shard's Raft groups",
             |s| s.leader_changes,
+        ),
+        (
+            "drmq_elections_total",
+            "Elections won by this shard's Raft groups",
+            |s| s.elections,
         ),
         (
             "drmq_peer_frames_dropped_total",
@@ -220,6 +227,7 @@ mod tests {
                 errors: 2,
                 segments_deleted: 0,
                 leader_changes: 1,
+                elections: 1,
                 peer_frames_sent: 0,
                 peer_frames_dropped: 0,
                 partitions: vec![PartitionSample {

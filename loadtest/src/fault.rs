@@ -169,15 +169,17 @@ pub fn analyse(spec: FaultSpec, log: FaultLog, o: &Outcome) -> FaultReport {
     let (mut unavailable_s, mut max_ack_after_ms, mut rate_ratio_during) = (None, None, None);
     if let Some(at) = log.injected_at {
         let i0 = index(at).min(t.len());
-        // The first bucket without acks at or after the fault, then the
-        // first with acks again.
-        let gap_start = (i0..t.len()).find(|&i| t[i].acks == 0);
+        // The first bucket without acks at or after the fault that is
+        // followed by acks again (the quiet tail after the producers
+        // stopped is not an outage): the time from the fault until then.
+        let last_ack = t.iter().rposition(|b| b.acks > 0).unwrap_or(0);
+        let gap_start = (i0..last_ack).find(|&i| t[i].acks == 0);
         unavailable_s = Some(match gap_start {
             None => 0.0,
-            Some(g) => match (g..t.len()).find(|&i| t[i].acks > 0) {
-                Some(back) => (back - i0) as f64 * bucket_s,
-                None => (t.len() - i0) as f64 * bucket_s,
-            },
+            Some(g) => {
+                let back = (g..=last_ack).find(|&i| t[i].acks > 0).unwrap_or(last_ack);
+                (back - i0) as f64 * bucket_s
+            }
         });
         max_ack_after_ms = t[i0..]
             .iter()
@@ -231,13 +233,13 @@ impl FaultReport {
         );
         let f = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2}{unit}"));
         println!(
-            "    no ack for {} after it; largest ack latency after it {}; ack rate during it {} of before; leader changes {}",
+            "    no ack for {} after it; largest ack latency after it {}; ack rate during it {} of before; elections {}",
             f(self.unavailable_s, " s"),
             f(self.max_ack_after_ms, " ms"),
             f(self.rate_ratio_during, ""),
             o.broker_counters
                 .as_ref()
-                .and_then(|c| c.get("leader_changes"))
+                .and_then(|c| c.get("elections"))
                 .map_or("-".into(), |n| n.to_string()),
         );
         println!(
@@ -260,7 +262,7 @@ impl FaultReport {
             "ack_rate_ratio_during": self.rate_ratio_during,
             "missing": o.missing,
             "duplicates": o.duplicates,
-            "leader_changes": o.broker_counters.as_ref().and_then(|c| c.get("leader_changes")),
+            "elections": o.broker_counters.as_ref().and_then(|c| c.get("elections")),
         })
     }
 

@@ -565,7 +565,7 @@ fn bench_case(
     let elections = outcome
         .broker_counters
         .as_ref()
-        .and_then(|c| c.get("leader_changes").copied());
+        .and_then(|c| c.get("elections").copied());
     let line = format!(
         "{topic:<28} {:>10.0} {:>7.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>5}",
         report.msgs_per_s(),

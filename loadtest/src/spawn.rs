@@ -346,7 +346,6 @@ pub fn ensure_topic(
     replication: u16,
     segment_bytes: Option<u64>,
 ) -> Result<()> {
-    let mut conn = Connection::connect_any(brokers, Duration::from_secs(5))?;
     let req = CreateTopicRequest {
         name: name.to_owned(),
         partitions,
@@ -362,7 +361,35 @@ pub fn ensure_topic(
         },
         timeout_ms: 10_000,
     };
-    match conn.request(&req.into()) {
+    // The controller may not be elected yet, or be another broker: follow
+    // its hint, retry retryable answers, until the deadline.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let req: Message = req.into();
+    let mut conn = Connection::connect_any(brokers, Duration::from_secs(5))?;
+    let result = loop {
+        let r = conn.request(&req);
+        match &r {
+            Err(ClientError::Broker { code, hint, .. })
+                if code.is_retryable() && Instant::now() < deadline =>
+            {
+                let target = hint.as_ref().and_then(|h| {
+                    broker::client::parse_brokers(&format!(
+                        "{}:{}",
+                        h.endpoint.host, h.endpoint.port
+                    ))
+                    .ok()
+                    .and_then(|v| v.first().copied())
+                });
+                std::thread::sleep(Duration::from_millis(100));
+                conn = match target {
+                    Some(a) => Connection::connect(a, Duration::from_secs(5))?,
+                    None => Connection::connect_any(brokers, Duration::from_secs(5))?,
+                };
+            }
+            _ => break r,
+        }
+    };
+    match result {
         Ok(_) => Ok(()),
         Err(ClientError::Broker {
             code: ErrorCode::TopicAlreadyExists,
@@ -389,13 +416,14 @@ pub fn ensure_topic(
 
 /// Counters the telemetry thread serves at `GET /api/status`, summed over
 /// shards. Samples are taken once a second, so they lag by up to a second.
-pub const BROKER_COUNTERS: [&str; 6] = [
+pub const BROKER_COUNTERS: [&str; 7] = [
     "produce_requests",
     "produce_bytes",
     "fetch_requests",
     "fetch_bytes",
     "errors",
     "leader_changes",
+    "elections",
 ];
 
 /// [`broker_counters`] summed over brokers (None if none answers).
