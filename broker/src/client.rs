@@ -54,6 +54,22 @@ pub fn parse_brokers(spec: &str) -> Result<Vec<SocketAddr>, ClientError> {
     Ok(out)
 }
 
+/// Connects to `addr`, refusing a TCP self-connection: with nothing
+/// listening on a loopback port inside the ephemeral range, the kernel can
+/// pick that very port as the source and connect the socket to itself (a
+/// "simultaneous open"), which would echo every request back as its answer
+/// and hold the port a restarting broker needs.
+pub fn connect_tcp(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    if stream.local_addr()? == stream.peer_addr()? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connected to itself: nothing listens there",
+        ));
+    }
+    Ok(stream)
+}
+
 /// One connection to one broker.
 #[derive(Debug)]
 pub struct Connection {
@@ -67,7 +83,7 @@ pub struct Connection {
 impl Connection {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, ClientError> {
         let io = |source| ClientError::Io { addr, source };
-        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+        let stream = connect_tcp(addr, timeout).map_err(io)?;
         stream.set_read_timeout(Some(timeout)).map_err(io)?;
         stream.set_write_timeout(Some(timeout)).map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;

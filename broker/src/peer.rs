@@ -316,6 +316,11 @@ async fn connect(identity: &Identity, peer: NodeId, addr: SocketAddr) -> anyhow:
     stream
         .set_nodelay(true)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A loopback connect to a port nobody listens on can connect to itself
+    // (simultaneous open) and would hold the port the peer restarts on.
+    if stream.local_addr().ok() == stream.peer_addr().ok() {
+        anyhow::bail!("connected to itself: nothing listens there");
+    }
     deadline(HANDSHAKE_TIMEOUT, async {
         let nonce: u64 = rand::random();
         let hello = |auth_tag: Vec<u8>| PeerHello {

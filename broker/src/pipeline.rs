@@ -151,12 +151,15 @@ pub fn routes(cfg: &ClientConfig, topic: &str) -> Result<Vec<SocketAddr>, Pipeli
     let deadline = Instant::now() + cfg.connect_timeout;
     let mut attempt = 0usize;
     loop {
-        let n = cfg.brokers.len().max(1);
-        let mut order = cfg.brokers.clone();
-        order.rotate_left(attempt % n);
-        let result = Connection::connect_any(&order, cfg.connect_timeout)
-            .map_err(PipelineError::from)
-            .and_then(|mut conn| routes_once(&mut conn, topic));
+        let result = routes_partial(&cfg.brokers, attempt, cfg.connect_timeout, topic);
+        let result = result.and_then(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    a.ok_or_else(|| PipelineError::Metadata(format!("{topic}-{i}: no leader")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        });
         match result {
             Ok(r) => return Ok(r),
             Err(e) if Instant::now() >= deadline => return Err(e),
@@ -171,7 +174,66 @@ pub fn routes(cfg: &ClientConfig, topic: &str) -> Result<Vec<SocketAddr>, Pipeli
     }
 }
 
-fn routes_once(conn: &mut Connection, topic: &str) -> Result<Vec<SocketAddr>, PipelineError> {
+/// One metadata request to the first broker that answers, starting at
+/// `brokers[start % len]`: each partition's leader endpoint, `None` while it
+/// has no leader.
+pub fn routes_partial(
+    brokers: &[SocketAddr],
+    start: usize,
+    timeout: Duration,
+    topic: &str,
+) -> Result<Vec<Option<SocketAddr>>, PipelineError> {
+    let mut order = brokers.to_vec();
+    if !order.is_empty() {
+        let n = order.len();
+        order.rotate_left(start % n);
+    }
+    let mut conn = Connection::connect_any(&order, timeout)?;
+    routes_once(&mut conn, topic)
+}
+
+/// Metadata refreshes after failures, at most one per [`REFRESH_GAP`], each
+/// starting at the next bootstrap broker (one that is down or stopped is
+/// not asked first every time).
+#[derive(Debug, Default)]
+struct Refresher {
+    last: Option<Instant>,
+    count: usize,
+}
+
+/// Shortest time between two metadata refreshes of one client.
+const REFRESH_GAP: Duration = Duration::from_millis(50);
+/// A refresh is a quick look: a broker that does not answer in this time is
+/// skipped until the next one.
+const REFRESH_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Refresher {
+    /// Updates `routes` with the leaders the cluster knows now; true if a
+    /// refresh ran.
+    fn refresh(&mut self, cfg: &ClientConfig, topic: &str, routes: &mut [SocketAddr]) -> bool {
+        if self.last.is_some_and(|t| t.elapsed() < REFRESH_GAP) {
+            return false;
+        }
+        self.last = Some(Instant::now());
+        self.count += 1;
+        let timeout = REFRESH_TIMEOUT.min(cfg.connect_timeout);
+        if let Ok(r) = routes_partial(&cfg.brokers, self.count, timeout, topic) {
+            if r.len() == routes.len() {
+                for (slot, new) in routes.iter_mut().zip(r) {
+                    if let Some(a) = new {
+                        *slot = a;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+fn routes_once(
+    conn: &mut Connection,
+    topic: &str,
+) -> Result<Vec<Option<SocketAddr>>, PipelineError> {
     let resp = conn.request(
         &MetadataRequest {
             topics: Some(vec![topic.to_owned()]),
@@ -199,12 +261,12 @@ fn routes_once(conn: &mut Connection, topic: &str) -> Result<Vec<SocketAddr>, Pi
     for p in &t.partitions {
         let missing =
             |what: String| PipelineError::Metadata(format!("{topic}-{}: {what}", p.partition));
-        let leader = p.leader.ok_or_else(|| missing("no leader".into()))?;
-        let broker = meta
-            .brokers
-            .iter()
-            .find(|b| b.id == leader)
-            .ok_or_else(|| missing(format!("unknown leader {leader}")))?;
+        let Some(leader) = p.leader else {
+            continue; // an election is under way
+        };
+        let Some(broker) = meta.brokers.iter().find(|b| b.id == leader) else {
+            continue; // its endpoint is not known yet
+        };
         let ep = broker
             .endpoints
             .get(p.shard as usize)
@@ -216,10 +278,7 @@ fn routes_once(conn: &mut Connection, topic: &str) -> Result<Vec<SocketAddr>, Pi
             .ok_or_else(|| missing("partition number beyond the partition count".into()))?;
         *slot = Some(addr);
     }
-    out.into_iter()
-        .enumerate()
-        .map(|(i, a)| a.ok_or_else(|| PipelineError::Metadata(format!("{topic}-{i} missing"))))
-        .collect()
+    Ok(out)
 }
 
 // ---- connections ------------------------------------------------------------
@@ -253,7 +312,7 @@ impl Link {
         cfg: &ClientConfig,
         events: Sender<Event>,
     ) -> Result<Link, String> {
-        let stream = TcpStream::connect_timeout(&addr, cfg.connect_timeout)
+        let stream = crate::client::connect_tcp(addr, cfg.connect_timeout)
             .map_err(|e| format!("{addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let read_half = stream.try_clone().map_err(|e| e.to_string())?;
@@ -472,6 +531,21 @@ pub struct ClientStats {
 
 // ---- producer ---------------------------------------------------------------
 
+/// A random 63-bit producer id (the controller does not hand them out yet;
+/// a collision needs about 3 billion producers for even odds).
+pub fn random_producer_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    (h.finish() & (i64::MAX as u64)) as i64
+}
+
 /// Producer settings.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -486,6 +560,9 @@ pub struct ProducerConfig {
     pub in_flight_max: usize,
     /// A batch not acknowledged this long after it was first sent fails.
     pub delivery_timeout: Duration,
+    /// Stamp a producer id and per-partition sequence numbers into every
+    /// batch, so a batch retried after a leader change is appended once.
+    pub idempotent: bool,
 }
 
 impl ProducerConfig {
@@ -498,6 +575,7 @@ impl ProducerConfig {
             linger: Duration::from_millis(1),
             in_flight_max: 64,
             delivery_timeout: Duration::from_secs(30),
+            idempotent: true,
         }
     }
 
@@ -513,6 +591,16 @@ impl ProducerConfig {
                     "{} must be in 1..={}",
                     self.batch_bytes_max,
                     frame_max - PRODUCE_FRAME_OVERHEAD_BYTES
+                ),
+            );
+        }
+        if self.idempotent && self.in_flight_max > crate::producers::RECENT_BATCHES_MAX {
+            return bad(
+                "in_flight_max",
+                format!(
+                    "{} with idempotence: brokers remember the last {} batches per producer, so at most that many may be in flight",
+                    self.in_flight_max,
+                    crate::producers::RECENT_BATCHES_MAX
                 ),
             );
         }
@@ -575,6 +663,10 @@ pub struct Producer {
     sticky_partition: usize,
     sends_since_pump: u32,
     stats: ClientStats,
+    refresher: Refresher,
+    /// Idempotence: this producer's id and each partition's next sequence.
+    producer_id: i64,
+    sequences: Vec<i32>,
 }
 
 impl Producer {
@@ -599,6 +691,7 @@ impl Producer {
             )));
         }
         let links = Links::new(cfg.client.clone());
+        let routes_len = routes.len();
         Ok(Producer {
             open: (0..routes.len()).map(|_| None).collect(),
             routes,
@@ -609,6 +702,13 @@ impl Producer {
             sticky_partition: 0,
             sends_since_pump: 0,
             stats: ClientStats::default(),
+            refresher: Refresher::default(),
+            producer_id: if cfg.idempotent {
+                random_producer_id()
+            } else {
+                wire::batch::NO_PRODUCER_ID
+            },
+            sequences: vec![0; routes_len],
             cfg,
         })
     }
@@ -700,6 +800,12 @@ impl Producer {
         if p == self.sticky_partition {
             self.sticky_partition = (self.sticky_partition + 1) % self.routes.len();
         }
+        let mut builder = open.builder;
+        if self.producer_id >= 0 {
+            let seq = self.sequences[p];
+            builder = builder.producer(self.producer_id, 0, seq);
+            self.sequences[p] = seq.wrapping_add(builder.record_count() as i32);
+        }
         let req = ProduceRequest {
             topic: self.cfg.topic.clone(),
             partition: p as u32,
@@ -710,7 +816,7 @@ impl Producer {
                 .request_timeout
                 .as_millis()
                 .min(u128::from(u32::MAX)) as u32,
-            batch: open.builder.finish(),
+            batch: builder.finish(),
         };
         self.ready.push_back((
             Instant::now(),
@@ -849,7 +955,10 @@ impl Producer {
             }
         } else if kind == ErrorCode::NotLeader.name()
             || kind == ErrorCode::UnknownTopicOrPartition.name()
+            || kind == ErrorCode::LeaderNotAvailable.name()
+            || kind == "Connection"
         {
+            // The leader may have moved (or died): ask where it is now.
             self.refresh_routes();
         }
         let now = Instant::now();
@@ -867,11 +976,11 @@ impl Producer {
     }
 
     fn refresh_routes(&mut self) {
-        self.stats.metadata_refreshes += 1;
-        if let Ok(r) = routes(&self.cfg.client, &self.cfg.topic) {
-            if r.len() == self.routes.len() {
-                self.routes = r;
-            }
+        if self
+            .refresher
+            .refresh(&self.cfg.client, &self.cfg.topic, &mut self.routes)
+        {
+            self.stats.metadata_refreshes += 1;
         }
     }
 
@@ -902,6 +1011,16 @@ impl Producer {
                         reason,
                         reroute,
                     }) => self.retry(f.batch, kind, reason, reroute),
+                    // After a leader change an idempotent producer's retried
+                    // batches and its newer ones may reach the new leader out
+                    // of order; the earlier one lands on its own retry, then
+                    // this one does (bounded by the delivery timeout).
+                    Err(Failure::Fatal {
+                        code: ErrorCode::OutOfOrderSequence,
+                        message,
+                    }) if self.producer_id >= 0 => {
+                        self.retry(f.batch, ErrorCode::OutOfOrderSequence.name(), message, None)
+                    }
                     Err(Failure::Fatal { code, message }) => self.finish(
                         f.batch,
                         Err(DeliveryError::Fatal { code, message }),
@@ -1053,6 +1172,7 @@ pub struct Consumer {
     parts: Vec<PartitionState>,
     by_corr: HashMap<u64, usize>,
     stats: ClientStats,
+    refresher: Refresher,
 }
 
 impl Consumer {
@@ -1094,6 +1214,7 @@ impl Consumer {
             parts,
             by_corr: HashMap::new(),
             stats: ClientStats::default(),
+            refresher: Refresher::default(),
         })
     }
 
@@ -1176,6 +1297,13 @@ impl Consumer {
         if let Some(addr) = reroute {
             self.routes[partition] = addr;
             self.stats.reroutes += 1;
+        }
+        if reroute.is_none()
+            && self
+                .refresher
+                .refresh(&self.cfg.client, &self.cfg.topic, &mut self.routes)
+        {
+            self.stats.metadata_refreshes += 1;
         }
         let p = &mut self.parts[i];
         p.in_flight = None;

@@ -11,9 +11,10 @@ use std::collections::{HashMap, VecDeque};
 use wire::ErrorCode;
 
 /// Recent batches remembered per producer: a client retries only what is
-/// in flight, and clients keep at most this many batches in flight per
-/// partition when idempotent (as Kafka's limit of 5).
-pub const RECENT_BATCHES_MAX: usize = 5;
+/// in flight, so this bounds the batches an idempotent client may keep in
+/// flight per partition (the pipeline producer's default window is 64).
+/// 64 x 16 bytes per producer.
+pub const RECENT_BATCHES_MAX: usize = 64;
 /// Producers tracked per partition; past this the one idle longest (lowest
 /// last offset) is forgotten, and its next batch is accepted as from a new
 /// producer. 10,000 × ~200 bytes = 2 MB per partition at worst.
@@ -202,14 +203,19 @@ mod tests {
     #[test]
     fn gaps_old_sequences_and_old_epochs_are_refused() {
         let mut t = ProducerTable::default();
-        for (i, seq) in (0..7).map(|i| (i, i * 2)) {
+        // Two batches more than the window: the first two fall out of it.
+        let batches = RECENT_BATCHES_MAX as i32 + 2;
+        for (i, seq) in (0..batches).map(|i| (i, i * 2)) {
             t.record(id(seq, 2), i as u64 * 2);
         }
         let code = |v: Verdict| match v {
             Verdict::Reject { code, .. } => code,
             other => panic!("{other:?}"),
         };
-        assert_eq!(code(t.check(id(20, 1))), ErrorCode::OutOfOrderSequence);
+        assert_eq!(
+            code(t.check(id(batches * 2 + 6, 1))),
+            ErrorCode::OutOfOrderSequence
+        );
         assert_eq!(code(t.check(id(0, 2))), ErrorCode::DuplicateSequence); // fell out of the window
         assert!(matches!(
             t.check(id(12, 2)),

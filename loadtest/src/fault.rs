@@ -70,25 +70,38 @@ impl FaultSpec {
 #[derive(Debug, Default, Clone)]
 pub struct FaultLog {
     pub target: Option<u64>,
+    /// Partition 0's (leader, term) when the fault began and when it was
+    /// healed (before the healing step).
+    pub leader_before: Option<(u64, u64)>,
+    pub leader_after: Option<(u64, u64)>,
     pub injected_at: Option<Instant>,
     pub healed_at: Option<Instant>,
     pub error: Option<String>,
 }
 
-/// Applies `spec` to `cluster` on its own thread, timed from `start`.
+/// Applies `spec` to `cluster` on its own thread, timed from the run's start
+/// (sent on the returned sender; dropping it unsent cancels the fault).
 pub fn spawn(
     spec: FaultSpec,
     cluster: Arc<Mutex<LocalCluster>>,
     topic: String,
-    start: Instant,
-) -> std::thread::JoinHandle<FaultLog> {
-    std::thread::spawn(move || {
+) -> (
+    std::sync::mpsc::Sender<Instant>,
+    std::thread::JoinHandle<FaultLog>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
         let mut log = FaultLog::default();
+        let Ok(start) = rx.recv() else {
+            log.error = Some("the run did not start".into());
+            return log;
+        };
         if let Err(e) = apply(spec, &cluster, &topic, start, &mut log) {
             log.error = Some(format!("{e:#}"));
         }
         log
-    })
+    });
+    (tx, thread)
 }
 
 fn sleep_until(t: Instant) {
@@ -117,29 +130,38 @@ fn apply(
         } => {
             sleep_until(start + Duration::from_secs_f64(at_s));
             let mut c = lock()?;
-            let (leader, _) = c.placement(topic, 0)?;
-            let leader = leader.context("partition 0 has no leader to kill")?;
+            let p = c.placement(topic, 0)?;
+            let leader = p.leader.context("partition 0 has no leader to kill")?;
+            log.leader_before = Some((leader, p.term));
             c.kill(leader as usize - 1);
             log.target = Some(leader);
             log.injected_at = Some(Instant::now());
             drop(c);
             std::thread::sleep(Duration::from_secs_f64(restart_after_s));
-            lock()?.restart(leader as usize - 1)?;
+            let mut c = lock()?;
+            let p = c.placement(topic, 0)?;
+            log.leader_after = p.leader.map(|l| (l, p.term));
+            c.restart(leader as usize - 1)?;
             log.healed_at = Some(Instant::now());
         }
         FaultSpec::PauseFollower { at_s, for_s } => {
             sleep_until(start + Duration::from_secs_f64(at_s));
             let c = lock()?;
-            let (leader, replicas) = c.placement(topic, 0)?;
-            let Some(follower) = replicas.iter().copied().find(|r| Some(*r) != leader) else {
+            let p = c.placement(topic, 0)?;
+            let Some(follower) = p.replicas.iter().copied().find(|r| Some(*r) != p.leader) else {
                 bail!("partition 0 has no follower (replication 1?)");
             };
+            log.leader_before = p.leader.map(|l| (l, p.term));
             c.pause(follower as usize - 1)?;
             log.target = Some(follower);
             log.injected_at = Some(Instant::now());
             drop(c);
             std::thread::sleep(Duration::from_secs_f64(for_s));
-            lock()?.resume(follower as usize - 1)?;
+            let c = lock()?;
+            // Asked of the running brokers (the stopped one would not answer).
+            let p = c.placement_without(topic, 0, follower)?;
+            log.leader_after = p.leader.map(|l| (l, p.term));
+            c.resume(follower as usize - 1)?;
             log.healed_at = Some(Instant::now());
         }
     }
@@ -242,6 +264,13 @@ impl FaultReport {
                 .and_then(|c| c.get("elections"))
                 .map_or("-".into(), |n| n.to_string()),
         );
+        let lt =
+            |v: Option<(u64, u64)>| v.map_or("-".into(), |(l, t)| format!("broker {l} term {t}"));
+        println!(
+            "    partition 0 leader: {} before, {} at the end of the fault",
+            lt(self.log.leader_before),
+            lt(self.log.leader_after)
+        );
         println!(
             "    acknowledged messages missing: {}, duplicated: {}",
             o.missing, o.duplicates
@@ -257,6 +286,8 @@ impl FaultReport {
             "injected_at_s": since(self.log.injected_at),
             "healed_at_s": since(self.log.healed_at),
             "error": self.log.error,
+            "leader_before": self.log.leader_before,
+            "leader_after": self.log.leader_after,
             "unavailable_s": self.unavailable_s,
             "max_ack_ms_after": self.max_ack_after_ms,
             "ack_rate_ratio_during": self.rate_ratio_during,

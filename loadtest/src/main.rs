@@ -440,17 +440,18 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
         drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
         progress: !a.quiet,
         https,
+        started: None,
     };
     let fault = match (a.fault, &local) {
-        (Some(spec), Some(l)) => Some((
-            spec,
-            fault::spawn(spec, l.clone(), a.topic.clone(), std::time::Instant::now()),
-        )),
+        (Some(spec), Some(l)) => Some((spec, fault::spawn(spec, l.clone(), a.topic.clone()))),
         _ => None,
     };
+    let mut w = w;
+    w.started = fault.as_ref().map(|(_, (tx, _))| tx.clone());
     let outcome = run::run(&w)?;
+    w.started = None;
     let fault = match fault {
-        Some((spec, thread)) => {
+        Some((spec, (_, thread))) => {
             let log = thread
                 .join()
                 .map_err(|_| anyhow::anyhow!("the fault thread panicked"))?;
@@ -528,17 +529,18 @@ fn bench_case(
         drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
         progress: !a.quiet,
         https: https.to_vec(),
+        started: None,
     };
     let thread = match (fault, local) {
-        (Some(spec), Some(l)) => Some((
-            spec,
-            fault::spawn(spec, l.clone(), topic.to_owned(), std::time::Instant::now()),
-        )),
+        (Some(spec), Some(l)) => Some((spec, fault::spawn(spec, l.clone(), topic.to_owned()))),
         _ => None,
     };
+    let mut w = w;
+    w.started = thread.as_ref().map(|(_, (tx, _))| tx.clone());
     let outcome = run::run(&w)?;
+    w.started = None;
     let fault = match thread {
-        Some((spec, t)) => Some(fault::analyse(
+        Some((spec, (_, t))) => Some(fault::analyse(
             spec,
             t.join()
                 .map_err(|_| anyhow::anyhow!("the fault thread panicked"))?,

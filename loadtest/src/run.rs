@@ -130,6 +130,8 @@ pub struct Workload {
     pub progress: bool,
     /// The brokers' telemetry addresses, for their counters (empty: not read).
     pub https: Vec<SocketAddr>,
+    /// Told the run's start time (a fault thread times itself from it).
+    pub started: Option<std::sync::mpsc::Sender<Instant>>,
 }
 
 /// Acknowledgements per [`TIMELINE_BUCKET_US`] of the run, by the time they
@@ -297,10 +299,19 @@ pub fn run(w: &Workload) -> Result<Outcome> {
     let client = ClientConfig::new(w.brokers.clone());
     let partitions = broker::pipeline::routes(&client, &w.topic)?.len() as u32;
     let start_offsets = end_offsets(&w.brokers, &w.topic, partitions)?;
+    // Telemetry samples are a second old at most: let one pass, so the
+    // counters before the run include what happened just before it (a topic
+    // created, its first elections).
+    if !w.https.is_empty() {
+        std::thread::sleep(Duration::from_millis(1100));
+    }
     let counters_before = crate::spawn::cluster_counters(&w.https);
     let live = Arc::new(Live::default());
     let end_marks: Arc<Mutex<Option<BTreeMap<u32, u64>>>> = Arc::new(Mutex::new(None));
     let t0 = Instant::now();
+    if let Some(tx) = &w.started {
+        let _ = tx.send(t0);
+    }
     let warmup_us = w.warmup.as_micros() as u64;
     let window_end_us = match w.stop {
         Stop::Duration(d) => Some(warmup_us + d.as_micros() as u64),
@@ -384,22 +395,13 @@ pub fn run(w: &Workload) -> Result<Outcome> {
                 .map_err(|_| anyhow::anyhow!("a consumer thread panicked"))?,
         );
     }
-    let broker_counters = counters_before.and_then(|before| {
+    let broker_counters = if w.https.is_empty() {
+        None
+    } else {
         // The telemetry thread samples once a second: wait for a fresh one.
         std::thread::sleep(Duration::from_millis(1100));
-        let after = crate::spawn::cluster_counters(&w.https)?;
-        Some(
-            after
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        v.saturating_sub(before.get(k).copied().unwrap_or(0)),
-                    )
-                })
-                .collect(),
-        )
-    });
+        crate::spawn::counter_deltas(&counters_before, &crate::spawn::cluster_counters(&w.https))
+    };
     let drain_end_us = couts.iter().map(|c| c.last_receipt_us).max().unwrap_or(0);
     let producers_end_us = elapsed_us(t0, producers_end);
     let last_send_us = pouts.iter().map(|p| p.last_send_us).max().unwrap_or(0);

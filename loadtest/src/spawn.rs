@@ -21,6 +21,14 @@ const PORT_RUN_ATTEMPTS_MAX: usize = 500;
 /// Broker starts tried, each on fresh ports, before giving up.
 const START_ATTEMPTS_MAX: u32 = 3;
 
+/// Where a partition is: its leader (and the leader's term) and replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub replicas: Vec<u64>,
+}
+
 /// One member of a [`LocalCluster`].
 struct Node {
     child: Option<Child>,
@@ -62,15 +70,19 @@ impl Drop for LocalCluster {
     }
 }
 
-/// A run of `n` consecutive free loopback ports (the OS picks the first, so
-/// concurrent tests do not race for the same range).
+/// A run of `n` consecutive free loopback ports below the kernel's
+/// ephemeral range (so no outgoing connection takes one of them while a
+/// broker is down), starting at a random point so concurrent runs rarely
+/// collide.
 fn free_port_run(n: u16) -> Result<u16> {
+    let (lo, hi) = (20_000u32, 32_000u32);
+    let mut x = rand_seed() ^ u64::from(std::process::id()).rotate_left(17);
     for _ in 0..PORT_RUN_ATTEMPTS_MAX {
-        let base = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if base > 60_000 - n {
-            continue;
-        }
-        if (1..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let base = (lo + ((x >> 33) as u32) % (hi - lo - u32::from(n))) as u16;
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return Ok(base);
         }
     }
@@ -304,13 +316,20 @@ impl LocalCluster {
 
     /// The leader and the replicas (broker ids) of a partition, as the
     /// running brokers see them.
-    pub fn placement(&self, topic: &str, partition: u32) -> Result<(Option<u64>, Vec<u64>)> {
+    pub fn placement(&self, topic: &str, partition: u32) -> Result<Placement> {
+        self.placement_without(topic, partition, 0)
+    }
+
+    /// [`Self::placement`] asking every running broker but `skip` (a stopped
+    /// broker accepts connections but never answers).
+    pub fn placement_without(&self, topic: &str, partition: u32, skip: u64) -> Result<Placement> {
         let live: Vec<SocketAddr> = self
             .listens
             .iter()
             .zip(&self.nodes)
-            .filter(|(_, n)| n.child.is_some())
-            .map(|(a, _)| *a)
+            .enumerate()
+            .filter(|(i, (_, n))| n.child.is_some() && *i as u64 + 1 != skip)
+            .map(|(_, (a, _))| *a)
             .collect();
         let mut conn = Connection::connect_any(&live, Duration::from_secs(2))?;
         let resp = conn.request(
@@ -327,7 +346,11 @@ impl LocalCluster {
             .first()
             .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
             .with_context(|| format!("no partition {topic}-{partition}"))?;
-        Ok((p.leader, p.replicas.clone()))
+        Ok(Placement {
+            leader: p.leader,
+            term: p.leader_term,
+            replicas: p.replicas.clone(),
+        })
     }
 }
 
@@ -426,15 +449,28 @@ pub const BROKER_COUNTERS: [&str; 7] = [
     "elections",
 ];
 
-/// [`broker_counters`] summed over brokers (None if none answers).
-pub fn cluster_counters(https: &[SocketAddr]) -> Option<std::collections::BTreeMap<String, u64>> {
+/// Each broker's counters ([`broker_counters`]; None for one that does not
+/// answer).
+pub type ClusterCounters = Vec<Option<std::collections::BTreeMap<String, u64>>>;
+
+pub fn cluster_counters(https: &[SocketAddr]) -> ClusterCounters {
+    https.iter().map(|h| broker_counters(*h)).collect()
+}
+
+/// What the brokers counted between two readings, summed. A counter that
+/// went down belongs to a broker that restarted: its new value is the delta.
+pub fn counter_deltas(
+    before: &ClusterCounters,
+    after: &ClusterCounters,
+) -> Option<std::collections::BTreeMap<String, u64>> {
     let mut out: Option<std::collections::BTreeMap<String, u64>> = None;
-    for h in https {
-        if let Some(c) = broker_counters(*h) {
-            let sum = out.get_or_insert_with(Default::default);
-            for (k, v) in c {
-                *sum.entry(k).or_insert(0) += v;
-            }
+    for (b, a) in before.iter().zip(after) {
+        let Some(a) = a else { continue };
+        let sum = out.get_or_insert_with(Default::default);
+        for (k, v) in a {
+            let old = b.as_ref().and_then(|b| b.get(k)).copied().unwrap_or(0);
+            let d = if *v >= old { v - old } else { *v };
+            *sum.entry(k.clone()).or_insert(0) += d;
         }
     }
     out

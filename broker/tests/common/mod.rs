@@ -33,16 +33,21 @@ pub fn drmq() -> Command {
     Command::new(env!("CARGO_BIN_EXE_drmq"))
 }
 
-/// A run of `n` consecutive loopback ports that were free a moment ago.
+/// A run of `n` consecutive loopback ports that were free a moment ago,
+/// below the kernel's ephemeral range (so no outgoing connection takes one
+/// while a test has a broker down), from a random start so parallel tests
+/// rarely collide.
 pub fn free_port_run(n: u16) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let mut x = h.finish();
     // Bounded: a few hundred candidates.
     for _ in 0..500 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base > 60_000 {
-            continue;
-        }
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let base = 20_000 + ((x >> 33) % (12_000 - u64::from(n))) as u16;
         if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }

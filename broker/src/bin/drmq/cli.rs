@@ -150,20 +150,6 @@ impl Router {
 
 const NO_PRODUCER: i64 = wire::batch::NO_PRODUCER_ID;
 
-fn random_producer_id() -> i64 {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS; mix in time and pid for good measure.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    (h.finish() & (i64::MAX as u64)) as i64
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -182,7 +168,7 @@ pub fn produce(
     // An idempotent producer: a random 63-bit id (see broker::producers) and a
     // record sequence per partition; a retried batch carries the same ones.
     let producer_id = if idempotent {
-        random_producer_id()
+        broker::pipeline::random_producer_id()
     } else {
         NO_PRODUCER
     };
