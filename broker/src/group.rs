@@ -417,7 +417,13 @@ impl Group {
                     start_prev_index: prev,
                     start_prev_term: prev_term,
                 };
-                state.save(&self.dir).context("saving raft.state")?;
+                // Two fsyncs: on glommio's blocking pool, so an election of
+                // one group does not stall the shard's other partitions.
+                let dir = self.dir.clone();
+                glommio::executor()
+                    .spawn_blocking(move || state.save(&dir))
+                    .await
+                    .context("saving raft.state")?;
                 self.saved.set(state);
             }
         }

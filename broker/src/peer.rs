@@ -108,7 +108,11 @@ pub struct Outbox {
 
 impl Outbox {
     /// Starts two link tasks per peer (every broker in `peers` but us).
-    pub fn start(identity: Rc<Identity>, peers: &BTreeMap<NodeId, SocketAddr>) -> Outbox {
+    pub fn start(
+        identity: Rc<Identity>,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+        tq: glommio::TaskQueueHandle,
+    ) -> Outbox {
         let counters = Rc::new(PeerCounters::default());
         let mut links = BTreeMap::new();
         for (&id, addr) in peers {
@@ -119,8 +123,13 @@ impl Outbox {
             let (control, control_rx) = local_channel::new_bounded(CONTROL_QUEUE_MAX);
             let (bulk, bulk_rx) = local_channel::new_bounded(BULK_QUEUE_MAX);
             for rx in [control_rx, bulk_rx] {
-                glommio::spawn_local(link_task(identity.clone(), id, addr, rx, counters.clone()))
-                    .detach();
+                let task = link_task(identity.clone(), id, addr, rx, counters.clone());
+                match glommio::spawn_local_into(task, tq) {
+                    Ok(t) => {
+                        t.detach();
+                    }
+                    Err(e) => eprintln!("shard {}: starting a peer link: {e}", identity.shard),
+                }
             }
             links.insert(id, Link { control, bulk });
         }

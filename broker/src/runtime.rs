@@ -68,6 +68,8 @@ const ADMIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
 const PEER_ALIVE_WINDOW: Duration = Duration::from_secs(3);
 /// The controller's Raft group.
 pub const CONTROLLER_GROUP: u64 = 0;
+/// How soon the Raft task queue wants the CPU back when it has work.
+const RAFT_TQ_LATENCY: Duration = Duration::from_millis(2);
 
 /// Messages between shards.
 enum ShardMsg {
@@ -148,6 +150,8 @@ struct Shard {
     partitions: RefCell<HashMap<(String, u32), Rc<Group>>>,
     groups: RefCell<HashMap<u64, Rc<Group>>>,
     outbox: Rc<Outbox>,
+    /// Task queue of ticks, group drivers and peer traffic.
+    raft_tq: glommio::TaskQueueHandle,
     view: Arc<RwLock<ClusterView>>,
     inboxes: Vec<flume::Sender<ShardMsg>>,
     /// Serialises topic administration on shard 0.
@@ -237,7 +241,15 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     secret,
                     endpoint: config.listen.to_string(),
                 });
-                let outbox = Rc::new(Outbox::start(identity.clone(), &config.peers));
+                // Raft's own work (ticks, group drivers, peer links) runs in
+                // a task queue of its own that asks for low latency, so a
+                // flood of client requests cannot starve heartbeats.
+                let raft_tq = glommio::executor().create_task_queue(
+                    glommio::Shares::Static(1000),
+                    glommio::Latency::Matters(RAFT_TQ_LATENCY),
+                    "raft",
+                );
+                let outbox = Rc::new(Outbox::start(identity.clone(), &config.peers, raft_tq));
                 let shard = Rc::new(Shard {
                     id,
                     shards,
@@ -246,6 +258,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     partitions: RefCell::new(HashMap::new()),
                     groups: RefCell::new(HashMap::new()),
                     outbox,
+                    raft_tq,
                     view,
                     inboxes: senders,
                     admin_lock: Semaphore::new(1),
@@ -524,6 +537,16 @@ impl Shard {
         }
     }
 
+    /// Spawns Raft work into the shard's Raft task queue.
+    fn spawn_raft(&self, task: impl std::future::Future<Output = ()> + 'static) {
+        match glommio::spawn_local_into(task, self.raft_tq) {
+            Ok(t) => {
+                t.detach();
+            }
+            Err(e) => eprintln!("shard {}: spawning Raft work: {e}", self.id),
+        }
+    }
+
     fn hooks(self: &Rc<Self>) -> Rc<dyn GroupHooks> {
         Rc::new(Hooks(Rc::downgrade(self)))
     }
@@ -547,19 +570,18 @@ impl Shard {
         );
         let peer_listener = TcpListener::bind(peer_addr)
             .map_err(|e| anyhow::anyhow!("binding peer port {peer_addr}: {e}"))?;
-        glommio::spawn_local(peer::listen(
+        self.spawn_raft(peer::listen(
             peer_listener,
             identity,
             Rc::new(self.config.peers.clone()),
             Rc::new(ShardInbound(self.clone())),
             self.outbox.counters.clone(),
-        ))
-        .detach();
+        ));
         if self.id == 0 {
             self.clone().start_controller()?;
         }
         let ticker = self.clone();
-        glommio::spawn_local(async move {
+        self.spawn_raft(async move {
             loop {
                 glommio::timer::sleep(group::TICK).await;
                 let groups: Vec<Rc<Group>> = ticker.groups.borrow().values().cloned().collect();
@@ -567,8 +589,7 @@ impl Shard {
                     g.tick();
                 }
             }
-        })
-        .detach();
+        });
         let addr = SocketAddr::new(
             self.config.listen.ip(),
             self.config.listen.port() + self.id as u16,
@@ -660,7 +681,7 @@ impl Shard {
         self.groups
             .borrow_mut()
             .insert(CONTROLLER_GROUP, controller.clone());
-        glommio::spawn_local(controller.run(self.outbox.clone(), self.hooks())).detach();
+        self.spawn_raft(controller.run(self.outbox.clone(), self.hooks()));
         Ok(())
     }
 
@@ -761,7 +782,7 @@ impl Shard {
             if (replicas[0] == self.config.id && group.term() == 0) || replicas.len() == 1 {
                 group.campaign();
             }
-            glommio::spawn_local(group.clone().run(self.outbox.clone(), self.hooks())).detach();
+            self.spawn_raft(group.clone().run(self.outbox.clone(), self.hooks()));
             self.groups.borrow_mut().insert(group.id, group.clone());
             self.partitions
                 .borrow_mut()

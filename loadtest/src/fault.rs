@@ -8,7 +8,7 @@
 //!   seconds, SIGCONT FOR seconds later.
 //!
 //! The report comes from the run's acknowledgement timeline (100 ms
-//! buckets): how long no produce was acknowledged after the fault, the
+//! buckets): the longest time without any acknowledgement after the fault, the
 //! largest ack latency after it, and the ack rate while it lasted against
 //! the rate before it. Lost or duplicated messages are the consumers' id
 //! checks, as in every run.
@@ -173,8 +173,8 @@ fn apply(
 pub struct FaultReport {
     pub spec: FaultSpec,
     pub log: FaultLog,
-    /// Seconds from the fault until produce was acknowledged again (0 when
-    /// acknowledgements never stopped for a whole 100 ms bucket).
+    /// The longest time without any acknowledgement after the fault, in
+    /// whole 100 ms buckets (0: acknowledgements never stopped that long).
     pub unavailable_s: Option<f64>,
     /// Largest publish-ack latency acknowledged after the fault (ms).
     pub max_ack_after_ms: Option<f64>,
@@ -191,18 +191,16 @@ pub fn analyse(spec: FaultSpec, log: FaultLog, o: &Outcome) -> FaultReport {
     let (mut unavailable_s, mut max_ack_after_ms, mut rate_ratio_during) = (None, None, None);
     if let Some(at) = log.injected_at {
         let i0 = index(at).min(t.len());
-        // The first bucket without acks at or after the fault that is
-        // followed by acks again (the quiet tail after the producers
-        // stopped is not an outage): the time from the fault until then.
+        // The longest run of 100 ms buckets without any ack between the
+        // fault and the last ack of the run (the quiet tail after the
+        // producers stopped is not an outage).
         let last_ack = t.iter().rposition(|b| b.acks > 0).unwrap_or(0);
-        let gap_start = (i0..last_ack).find(|&i| t[i].acks == 0);
-        unavailable_s = Some(match gap_start {
-            None => 0.0,
-            Some(g) => {
-                let back = (g..=last_ack).find(|&i| t[i].acks > 0).unwrap_or(last_ack);
-                (back - i0) as f64 * bucket_s
-            }
-        });
+        let (mut longest, mut run) = (0usize, 0usize);
+        for b in t.iter().take(last_ack + 1).skip(i0) {
+            run = if b.acks == 0 { run + 1 } else { 0 };
+            longest = longest.max(run);
+        }
+        unavailable_s = Some(longest as f64 * bucket_s);
         max_ack_after_ms = t[i0..]
             .iter()
             .map(|b| b.max_ack_us)
@@ -255,7 +253,7 @@ impl FaultReport {
         );
         let f = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2}{unit}"));
         println!(
-            "    no ack for {} after it; largest ack latency after it {}; ack rate during it {} of before; elections {}",
+            "    longest time without an ack after it {}; largest ack latency after it {}; ack rate during it {} of before; elections {}",
             f(self.unavailable_s, " s"),
             f(self.max_ack_after_ms, " ms"),
             f(self.rate_ratio_during, ""),

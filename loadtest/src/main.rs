@@ -646,6 +646,24 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         let max = max_1k_1p.unwrap_or(1.0);
         let base = measure_baselines(&b, local_data_dir(local.as_ref()), a.batch_bytes as usize);
         if rf == 3 {
+            // Maximum rate with a follower stopped for the whole run (its
+            // ratio to the healthy maximum above is the figure).
+            let topic = "bench-rf3-1024b-1p-max-paused".to_string();
+            spawn::ensure_topic(&brokers, &topic, 1, rf, None)?;
+            cases.push(bench_case(
+                &a,
+                &brokers,
+                &https,
+                local.as_ref(),
+                &base,
+                &topic,
+                1024,
+                None,
+                Some(FaultSpec::PauseFollower {
+                    at_s: 0.0,
+                    for_s: a.warmup_s + a.duration_s,
+                }),
+            )?);
             // The same load (50 % of the 1 KiB, 1-partition maximum) healthy,
             // with a follower stopped, and with the leader killed.
             let fault_at = a.warmup_s + 1.0;
