@@ -31,7 +31,7 @@ bench:
 	$(CARGO) bench -p raft --bench raft -- 1000000 2000
 	$(CARGO) bench -p storage --bench storage
 	$(CARGO) build --release -p broker -p loadtest
-	./target/release/drmq-loadtest bench --duration-s 5 --warmup-s 1 --quiet --json target/loadtest-bench.json
+	./target/release/drmq-loadtest bench --duration-s 5 --warmup-s 1 --quiet --json target/loadtest-bench.json --plot docs/latency-throughput.svg
 
 # Coverage-guided fuzzing of the wire decoder (cargo install cargo-fuzz).
 # cargo-fuzz needs nightly-only rustc flags; RUSTC_BOOTSTRAP lets the stable

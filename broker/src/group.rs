@@ -98,6 +98,11 @@ pub struct Group {
     /// was on disk) and every request gets this error.
     pub failed: RefCell<Option<String>>,
     stopped: Cell<bool>,
+    /// Serialises writes of `raft.state`.
+    save_lock: glommio::sync::Semaphore,
+    /// The term the producer table was last rebuilt or recorded in: a term
+    /// change may have replaced entries it points at.
+    producers_term: Cell<u64>,
 }
 
 impl Group {
@@ -169,6 +174,8 @@ impl Group {
             producers: RefCell::new(producers),
             failed: RefCell::new(None),
             stopped: Cell::new(false),
+            save_lock: glommio::sync::Semaphore::new(1),
+            producers_term: Cell::new(0),
         }))
     }
 
@@ -256,6 +263,12 @@ impl Group {
     /// Waits until entry `index` is committed; `term`: the term it was
     /// proposed in (the answer is `NotLeader` if another entry replaced it).
     pub async fn wait_committed(&self, index: u64, term: Option<u64>) -> WaitResult {
+        if let Some(e) = self.failed.borrow().as_ref() {
+            return Err((ErrorCode::StorageError, e.clone()));
+        }
+        if self.stopped.get() {
+            return Err((ErrorCode::LeaderNotAvailable, "the partition closed".into()));
+        }
         if index <= self.commit_index() {
             return self.committed_offsets(index, term);
         }
@@ -349,6 +362,8 @@ impl Group {
                     self.fail_waiters(ErrorCode::StorageError, &why);
                     *self.failed.borrow_mut() = Some(why);
                     self.stopped.set(true);
+                    self.committed.notify_all();
+                    self.persisted.notify_all();
                     return;
                 }
             }
@@ -357,6 +372,15 @@ impl Group {
 
     async fn process_ready(&self, outbox: &Outbox, hooks: &dyn GroupHooks) -> Result<()> {
         let rd = self.raft.borrow_mut().ready()?;
+        // A term change may have replaced entries the producer table points
+        // at (this node's own proposals that never reached its log, once a
+        // new leader's entries took their indexes): rebuild it from the log.
+        // Synchronous with the Ready, so no proposal slips in between.
+        let term = self.term();
+        if term != self.producers_term.get() {
+            *self.producers.borrow_mut() = rebuild_producers(&self.part.log());
+            self.producers_term.set(term);
+        }
         if rd.snapshot.is_some() || !rd.snapshot_chunks.is_empty() {
             anyhow::bail!("snapshot install is not supported yet");
         }
@@ -409,22 +433,13 @@ impl Group {
             // a restarted broker applies its topics at once.
             let controller_commit = self.kind == GroupKind::Controller && hs.commit != saved.commit;
             if hs.term != saved.term || hs.vote != saved.vote || controller_commit {
-                let (prev, prev_term) = self.start_prev.get();
-                let state = GroupState {
-                    term: hs.term,
-                    vote: hs.vote,
-                    commit: hs.commit,
-                    start_prev_index: prev,
-                    start_prev_term: prev_term,
-                };
-                // Two fsyncs: on glommio's blocking pool, so an election of
-                // one group does not stall the shard's other partitions.
-                let dir = self.dir.clone();
-                glommio::executor()
-                    .spawn_blocking(move || state.save(&dir))
-                    .await
-                    .context("saving raft.state")?;
-                self.saved.set(state);
+                self.save_state(|s| {
+                    s.term = hs.term;
+                    s.vote = hs.vote;
+                    s.commit = hs.commit;
+                })
+                .await
+                .context("saving raft.state")?;
             }
         }
         outbox.send(rd.messages);
@@ -466,7 +481,9 @@ impl Group {
     /// produce requests it covers.
     fn after_commit(&self) {
         let commit = self.commit_index();
-        let hw = high_watermark(&self.part.log(), commit);
+        // Never backwards: a new leader's commit index can lag the old one's
+        // until its first entry commits.
+        let hw = high_watermark(&self.part.log(), commit).max(self.high_watermark.get());
         if hw != self.high_watermark.get() {
             self.high_watermark.set(hw);
             self.committed.notify_all();
@@ -483,25 +500,54 @@ impl Group {
         }
     }
 
-    /// Records the entry before the new log start after retention removed
-    /// a prefix, so `term(first - 1)` stays answerable.
-    pub fn set_start_prev(&self, index: u64, term: u64) -> std::io::Result<()> {
-        self.start_prev.set((index, term));
-        let mut s = self.saved.get();
-        s.start_prev_index = index;
-        s.start_prev_term = term;
-        s.save(&self.dir)?;
-        self.saved.set(s);
+    /// Changes and saves `raft.state`: one writer at a time (the driver
+    /// saving term and vote, retention saving the log-start point), each
+    /// starting from what the other saved. The two fsyncs run on glommio's
+    /// blocking pool, so an election of one group does not stall the shard's
+    /// other partitions.
+    async fn save_state(&self, change: impl FnOnce(&mut GroupState)) -> std::io::Result<()> {
+        let _permit = self
+            .save_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut state = self.saved.get();
+        change(&mut state);
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || state.save(&dir))
+            .await?;
+        self.saved.set(state);
         Ok(())
+    }
+
+    /// Records, durably and before retention removes anything, the entry
+    /// before the new log start and its term, so `term(first - 1)` stays
+    /// answerable after the cut (and after a restart).
+    pub async fn save_start_prev(&self, index: u64, term: u64) -> std::io::Result<()> {
+        self.save_state(|s| {
+            s.start_prev_index = index;
+            s.start_prev_term = term;
+        })
+        .await
+    }
+
+    /// Makes the saved log-start point the one Raft reads (once the cut is
+    /// done).
+    pub fn use_start_prev(&self, index: u64, term: u64) {
+        self.start_prev.set((index, term));
     }
 }
 
-/// The first offset past entry `commit` (0 when nothing is committed).
+/// The first offset past entry `commit`, or past the last entry this log
+/// holds if the commit index is ahead of it (a follower learns commit
+/// indexes before the entries arrive).
 fn high_watermark(log: &Log, commit: u64) -> u64 {
-    if commit == 0 || commit < log.first_entry_index() {
+    let c = commit.min(log.last_entry_index());
+    if c == 0 || c < log.first_entry_index() {
         return log.log_start_offset();
     }
-    log.entry_end_offset(commit)
+    log.entry_end_offset(c)
         .unwrap_or_else(|_| log.log_start_offset())
 }
 

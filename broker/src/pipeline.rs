@@ -638,6 +638,8 @@ struct OpenBatch {
 
 struct Sealed {
     req: ProduceRequest,
+    /// The batch's base sequence (idempotent producers; 0 otherwise).
+    seq: i32,
     tags: Vec<u64>,
     first_sent_at: Option<Instant>,
     attempts: u32,
@@ -801,8 +803,10 @@ impl Producer {
             self.sticky_partition = (self.sticky_partition + 1) % self.routes.len();
         }
         let mut builder = open.builder;
+        let mut base_seq = 0;
         if self.producer_id >= 0 {
             let seq = self.sequences[p];
+            base_seq = seq;
             builder = builder.producer(self.producer_id, 0, seq);
             self.sequences[p] = seq.wrapping_add(builder.record_count() as i32);
         }
@@ -822,6 +826,7 @@ impl Producer {
             Instant::now(),
             Sealed {
                 req,
+                seq: base_seq,
                 tags: open.tags,
                 first_sent_at: None,
                 attempts: 0,
@@ -892,8 +897,19 @@ impl Producer {
     fn dispatch_due(&mut self, now: Instant) {
         // Bounded by the ready queue, which is bounded by the window.
         let mut held = VecDeque::new();
+        // An idempotent producer sends each partition's batches in sequence
+        // order: once one is held, the later ones of its partition wait too
+        // (the broker would refuse them as out of order).
+        let mut blocked: Vec<u32> = Vec::new();
         while let Some((due, batch)) = self.ready.pop_front() {
-            if due > now || self.in_flight.len() >= self.cfg.in_flight_max {
+            let p = batch.req.partition;
+            if due > now
+                || self.in_flight.len() >= self.cfg.in_flight_max
+                || (self.producer_id >= 0 && blocked.contains(&p))
+            {
+                if self.producer_id >= 0 && !blocked.contains(&p) {
+                    blocked.push(p);
+                }
                 held.push_back((due, batch));
                 continue;
             }
@@ -971,8 +987,25 @@ impl Producer {
             self.finish(batch, Err(err), now);
             return;
         }
-        let due = now + self.cfg.client.backoff(batch.attempts);
-        self.ready.push_back((due, batch));
+        // Out of order is an ordering artefact of retries, not overload:
+        // try again soon (the earlier batch goes first, see dispatch_due).
+        let due = if kind == ErrorCode::OutOfOrderSequence.name() {
+            now + self.cfg.client.retry_backoff_min
+        } else {
+            now + self.cfg.client.backoff(batch.attempts)
+        };
+        if self.producer_id >= 0 {
+            // Back in sequence order within its partition.
+            let p = batch.req.partition;
+            let at = self
+                .ready
+                .iter()
+                .position(|(_, b)| b.req.partition == p && b.seq.wrapping_sub(batch.seq) > 0)
+                .unwrap_or(self.ready.len());
+            self.ready.insert(at, (due, batch));
+        } else {
+            self.ready.push_back((due, batch));
+        }
     }
 
     fn refresh_routes(&mut self) {

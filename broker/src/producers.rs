@@ -152,7 +152,14 @@ impl ProducerTable {
             state.epoch = id.epoch;
             state.recent.clear();
         }
-        state.next_sequence = id.base_sequence.wrapping_add(id.record_count as i32);
+        let end = id.base_sequence.wrapping_add(id.record_count as i32);
+        // A batch older than the newest one recorded (the leader records at
+        // proposal and again at persistence; more than the window may be in
+        // between) does not move the next sequence back.
+        if !state.recent.is_empty() && end.wrapping_sub(state.next_sequence) < 0 {
+            return;
+        }
+        state.next_sequence = end;
         if state.recent.len() == RECENT_BATCHES_MAX {
             state.recent.pop_front();
         }

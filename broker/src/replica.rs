@@ -293,13 +293,13 @@ impl raft::Storage for LogStore {
 
     fn snapshot_chunk(
         &self,
-        index: u64,
+        _index: u64,
         _offset: u64,
         _max_bytes: u64,
     ) -> Result<Vec<u8>, raft::StorageError> {
         // Snapshot catch-up (streaming sealed segments) is the next step; a
         // follower below the leader's log start waits for it.
-        Err(raft::StorageError::SnapshotOutOfDate(index))
+        Err(raft::StorageError::SnapshotUnavailable)
     }
 }
 

@@ -611,7 +611,7 @@ impl Shard {
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(RETENTION_INTERVAL).await;
-                retention.apply_retention();
+                retention.apply_retention().await;
             }
         })
         .detach();
@@ -1036,40 +1036,43 @@ impl Shard {
     /// follower's log at the start point.
     /// Compaction of compacted topics is not scheduled yet: it rewrites
     /// segments with blocking I/O and needs a task of its own.
-    fn apply_retention(&self) {
+    async fn apply_retention(&self) {
         let owned: Vec<Rc<Group>> = self.partitions.borrow().values().cloned().collect();
         for g in owned {
             let bound = g.high_watermark.get();
-            let mut log = g.part.log_mut();
-            // (segment base) -> (entry before it, its term)
-            let boundaries: Vec<(u64, u64, u64)> = log
-                .segment_bases()
-                .into_iter()
-                .skip(1)
-                .filter(|&b| b <= bound)
-                .filter_map(|b| {
-                    let entry = log.entry_for_offset(b - 1)?;
-                    Some((b, entry, log.entry_term(entry).ok()?))
+            // Where retention would cut, and the entry just before the cut
+            // with its term: saved before anything is removed.
+            let plan = {
+                let log = g.part.log();
+                log.retention_cut(bound).and_then(|cut| {
+                    let entry = log.entry_for_offset(cut.checked_sub(1)?)?;
+                    Some((cut, entry, log.entry_term(entry).ok()?))
                 })
-                .collect();
-            let before = log.log_start_offset();
-            match log.apply_retention(bound) {
+            };
+            let Some((cut, entry, term)) = plan else {
+                continue;
+            };
+            if let Err(e) = g.save_start_prev(entry, term).await {
+                eprintln!(
+                    "shard {}: retention on {}: saving the log-start point: {e}",
+                    self.id,
+                    g.dir.display()
+                );
+                continue;
+            }
+            let mut log = g.part.log_mut();
+            match log.apply_retention(cut) {
                 Ok(removed) if removed.segments > 0 => {
                     bump(&self.counters.segments_deleted, removed.segments as u64);
                 }
                 Ok(_) => {}
                 Err(e) => eprintln!("shard {}: retention on {}: {e}", self.id, g.dir.display()),
             }
-            let start = log.log_start_offset();
+            if log.log_start_offset() == cut {
+                g.use_start_prev(entry, term);
+            }
             let retired = log.take_retired();
             drop(log);
-            if start != before {
-                if let Some(&(_, entry, term)) = boundaries.iter().find(|(b, _, _)| *b == start) {
-                    if let Err(e) = g.set_start_prev(entry, term) {
-                        eprintln!("shard {}: saving {}: {e}", self.id, g.dir.display());
-                    }
-                }
-            }
             // Unlinking a large segment can take tens of milliseconds: the
             // janitor thread does it (inline only if its queue is full).
             if !retired.is_empty() {
@@ -1548,9 +1551,11 @@ impl Shard {
                         Err(e) => return storage_error(&e),
                     }
                 }
-                if req.offset > hw.max(log.log_start_offset())
-                    || req.offset < log.log_start_offset()
-                {
+                // An offset past the high watermark but within the log is
+                // data not committed yet (a new leader's commit can lag the
+                // old one's until its first entry commits): an empty answer
+                // that waits, not an error.
+                if req.offset > hw.max(log.next_offset()) || req.offset < log.log_start_offset() {
                     return error(
                         ErrorCode::OffsetOutOfRange,
                         format!(

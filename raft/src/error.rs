@@ -76,6 +76,11 @@ pub enum StorageError {
     /// The snapshot asked for was replaced by a newer one.
     #[error("snapshot at index {0} is no longer available")]
     SnapshotOutOfDate(u64),
+    /// The storage cannot produce a snapshot (yet): the follower that needs
+    /// one waits in snapshot state, and the leader asks again on the next
+    /// heartbeat response.
+    #[error("no snapshot can be sent yet")]
+    SnapshotUnavailable,
     /// The storage failed (disk error); the driver should fail the group.
     #[error("storage I/O error: {0}")]
     Io(String),

@@ -1132,11 +1132,12 @@ impl<S: Storage> Raft<S> {
 
     fn send_snapshot(&mut self, to: NodeId) -> Result<bool, Error> {
         let meta = self.log.storage.snapshot_meta();
+        if meta.index + 1 < self.log.first_index() {
+            // A storage whose snapshot does not reach its log start cannot
+            // catch this follower up: try again later (no message sent).
+            return Ok(false);
+        }
         let pr = self.progress.get_mut(&to).expect("caller checked");
-        assert!(
-            meta.index + 1 >= self.log.first_index(),
-            "storage snapshot behind log start"
-        );
         pr.become_snapshot(meta);
         self.send_snapshot_chunk(to)?;
         Ok(true)
@@ -1167,6 +1168,9 @@ impl<S: Storage> Raft<S> {
                     .storage
                     .snapshot_chunk(newer.index, 0, self.cfg.snapshot_chunk_bytes)?
             }
+            // Nothing to send now; the transfer is asked for again on the
+            // next heartbeat response.
+            Err(StorageError::SnapshotUnavailable) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         let meta = pr

@@ -1146,6 +1146,17 @@ impl Log {
     /// `retention_age_ms_max`. Only segments that end at or below
     /// `bound_offset` go (the caller passes what Raft no longer needs).
     pub fn apply_retention(&mut self, bound_offset: u64) -> Result<Removed> {
+        match self.retention_cut(bound_offset) {
+            Some(offset) => self.move_start(offset),
+            None => Ok(Removed::default()),
+        }
+    }
+
+    /// The new log start [`Log::apply_retention`] would move to (a segment
+    /// boundary), without removing anything: a caller that must record
+    /// something about the cut first (Raft: the term of the entry before
+    /// the new start) asks, records, then applies.
+    pub fn retention_cut(&self, bound_offset: u64) -> Option<u64> {
         let now = self.config.clock.now_ms();
         let mut total = self.data_bytes();
         let mut cut = None;
@@ -1168,10 +1179,7 @@ impl Log {
             total -= bytes;
             cut = Some(s.next_offset);
         }
-        match cut {
-            Some(offset) => self.move_start(offset),
-            None => Ok(Removed::default()),
-        }
+        cut
     }
 
     /// Whether a sync is due under the interval policy (always false under
