@@ -66,23 +66,25 @@ pub struct Identity {
     pub endpoint: String,
 }
 
-fn mac(secret: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+/// HMAC-SHA256 over `parts`, each prefixed by its length (so the split
+/// between parts is part of what is signed).
+fn keyed(secret: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length.
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("any key length");
     for p in parts {
         m.update(&(p.len() as u32).to_le_bytes());
         m.update(p);
     }
-    m.finalize().into_bytes().to_vec()
+    m
 }
 
+fn mac(secret: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    keyed(secret, parts).finalize().into_bytes().to_vec()
+}
+
+/// Checks a tag in constant time.
 fn mac_ok(secret: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("any key length");
-    for p in parts {
-        m.update(&(p.len() as u32).to_le_bytes());
-        m.update(p);
-    }
-    m.verify_slice(tag).is_ok()
+    keyed(secret, parts).verify_slice(tag).is_ok()
 }
 
 /// Counters of one shard's transport.
@@ -637,6 +639,21 @@ pub fn to_wire(m: raft::Message) -> Option<Message> {
     })
 }
 
+/// Coalesced heartbeats (or their answers) as one Raft message per group.
+fn beat_messages(
+    from: NodeId,
+    to: NodeId,
+    beats: impl Iterator<Item = raft::Beat>,
+) -> Vec<raft::Message> {
+    raft::HeartbeatBatch {
+        from,
+        to,
+        beats: beats.collect(),
+    }
+    .into_messages()
+    .collect()
+}
+
 /// A wire message from peer `from` as Raft messages to `to` (us). Checks
 /// that the sender speaks for itself and that entries are well formed.
 pub fn from_wire(msg: Message, from: NodeId, to: NodeId) -> Result<Vec<raft::Message>, String> {
@@ -730,31 +747,23 @@ pub fn from_wire(msg: Message, from: NodeId, to: NodeId) -> Result<Vec<raft::Mes
         }
         Message::HeartbeatBatchRequest(h) => {
             claims(h.from)?;
-            Ok(h.heartbeats
-                .iter()
-                .map(|b| raft::Message {
-                    group_id: b.group,
-                    from,
-                    to,
-                    term: b.term,
-                    body: MessageBody::Heartbeat {
-                        commit: b.commit_index,
-                    },
-                })
-                .collect())
+            let beats = h.heartbeats.iter().map(|b| raft::Beat {
+                group_id: b.group,
+                term: b.term,
+                commit: b.commit_index,
+                response: false,
+            });
+            Ok(beat_messages(from, to, beats))
         }
         Message::HeartbeatBatchResponse(h) => {
             claims(h.from)?;
-            Ok(h.acks
-                .iter()
-                .map(|b| raft::Message {
-                    group_id: b.group,
-                    from,
-                    to,
-                    term: b.term,
-                    body: MessageBody::HeartbeatResponse,
-                })
-                .collect())
+            let beats = h.acks.iter().map(|b| raft::Beat {
+                group_id: b.group,
+                term: b.term,
+                commit: 0,
+                response: true,
+            });
+            Ok(beat_messages(from, to, beats))
         }
         Message::TimeoutNow(t) => {
             claims(t.from)?;

@@ -122,6 +122,8 @@ pub struct ClusterView {
 }
 
 const EVENTS_KEPT: usize = 256;
+/// Apply failures remembered for admin answers.
+const APPLY_ERRORS_KEPT: usize = 1024;
 
 /// Per-shard counters, the seam for telemetry.
 #[derive(Default)]
@@ -161,6 +163,9 @@ struct Shard {
     /// Shard 0: index of the last controller entry applied on every shard.
     applied: Cell<u64>,
     applied_notify: Notify,
+    /// Shard 0: controller entries this broker could not fully apply (its
+    /// replicas could not be opened: a full disk, say), for the admin answer.
+    apply_errors: RefCell<HashMap<u64, String>>,
     /// Set by [`ShardMsg::Shutdown`]; ends the accept loop.
     stopping: Notify,
     /// To the telemetry thread (never blocks: `try_send`).
@@ -265,6 +270,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     commands: RefCell::new(None),
                     applied: Cell::new(0),
                     applied_notify: Notify::default(),
+                    apply_errors: RefCell::new(HashMap::new()),
                     stopping: Notify::default(),
                     samples,
                     janitor,
@@ -708,6 +714,12 @@ impl Shard {
         };
         if let Err(e) = self.broadcast_topic(&name, record).await {
             eprintln!("controller entry {index}: applying to topic {name}: {e}");
+            let mut errors = self.apply_errors.borrow_mut();
+            // Only the answer to a recent admin request needs it.
+            if errors.len() >= APPLY_ERRORS_KEPT {
+                errors.clear();
+            }
+            errors.insert(index, e);
         }
     }
 
@@ -744,6 +756,7 @@ impl Shard {
         let Some(record) = record else {
             return Ok(());
         };
+        let mut failures = Vec::new();
         for p in 0..record.partitions {
             if shard_for(name, p, self.shards) != self.id {
                 continue;
@@ -756,7 +769,7 @@ impl Shard {
             if !replicas.contains(&self.config.id) {
                 continue;
             }
-            let group = Group::open(
+            let opened = Group::open(
                 record.group_id(p),
                 GroupKind::Partition {
                     topic: name.to_owned(),
@@ -767,7 +780,16 @@ impl Shard {
                 self.config.id,
                 replicas.clone(),
                 false,
-            )?;
+            );
+            // One partition that cannot open (a full disk) must not hide
+            // the topic or the others: keep going, report at the end.
+            let group = match opened {
+                Ok(g) => g,
+                Err(e) => {
+                    failures.push(format!("partition {p}: {e:#}"));
+                    continue;
+                }
+            };
             if record.sync_interval_ms.is_some() {
                 let flusher = group.part.clone();
                 glommio::spawn_local(async move {
@@ -789,7 +811,10 @@ impl Shard {
                 .insert((name.to_owned(), p), group);
         }
         self.topics.borrow_mut().insert(name.to_owned(), record);
-        Ok(())
+        match failures.is_empty() {
+            true => Ok(()),
+            false => bail!("{}", failures.join("; ")),
+        }
     }
 
     fn remove_replicas(&self, record: &TopicRecord) -> Result<()> {
@@ -888,6 +913,20 @@ impl Shard {
         }
         while self.applied.get() < index {
             self.applied_notify.wait().await;
+        }
+        if let Some(e) = self.apply_errors.borrow_mut().remove(&index) {
+            let code = if e.contains("disk full") || e.contains("No space") {
+                ErrorCode::DiskFull
+            } else {
+                ErrorCode::StorageError
+            };
+            return Err(error(
+                code,
+                format!(
+                    "committed by the controller, but broker {} could not open its replicas: {e}",
+                    self.config.id
+                ),
+            ));
         }
         Ok(index)
     }

@@ -442,23 +442,7 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
         https,
         started: None,
     };
-    let fault = match (a.fault, &local) {
-        (Some(spec), Some(l)) => Some((spec, fault::spawn(spec, l.clone(), a.topic.clone()))),
-        _ => None,
-    };
-    let mut w = w;
-    w.started = fault.as_ref().map(|(_, (tx, _))| tx.clone());
-    let outcome = run::run(&w)?;
-    w.started = None;
-    let fault = match fault {
-        Some((spec, (_, thread))) => {
-            let log = thread
-                .join()
-                .map_err(|_| anyhow::anyhow!("the fault thread panicked"))?;
-            Some(fault::analyse(spec, log, &outcome))
-        }
-        None => None,
-    };
+    let (w, outcome, fault) = run_with_fault(w, a.fault, local.as_ref())?;
     let base = measure_baselines(&a.broker, local_data_dir(local.as_ref()), w.batch_bytes);
     let name = a.topic.clone();
     let report = Report {
@@ -468,12 +452,7 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
         tcp: base.tcp.as_ref(),
         fsync: base.fsync.as_ref(),
     };
-    report.print();
-    let mut j = report.to_json();
-    if let Some(f) = &fault {
-        f.print(&outcome);
-        j["fault"] = f.to_json(&outcome);
-    }
+    let j = print_report(&report, fault.as_ref());
     if let Some(path) = &a.json {
         write_json(path, &j)?;
     }
@@ -484,10 +463,51 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
     Ok(report.ok() && fault.as_ref().is_none_or(|f| f.ok()))
 }
 
+/// Runs `w`, with `fault` applied to the `local` brokers when both are
+/// given (timed from the run's start).
+fn run_with_fault(
+    mut w: Workload,
+    fault: Option<FaultSpec>,
+    local: Option<&Shared>,
+) -> Result<(Workload, run::Outcome, Option<fault::FaultReport>)> {
+    let thread = match (fault, local) {
+        (Some(spec), Some(l)) => Some((spec, fault::spawn(spec, l.clone(), w.topic.clone()))),
+        _ => None,
+    };
+    w.started = thread.as_ref().map(|(_, (tx, _))| tx.clone());
+    let outcome = run::run(&w)?;
+    w.started = None;
+    let fault = match thread {
+        Some((spec, (_, t))) => {
+            let log = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("the fault thread panicked"))?;
+            Some(fault::analyse(spec, log, &outcome))
+        }
+        None => None,
+    };
+    Ok((w, outcome, fault))
+}
+
+/// Prints a run's report (and its fault's) and returns them as JSON.
+fn print_report(report: &Report, fault: Option<&fault::FaultReport>) -> serde_json::Value {
+    report.print();
+    let mut j = report.to_json();
+    if let Some(f) = fault {
+        f.print(report.outcome);
+        j["fault"] = f.to_json(report.outcome);
+    }
+    j
+}
+
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
 }
+
+/// Segments of the bench topics: 32 MiB (preallocated), so the ~80
+/// partitions of a suite do not reserve 10 GB per broker.
+const BENCH_SEGMENT_BYTES: Option<u64> = Some(32 << 20);
 
 /// One bench case's results.
 struct Case {
@@ -531,23 +551,7 @@ fn bench_case(
         https: https.to_vec(),
         started: None,
     };
-    let thread = match (fault, local) {
-        (Some(spec), Some(l)) => Some((spec, fault::spawn(spec, l.clone(), topic.to_owned()))),
-        _ => None,
-    };
-    let mut w = w;
-    w.started = thread.as_ref().map(|(_, (tx, _))| tx.clone());
-    let outcome = run::run(&w)?;
-    w.started = None;
-    let fault = match thread {
-        Some((spec, (_, t))) => Some(fault::analyse(
-            spec,
-            t.join()
-                .map_err(|_| anyhow::anyhow!("the fault thread panicked"))?,
-            &outcome,
-        )),
-        None => None,
-    };
+    let (w, outcome, fault) = run_with_fault(w, fault, local)?;
     let report = Report {
         name: topic.to_owned(),
         workload: &w,
@@ -555,12 +559,7 @@ fn bench_case(
         tcp: base.tcp.as_ref(),
         fsync: base.fsync.as_ref(),
     };
-    report.print();
-    let mut json = report.to_json();
-    if let Some(f) = &fault {
-        f.print(&outcome);
-        json["fault"] = f.to_json(&outcome);
-    }
+    let json = print_report(&report, fault.as_ref());
     if let Some(dir) = &a.hdr_log {
         report::write_hdr_logs(dir, topic, &outcome)?;
     }
@@ -616,7 +615,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
                         "bench-rf{rf}-{size}b-{partitions}p-{}",
                         if half { "half" } else { "max" }
                     );
-                    spawn::ensure_topic(&brokers, &topic, partitions, rf, None)?;
+                    spawn::ensure_topic(&brokers, &topic, partitions, rf, BENCH_SEGMENT_BYTES)?;
                     let rate = if half {
                         max_rate.map(|r: f64| r / 2.0)
                     } else {
@@ -649,7 +648,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
             // Maximum rate with a follower stopped for the whole run (its
             // ratio to the healthy maximum above is the figure).
             let topic = "bench-rf3-1024b-1p-max-paused".to_string();
-            spawn::ensure_topic(&brokers, &topic, 1, rf, None)?;
+            spawn::ensure_topic(&brokers, &topic, 1, rf, BENCH_SEGMENT_BYTES)?;
             cases.push(bench_case(
                 &a,
                 &brokers,
@@ -686,7 +685,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
                 ),
             ] {
                 let topic = format!("bench-rf3-1024b-1p-{name}");
-                spawn::ensure_topic(&brokers, &topic, 1, rf, None)?;
+                spawn::ensure_topic(&brokers, &topic, 1, rf, BENCH_SEGMENT_BYTES)?;
                 cases.push(bench_case(
                     &a,
                     &brokers,
@@ -704,7 +703,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
             let mut points = Vec::new();
             for pct in [10u32, 30, 50, 70, 90] {
                 let topic = format!("bench-rf{rf}-1024b-1p-at{pct}");
-                spawn::ensure_topic(&brokers, &topic, 1, rf, None)?;
+                spawn::ensure_topic(&brokers, &topic, 1, rf, BENCH_SEGMENT_BYTES)?;
                 let c = bench_case(
                     &a,
                     &brokers,

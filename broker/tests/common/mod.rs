@@ -55,6 +55,22 @@ pub fn free_port_run(n: u16) -> u16 {
     panic!("no run of {n} free ports");
 }
 
+/// Runs a `drmq` client command with `--brokers brokers`, feeding `stdin`.
+pub fn cli_at(brokers: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = drmq();
+    cmd.args(args).args(["--brokers", brokers]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
 impl Broker {
     /// Starts a single broker with [`SHARDS`] shards on `data_dir`; client
     /// ports `base..base+SHARDS`, peer ports `base+SHARDS..base+2*SHARDS`,
@@ -155,18 +171,7 @@ impl Broker {
 
     /// Runs a `drmq` client command against this broker.
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = drmq();
-        cmd.args(args).args(["--brokers", &self.brokers()]);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-        drop(input);
-        child.wait_with_output().unwrap()
+        cli_at(&self.brokers(), args, stdin)
     }
 }
 
@@ -309,18 +314,7 @@ impl Cluster {
 
     /// Runs a `drmq` client command against the whole cluster.
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = drmq();
-        cmd.args(args).args(["--brokers", &self.brokers()]);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-        drop(input);
-        child.wait_with_output().unwrap()
+        cli_at(&self.brokers(), args, stdin)
     }
 
     /// `topic describe` as JSON (any live broker answers).

@@ -526,7 +526,9 @@ fn unexpected(msg: &Message) -> String {
 }
 
 fn print_json(v: &Value) {
-    println!("{v}");
+    use std::io::Write;
+    // A reader that went away (`| head`) ends the output, not the process.
+    let _ = writeln!(std::io::stdout(), "{v}");
 }
 
 fn topic(cmd: TopicCommand) -> Result<()> {
