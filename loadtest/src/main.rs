@@ -178,6 +178,9 @@ struct BenchArgs {
     json: Option<PathBuf>,
     #[arg(long)]
     hdr_log: Option<PathBuf>,
+    /// Which parts to run: replication 1 (one broker) and/or 3 (three).
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    rf: Vec<u16>,
     /// Also run 1 KiB at 10-90 % of the maximum rate and draw latency
     /// against throughput into this SVG file.
     #[arg(long)]
@@ -509,6 +512,9 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 /// partitions of a suite do not reserve 10 GB per broker.
 const BENCH_SEGMENT_BYTES: Option<u64> = Some(32 << 20);
 
+/// How long a bench case waits for the replicas to catch up first.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// One bench case's results.
 struct Case {
     json: serde_json::Value,
@@ -551,6 +557,12 @@ fn bench_case(
         https: https.to_vec(),
         started: None,
     };
+    if let Some(l) = local {
+        let caught_up = l.lock().map(|c| c.wait_caught_up(CATCH_UP_TIMEOUT));
+        if !matches!(caught_up, Ok(true)) {
+            eprintln!("drmq-loadtest: replicas still catching up after {CATCH_UP_TIMEOUT:?}; running {topic} anyway");
+        }
+    }
     let (w, outcome, fault) = run_with_fault(w, fault, local)?;
     let report = Report {
         name: topic.to_owned(),
@@ -600,6 +612,9 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
     let mut cases: Vec<Case> = Vec::new();
     let mut series: Vec<plot::Series> = Vec::new();
     for (nodes, rf) in [(1u16, 1u16), (3, 3)] {
+        if !a.rf.contains(&rf) {
+            continue;
+        }
         let mut b = a.broker.clone();
         b.spawn_broker = true;
         b.nodes = nodes;

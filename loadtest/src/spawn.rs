@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use broker::client::{ClientError, Connection};
 use wire::{
-    CleanupPolicy, CreateTopicRequest, DescribeTopicRequest, Durability, ErrorCode, Message,
-    MetadataRequest, TopicConfig,
+    CleanupPolicy, ClusterStatusRequest, CreateTopicRequest, DescribeTopicRequest, Durability,
+    ErrorCode, Message, MetadataRequest, TopicConfig,
 };
 
 /// How long a broker may take to open its shard ports (recovery included).
@@ -312,6 +312,46 @@ impl LocalCluster {
     /// SIGCONT of broker `i`.
     pub fn resume(&self, i: usize) -> Result<()> {
         self.signal(i, libc::SIGCONT)
+    }
+
+    /// Waits (up to `timeout`) until every running broker reports every
+    /// partition it leads with all replicas caught up (lag 0), so a case
+    /// does not pay for the previous one's fault (a follower catching up
+    /// competes for the same cores). Returns whether they caught up.
+    pub fn wait_caught_up(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        // Bounded by the deadline.
+        loop {
+            let lagging =
+                self.listens
+                    .iter()
+                    .zip(&self.nodes)
+                    .filter(|(_, n)| n.child.is_some())
+                    .any(|(addr, _)| {
+                        let status =
+                            Connection::connect(*addr, Duration::from_secs(2)).and_then(|mut c| {
+                                c.request(
+                                    &ClusterStatusRequest {
+                                        include_partitions: true,
+                                    }
+                                    .into(),
+                                )
+                            });
+                        match status {
+                            Ok(Message::ClusterStatusResponse(s)) => s.partitions.iter().any(|p| {
+                                p.leader.is_none() || p.replicas.iter().any(|r| r.lag > 0)
+                            }),
+                            _ => true,
+                        }
+                    });
+            if !lagging {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The leader and the replicas (broker ids) of a partition, as the
