@@ -5,15 +5,18 @@
 //! |---------------|------------------------------------------------------------------|
 //! | [`config`]    | broker settings from flags and a TOML file, validated on load    |
 //! | [`runtime`]   | the shards on glommio: client server, partitions, cross-shard messages |
-//! | [`topics`]    | the topic registry on disk and partition-to-shard placement      |
+//! | [`topics`]    | topic records, replica assignment, partition-to-shard placement  |
+//! | [`group`]     | a Raft group over a partition log and the task that drives it    |
+//! | [`replica`]   | `raft::Storage` over the log, control batches, `raft.state`      |
+//! | [`peer`]      | the peer transport: authenticated lanes per shard and peer       |
 //! | [`producers`] | idempotent-producer sequence state per partition                 |
 //! | [`telemetry`] | the telemetry thread: counters over HTTP (`/metrics`, `/api/status`) |
 //! | [`pipeline`]  | the throughput client: pipelined producer and consumer, routing by metadata |
 //! | [`client`]    | a blocking request/response client over the wire protocol        |
 //!
-//! Today the runtime serves a single broker (replication factor 1); Raft
-//! between brokers, the controller group and consumer groups come next (see
-//! docs/ARCHITECTURE.md for what exists).
+//! Every partition is a Raft group replicated between brokers; topics live
+//! in the controller group. Consumer groups and snapshot catch-up come next
+//! (docs/ARCHITECTURE.md says what exists).
 
 pub mod client;
 pub mod config;

@@ -1,10 +1,6 @@
-//! The topic registry a broker keeps on disk, and partition placement.
-//!
-//! Single-broker mode (what runs today): the registry is a JSON file written
-//! atomically (write a temporary file, fsync, rename, fsync the directory) by
-//! shard 0. With replication it becomes the state of the controller Raft group.
+//! Topic records (the controller's state: committed commands, applied on
+//! every broker), replica assignment and partition placement on shards.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -130,45 +126,6 @@ impl TopicRecord {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct RegistryFile {
-    topics: Vec<TopicRecord>,
-}
-
-/// Reads the registry; a missing file is an empty registry.
-pub fn load(data_dir: &Path) -> std::io::Result<Vec<TopicRecord>> {
-    let path = data_dir.join("topics.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let file: RegistryFile = serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            })?;
-            Ok(file.topics)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Replaces the registry atomically: after a crash at any point the file is
-/// either the old or the new one.
-pub fn save(data_dir: &Path, topics: &[TopicRecord]) -> std::io::Result<()> {
-    let path = data_dir.join("topics.json");
-    let tmp = data_dir.join("topics.json.tmp");
-    let bytes = serde_json::to_vec_pretty(&RegistryFile {
-        topics: topics.to_vec(),
-    })
-    .map_err(std::io::Error::other)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,28 +142,37 @@ mod tests {
     }
 
     #[test]
-    fn the_registry_round_trips_and_a_missing_file_is_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(load(dir.path()).unwrap().is_empty());
-        let t = TopicRecord::from_config(
+    fn assignment_spreads_replicas_and_first_replicas() {
+        let brokers = [1, 2, 3];
+        let a = TopicRecord::assign(&brokers, 3, 3, 0);
+        assert_eq!(a, vec![vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]]);
+        let rf1 = TopicRecord::assign(&brokers, 4, 1, 7);
+        assert!(rf1.iter().all(|r| r.len() == 1));
+        // Replication above the broker count is capped (the controller
+        // refuses it before assigning).
+        assert_eq!(TopicRecord::assign(&[5], 1, 3, 0), vec![vec![5]]);
+    }
+
+    #[test]
+    fn partition_groups_and_directories_carry_the_topic_id() {
+        let mut t = TopicRecord::from_config(
             "orders".into(),
-            3,
+            2,
             1,
             &TopicConfig {
-                retention_bytes: Some(1 << 30),
+                retention_bytes: None,
                 retention_ms: None,
-                segment_bytes: Some(1 << 20),
+                segment_bytes: None,
                 segment_ms: None,
-                cleanup: CleanupPolicy::Compact,
-                durability: Durability::IntervalMs(5),
-                tombstone_retention_ms: Some(1000),
+                cleanup: CleanupPolicy::Delete,
+                durability: Durability::EveryBatch,
+                tombstone_retention_ms: None,
             },
         );
-        save(dir.path(), std::slice::from_ref(&t)).unwrap();
-        let back = load(dir.path()).unwrap();
-        assert_eq!(back, vec![t.clone()]);
-        assert_eq!(back[0].config().cleanup, CleanupPolicy::Compact);
-        std::fs::write(dir.path().join("topics.json"), b"{not json").unwrap();
-        assert!(load(dir.path()).is_err());
+        t.id = 7;
+        assert_eq!(t.group_id(1), (7 << 20) | 1);
+        assert!(t
+            .partition_dir(Path::new("/d"), 1)
+            .ends_with("partitions/orders-1.7"));
     }
 }
