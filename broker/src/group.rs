@@ -235,6 +235,27 @@ impl Group {
         self.poke();
     }
 
+    /// Hands leadership to the most caught-up other replica (graceful
+    /// shutdown: clients see a quick hand-over, not an election timeout).
+    /// Returns whether a transfer started.
+    pub fn hand_over(&self) -> bool {
+        let mut raft = self.raft.borrow_mut();
+        if raft.role() != Role::Leader {
+            return false;
+        }
+        let me = raft.id();
+        let best = self
+            .replicas
+            .iter()
+            .copied()
+            .filter(|&r| r != me)
+            .max_by_key(|&r| raft.progress(r).map_or(0, |p| p.match_index));
+        let started = best.is_some_and(|to| raft.transfer_leader(to).is_ok());
+        drop(raft);
+        self.poke();
+        started
+    }
+
     /// Proposes a batch; returns its entry index and term.
     pub fn propose(&self, batch: Vec<u8>) -> Result<(u64, u64), (ErrorCode, String)> {
         if let Some(e) = self.failed.borrow().as_ref() {

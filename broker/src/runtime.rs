@@ -68,6 +68,8 @@ const ADMIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
 const PEER_ALIVE_WINDOW: Duration = Duration::from_secs(3);
 /// The controller's Raft group.
 pub const CONTROLLER_GROUP: u64 = 0;
+/// How long a stopping broker waits for its groups' leadership to move.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How soon the Raft task queue wants the CPU back when it has work.
 const RAFT_TQ_LATENCY: Duration = Duration::from_millis(2);
 
@@ -639,9 +641,15 @@ impl Shard {
                 }
             }
         }
-        // Graceful stop: no new connections; make every group durable.
+        // Graceful stop: no new connections; hand leadership over (bounded
+        // wait), then make every group durable and stop it.
         drop(listener);
         let groups: Vec<Rc<Group>> = self.groups.borrow().values().cloned().collect();
+        let handing: Vec<&Rc<Group>> = groups.iter().filter(|g| g.hand_over()).collect();
+        let deadline = Instant::now() + HAND_OVER_TIMEOUT;
+        while Instant::now() < deadline && handing.iter().any(|g| g.role() == Role::Leader) {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
         for g in groups {
             let end = g.part.log().next_offset();
             if let Err(e) = g.part.wait_durable(end).await {

@@ -116,6 +116,14 @@ fn three_brokers_replicate_and_a_restart_of_all_keeps_every_acknowledged_message
         assert!(Instant::now() < deadline, "replicas did not catch up: {s}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // SIGTERM of partition 0's leader: it hands leadership over, exits 0,
+    // and comes back as a follower.
+    let (leader, term) = c.leader("rf3", 0);
+    c.terminate(leader as usize - 1);
+    let (new_leader, new_term) = c.leader("rf3", 0);
+    assert_ne!(new_leader, leader);
+    assert!(new_term > term);
+    c.restart(leader as usize - 1);
     // kill -9 every broker, then start them all again.
     for i in 0..3 {
         c.kill(i);

@@ -285,6 +285,25 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM of broker `i`; asserts that it stops cleanly (exit 0).
+    pub fn terminate(&mut self, i: usize) {
+        self.signal(i, libc::SIGTERM);
+        let mut c = self.children[i].take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("broker {} did not stop on SIGTERM", i + 1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "broker {} exited with {status}", i + 1);
+    }
+
     fn signal(&self, i: usize, sig: libc::c_int) {
         let c = self.children[i].as_ref().expect("running");
         // SAFETY: kill(2) on our own, not yet reaped, child.
