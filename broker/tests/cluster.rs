@@ -266,3 +266,75 @@ fn a_follower_stopped_for_30_s_neither_causes_an_election_nor_stalls_the_leader(
     let seen = consume_all(&c, "slow");
     assert_eq!(seen.len(), acked);
 }
+
+/// Reads until the broker closes the connection (or 10 s pass).
+fn closed_by_peer(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // the listener's challenge
+            Err(e) => {
+                return matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                )
+            }
+        }
+    }
+}
+
+#[test]
+fn garbage_and_forged_hellos_on_the_peer_port_are_refused_before_raft() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3);
+    create(&c, "guarded", 1);
+    let peer_port = c.bases[0] + common::SHARDS;
+    // Garbage: not even a frame.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", peer_port)).unwrap();
+    s.write_all(&[0xAB; 512]).unwrap();
+    assert!(closed_by_peer(&mut s), "garbage must close the connection");
+    // A well-formed hello from a listed node, with a forged MAC.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", peer_port)).unwrap();
+    let hello: wire::Message = wire::PeerHello {
+        cluster_id: 0,
+        node_id: 2,
+        shard: 0,
+        nonce: 1,
+        auth_tag: vec![0; 32],
+        endpoint: "127.0.0.1:1".into(),
+    }
+    .into();
+    s.write_all(&hello.encode(1, wire::FrameLimits::default()).unwrap())
+        .unwrap();
+    assert!(closed_by_peer(&mut s), "a forged hello must be refused");
+    // A Raft message without any hello.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", peer_port)).unwrap();
+    let vote: wire::Message = wire::VoteRequest {
+        group: 0,
+        term: 1_000_000,
+        candidate: 2,
+        last_log_index: 1 << 40,
+        last_log_term: 1 << 40,
+        pre_vote: false,
+        leadership_transfer: false,
+    }
+    .into();
+    s.write_all(&vote.encode(1, wire::FrameLimits::default()).unwrap())
+        .unwrap();
+    assert!(
+        closed_by_peer(&mut s),
+        "an unauthenticated vote must be refused"
+    );
+    // Nothing reached Raft: the controller and the partition keep their
+    // leaders and terms, and the cluster still takes writes.
+    let (leader, term) = c.leader("guarded", 0);
+    let acks = produce_lines(&c, "guarded", &["still".to_string()]);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(c.leader("guarded", 0), (leader, term));
+    let o = c.cli(&["cluster", "status"], None);
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(s["controller"].as_u64().is_some(), "{s}");
+}
