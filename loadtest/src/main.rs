@@ -661,38 +661,21 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         let base = measure_baselines(&b, local_data_dir(local.as_ref()), a.batch_bytes as usize);
         if rf == 3 {
             // Maximum rate with a follower stopped for the whole run (its
-            // ratio to the healthy maximum above is the figure).
-            let topic = "bench-rf3-1024b-1p-max-paused".to_string();
-            spawn::ensure_topic(&brokers, &topic, 1, rf, BENCH_SEGMENT_BYTES)?;
-            cases.push(bench_case(
-                &a,
-                &brokers,
-                &https,
-                local.as_ref(),
-                &base,
-                &topic,
-                1024,
-                None,
-                Some(FaultSpec::PauseFollower {
-                    at_s: 0.0,
-                    for_s: a.warmup_s + a.duration_s,
-                }),
-            )?);
-            // The same load (50 % of the 1 KiB, 1-partition maximum) healthy,
+            // ratio to the healthy maximum above is the figure); then the
+            // same load (50 % of the 1 KiB, 1-partition maximum) healthy,
             // with a follower stopped, and with the leader killed.
             let fault_at = a.warmup_s + 1.0;
             let pause_for = (a.duration_s - 2.0).max(1.0);
-            for (name, fault) in [
-                ("healthy", None),
-                (
-                    "pause",
-                    Some(FaultSpec::PauseFollower {
-                        at_s: fault_at,
-                        for_s: pause_for,
-                    }),
-                ),
+            let whole_run = a.warmup_s + a.duration_s;
+            let half = Some(max / 2.0);
+            let pause = |at_s, for_s| Some(FaultSpec::PauseFollower { at_s, for_s });
+            for (name, rate, fault) in [
+                ("max-paused", None, pause(0.0, whole_run)),
+                ("healthy", half, None),
+                ("pause", half, pause(fault_at, pause_for)),
                 (
                     "kill",
+                    half,
                     Some(FaultSpec::KillLeader {
                         at_s: fault_at,
                         restart_after_s: 3.0,
@@ -709,7 +692,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
                     &base,
                     &topic,
                     1024,
-                    Some(max / 2.0),
+                    rate,
                     fault,
                 )?);
             }
