@@ -1088,6 +1088,24 @@ impl Log {
             }
             self.durable_offset = offset;
         } else {
+            // Where entries continue after the segments about to go: kept
+            // durably first, so a crash that later loses every remaining
+            // (not yet durable) batch restarts the entry sequence there and
+            // not at an older `entry-start`.
+            let gone = self
+                .segments
+                .iter()
+                .take(self.segments.len() - 1)
+                .take_while(|s| s.next_offset <= offset)
+                .count();
+            let floor = self.segments[..gone]
+                .iter()
+                .rev()
+                .find_map(|s| s.last_entry_index)
+                .map(|e| e + 1);
+            if let Some(floor) = floor.filter(|&f| f > self.empty_next_entry) {
+                self.write_entry_start(floor)?;
+            }
             while self.segments.len() > 1 && self.segments[0].next_offset <= offset {
                 let s = self.segments.remove(0);
                 removed.segments += 1;

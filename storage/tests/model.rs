@@ -298,3 +298,12 @@ fn random_operations_match_the_model() {
 fn seed_1795694414262779314_truncates_into_an_exactly_full_segment() {
     run(1_795_694_414_262_779_314);
 }
+
+/// Regression: this seed moved the log start past two sealed segments while
+/// the active one still held batches (so `entry-start` was not written),
+/// then a power cut lost those not-yet-durable batches: the emptied log
+/// restarted its entry indexes at a stale `entry-start` (36, not 80).
+#[test]
+fn seed_1795704574244475955_power_cut_after_the_start_moved_keeps_entry_indexes() {
+    run(1_795_704_574_244_475_955);
+}
