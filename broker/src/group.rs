@@ -33,6 +33,11 @@ use crate::replica::{self, GroupState, LogStore};
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
 pub const HEARTBEAT_TICKS: u32 = 10;
 pub const ELECTION_TICKS: u32 = 100;
+/// A preferred leader retries its first campaign every 20 ticks (200 ms)
+/// for 80 ticks, all below the 100-tick minimum election timeout of the
+/// others.
+const FIRST_CAMPAIGN_EVERY_TICKS: u32 = 20;
+const FIRST_CAMPAIGN_TICKS: u32 = 80;
 /// How often a Ready that met a full disk is tried again.
 const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -100,6 +105,9 @@ pub struct Group {
     stopped: Cell<bool>,
     /// Serialises writes of `raft.state`.
     save_lock: glommio::sync::Semaphore,
+    /// Ticks left in which a preferred leader campaigns again while no
+    /// leader is known (see [`Group::tick`]).
+    first_campaigns: Cell<u32>,
     /// The term the producer table was last rebuilt or recorded in: a term
     /// change may have replaced entries it points at.
     producers_term: Cell<u64>,
@@ -175,6 +183,7 @@ impl Group {
             failed: RefCell::new(None),
             stopped: Cell::new(false),
             save_lock: glommio::sync::Semaphore::new(1),
+            first_campaigns: Cell::new(0),
             producers_term: Cell::new(0),
         }))
     }
@@ -213,6 +222,18 @@ impl Group {
     }
 
     pub fn tick(&self) {
+        // A new group's preferred leader campaigns at once, but its peers
+        // may not have created the group yet (they apply the controller's
+        // command a moment later) and drop its votes: it tries again every
+        // few ticks for a while, before their own timers can fire.
+        let left = self.first_campaigns.get();
+        if left > 0 {
+            self.first_campaigns.set(left - 1);
+            let retry = left % FIRST_CAMPAIGN_EVERY_TICKS == 0;
+            if retry && self.leader().is_none() {
+                self.raft.borrow_mut().campaign();
+            }
+        }
         if let Err(e) = self.raft.borrow_mut().tick() {
             eprintln!("group {}: tick: {e}", self.id);
         }
@@ -232,6 +253,7 @@ impl Group {
     /// leaders spread as the controller placed them).
     pub fn campaign(&self) {
         self.raft.borrow_mut().campaign();
+        self.first_campaigns.set(FIRST_CAMPAIGN_TICKS);
         self.poke();
     }
 

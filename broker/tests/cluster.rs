@@ -78,10 +78,10 @@ fn three_brokers_replicate_and_a_restart_of_all_keeps_every_acknowledged_message
     create(&c, "rf3", 3);
     // Leaders are spread: the controller names a different first replica
     // per partition and that replica campaigns first.
+    // (A broker learns a leader from its first message, so the broker that
+    // answers may need a moment: wait, bounded, for it to know all three.)
+    let leaders: BTreeSet<u64> = (0..3).map(|p| c.leader("rf3", p).0).collect();
     let d = c.describe("rf3");
-    let leaders: BTreeSet<u64> = (0..3)
-        .map(|p| d["partitions"][p]["leader"].as_u64().unwrap())
-        .collect();
     assert_eq!(leaders.len(), 3, "one leader per broker: {d}");
     for p in 0..3 {
         let replicas = d["partitions"][p]["replicas"].as_array().unwrap();
