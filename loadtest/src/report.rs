@@ -209,7 +209,7 @@ impl Report<'_> {
             println!("  retries by kind: {:?}", o.retries);
         }
         println!(
-            "  broker: {} records appended during the run (log end offsets), {} acknowledged",
+            "  broker: {} records appended during the run (log end offsets; a new leader's no-op counts one), {} acknowledged",
             o.broker_appended, o.acked
         );
         if let Some(c) = &o.broker_counters {
