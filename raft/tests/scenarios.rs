@@ -197,6 +197,125 @@ fn figure_8_an_old_term_entry_on_a_majority_is_not_committed_until_a_current_ter
     assert!(cluster.node(5).commit_index() >= 3);
 }
 
+/// Figure 8 played from the start, as the paper tells it, on five servers
+/// with empty logs. The Figure 8 test above starts from a prepared (c); this
+/// one lives through (a) to (d) and watches every Ready: no server may report
+/// the term-2 entries committed while they sit on a majority only by
+/// replication in a later term, and no committed entry ever changes.
+#[test]
+fn figure_8_played_from_the_start_a_replicated_old_term_entry_is_never_reported_committed() {
+    // As in the paper: no leader lease, so any server may be elected when asked.
+    let mut cluster = Cluster::with_config(5, |c| c.check_quorum = false);
+
+    // Term 1: S1 leads and commits entry 1 (its no-op) everywhere.
+    cluster.campaign(1);
+    assert_eq!(cluster.node(1).term(), 1);
+    for id in 1..=5 {
+        assert_eq!(cluster.log_terms(id), vec![(1, 1)], "S{id}");
+        assert_eq!(cluster.node(id).commit_index(), 1, "S{id}");
+    }
+
+    // (a) S1 leads term 2 (votes of everyone) and replicates its term-2
+    // entries (the no-op at 2 and "x" at 3) to S2 only.
+    cluster.rewrite = Some(Box::new(|m| {
+        let append = matches!(m.body, MessageBody::Append { .. });
+        (!(append && m.from == 1 && m.to != 2)).then_some(m)
+    }));
+    cluster.campaign(1);
+    assert_eq!(cluster.node(1).role(), Role::Leader);
+    assert_eq!(cluster.node(1).term(), 2);
+    let x = cluster.propose(1, b"x");
+    assert_eq!(x, 3);
+    for id in [1, 2] {
+        assert_eq!(cluster.log_terms(id), vec![(1, 1), (2, 2), (3, 2)], "S{id}");
+    }
+    for id in [3, 4, 5] {
+        assert_eq!(cluster.log_terms(id), vec![(1, 1)], "S{id}");
+    }
+    assert_eq!(cluster.node(1).commit_index(), 1, "2 of 5 is no majority");
+
+    // (b) S1 crashes; S5 wins term 3 with the votes of S3 and S4 (S2's log
+    // is newer and refuses), writes its no-op at index 2, and crashes before
+    // sending it to anyone.
+    cluster.crash(1);
+    cluster.rewrite = Some(Box::new(|m| {
+        let append = matches!(m.body, MessageBody::Append { .. });
+        (!(append && m.from == 5)).then_some(m)
+    }));
+    cluster.campaign(5);
+    assert_eq!(cluster.node(5).role(), Role::Leader);
+    assert_eq!(cluster.node(5).term(), 3);
+    assert_eq!(cluster.log_terms(5), vec![(1, 1), (2, 3)]);
+    cluster.crash(5);
+
+    // (c) S1 restarts and is elected for term 4 by S2, S3 and S4 (its first
+    // pre-vote, refused by S3 and S4 who voted in term 3, only teaches it term 3). It replicates its term-2 entries to
+    // S3, but none of its term-4 entries reaches anyone, and nothing reaches
+    // S4. Entries 2 and 3 (term 2) are now on S1, S2 and S3: a majority.
+    cluster.restart(1);
+    cluster.rewrite = Some(Box::new(|mut m| {
+        if let MessageBody::Append { entries, .. } = &mut m.body {
+            if m.to == 4 {
+                return None;
+            }
+            entries.retain(|e| e.term != 4);
+        }
+        Some(m)
+    }));
+    cluster.campaign(1);
+    assert_eq!(cluster.node(1).role(), Role::Follower, "pre-vote refused");
+    assert_eq!(cluster.node(1).term(), 3, "but the refusals carried term 3");
+    cluster.campaign(1);
+    assert_eq!(cluster.node(1).role(), Role::Leader);
+    assert_eq!(cluster.node(1).term(), 4);
+    for id in [1, 2, 3] {
+        assert_eq!(cluster.node(id).log_term(2), Some(2), "S{id}");
+        assert_eq!(cluster.node(id).log_term(3), Some(2), "S{id}");
+    }
+    for id in [1, 2, 3, 4] {
+        assert!(
+            cluster.node(id).commit_index() < 2,
+            "S{id} commits up to {} though no term-4 entry is on a majority",
+            cluster.node(id).commit_index()
+        );
+    }
+    assert!(
+        cluster.committed.range(2..).next().is_none(),
+        "no Ready reported an entry past 1 committed: {:?}",
+        cluster.committed
+    );
+    assert!(cluster.applied.values().all(|state| state.is_empty()));
+
+    // (d) S1 crashes; S5 restarts and is elected for term 5 by S2, S3 and S4
+    // (its last term 3 beats their 2 and 1; again a first refused pre-vote
+    // teaches it the current term, 4) and overwrites index 2 and 3
+    // everywhere: had entry 3 been committed in (c), "x" would now be lost.
+    cluster.crash(1);
+    cluster.restart(5);
+    cluster.heal();
+    cluster.campaign(5);
+    assert_eq!(cluster.node(5).role(), Role::Follower, "pre-vote refused");
+    assert_eq!(cluster.node(5).term(), 4, "but the refusals carried term 4");
+    cluster.campaign(5);
+    assert_eq!(cluster.node(5).role(), Role::Leader);
+    assert_eq!(cluster.node(5).term(), 5);
+    cluster.restart(1);
+    cluster.tick_all(3);
+    assert_eq!(
+        cluster.committed_changed,
+        vec![],
+        "committed entries never change (index, term, node)"
+    );
+    let leader_log = cluster.log_terms(5);
+    assert_eq!(leader_log, vec![(1, 1), (2, 3), (3, 5)]);
+    for id in 1..=5 {
+        assert_eq!(cluster.log_terms(id), leader_log, "S{id}");
+        assert_eq!(cluster.node(id).commit_index(), 3, "S{id}");
+        assert!(cluster.applied[&id].is_empty(), "S{id} never applied x");
+    }
+    assert_eq!(cluster.committed.get(&2).map(|c| c.0), Some(3));
+}
+
 #[test]
 fn section_5_1_a_stale_leader_steps_down_and_its_uncommitted_entries_are_replaced() {
     let mut cluster = Cluster::new(3);

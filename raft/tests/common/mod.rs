@@ -28,6 +28,11 @@ pub struct Cluster {
     pub rewrite: Option<Rewrite>,
     /// Every message delivered, in order.
     pub delivered: Vec<Message>,
+    /// (term, node) of the first report of each committed index, from every
+    /// node's Ready, crashes included: the history committed entries must keep.
+    pub committed: BTreeMap<u64, (u64, NodeId)>,
+    /// Reports that contradicted `committed`: (index, term, node).
+    pub committed_changed: Vec<(u64, u64, NodeId)>,
     pub configure: fn(&mut Config),
 }
 
@@ -82,6 +87,8 @@ impl Cluster {
             cut: BTreeSet::new(),
             rewrite: None,
             delivered: Vec::new(),
+            committed: BTreeMap::new(),
+            committed_changed: Vec::new(),
             configure,
         };
         let ids: Vec<NodeId> = cluster.crashed.keys().copied().collect();
@@ -183,6 +190,15 @@ impl Cluster {
         }
         // Durable now; the messages may go.
         self.queue.extend(ready.messages.iter().cloned());
+        for entry in &ready.committed_entries {
+            let (term, _) = *self
+                .committed
+                .entry(entry.index)
+                .or_insert((entry.term, id));
+            if term != entry.term {
+                self.committed_changed.push((entry.index, entry.term, id));
+            }
+        }
         let state = self.applied.entry(id).or_default();
         for entry in &ready.committed_entries {
             if let EntryPayload::Data(data) = &entry.payload {
