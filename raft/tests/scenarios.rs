@@ -5,7 +5,9 @@
 mod common;
 
 use common::{storage_with_terms, Cluster};
-use raft::{ConfChange, EntryPayload, Error, MessageBody, ProgressState, Role, Storage};
+use raft::{
+    ConfChange, EntryPayload, Error, Message, MessageBody, ProgressState, Raft, Role, Storage,
+};
 
 #[test]
 fn section_5_2_a_candidate_with_votes_from_a_majority_becomes_the_only_leader() {
@@ -314,6 +316,114 @@ fn figure_8_played_from_the_start_a_replicated_old_term_entry_is_never_reported_
         assert!(cluster.applied[&id].is_empty(), "S{id} never applied x");
     }
     assert_eq!(cluster.committed.get(&2).map(|c| c.0), Some(3));
+}
+
+/// Section 5.4.1: a voter grants its vote (and its pre-vote) only to a
+/// candidate whose log is at least as up to date as its own: the later last
+/// term wins; with equal last terms, the longer log wins.
+#[test]
+fn section_5_4_1_a_vote_goes_only_to_a_candidate_whose_log_is_at_least_as_up_to_date() {
+    // (voter's log terms, candidate's log terms, granted)
+    let cases: [(&[u64], &[u64], bool); 6] = [
+        (&[1, 1, 1], &[1, 2], true),     // higher last term, shorter log: wins
+        (&[1, 2, 2], &[1, 2], false),    // same last term, shorter log: loses
+        (&[1, 2], &[1, 1, 1, 1], false), // lower last term, longer log: loses
+        (&[1, 2], &[1, 2], true),        // the same log
+        (&[1, 2], &[1, 2, 2], true),     // same last term, longer log
+        (&[], &[1], true),               // anything beats an empty log
+    ];
+    for (voter_log, candidate_log, granted) in cases {
+        for pre_vote in [true, false] {
+            // A fresh voter 2 in term 5 that has heard from no leader.
+            let storage = storage_with_terms(&[1, 2, 3], voter_log, 5);
+            let mut voter = Raft::new(common::config(2), storage).unwrap();
+            let last_index = candidate_log.len() as u64;
+            let last_term = candidate_log.last().copied().unwrap_or(0);
+            let body = if pre_vote {
+                MessageBody::PreVote {
+                    last_index,
+                    last_term,
+                }
+            } else {
+                MessageBody::Vote {
+                    last_index,
+                    last_term,
+                    transfer: false,
+                }
+            };
+            voter
+                .step(Message {
+                    group_id: 1,
+                    from: 1,
+                    to: 2,
+                    term: 6,
+                    body,
+                })
+                .unwrap();
+            let ready = voter.ready().unwrap();
+            let answers: Vec<_> = ready.messages.iter().map(|m| &m.body).collect();
+            let expected = if pre_vote {
+                MessageBody::PreVoteResponse { reject: !granted }
+            } else {
+                MessageBody::VoteResponse { reject: !granted }
+            };
+            assert_eq!(
+                answers,
+                vec![&expected],
+                "voter {voter_log:?}, candidate {candidate_log:?}, pre-vote {pre_vote}"
+            );
+            let vote = ready.hard_state.map_or(voter.vote(), |hs| hs.vote);
+            let voted = !pre_vote && granted;
+            assert_eq!(vote, voted.then_some(1), "the vote persisted");
+        }
+    }
+
+    // The same rule in an election. S1's log is shorter than both others';
+    // its last term beats S2's, but equals S3's, whose log is longer.
+    let voters = [1, 2, 3];
+    let storages = vec![
+        (1, storage_with_terms(&voters, &[1, 2], 2)),
+        (2, storage_with_terms(&voters, &[1, 1, 1], 2)),
+        (3, storage_with_terms(&voters, &[1, 2, 2], 2)),
+    ];
+    let mut cluster = Cluster::from_storages(storages, |_| {});
+    cluster.campaign(1);
+    let answers = |from| -> Vec<MessageBody> {
+        cluster
+            .delivered
+            .iter()
+            .filter(|m| m.from == from && m.to == 1)
+            .filter(|m| {
+                matches!(
+                    m.body,
+                    MessageBody::PreVoteResponse { .. } | MessageBody::VoteResponse { .. }
+                )
+            })
+            .map(|m| m.body.clone())
+            .collect()
+    };
+    assert_eq!(
+        answers(2),
+        vec![
+            MessageBody::PreVoteResponse { reject: false },
+            MessageBody::VoteResponse { reject: false }
+        ],
+        "S2 grants: S1's last term 2 beats its 1, though S1's log is shorter"
+    );
+    assert_eq!(
+        answers(3)[0],
+        MessageBody::PreVoteResponse { reject: true },
+        "S3 refuses: same last term, and S1's log is shorter"
+    );
+    assert!(answers(3)
+        .iter()
+        .all(|b| *b != MessageBody::VoteResponse { reject: false }));
+    assert_eq!(cluster.node(1).role(), Role::Leader, "S1 and S2 are 2 of 3");
+    assert_eq!(cluster.node(1).term(), 3);
+    assert_eq!(cluster.node(3).vote(), None, "S3 voted for nobody");
+    // S3's uncommitted entry 3 gives way to the leader's log.
+    assert_eq!(cluster.log_terms(3), cluster.log_terms(1));
+    assert_eq!(cluster.log_terms(1), vec![(1, 1), (2, 2), (3, 3)]);
 }
 
 #[test]
