@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{Result, StorageError};
 use crate::fault::FaultInjector;
+use crate::syncer::Syncer;
 
 /// Default segment size: 128 MiB, so a 1 TiB partition is ~8k files and a
 /// sealed segment's sparse index (one 8-byte entry per 4 KiB) is 256 KiB.
@@ -127,6 +128,11 @@ pub struct LogConfig {
     /// Retire removed segments by renaming them (`Log::take_retired`) and
     /// let the caller unlink them off the shard, instead of unlinking inline.
     pub defer_deletes: bool,
+    /// Issues the fdatasync and directory fsync calls of sync rounds. `None`
+    /// (the default): the operating system's, blocking in `Log::sync_now`
+    /// and through io_uring on a shard. Tests put a model of the page cache
+    /// here ([`crate::syncer`]).
+    pub syncer: Option<Rc<dyn Syncer>>,
 }
 
 impl Default for LogConfig {
@@ -144,6 +150,7 @@ impl Default for LogConfig {
             clock: Clock::System,
             faults: FaultInjector::default(),
             defer_deletes: false,
+            syncer: None,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! | [`log`] | the partition log: append, read, truncate, move start, recovery, retention, sync rounds |
 //! | [`shard`] | the only glommio code: io_uring fdatasync with group commit |
 //! | [`snapshot`] | snapshot archives: take (hard links + manifest), read in CRC'd chunks, install by directory exchange |
+//! | [`syncer`] | the seam every sync round's fdatasync goes through (the OS's, or a test's model of the page cache) |
 //!
 //! The core (`log`, `segment`, `index`) is synchronous and runtime-free: a
 //! [`Log`] is owned by one thread (a glommio shard) and takes no locks.
@@ -33,6 +34,7 @@ pub mod log;
 mod segment;
 pub mod shard;
 pub mod snapshot;
+pub mod syncer;
 
 pub use compact::{CompactReport, COMPACT_KEY_BYTES_MAX, COMPACT_KEY_COUNT_MAX};
 pub use config::{
@@ -46,3 +48,4 @@ pub use segment::Retired;
 pub use snapshot::{
     Chunk, SnapshotInstaller, SnapshotMeta, SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX,
 };
+pub use syncer::{OsSyncer, Syncer};

@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -1325,23 +1324,18 @@ impl Log {
         let Some(job) = self.begin_sync()? else {
             return Ok(self.durable_offset());
         };
-        let r = blocking_sync(&job);
+        let r = match &self.config.syncer {
+            None => blocking_sync(&job),
+            Some(syncer) => crate::syncer::run_round(&job, &**syncer),
+        };
         self.finish_sync(job, r)
     }
 }
 
-/// fdatasync every file of the job, then fsync the directory.
+/// fdatasync every file of the job, then fsync the directory (the
+/// operating system's calls, [`crate::syncer::OsSyncer`]).
 pub fn blocking_sync(job: &SyncJob) -> io::Result<()> {
-    for f in &job.files {
-        // SAFETY: the fd is owned by the Rc<File>, alive for this call.
-        if unsafe { libc::fdatasync(f.file.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    if let Some(d) = &job.dir {
-        File::open(d)?.sync_all()?;
-    }
-    Ok(())
+    crate::syncer::run_round(job, &crate::syncer::OsSyncer)
 }
 
 fn read_log_start(dir: &Path) -> Option<u64> {

@@ -8,6 +8,9 @@
 //! together by the next round — one fdatasync for all of them. Under
 //! [`SyncPolicy::IntervalMs`] appends return at once and
 //! [`Partition::flush_loop`] syncs on the interval.
+//!
+//! The fdatasync calls of a round go through io_uring, or through the
+//! [`Syncer`] of the log's config when a test set one.
 
 use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::collections::HashMap;
@@ -22,7 +25,8 @@ use glommio::io::{BufferedFile, Directory};
 
 use crate::config::SyncPolicy;
 use crate::error::{Result, StorageError};
-use crate::log::{AppendInfo, Log, SyncJob};
+use crate::log::{AppendInfo, Log, SyncFile, SyncJob};
+use crate::syncer::Syncer;
 
 /// Open files the syncer keeps per partition: the active segment and the one
 /// just sealed are all a round usually touches; 4 leaves headroom.
@@ -101,20 +105,38 @@ impl UringSyncer {
         Ok(f)
     }
 
-    async fn run(&mut self, job: &SyncJob) -> io::Result<()> {
+    /// io_uring fdatasync of one file of a round.
+    async fn fdatasync(&mut self, sf: &SyncFile) -> io::Result<()> {
+        let f = match self.file(sf.file_id, &sf.path).await {
+            Ok(f) => f,
+            // Deleted since the round began (truncation, retention):
+            // nothing of it needs to be durable.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        f.fdatasync().await.map_err(io::Error::from)
+    }
+
+    /// io_uring fsync of the partition directory.
+    async fn fsync_dir(&mut self, dir: &std::path::Path) -> io::Result<()> {
+        let dir = Directory::open(dir).await.map_err(io::Error::from)?;
+        dir.sync().await.map_err(io::Error::from)
+    }
+
+    /// Runs the syncs of one round: through io_uring, or through the
+    /// configured [`Syncer`] seam when there is one (tests).
+    async fn run(&mut self, job: &SyncJob, seam: Option<&dyn Syncer>) -> io::Result<()> {
         for sf in &job.files {
-            let f = match self.file(sf.file_id, &sf.path).await {
-                Ok(f) => f,
-                // Deleted since the round began (truncation, retention):
-                // nothing of it needs to be durable.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            f.fdatasync().await.map_err(io::Error::from)?;
+            match seam {
+                None => self.fdatasync(sf).await?,
+                Some(seam) => seam.fdatasync(sf)?,
+            }
         }
         if let Some(d) = &job.dir {
-            let dir = Directory::open(d).await.map_err(io::Error::from)?;
-            dir.sync().await.map_err(io::Error::from)?;
+            match seam {
+                None => self.fsync_dir(d).await?,
+                Some(seam) => seam.fsync_dir(d)?,
+            }
         }
         Ok(())
     }
@@ -124,6 +146,8 @@ impl UringSyncer {
 pub struct Partition {
     log: RefCell<Log>,
     syncer: RefCell<UringSyncer>,
+    /// The log's configured [`Syncer`], if any (taken at construction).
+    seam: Option<Rc<dyn Syncer>>,
     in_flight: Cell<bool>,
     round_done: Notify,
     sync_rounds: Cell<u64>,
@@ -131,9 +155,11 @@ pub struct Partition {
 
 impl Partition {
     pub fn new(log: Log) -> Rc<Self> {
+        let seam = log.config().syncer.clone();
         Rc::new(Partition {
             log: RefCell::new(log),
             syncer: RefCell::default(),
+            seam,
             in_flight: Cell::new(false),
             round_done: Notify::default(),
             sync_rounds: Cell::new(0),
@@ -230,7 +256,7 @@ impl Partition {
         // Only one round is in flight, so the syncer is free: move it out
         // for the round instead of holding a borrow across the awaits.
         let mut syncer = self.syncer.take();
-        let r = syncer.run(&job).await;
+        let r = syncer.run(&job, self.seam.as_deref()).await;
         self.syncer.replace(syncer);
         let done = self.log.borrow_mut().finish_sync(job, r);
         self.in_flight.set(false);
