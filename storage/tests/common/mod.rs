@@ -1,6 +1,8 @@
 //! Helpers shared by the storage integration tests.
 #![allow(dead_code)]
 
+pub mod page_cache;
+
 use std::path::{Path, PathBuf};
 
 use storage::batch::{self, NewRecord};
