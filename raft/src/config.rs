@@ -82,6 +82,11 @@ pub struct Config {
     pub snapshot_chunk_bytes: u64,
     /// The index the driver's state machine has applied (on restart).
     pub applied_index: u64,
+    /// Whether `Ready::committed_entries` carries the committed entries.
+    /// A driver whose log is its state machine (a partition: consumers read
+    /// the log itself) turns this off: the applied index then follows the
+    /// commit index without reading a single entry back from storage.
+    pub deliver_committed_entries: bool,
     /// Seed for the election-timeout randomness.
     pub seed: u64,
 }
@@ -104,6 +109,7 @@ impl Config {
             committed_bytes_per_ready_max: 16 << 20,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT,
             applied_index: 0,
+            deliver_committed_entries: true,
             seed: id,
         }
     }

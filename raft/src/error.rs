@@ -48,6 +48,11 @@ pub enum Error {
     /// Persisted state contradicts itself (e.g. commit beyond the last entry).
     #[error("corrupt persisted state: {0}")]
     Corrupt(String),
+    /// The leader says entry `commit` is committed here, but this replica's
+    /// log ends before it: entries it acknowledged were lost (a wiped or
+    /// damaged disk). The replica must stop rather than vote or ack again.
+    #[error("the leader counts entry {commit} as held here, but this log ends at {last_index}: acknowledged entries were lost")]
+    LogLost { commit: u64, last_index: u64 },
 }
 
 impl Error {

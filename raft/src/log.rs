@@ -298,6 +298,11 @@ impl<S: Storage> RaftLog<S> {
         self.entries(self.applied + 1, hi + 1, max_bytes)
     }
 
+    /// The index everything committed and persisted here reaches.
+    pub fn next_applied(&self) -> u64 {
+        self.committed.min(self.persisted_index())
+    }
+
     pub fn has_next_committed(&self) -> bool {
         self.committed.min(self.persisted_index()) > self.applied
     }

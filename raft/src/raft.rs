@@ -475,9 +475,13 @@ impl<S: Storage> Raft<S> {
             }
         }
         let (snapshot, entries) = self.log.take_unstable();
-        let committed_entries = self
-            .log
-            .next_committed(self.cfg.committed_bytes_per_ready_max)?;
+        let committed_entries = if self.cfg.deliver_committed_entries {
+            self.log
+                .next_committed(self.cfg.committed_bytes_per_ready_max)?
+        } else {
+            self.log.applied = self.log.applied.max(self.log.next_applied());
+            Vec::new()
+        };
         if let Some(last) = committed_entries.last() {
             self.log.applied = last.index;
         }
@@ -746,6 +750,13 @@ impl<S: Storage> Raft<S> {
             MessageBody::Heartbeat { commit } => {
                 self.election_elapsed = 0;
                 self.leader = Some(from);
+                // The leader sends at most the match index it learnt from
+                // this node's own acknowledgements: a commit beyond this
+                // log means entries acknowledged here were lost since.
+                let last_index = self.log.last_index();
+                if commit > last_index {
+                    return Err(Error::LogLost { commit, last_index });
+                }
                 self.log.commit_to(commit);
                 self.fold_committed_membership();
                 self.send(from, self.term, MessageBody::HeartbeatResponse);
