@@ -147,6 +147,9 @@ error_codes! {
     ShuttingDown = 23, retryable = true;
     /// A peer failed authentication.
     Unauthorized = 24, retryable = false;
+    /// The listener already serves as many connections as it is configured
+    /// for; the connection is closed. Retry later or at another broker.
+    TooManyConnections = 25, retryable = true;
 }
 
 impl std::fmt::Display for ErrorCode {
