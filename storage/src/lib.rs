@@ -43,7 +43,9 @@ pub use config::{
 };
 pub use error::{Result, StorageError};
 pub use fault::{Fault, FaultInjector, FaultPoint};
-pub use log::{AppendInfo, LastBatch, Log, ReadOut, RecoveryReport, Removed, SyncJob, Truncation};
+pub use log::{
+    AppendInfo, LastBatch, Log, ReadOut, RecoveryReport, Removed, StartPlan, SyncJob, Truncation,
+};
 pub use segment::Retired;
 pub use snapshot::{
     Chunk, SnapshotInstaller, SnapshotMeta, SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX,

@@ -116,6 +116,10 @@ pub struct Log {
     /// The entry index of the next append while the log holds no batch
     /// (otherwise the last batch's entry index + 1 rules).
     empty_next_entry: u64,
+    /// Writes of `entry-start` so far (to notice one racing a [`StartPlan`]).
+    entry_start_writes: u64,
+    /// See [`Log::blocking_syncs`].
+    blocking_syncs: u64,
     durable_offset: u64,
     poisoned: Option<String>,
     /// Bumped by every truncation, so a sync that raced one does not
@@ -336,6 +340,8 @@ impl Log {
             segments,
             log_start_offset: log_start,
             empty_next_entry,
+            entry_start_writes: 0,
+            blocking_syncs: 0,
             // What recovery found is on disk or in the page cache; only a
             // sync in this process proves the former, so durability restarts
             // at the active segment.
@@ -839,25 +845,80 @@ impl Log {
     /// the in-memory value. Called before a change that empties the log,
     /// so a crash leaves either the old batches or the right value.
     fn write_entry_start(&mut self, index: u64) -> Result<()> {
-        let mut b = [0u8; 12];
-        b[..8].copy_from_slice(&index.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..8]);
-        b[8..].copy_from_slice(&crc.to_le_bytes());
-        let tmp = self.dir.join(format!("{ENTRY_START_FILE}.tmp"));
-        let dst = self.dir.join(ENTRY_START_FILE);
-        let written = (|| {
-            let mut f = File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
-            io::Write::write_all(&mut f, &b).map_err(|e| StorageError::io("write", &tmp, e))?;
-            f.sync_all()
-                .map_err(|e| StorageError::io("fsync", &tmp, e))?;
-            std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io("rename", &tmp, e))?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StorageError::io("fsync dir", &self.dir, e))
-        })();
+        let written = write_entry_start_file(&self.dir, "tmp", index);
         written.map_err(|e| self.fail(e))?;
         self.empty_next_entry = index;
+        self.entry_start_writes += 1;
+        self.blocking_syncs += 1;
         Ok(())
+    }
+
+    /// Fsyncs this log made itself, blocking the calling thread (outside
+    /// sync rounds): writing `entry-start` inline. A shard should see none
+    /// from retention, which writes it off the shard ([`StartPlan`]).
+    pub fn blocking_syncs(&self) -> u64 {
+        self.blocking_syncs
+    }
+
+    /// What moving the log start to `offset` needs made durable first, to be
+    /// done off the shard with [`StartPlan::persist`] and reported back with
+    /// [`Log::start_plan_persisted`]; [`Log::move_start`] then has nothing
+    /// left to sync. `None`: nothing to write.
+    pub fn plan_move_start(&self, offset: u64) -> Option<StartPlan> {
+        let index = self.entry_start_for(offset)?;
+        Some(StartPlan {
+            dir: self.dir.clone(),
+            index,
+            writes_seen: self.entry_start_writes,
+        })
+    }
+
+    /// Takes the result of [`StartPlan::persist`]: on success `entry-start`
+    /// holds the plan's value, unless this log wrote it meanwhile — then
+    /// the file is written again with what this log holds, so file and
+    /// memory never disagree.
+    pub fn start_plan_persisted(&mut self, plan: StartPlan, result: Result<()>) -> Result<()> {
+        if plan.writes_seen == self.entry_start_writes {
+            result.map_err(|e| self.fail(e))?;
+            self.empty_next_entry = plan.index;
+            self.entry_start_writes += 1;
+            return Ok(());
+        }
+        // Raced with an inline write: whichever rename came last is on disk.
+        let current = self.empty_next_entry;
+        self.write_entry_start(current)
+    }
+
+    /// The `entry-start` value moving the log start to `offset` must make
+    /// durable first, if it differs from the one already there.
+    fn entry_start_for(&self, offset: u64) -> Option<u64> {
+        if offset <= self.log_start_offset {
+            return None;
+        }
+        let empties = offset >= self.next_offset()
+            || (self.active().data_bytes == 0 && offset >= self.active().base_offset);
+        let index = if empties {
+            // No batch will be left: keep where entries continue.
+            self.holds_batches().then(|| self.next_entry_index())?
+        } else {
+            // Where entries continue after the segments about to go: kept
+            // durably first, so a crash that later loses every remaining
+            // (not yet durable) batch restarts the entry sequence there and
+            // not at an older `entry-start`.
+            let gone = self
+                .segments
+                .iter()
+                .take(self.segments.len() - 1)
+                .take_while(|s| s.next_offset <= offset)
+                .count();
+            self.segments[..gone]
+                .iter()
+                .rev()
+                .find_map(|s| s.last_entry_index)
+                .map(|e| e + 1)
+                .filter(|&f| f > self.empty_next_entry)?
+        };
+        (index != self.empty_next_entry).then_some(index)
     }
 
     fn entry_out_of_range(&self, index: u64) -> StorageError {
@@ -1060,12 +1121,9 @@ impl Log {
             return Ok(Removed::default());
         }
         let mut removed = Removed::default();
-        let empties = offset >= self.next_offset()
-            || (self.active().data_bytes == 0 && offset >= self.active().base_offset);
-        if empties && self.holds_batches() {
-            // No batch will be left: keep where entries continue.
-            let next_entry = self.next_entry_index();
-            self.write_entry_start(next_entry)?;
+        // Already durable when the caller ran a [`StartPlan`] off the shard.
+        if let Some(index) = self.entry_start_for(offset) {
+            self.write_entry_start(index)?;
         }
         if offset >= self.next_offset() && offset > self.active().base_offset {
             let cap = self.config.segment_bytes_max;
@@ -1087,24 +1145,6 @@ impl Log {
             }
             self.durable_offset = offset;
         } else {
-            // Where entries continue after the segments about to go: kept
-            // durably first, so a crash that later loses every remaining
-            // (not yet durable) batch restarts the entry sequence there and
-            // not at an older `entry-start`.
-            let gone = self
-                .segments
-                .iter()
-                .take(self.segments.len() - 1)
-                .take_while(|s| s.next_offset <= offset)
-                .count();
-            let floor = self.segments[..gone]
-                .iter()
-                .rev()
-                .find_map(|s| s.last_entry_index)
-                .map(|e| e + 1);
-            if let Some(floor) = floor.filter(|&f| f > self.empty_next_entry) {
-                self.write_entry_start(floor)?;
-            }
             while self.segments.len() > 1 && self.segments[0].next_offset <= offset {
                 let s = self.segments.remove(0);
                 removed.segments += 1;
@@ -1336,6 +1376,43 @@ impl Log {
 /// operating system's calls, [`crate::syncer::OsSyncer`]).
 pub fn blocking_sync(job: &SyncJob) -> io::Result<()> {
     crate::syncer::run_round(job, &crate::syncer::OsSyncer)
+}
+
+/// `entry-start` to write before a log-start move, prepared on the shard
+/// by [`Log::plan_move_start`] and written off it: its two fsyncs must not
+/// stall a shard's other partitions.
+#[derive(Debug)]
+pub struct StartPlan {
+    dir: PathBuf,
+    index: u64,
+    writes_seen: u64,
+}
+
+impl StartPlan {
+    /// Writes `entry-start` durably (tmp, fsync, rename, fsync directory).
+    /// Blocking: run it on a thread that may block.
+    pub fn persist(&self) -> Result<()> {
+        write_entry_start_file(&self.dir, "plan.tmp", self.index)
+    }
+}
+
+/// Writes `dir/entry-start` durably through the temporary file `tmp_suffix`
+/// (the shard's inline writes and a [`StartPlan`] use different ones).
+fn write_entry_start_file(dir: &Path, tmp_suffix: &str, index: u64) -> Result<()> {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&index.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..8]);
+    b[8..].copy_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join(format!("{ENTRY_START_FILE}.{tmp_suffix}"));
+    let dst = dir.join(ENTRY_START_FILE);
+    let mut f = File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
+    io::Write::write_all(&mut f, &b).map_err(|e| StorageError::io("write", &tmp, e))?;
+    f.sync_all()
+        .map_err(|e| StorageError::io("fsync", &tmp, e))?;
+    std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io("rename", &tmp, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("fsync dir", dir, e))
 }
 
 fn read_log_start(dir: &Path) -> Option<u64> {

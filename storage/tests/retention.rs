@@ -144,3 +144,73 @@ fn disposing_retired_segments_unlinks_them() {
     assert!(paths.iter().all(|p| !p.exists()));
     assert_eq!(read_all(&log)[0].0, log.log_start_offset());
 }
+
+/// A log of Raft entries (1 KiB each) over several sealed 16 KiB segments.
+fn entry_log(dir: &std::path::Path) -> Log {
+    let (mut log, _) = Log::open(dir, small_config()).unwrap();
+    for i in 0..100u64 {
+        log.append_entry(&batch(i, 1, 1000, 0), 1, i + 1).unwrap();
+    }
+    log.sync_now().unwrap();
+    assert!(log.segment_bases().len() > 3);
+    log
+}
+
+fn entry_start_on_disk(dir: &std::path::Path) -> u64 {
+    let b = std::fs::read(dir.join("entry-start")).unwrap();
+    u64::from_le_bytes(b[..8].try_into().unwrap())
+}
+
+#[test]
+fn a_planned_start_move_syncs_nothing_on_the_calling_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = entry_log(dir.path());
+    let cut = log.segment_bases()[2];
+    let floor = log.entry_for_offset(cut).unwrap();
+    // Unplanned, the move fsyncs `entry-start` inline (twice).
+    let plan = log.plan_move_start(cut).expect("entry-start must move");
+    let path = dir.path().to_path_buf();
+    let (plan, persisted) = std::thread::spawn(move || {
+        let r = plan.persist();
+        (plan, r)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(entry_start_on_disk(&path), floor, "written by the plan");
+    log.start_plan_persisted(plan, persisted).unwrap();
+    log.move_start(cut).unwrap();
+    assert_eq!(log.log_start_offset(), cut);
+    assert_eq!(
+        log.blocking_syncs(),
+        0,
+        "the move must not fsync on the caller's (the shard's) thread"
+    );
+    // The same move without a plan syncs inline: the counter sees it.
+    let cut = log.segment_bases()[1];
+    log.move_start(cut).unwrap();
+    assert!(log.blocking_syncs() > 0);
+    drop(log);
+    let (log, _) = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.first_entry_index(), log.entry_for_offset(cut).unwrap());
+}
+
+#[test]
+fn a_plan_that_raced_an_inline_write_leaves_file_and_memory_agreeing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = entry_log(dir.path());
+    let cut = log.segment_bases()[2];
+    let plan = log.plan_move_start(cut).unwrap();
+    // Meanwhile (the plan runs off the shard) the log empties itself by
+    // truncation, which writes `entry-start` inline...
+    log.truncate_entries_from(1).unwrap();
+    assert_eq!(entry_start_on_disk(dir.path()), 1);
+    // ... and the plan's rename lands after it.
+    let persisted = plan.persist();
+    log.start_plan_persisted(plan, persisted).unwrap();
+    assert_eq!(
+        entry_start_on_disk(dir.path()),
+        1,
+        "the log's own value is written again"
+    );
+    assert_eq!(log.next_entry_index(), 1);
+}
