@@ -13,6 +13,14 @@ pub const PEERS_MAX: usize = 64;
 /// Most shards per broker: one per core, and no machine we target has more
 /// than 256 cores.
 pub const SHARDS_MAX: usize = 256;
+/// Default client connections per listener (shard): far above what a
+/// shard serves well, yet a cap on sockets and buffers (each connection
+/// holds at most [`INFLIGHT_BYTES_DEFAULT`] of requests).
+pub const CONNECTIONS_DEFAULT: usize = 4096;
+/// Default request bytes one client connection may have in flight: a
+/// pipelining producer's window of 64 × 64 KiB batches with room to spare;
+/// beyond it the broker stops reading that socket until answers go out.
+pub const INFLIGHT_BYTES_DEFAULT: u64 = 64 << 20;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -47,6 +55,11 @@ pub struct FileConfig {
     /// Shared by every broker of a cluster; peers prove they hold it
     /// (HMAC) before any Raft message is read. Required with peers.
     pub cluster_secret: Option<String>,
+    /// Client connections each listener (shard) accepts; the excess is
+    /// answered with an error and closed.
+    pub max_connections: Option<usize>,
+    /// Request bytes one client connection may have in flight.
+    pub max_inflight_bytes: Option<u64>,
 }
 
 /// A complete, validated broker configuration.
@@ -61,6 +74,8 @@ pub struct BrokerConfig {
     pub shards: usize,
     #[serde(skip_serializing)]
     pub cluster_secret: Option<String>,
+    pub max_connections: usize,
+    pub max_inflight_bytes: u64,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT,...`.
@@ -137,6 +152,14 @@ impl BrokerConfig {
             peers,
             shards: overrides.shards.or(file.shards).unwrap_or(cores),
             cluster_secret: overrides.cluster_secret.or(file.cluster_secret),
+            max_connections: overrides
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(CONNECTIONS_DEFAULT),
+            max_inflight_bytes: overrides
+                .max_inflight_bytes
+                .or(file.max_inflight_bytes)
+                .unwrap_or(INFLIGHT_BYTES_DEFAULT),
         };
         config.validate()?;
         Ok(config)
@@ -185,6 +208,20 @@ impl BrokerConfig {
                     .into(),
             );
         }
+        if self.max_connections == 0 {
+            return invalid("max-connections", "must be at least 1".into());
+        }
+        // One request of the largest frame must fit.
+        let frame_max = u64::from(wire::FrameLimits::default().frame_bytes_max);
+        if self.max_inflight_bytes < frame_max {
+            return invalid(
+                "max-inflight-bytes",
+                format!(
+                    "{} is below one maximum frame ({frame_max} bytes)",
+                    self.max_inflight_bytes
+                ),
+            );
+        }
         let ports = [self.listen, self.peer_listen, self.http];
         if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
             return invalid("listen", "listen, peer-listen and http must differ".into());
@@ -207,6 +244,8 @@ mod tests {
             peers: None,
             shards: Some(2),
             cluster_secret: None,
+            max_connections: None,
+            max_inflight_bytes: None,
         }
     }
 

@@ -24,8 +24,8 @@ use storage::shard::{Notify, Partition};
 use storage::{Log, LogConfig};
 use wire::ErrorCode;
 
-use crate::peer::Outbox;
-use crate::producers::{BatchId, ProducerTable};
+use crate::peer::Transport;
+use crate::producers::{BatchId, ProducerSnapshot, ProducerTable};
 use crate::replica::{self, GroupState, LogStore};
 
 /// Raft timing in ticks of [`TICK`]: heartbeats every 100 ms, elections
@@ -108,9 +108,18 @@ pub struct Group {
     /// Ticks left in which a preferred leader campaigns again while no
     /// leader is known (see [`Group::tick`]).
     first_campaigns: Cell<u32>,
-    /// The term the producer table was last rebuilt or recorded in: a term
-    /// change may have replaced entries it points at.
+    /// The term the producer table was last checked in: a term change may
+    /// have dropped proposals it points at.
     producers_term: Cell<u64>,
+    /// Bumped on every change of the producer table; what was saved last.
+    producers_version: Cell<u64>,
+    producers_saved: Cell<(u64, u64)>,
+    /// Entries read back from the log for Raft (sending to followers, the
+    /// controller applying its commands): partitions never read their
+    /// committed entries back.
+    pub entries_read: Rc<Cell<u64>>,
+    /// The shard's hooks, once the driver runs (for reporting a failure).
+    hooks: RefCell<Option<Rc<dyn GroupHooks>>>,
 }
 
 impl Group {
@@ -137,11 +146,13 @@ impl Group {
             eprintln!("recovered {}: {:?}", dir.display(), report.truncations);
         }
         let state = GroupState::load(&dir)?;
-        let producers = rebuild_producers(&log);
+        let producers = load_producers(&dir, &log);
         let part = Partition::new(log);
+        let entries_read = Rc::new(Cell::new(0));
         let start_prev = Rc::new(Cell::new((state.start_prev_index, state.start_prev_term)));
         let store = LogStore {
             part: part.clone(),
+            entries_read: entries_read.clone(),
             membership: Membership::with_voters(replicas.iter().copied()),
             hard_state: raft::HardState {
                 term: state.term,
@@ -150,6 +161,7 @@ impl Group {
                 // learnt again from the leader (a lower commit is safe).
                 commit: state.commit.min(raft::Storage::last_index(&LogStore {
                     part: part.clone(),
+                    entries_read: entries_read.clone(),
                     membership: Membership::default(),
                     hard_state: raft::HardState::default(),
                     start_prev: start_prev.clone(),
@@ -162,6 +174,10 @@ impl Group {
         cfg.heartbeat_interval_ticks = HEARTBEAT_TICKS;
         cfg.seed = crate::topics::fnv1a(id.to_le_bytes().into_iter().chain(me.to_le_bytes()));
         cfg.applied_index = if replay { 0 } else { store.hard_state.commit };
+        // A partition's log is what consumers read: committed entries need
+        // no applying, so they are never read back (the controller applies
+        // its commands and gets them).
+        cfg.deliver_committed_entries = kind == GroupKind::Controller;
         let raft = Raft::new(cfg, store).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let high_watermark = high_watermark(&part.log(), raft.commit_index());
         Ok(Rc::new(Group {
@@ -185,6 +201,10 @@ impl Group {
             save_lock: glommio::sync::Semaphore::new(1),
             first_campaigns: Cell::new(0),
             producers_term: Cell::new(0),
+            producers_version: Cell::new(0),
+            producers_saved: Cell::new((0, 0)),
+            entries_read,
+            hooks: RefCell::new(None),
         }))
     }
 
@@ -243,8 +263,17 @@ impl Group {
     }
 
     pub fn step(&self, m: raft::Message) {
-        if let Err(e) = self.raft.borrow_mut().step(m) {
-            eprintln!("group {}: step: {e}", self.id);
+        if self.stopped.get() {
+            return;
+        }
+        let stepped = self.raft.borrow_mut().step(m);
+        match stepped {
+            Ok(()) => {}
+            // This replica's log contradicts the leader: stop the group (it
+            // must not vote or acknowledge again) and say why; the broker's
+            // other groups keep serving.
+            Err(e @ raft::Error::LogLost { .. }) => self.fail(&format!("{e}")),
+            Err(e) => eprintln!("group {}: step: {e}", self.id),
         }
         self.poke();
     }
@@ -371,6 +400,67 @@ impl Group {
         }
     }
 
+    /// Records a batch in the producer table (the leader does at proposal,
+    /// every replica again when the entry is written).
+    pub fn record_producer(&self, id: BatchId, entry: u64) {
+        self.producers.borrow_mut().record(id, entry);
+        self.producers_version.set(self.producers_version.get() + 1);
+    }
+
+    /// Saves the producer table as of the last entry that is committed and
+    /// durable here ([`ProducerSnapshot`]), off the shard, if it changed
+    /// since the last save. A restart then reads only the entries after it.
+    pub async fn save_producers(&self) -> std::io::Result<()> {
+        let version = self.producers_version.get();
+        let upto = {
+            let raft = self.raft.borrow();
+            raft.commit_index().min(raft.persisted_index())
+        };
+        let (saved_version, saved_upto) = self.producers_saved.get();
+        if version == saved_version || upto <= saved_upto || self.stopped.get() {
+            return Ok(());
+        }
+        let Ok(term) = self.part.log().entry_term(upto) else {
+            return Ok(()); // not in this log (yet, or any more)
+        };
+        let mut table = self.producers.borrow().clone();
+        table.truncate_from(upto + 1);
+        let snapshot = ProducerSnapshot {
+            entry: upto,
+            term,
+            table,
+        };
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || snapshot.save(&dir))
+            .await?;
+        self.producers_saved.set((version, upto));
+        Ok(())
+    }
+
+    /// Stops the group after a failure that leaves its state unusable here
+    /// (a failed fsync, a log that contradicts the leader): waiters and
+    /// later requests get the reason, and the shard stops advertising this
+    /// replica as leader.
+    fn fail(&self, why: &str) {
+        if self.failed.borrow().is_some() {
+            return;
+        }
+        eprintln!("group {} ({}): stopped: {why}", self.id, self.dir.display());
+        *self.failed.borrow_mut() = Some(why.to_owned());
+        self.fail_waiters(ErrorCode::StorageError, why);
+        self.stop();
+        if let Some(hooks) = self.hooks.borrow().as_ref() {
+            hooks.leader_changed(LeaderChange {
+                group: self.id,
+                kind: self.kind.clone(),
+                leader: None,
+                term: self.term(),
+                role: Role::Follower,
+            });
+        }
+    }
+
     fn fail_waiters(&self, code: ErrorCode, why: &str) {
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         for w in waiters.into_values().flatten() {
@@ -388,7 +478,17 @@ impl Group {
     }
 
     /// The driver task: runs until [`Group::stop`] or a persistence failure.
-    pub async fn run(self: Rc<Self>, outbox: Rc<Outbox>, hooks: Rc<dyn GroupHooks>) {
+    /// The hooks are in place from the call on (before the task first runs).
+    pub fn run(
+        self: Rc<Self>,
+        outbox: Rc<dyn Transport>,
+        hooks: Rc<dyn GroupHooks>,
+    ) -> impl std::future::Future<Output = ()> {
+        *self.hooks.borrow_mut() = Some(hooks.clone());
+        self.drive(outbox, hooks)
+    }
+
+    async fn drive(self: Rc<Self>, outbox: Rc<dyn Transport>, hooks: Rc<dyn GroupHooks>) {
         loop {
             if self.stopped.get() {
                 return;
@@ -399,29 +499,29 @@ impl Group {
                 continue;
             }
             while !self.stopped.get() && self.raft.borrow().has_ready() {
-                if let Err(e) = self.process_ready(&outbox, &*hooks).await {
-                    let why = format!("{e:#}");
-                    eprintln!("group {} ({}): stopped: {why}", self.id, self.dir.display());
-                    self.fail_waiters(ErrorCode::StorageError, &why);
-                    *self.failed.borrow_mut() = Some(why);
-                    self.stopped.set(true);
-                    self.committed.notify_all();
-                    self.persisted.notify_all();
+                if let Err(e) = self.process_ready(&*outbox, &*hooks).await {
+                    self.fail(&format!("{e:#}"));
                     return;
                 }
+                // A Ready with nothing to persist never awaits: let the
+                // shard's other groups and connections run between them.
+                glommio::yield_if_needed().await;
             }
         }
     }
 
-    async fn process_ready(&self, outbox: &Outbox, hooks: &dyn GroupHooks) -> Result<()> {
+    async fn process_ready(&self, outbox: &dyn Transport, hooks: &dyn GroupHooks) -> Result<()> {
         let rd = self.raft.borrow_mut().ready()?;
-        // A term change may have replaced entries the producer table points
-        // at (this node's own proposals that never reached its log, once a
-        // new leader's entries took their indexes): rebuild it from the log.
+        // A term change may have dropped this node's own proposals that
+        // never reached its log (a new leader's entries take their indexes):
+        // forget what the producer table recorded past the log's end. The
+        // entries of this Ready are recorded again as they are written.
         // Synchronous with the Ready, so no proposal slips in between.
         let term = self.term();
         if term != self.producers_term.get() {
-            *self.producers.borrow_mut() = rebuild_producers(&self.part.log());
+            let next = self.part.log().next_entry_index();
+            self.producers.borrow_mut().truncate_from(next);
+            self.producers_version.set(self.producers_version.get() + 1);
             self.producers_term.set(term);
         }
         if rd.snapshot.is_some() || !rd.snapshot_chunks.is_empty() {
@@ -429,6 +529,10 @@ impl Group {
         }
         if let Some(ss) = rd.soft_state {
             if ss.role != Role::Leader {
+                // Entries committed before the step-down are answered as
+                // committed; only the rest are told to retry.
+                let held = self.commit_index().min(self.part.log().last_entry_index());
+                self.answer_waiters(held);
                 self.fail_waiters(
                     ErrorCode::NotLeader,
                     "leadership changed before the batch committed; retry",
@@ -504,16 +608,16 @@ impl Group {
         if truncated {
             log.truncate_entries_from(first)?;
         }
-        let mut producers = self.producers.borrow_mut();
         if truncated {
-            *producers = rebuild_producers(&log);
+            self.producers.borrow_mut().truncate_from(first);
+            self.producers_version.set(self.producers_version.get() + 1);
         }
         for e in entries {
             let batch = replica::entry_batch(&e.payload);
             log.append_entry(&batch, e.term, e.index)?;
             if let EntryPayload::Data(bytes) = &e.payload {
                 if let Some(id) = batch_id(bytes) {
-                    producers.record(id, e.index);
+                    self.record_producer(id, e.index);
                 }
             }
         }
@@ -531,9 +635,15 @@ impl Group {
             self.high_watermark.set(hw);
             self.committed.notify_all();
         }
+        self.answer_waiters(commit);
+    }
+
+    /// Answers the produce requests waiting for entries up to `upto`
+    /// (committed, and in this log) with their offsets.
+    fn answer_waiters(&self, upto: u64) {
         let done: Vec<(u64, Vec<Waiter>)> = {
             let mut waiters = self.waiters.borrow_mut();
-            let rest = waiters.split_off(&(commit + 1));
+            let rest = waiters.split_off(&(upto + 1));
             std::mem::replace(&mut *waiters, rest).into_iter().collect()
         };
         for (index, ws) in done {
@@ -605,32 +715,58 @@ pub fn batch_id(bytes: &[u8]) -> Option<BatchId> {
     })
 }
 
-/// Rebuilds idempotent-producer state from the active segment's batches:
-/// retries target recent batches, and the active segment holds them. (A
-/// producer whose last batch is in an older segment is accepted as new.)
-pub fn rebuild_producers(log: &Log) -> ProducerTable {
-    let mut table = ProducerTable::default();
-    let end = log.next_offset();
-    let mut at = log
-        .segment_bases()
-        .last()
-        .copied()
-        .unwrap_or(end)
-        .max(log.log_start_offset());
-    // Bounded: each read advances `at` (whole batches) or ends the loop.
-    while at < end {
-        let Ok(out) = log.read(at, 4 << 20, end) else {
+/// Entries scanned to rebuild the producer table when no saved table can be
+/// used (none saved yet, or it contradicts the log): the last 64 MiB of the
+/// log, which holds every batch a producer can still be retrying unless the
+/// broker wrote more than that since the last save (every 5 s).
+const PRODUCER_SCAN_BYTES_MAX: u64 = 64 << 20;
+
+/// The idempotent-producer table at open: the saved table (as of a
+/// committed entry) plus the entries written after it; without a usable
+/// saved table, a scan of the log's tail.
+fn load_producers(dir: &std::path::Path, log: &Log) -> ProducerTable {
+    let first = log.first_entry_index();
+    let next = log.next_entry_index();
+    let saved = match ProducerSnapshot::load(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: producer state not used: {e}", dir.display());
+            None
+        }
+    };
+    // Usable if its entry is still this log's (same term), or already
+    // removed by retention (a committed prefix never changes).
+    let usable = saved.filter(|s| {
+        s.entry < next && (s.entry < first || log.entry_term(s.entry).ok() == Some(s.term))
+    });
+    let (mut table, from) = match usable {
+        Some(s) => (s.table, (s.entry + 1).max(first)),
+        None => {
+            let tail = log.next_offset().saturating_sub(PRODUCER_SCAN_BYTES_MAX);
+            let from = log.entry_for_offset(tail.max(log.log_start_offset()));
+            (ProducerTable::default(), from.unwrap_or(first).max(first))
+        }
+    };
+    scan_producers(log, &mut table, from, next);
+    table
+}
+
+/// Records the producer batches of entries `[from, to)` in `table`.
+fn scan_producers(log: &Log, table: &mut ProducerTable, from: u64, to: u64) {
+    let mut at = from;
+    // Bounded: each read returns at least one entry or ends the loop.
+    while at < to {
+        let Ok(batches) = log.read_entries(at, to, 4 << 20) else {
             break;
         };
-        if out.bytes.is_empty() || out.next_offset <= at {
+        if batches.is_empty() {
             break;
         }
-        for batch in wire::batches(out.bytes).flatten() {
-            if let Some(id) = batch_id(batch.as_bytes()) {
-                table.record(id, batch.entry_index());
+        for b in &batches {
+            if let Some(id) = batch_id(b) {
+                table.record(id, at);
             }
+            at += 1;
         }
-        at = out.next_offset;
     }
-    table
 }

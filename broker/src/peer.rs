@@ -55,15 +55,60 @@ const WRITE_GATHER_BYTES: usize = 1 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Peer connections that may be in their handshake at once per listener:
+/// a real peer needs two (its lanes) and reconnects rarely; anything past
+/// this is closed unread, so unauthenticated callers cannot hold more than
+/// 64 × a hello-sized buffer.
+const HANDSHAKES_MAX: usize = 64;
 
 /// Who this shard is, for the handshake.
 pub struct Identity {
+    /// Sent in clear in the first hello, so it is derived from public
+    /// facts only (the voter ids): it catches a peer from another cluster
+    /// early, while the secret is proved only by the HMAC exchange. (A
+    /// value derived from the secret would let anyone a broker connects to
+    /// test guesses of the secret offline.)
     pub cluster_id: u64,
     pub node_id: NodeId,
     pub shard: u32,
     pub secret: Vec<u8>,
     /// This broker's client address (shard 0), told to peers.
     pub endpoint: String,
+}
+
+impl Identity {
+    pub fn new(
+        node_id: NodeId,
+        shard: u32,
+        secret: Vec<u8>,
+        endpoint: String,
+        voters: &[NodeId],
+    ) -> Identity {
+        let mut ids = voters.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let cluster_id = crate::topics::fnv1a(ids.iter().flat_map(|id| id.to_le_bytes()));
+        Identity {
+            cluster_id,
+            node_id,
+            shard,
+            secret,
+            endpoint,
+        }
+    }
+
+    /// The hello a caller sends: unauthenticated with an empty tag, then
+    /// with its proof.
+    fn hello(&self, nonce: u64, auth_tag: Vec<u8>) -> PeerHello {
+        PeerHello {
+            cluster_id: self.cluster_id,
+            node_id: self.node_id,
+            shard: self.shard,
+            nonce,
+            auth_tag,
+            endpoint: self.endpoint.clone(),
+        }
+    }
 }
 
 /// HMAC-SHA256 over `parts`, each prefixed by its length (so the split
@@ -106,6 +151,18 @@ pub struct Outbox {
     me: NodeId,
     links: BTreeMap<NodeId, Link>,
     pub counters: Rc<PeerCounters>,
+}
+
+/// Where a group driver sends its Raft messages: the [`Outbox`], or a test
+/// double that records (and checks) what leaves.
+pub trait Transport {
+    fn send(&self, msgs: Vec<raft::Message>);
+}
+
+impl Transport for Outbox {
+    fn send(&self, msgs: Vec<raft::Message>) {
+        Outbox::send(self, msgs);
+    }
 }
 
 impl Outbox {
@@ -180,8 +237,7 @@ impl Outbox {
         }
         for m in msgs {
             let to = m.to;
-            let bulk =
-                matches!(&m.body, MessageBody::Append { entries, .. } if !entries.is_empty());
+            let bulk = on_bulk_lane(&m.body);
             match to_wire(m) {
                 Some(w) => self.push(to, bulk, w),
                 None => bump(&self.counters.frames_dropped),
@@ -206,6 +262,16 @@ impl Outbox {
             bump(&self.counters.frames_dropped);
         }
     }
+}
+
+/// Whether a message goes on the bulk lane. Every append does, with
+/// entries or without: an empty append (a probe, a commit update) sent on
+/// the control lane would overtake the appends queued on the bulk lane,
+/// and the follower would reject the entries that arrive after it (their
+/// predecessor still in flight), dropping the leader back to probing.
+/// Heartbeats and every response stay on the control lane.
+fn on_bulk_lane(body: &MessageBody) -> bool {
+    matches!(body, MessageBody::Append { .. })
 }
 
 fn bump(c: &Cell<u64>) {
@@ -334,15 +400,7 @@ async fn connect(identity: &Identity, peer: NodeId, addr: SocketAddr) -> anyhow:
     }
     deadline(HANDSHAKE_TIMEOUT, async {
         let nonce: u64 = rand::random();
-        let hello = |auth_tag: Vec<u8>| PeerHello {
-            cluster_id: identity.cluster_id,
-            node_id: identity.node_id,
-            shard: identity.shard,
-            nonce,
-            auth_tag,
-            endpoint: identity.endpoint.clone(),
-        };
-        write_msg(&mut stream, hello(Vec::new()).into()).await?;
+        write_msg(&mut stream, identity.hello(nonce, Vec::new()).into()).await?;
         let mut decoder = FrameDecoder::new(FrameLimits::new(HELLO_FRAME_BYTES_MAX)?);
         let mut chunk = vec![0u8; 4096];
         let frame = read_frame(&mut stream, &mut decoder, &mut chunk).await?;
@@ -373,7 +431,7 @@ async fn connect(identity: &Identity, peer: NodeId, addr: SocketAddr) -> anyhow:
                 identity.endpoint.as_bytes(),
             ],
         );
-        write_msg(&mut stream, hello(ours).into()).await?;
+        write_msg(&mut stream, identity.hello(nonce, ours).into()).await?;
         Ok(())
     })
     .await?;
@@ -396,15 +454,23 @@ pub async fn listen<I: Inbound + 'static>(
     inbound: Rc<I>,
     counters: Rc<PeerCounters>,
 ) {
+    let handshakes = Rc::new(Cell::new(0usize));
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                if handshakes.get() >= HANDSHAKES_MAX {
+                    bump(&counters.rejected_connections);
+                    drop(stream);
+                    continue;
+                }
+                handshakes.set(handshakes.get() + 1);
                 glommio::spawn_local(serve_peer(
                     stream,
                     identity.clone(),
                     peers.clone(),
                     inbound.clone(),
                     counters.clone(),
+                    handshakes.clone(),
                 ))
                 .detach();
             }
@@ -422,6 +488,7 @@ async fn serve_peer<I: Inbound>(
     peers: Rc<BTreeMap<NodeId, SocketAddr>>,
     inbound: Rc<I>,
     counters: Rc<PeerCounters>,
+    handshakes: Rc<Cell<usize>>,
 ) {
     let who = stream
         .peer_addr()
@@ -432,7 +499,8 @@ async fn serve_peer<I: Inbound>(
         Ok(l) => FrameDecoder::new(l),
         Err(_) => return,
     };
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    // Small until the peer proved itself.
+    let mut chunk = vec![0u8; HELLO_FRAME_BYTES_MAX as usize];
     let handshake = deadline(HANDSHAKE_TIMEOUT, async {
         let frame = read_frame(&mut stream, &mut decoder, &mut chunk).await?;
         let Message::PeerHello(h) = frame.message()? else {
@@ -494,6 +562,7 @@ async fn serve_peer<I: Inbound>(
         Ok::<(u64, String), anyhow::Error>((proof.node_id, proof.endpoint.clone()))
     })
     .await;
+    handshakes.set(handshakes.get() - 1);
     let (node, endpoint) = match handshake {
         Ok(x) => x,
         Err(e) => {
@@ -506,6 +575,7 @@ async fn serve_peer<I: Inbound>(
         }
     };
     inbound.peer_up(node, &endpoint);
+    chunk.resize(READ_CHUNK_BYTES, 0);
     let limits = FrameLimits::new(PEER_FRAME_BYTES_MAX).unwrap_or_default();
     decoder.set_limits(limits);
     loop {
@@ -701,7 +771,10 @@ pub fn from_wire(msg: Message, from: NodeId, to: NodeId) -> Result<Vec<raft::Mes
         }
         Message::AppendEntriesRequest(a) => {
             claims(a.leader)?;
-            let mut entries = Vec::with_capacity(a.entry_count as usize);
+            // The count is the sender's claim: bound it by the bytes present
+            // (each entry is at least one batch header) before allocating.
+            let entries_max = a.entries.len() / wire::BATCH_HEADER_BYTES;
+            let mut entries = Vec::with_capacity((a.entry_count as usize).min(entries_max));
             for (k, batch) in wire::batches(&a.entries).enumerate() {
                 let batch = batch.map_err(|e| format!("append entry {k}: {e}"))?;
                 let index = a.prev_log_index + 1 + k as u64;
@@ -879,6 +952,65 @@ mod tests {
         .unwrap();
         let err = from_wire(w, 1, 2).unwrap_err();
         assert!(err.contains("as node 3"), "{err}");
+    }
+
+    #[test]
+    fn nothing_derived_from_the_secret_leaves_before_authentication() {
+        let identity = |secret: &[u8]| {
+            Identity::new(2, 1, secret.to_vec(), "127.0.0.1:9092".into(), &[1, 2, 3])
+        };
+        let (a, b) = (identity(b"first secret"), identity(b"second secret"));
+        let hello = |i: &Identity| {
+            Message::from(i.hello(42, Vec::new()))
+                .encode(0, FrameLimits::default())
+                .unwrap()
+        };
+        assert_eq!(
+            hello(&a)[..],
+            hello(&b)[..],
+            "the unauthenticated hello must not depend on the secret"
+        );
+        assert_eq!(a.cluster_id, identity(b"x").cluster_id);
+        let other_cluster = Identity::new(2, 1, b"s".to_vec(), String::new(), &[1, 2, 4]);
+        assert_ne!(a.cluster_id, other_cluster.cluster_id);
+    }
+
+    #[test]
+    fn an_entry_count_beyond_the_bytes_sent_is_refused_without_allocating_it() {
+        let m = AppendEntriesRequest {
+            group: 1,
+            term: 1,
+            leader: 1,
+            prev_log_index: 0,
+            prev_log_term: 0,
+            leader_commit: 0,
+            entry_count: u32::MAX,
+            entries: Vec::new(),
+        };
+        let err = from_wire(m.into(), 1, 2).unwrap_err();
+        assert!(err.contains("entries"), "{err}");
+    }
+
+    #[test]
+    fn appends_with_and_without_entries_share_one_lane() {
+        let append = |entries: Vec<Entry>| MessageBody::Append {
+            prev_index: 10,
+            prev_term: 1,
+            entries,
+            commit: 10,
+        };
+        let entry = Entry {
+            index: 11,
+            term: 1,
+            payload: raft::EntryPayload::Empty,
+        };
+        assert_eq!(
+            on_bulk_lane(&append(Vec::new())),
+            on_bulk_lane(&append(vec![entry])),
+            "an empty append must not overtake appends that carry entries"
+        );
+        assert!(!on_bulk_lane(&MessageBody::Heartbeat { commit: 1 }));
+        assert!(!on_bulk_lane(&MessageBody::VoteResponse { reject: false }));
     }
 
     #[test]

@@ -194,20 +194,29 @@ impl GroupState {
 
     /// Replaces `dir/raft.state` atomically and durably.
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp: PathBuf = dir.join(format!("{STATE_FILE}.tmp"));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&self.encode())?;
-            f.sync_data()?;
-        }
-        std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-        std::fs::File::open(dir)?.sync_all()
+        replace_file(dir, STATE_FILE, &self.encode())
     }
+}
+
+/// Replaces `dir/name` by `bytes` atomically and durably: write a temporary
+/// file, fsync it, rename it over the old one, fsync the directory.
+/// Blocking: call it off the shard.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp: PathBuf = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// `raft::Storage` over a partition log.
 pub struct LogStore {
     pub part: Rc<Partition>,
+    /// Counts the entries read back from the log.
+    pub entries_read: Rc<Cell<u64>>,
     /// The membership the group was created with (membership changes of
     /// partition groups are not driven yet, so it is also the current one).
     pub membership: Membership,
@@ -274,6 +283,8 @@ impl raft::Storage for LogStore {
         let batches = log
             .read_entries(lo, hi, max_bytes as usize)
             .map_err(storage_err)?;
+        self.entries_read
+            .set(self.entries_read.get() + batches.len() as u64);
         batches
             .into_iter()
             .enumerate()

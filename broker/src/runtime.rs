@@ -23,7 +23,7 @@ use anyhow::{bail, Context as _, Result};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
-use glommio::sync::Semaphore;
+use glommio::sync::{Semaphore, StaticPermit};
 use glommio::{LocalExecutorBuilder, Placement};
 use raft::{Entry, EntryPayload, Role};
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,14 @@ use crate::topics::{self, shard_for, TopicRecord, PARTITIONS_PER_TOPIC_MAX, TOPI
 /// producer's window full (1024 × 64 KiB = 64 MiB worst case per connection
 /// is bounded further by the frame limit and by the client's own window).
 const CONNECTION_INFLIGHT_MAX: u64 = 1024;
+/// Connections being refused at once (each answered with an error within
+/// [`REFUSE_TIMEOUT`]); past this an excess connection is closed unanswered.
+const REFUSING_MAX: usize = 64;
+/// How long a refused connection gets to send its first request header,
+/// whose correlation id the refusal answers.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A client that takes no bytes of its answers for this long is closed.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Responses queued for one connection's writer.
 const CONNECTION_OUTBOX_MAX: usize = 1024;
 /// Cross-shard control messages queued per shard.
@@ -68,6 +76,11 @@ const ADMIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
 const PEER_ALIVE_WINDOW: Duration = Duration::from_secs(3);
 /// The controller's Raft group.
 pub const CONTROLLER_GROUP: u64 = 0;
+/// The controller log's segment size, which bounds one command: the
+/// largest, a topic of 1,024 partitions with its replica lists, is about
+/// 10 KB at RF=3 and 200 KB at RF=64 (1 MiB keeps a wide margin; the
+/// controller log holds topic changes only, so the preallocation is cheap).
+const CONTROLLER_SEGMENT_BYTES: u32 = 1 << 20;
 /// How long a stopping broker waits for its groups' leadership to move.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How soon the Raft task queue wants the CPU back when it has work.
@@ -172,11 +185,15 @@ struct Shard {
     stopping: Notify,
     /// To the telemetry thread (never blocks: `try_send`).
     samples: flume::Sender<ShardSample>,
-    /// To the janitor thread: retired segment files to unlink off the shard.
-    janitor: flume::Sender<Retired>,
+    /// To the janitor thread: files and directories to remove off the shard.
+    janitor: flume::Sender<Chore>,
     counters: ShardCounters,
     /// Last time this shard marked each peer as seen in the view.
     seen_marks: RefCell<HashMap<u64, Instant>>,
+    /// Client connections open on this shard's listener, and those being
+    /// refused (over `max_connections`).
+    connections: Rc<Cell<usize>>,
+    refusing: Rc<Cell<usize>>,
 }
 
 /// Everything a broker needs to know about its peers, from its config.
@@ -213,6 +230,14 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     let samples = telemetry::start(config.id, config.http)
         .with_context(|| format!("HTTP port {}", config.http))?;
     let janitor = start_janitor().context("starting the janitor thread")?;
+    // Partition directories of deleted topics that a stop interrupted.
+    if let Ok(dir) = std::fs::read_dir(config.data_dir.join("partitions")) {
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().ends_with(DELETED_SUFFIX) {
+                let _ = janitor.send(Chore::RemoveDir(e.path()));
+            }
+        }
+    }
     let view = Arc::new(RwLock::new(ClusterView::default()));
     view.write()
         .map_err(|_| anyhow::anyhow!("cluster view poisoned"))?
@@ -227,7 +252,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         .clone()
         .unwrap_or_default()
         .into_bytes();
-    let cluster_id = topics::fnv1a(secret.iter().copied());
+    let voters = broker_ids(&config);
     let mut handles = Vec::with_capacity(shards);
     for (id, inbox) in receivers.into_iter().enumerate() {
         let config = config.clone();
@@ -237,17 +262,18 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         let ready = ready_tx.clone();
         let view = view.clone();
         let secret = secret.clone();
+        let voters = voters.clone();
         let builder =
             LocalExecutorBuilder::new(Placement::Fixed(id % cpus)).name(&format!("shard-{id}"));
         let handle = builder
             .spawn(move || async move {
-                let identity = Rc::new(peer::Identity {
-                    cluster_id,
-                    node_id: config.id,
-                    shard: id as u32,
+                let identity = Rc::new(peer::Identity::new(
+                    config.id,
+                    id as u32,
                     secret,
-                    endpoint: config.listen.to_string(),
-                });
+                    config.listen.to_string(),
+                    &voters,
+                ));
                 // Raft's own work (ticks, group drivers, peer links) runs in
                 // a task queue of its own that asks for low latency, so a
                 // flood of client requests cannot starve heartbeats.
@@ -278,6 +304,8 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     janitor,
                     counters: ShardCounters::default(),
                     seen_marks: RefCell::new(HashMap::new()),
+                    connections: Rc::new(Cell::new(0)),
+                    refusing: Rc::new(Cell::new(0)),
                 });
                 if let Err(e) = shard.clone().serve(identity, inbox, ready.clone()).await {
                     let _ = ready.send(Err(format!("shard {id}: {e:#}")));
@@ -633,6 +661,18 @@ impl Shard {
             match accepted {
                 None => break,
                 Some(Ok(stream)) => {
+                    if self.connections.get() >= self.config.max_connections {
+                        bump(&self.counters.errors, 1);
+                        if self.refusing.get() < REFUSING_MAX {
+                            let why = format!(
+                                "broker {} shard {} serves at most {} client connections; retry later or elsewhere",
+                                self.config.id, self.id, self.config.max_connections
+                            );
+                            glommio::spawn_local(refuse(stream, why, self.refusing.clone()))
+                                .detach();
+                        }
+                        continue;
+                    }
                     glommio::spawn_local(self.clone().connection(stream)).detach();
                 }
                 Some(Err(e)) => {
@@ -651,6 +691,9 @@ impl Shard {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
         for g in groups {
+            if let Err(e) = g.save_producers().await {
+                eprintln!("shard {}: saving the producer state: {e}", self.id);
+            }
             let end = g.part.log().next_offset();
             if let Err(e) = g.part.wait_durable(end).await {
                 eprintln!("shard {}: final sync failed: {e}", self.id);
@@ -666,7 +709,7 @@ impl Shard {
         let voters = broker_ids(&self.config);
         let dir = self.config.data_dir.join("controller");
         let config = LogConfig {
-            segment_bytes_max: storage::SEGMENT_BYTES_MIN,
+            segment_bytes_max: CONTROLLER_SEGMENT_BYTES,
             ..LogConfig::default()
         };
         let controller = Group::open(
@@ -731,11 +774,20 @@ impl Shard {
         }
     }
 
+    /// Handles one cross-shard message. Only quick, ordered work runs in
+    /// the shard's control loop; an admin request waits for the controller
+    /// and for every shard to apply the change — including this shard's own
+    /// `ApplyTopic`, which this loop must stay free to handle — so it runs
+    /// as a task of its own.
     async fn control(self: Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Admin { request, reply } => {
-                let resp = self.admin(request).await;
-                let _ = reply.send_async(resp).await;
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let resp = shard.admin(request).await;
+                    let _ = reply.send_async(resp).await;
+                })
+                .detach();
             }
             ShardMsg::ApplyTopic { name, record, done } => {
                 let r = self
@@ -825,6 +877,10 @@ impl Shard {
         }
     }
 
+    /// Closes a deleted topic's replicas on this shard. Their directories
+    /// are renamed to `*.deleted` (one metadata update, so a restart never
+    /// mistakes them for live data) and removed by the janitor thread: a
+    /// large partition takes long to unlink, never on the shard.
     fn remove_replicas(&self, record: &TopicRecord) -> Result<()> {
         for p in 0..record.partitions {
             let removed = self
@@ -834,8 +890,14 @@ impl Shard {
             if let Some(g) = removed {
                 self.groups.borrow_mut().remove(&g.id);
                 g.stop();
-                std::fs::remove_dir_all(&g.dir)
+                let mut gone = g.dir.clone().into_os_string();
+                gone.push(DELETED_SUFFIX);
+                let gone = std::path::PathBuf::from(gone);
+                std::fs::rename(&g.dir, &gone)
                     .with_context(|| format!("removing {}", g.dir.display()))?;
+                if let Err(e) = self.janitor.try_send(Chore::RemoveDir(gone)) {
+                    e.into_inner().run();
+                }
             }
         }
         Ok(())
@@ -887,6 +949,7 @@ impl Shard {
     /// Proposes a controller command and waits until every shard of this
     /// broker applied it.
     async fn propose_command(&self, command: &Command, timeout: Duration) -> Result<u64, Message> {
+        let deadline = Instant::now() + timeout;
         let Some(controller) = self.controller() else {
             return Err(error(
                 ErrorCode::NotController,
@@ -895,16 +958,25 @@ impl Shard {
         };
         let body = serde_json::to_vec(command)
             .map_err(|e| error(ErrorCode::InvalidRequest, e.to_string()))?;
-        let (index, term) =
-            controller
-                .propose(replica::command_batch(&body))
-                .map_err(|(code, why)| {
-                    if code == ErrorCode::NotLeader {
-                        self.not_controller(controller.leader())
-                    } else {
-                        error(code, why)
-                    }
-                })?;
+        let batch = replica::command_batch(&body);
+        // Refused here, never in the log: a command the controller log
+        // cannot hold would stop the controller on every broker.
+        if batch.len() > CONTROLLER_SEGMENT_BYTES as usize {
+            return Err(error(
+                ErrorCode::RequestTooLarge,
+                format!(
+                    "the command is {} bytes, more than the controller log's {CONTROLLER_SEGMENT_BYTES}-byte segments",
+                    batch.len()
+                ),
+            ));
+        }
+        let (index, term) = controller.propose(batch).map_err(|(code, why)| {
+            if code == ErrorCode::NotLeader {
+                self.not_controller(controller.leader())
+            } else {
+                error(code, why)
+            }
+        })?;
         let waited = glommio::timer::timeout(timeout, async {
             Ok(controller.wait_committed(index, Some(term)).await)
         })
@@ -920,7 +992,21 @@ impl Shard {
             }
         }
         while self.applied.get() < index {
-            self.applied_notify.wait().await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let woke = glommio::timer::timeout(left, async {
+                self.applied_notify.wait().await;
+                Ok(())
+            })
+            .await;
+            if woke.is_err() {
+                return Err(error(
+                    ErrorCode::Timeout,
+                    format!(
+                        "committed by the controller (entry {index}), but not yet applied on every shard of broker {}",
+                        self.config.id
+                    ),
+                ));
+            }
         }
         if let Some(e) = self.apply_errors.borrow_mut().remove(&index) {
             let code = if e.contains("disk full") || e.contains("No space") {
@@ -1077,8 +1163,9 @@ impl Shard {
         }
     }
 
-    /// Deletes whole sealed segments past each topic's retention (bytes,
-    /// age), never beyond the committed prefix. The entry before the new
+    /// Saves each partition's producer table, then deletes whole sealed
+    /// segments past each topic's retention (bytes, age), never beyond the
+    /// committed prefix. The entry before the new
     /// log start and its term are saved first, so Raft can still match a
     /// follower's log at the start point.
     /// Compaction of compacted topics is not scheduled yet: it rewrites
@@ -1086,6 +1173,17 @@ impl Shard {
     async fn apply_retention(&self) {
         let owned: Vec<Rc<Group>> = self.partitions.borrow().values().cloned().collect();
         for g in owned {
+            // The producer table is saved first (when it changed), so a
+            // restart reads only the entries since, and none that retention
+            // removes is ever needed to rebuild it.
+            if let Err(e) = g.save_producers().await {
+                eprintln!(
+                    "shard {}: saving the producer state of {}: {e}",
+                    self.id,
+                    g.dir.display()
+                );
+                continue;
+            }
             let bound = g.high_watermark.get();
             // Where retention would cut, and the entry just before the cut
             // with its term: saved before anything is removed.
@@ -1107,8 +1205,22 @@ impl Shard {
                 );
                 continue;
             }
+            // `entry-start` (two fsyncs) is written off the shard.
+            let plan = g.part.log().plan_move_start(cut);
+            if let Some(plan) = plan {
+                let (plan, persisted) = glommio::executor()
+                    .spawn_blocking(move || {
+                        let r = plan.persist();
+                        (plan, r)
+                    })
+                    .await;
+                if let Err(e) = g.part.log_mut().start_plan_persisted(plan, persisted) {
+                    eprintln!("shard {}: retention on {}: {e}", self.id, g.dir.display());
+                    continue;
+                }
+            }
             let mut log = g.part.log_mut();
-            match log.apply_retention(cut) {
+            match log.move_start(cut) {
                 Ok(removed) if removed.segments > 0 => {
                     bump(&self.counters.segments_deleted, removed.segments as u64);
                 }
@@ -1123,8 +1235,8 @@ impl Shard {
             // Unlinking a large segment can take tens of milliseconds: the
             // janitor thread does it (inline only if its queue is full).
             if !retired.is_empty() {
-                if let Err(e) = self.janitor.try_send(retired) {
-                    report_failed(e.into_inner().dispose());
+                if let Err(e) = self.janitor.try_send(Chore::Retired(retired)) {
+                    e.into_inner().run();
                 }
             }
         }
@@ -1257,7 +1369,12 @@ impl Shard {
     fn leader_group(&self, topic: &str, partition: u32) -> Result<Rc<Group>, Box<Message>> {
         let g = self.group(topic, partition)?;
         if let Some(e) = g.failed.borrow().as_ref() {
-            return Err(Box::new(error(ErrorCode::StorageError, e.clone())));
+            // Retriable and without a hint: clients ask another broker
+            // where the partition's leader is now.
+            return Err(Box::new(error(
+                ErrorCode::LeaderNotAvailable,
+                format!("{topic}-{partition}: this replica stopped ({e}); ask another broker"),
+            )));
         }
         if g.role() != Role::Leader {
             return Err(Box::new(self.not_leader(topic, partition, g.leader())));
@@ -1266,22 +1383,37 @@ impl Shard {
     }
 
     async fn connection(self: Rc<Self>, stream: TcpStream) {
+        let _open = Counted::new(&self.connections);
         let peer = stream
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = futures_lite::io::split(stream);
-        let (out_tx, out_rx) = local_channel::new_bounded::<FrameBuf>(CONNECTION_OUTBOX_MAX);
+        // Each queued response carries the permit for its bytes, released
+        // once written.
+        let (out_tx, out_rx) =
+            local_channel::new_bounded::<(FrameBuf, StaticPermit)>(CONNECTION_OUTBOX_MAX);
         let writer_task = glommio::spawn_local(async move {
-            while let Some(frame) = out_rx.recv().await {
-                if writer.write_all(&frame).await.is_err() {
-                    break;
+            while let Some((frame, _bytes)) = out_rx.recv().await {
+                let wrote = glommio::timer::timeout(CLIENT_WRITE_TIMEOUT, async {
+                    writer.write_all(&frame).await.map_err(Into::into)
+                })
+                .await;
+                if wrote.is_err() {
+                    break; // gone, or not reading its answers: close
                 }
             }
         });
         let out_tx = Rc::new(out_tx);
         let inflight = Rc::new(Semaphore::new(CONNECTION_INFLIGHT_MAX));
+        // Bytes in flight: each request takes its own size plus the most its
+        // answer may need ([`answer_bytes_max`]) before it is handled, and
+        // gives them back once the answer is written. A client that sends
+        // faster than it reads its answers stops being read once the budget
+        // is taken (backpressure), so one connection holds about this much,
+        // not 1024 × the frame limit.
+        let inflight_bytes = Rc::new(Semaphore::new(self.config.max_inflight_bytes));
         let limits = FrameLimits::default();
         let mut decoder = FrameDecoder::new(limits);
         let mut chunk = vec![0u8; READ_CHUNK_BYTES];
@@ -1302,6 +1434,14 @@ impl Shard {
                     }
                 };
                 let Ok(permit) = inflight.clone().acquire_static_permit(1).await else {
+                    break 'read;
+                };
+                // The request and room for its answer, held until the
+                // answer is written.
+                let reserve = (u64::from(frame.header.frame_bytes) + answer_bytes_max(&frame))
+                    .min(self.config.max_inflight_bytes);
+                let Ok(bytes_permit) = inflight_bytes.clone().acquire_static_permit(reserve).await
+                else {
                     break 'read;
                 };
                 let shard = self.clone();
@@ -1325,7 +1465,8 @@ impl Shard {
                             .encode(corr, limits)
                             .expect("a short error response always encodes")
                     });
-                    let _ = out.send(bytes).await;
+                    drop((frame, response));
+                    let _ = out.send((bytes, bytes_permit)).await;
                     drop(permit);
                 })
                 .detach();
@@ -1524,7 +1665,7 @@ impl Shard {
             Verdict::Duplicate { entry } => (self.wait(&g, entry, None, acks, timeout), true),
             Verdict::Append => match g.propose(batch.to_vec()) {
                 Ok((index, term)) => {
-                    g.producers.borrow_mut().record(id, index);
+                    g.record_producer(id, index);
                     (self.wait(&g, index, Some(term), acks, timeout), false)
                 }
                 Err((code, why)) => return error(code, why),
@@ -1710,6 +1851,68 @@ impl Shard {
     }
 }
 
+/// Room for a request's answer: a fetch's answer holds up to the bytes it
+/// asked for; other answers are small (errors, acknowledgements, metadata
+/// of a few hundred topics), [`ANSWER_BYTES_SMALL`].
+fn answer_bytes_max(frame: &Frame) -> u64 {
+    let fetch = match frame.header.kind {
+        Kind::FetchRequest => frame.access::<FetchRequest>().map_or(0, |r| {
+            u64::from(r.max_bytes.to_native()).min(FETCH_BYTES_MAX as u64)
+        }),
+        _ => 0,
+    };
+    fetch + ANSWER_BYTES_SMALL
+}
+
+/// See [`answer_bytes_max`].
+const ANSWER_BYTES_SMALL: u64 = 64 << 10;
+
+/// Counts a live thing in a shared counter for as long as it exists.
+struct Counted(Rc<Cell<usize>>);
+
+impl Counted {
+    fn new(c: &Rc<Cell<usize>>) -> Counted {
+        c.set(c.get() + 1);
+        Counted(c.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Answers a connection over the listener's limit with
+/// `TooManyConnections` (to its first request's correlation id, if the
+/// header arrives in time) and closes it.
+async fn refuse(mut stream: TcpStream, why: String, refusing: Rc<Cell<usize>>) {
+    let _refusing = Counted::new(&refusing);
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    let mut got = 0;
+    let _ = glommio::timer::timeout(REFUSE_TIMEOUT, async {
+        while got < header.len() {
+            match stream.read(&mut header[got..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let corr = if got == header.len() {
+        u64::from_le_bytes(header[16..24].try_into().unwrap_or_default())
+    } else {
+        0
+    };
+    if let Ok(frame) =
+        error(ErrorCode::TooManyConnections, why).encode(corr, FrameLimits::default())
+    {
+        let _ = stream.write_all(&frame).await;
+    }
+    let _ = stream.close().await;
+}
+
 fn admin_timeout(timeout_ms: u32) -> Duration {
     match timeout_ms {
         0 => ADMIN_TIMEOUT_DEFAULT,
@@ -1721,14 +1924,41 @@ fn admin_timeout(timeout_ms: u32) -> Duration {
 /// few seconds at most per partition), so 1024 batches is a deep margin.
 const JANITOR_QUEUE_MAX: usize = 1024;
 
-/// The janitor thread: unmaps and unlinks retired segments off the shards.
-fn start_janitor() -> std::io::Result<flume::Sender<Retired>> {
-    let (tx, rx) = flume::bounded::<Retired>(JANITOR_QUEUE_MAX);
+/// What a deleted partition's directory is renamed to before the janitor
+/// removes it.
+const DELETED_SUFFIX: &str = ".deleted";
+
+/// Slow file-system work the shards hand to the janitor thread.
+pub enum Chore {
+    /// Segments retention removed: unmap and unlink them.
+    Retired(Retired),
+    /// A deleted partition's directory.
+    RemoveDir(std::path::PathBuf),
+}
+
+impl Chore {
+    /// Does the work (on the janitor thread; inline only if its queue is full).
+    fn run(self) {
+        match self {
+            Chore::Retired(r) => report_failed(r.dispose()),
+            Chore::RemoveDir(dir) => {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    report_failed(vec![(dir, e)]);
+                }
+            }
+        }
+    }
+}
+
+/// The janitor thread: unmaps and unlinks retired segments and removes
+/// deleted partitions off the shards.
+fn start_janitor() -> std::io::Result<flume::Sender<Chore>> {
+    let (tx, rx) = flume::bounded::<Chore>(JANITOR_QUEUE_MAX);
     std::thread::Builder::new()
         .name("janitor".into())
         .spawn(move || {
-            while let Ok(retired) = rx.recv() {
-                report_failed(retired.dispose());
+            while let Ok(chore) = rx.recv() {
+                chore.run();
             }
         })?;
     Ok(tx)

@@ -779,6 +779,7 @@ fn serve_broker(a: ServeArgs) -> Result<bool> {
         peers: None,
         shards: Some(a.shards),
         cluster_secret: None,
+        ..FileConfig::default()
     };
     let config = BrokerConfig::resolve(FileConfig::default(), flags, a.shards)?;
     broker::runtime::run(config)?;

@@ -76,10 +76,16 @@ impl Broker {
     /// ports `base..base+SHARDS`, peer ports `base+SHARDS..base+2*SHARDS`,
     /// HTTP `base+2*SHARDS`.
     pub fn start(data_dir: &Path) -> Broker {
+        Broker::start_with(data_dir, &[])
+    }
+
+    /// [`Broker::start`] with more `drmq broker` flags.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Broker {
         for _ in 0..START_ATTEMPTS_MAX {
             let base = free_port_run(2 * SHARDS + 1);
             let child = drmq()
                 .args(["broker", "--id", "1", "--shards", &SHARDS.to_string()])
+                .args(extra)
                 .arg("--data-dir")
                 .arg(data_dir)
                 .args(["--listen", &format!("127.0.0.1:{base}")])
@@ -186,6 +192,8 @@ pub struct Cluster {
     pub bases: Vec<u16>,
     pub dirs: Vec<PathBuf>,
     pub children: Vec<Option<Child>>,
+    /// Flags given to every broker.
+    extra: Vec<String>,
     secret: String,
     /// A stopped broker is left out of `--brokers` (a client would time
     /// out on it before trying the next one).
@@ -206,8 +214,14 @@ impl Drop for Cluster {
 impl Cluster {
     /// Starts `n` brokers (ids 1..=n) with data under `root`.
     pub fn start(root: &Path, n: usize) -> Cluster {
+        Cluster::start_with(root, n, &[])
+    }
+
+    /// [`Cluster::start`] with more `drmq broker` flags for every broker.
+    pub fn start_with(root: &Path, n: usize, extra: &[&str]) -> Cluster {
         let run = free_port_run(PORTS_PER_BROKER * n as u16);
         let mut c = Cluster {
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             bases: (0..n).map(|i| run + PORTS_PER_BROKER * i as u16).collect(),
             dirs: (1..=n).map(|i| root.join(format!("broker-{i}"))).collect(),
             children: (0..n).map(|_| None).collect(),
@@ -243,6 +257,7 @@ impl Cluster {
             .args(["--peer-listen", &format!("127.0.0.1:{}", base + SHARDS)])
             .args(["--http", &format!("127.0.0.1:{}", base + 2 * SHARDS)])
             .args(["--peers", &self.peers()])
+            .args(&self.extra)
             .env("DRMQ_CLUSTER_SECRET", &self.secret)
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("DRMQ_TEST_LOGS").is_some() {

@@ -97,6 +97,15 @@ struct BrokerArgs {
     /// it); better given in the environment than on the command line.
     #[arg(long, env = "DRMQ_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// Client connections each shard's listener accepts (default 4096);
+    /// the excess is answered with an error and closed.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Request bytes one client connection may have in flight (default
+    /// 64 MiB); past it the broker reads no more from that connection
+    /// until answers go out.
+    #[arg(long)]
+    max_inflight_bytes: Option<u64>,
     /// A TOML file with the same settings; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -296,6 +305,8 @@ fn broker(args: BrokerArgs) -> Result<()> {
         peers,
         shards: args.shards,
         cluster_secret: args.cluster_secret,
+        max_connections: args.max_connections,
+        max_inflight_bytes: args.max_inflight_bytes,
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -1,0 +1,511 @@
+//! The Raft group driver (`broker::group`) on a real glommio executor and a
+//! real partition log, with the transport and the shard behind seams: a
+//! transport that records every message and checks, at the moment it is
+//! sent, that what it promises is on disk; hooks that record leadership
+//! changes. Peers are played by the test, which steps their messages in.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use broker::group::{Group, GroupHooks, GroupKind, LeaderChange};
+use broker::peer::Transport;
+use broker::replica::GroupState;
+use raft::{Entry, EntryPayload, Message, MessageBody, Role};
+use storage::fault::{Fault, FaultPoint};
+use storage::LogConfig;
+
+const GROUP: u64 = 7;
+
+/// Records what the driver sends and checks the persistence contract at
+/// the moment of sending: an acknowledgement of entries only once they are
+/// durable here, a granted vote only once term and vote are saved.
+#[derive(Default)]
+struct Recorder {
+    group: RefCell<Option<Rc<Group>>>,
+    sent: RefCell<Vec<Message>>,
+    violations: RefCell<Vec<String>>,
+}
+
+impl Transport for Recorder {
+    fn send(&self, msgs: Vec<Message>) {
+        let g = self.group.borrow().clone().expect("group set");
+        for m in &msgs {
+            match &m.body {
+                MessageBody::AppendResponse {
+                    reject: false,
+                    index,
+                    ..
+                } if *index > 0 => {
+                    let log = g.part.log();
+                    let durable = log.durable_offset();
+                    match log.entry_end_offset(*index) {
+                        Ok(end) if end <= durable => {}
+                        other => self.violations.borrow_mut().push(format!(
+                            "acknowledged entry {index} (ends at {other:?}) with only {durable} durable"
+                        )),
+                    }
+                }
+                MessageBody::VoteResponse { reject: false } => {
+                    let saved = GroupState::load(&g.dir).unwrap_or_default();
+                    if saved.term < m.term || saved.vote != Some(m.to) {
+                        self.violations.borrow_mut().push(format!(
+                            "granted a vote to {} at term {} with {saved:?} on disk",
+                            m.to, m.term
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.sent.borrow_mut().extend(msgs);
+    }
+}
+
+#[derive(Default)]
+struct Hooks {
+    changes: RefCell<Vec<LeaderChange>>,
+}
+
+impl GroupHooks for Hooks {
+    fn leader_changed(&self, change: LeaderChange) {
+        self.changes.borrow_mut().push(change);
+    }
+    fn apply_commands(&self, _entries: &[Entry]) {}
+}
+
+struct Harness {
+    group: Rc<Group>,
+    transport: Rc<Recorder>,
+    hooks: Rc<Hooks>,
+}
+
+fn open(dir: &Path, config: LogConfig, replicas: Vec<u64>) -> Harness {
+    let group = Group::open(
+        GROUP,
+        GroupKind::Partition {
+            topic: "t".into(),
+            partition: 0,
+        },
+        dir.to_path_buf(),
+        config,
+        1,
+        replicas,
+        false,
+    )
+    .unwrap();
+    let transport = Rc::new(Recorder::default());
+    *transport.group.borrow_mut() = Some(group.clone());
+    let hooks = Rc::new(Hooks::default());
+    glommio::spawn_local(group.clone().run(transport.clone(), hooks.clone())).detach();
+    Harness {
+        group,
+        transport,
+        hooks,
+    }
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 64 << 10,
+        ..LogConfig::default()
+    }
+}
+
+fn on_executor(
+    test: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static,
+) {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move { test().await })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// Waits (bounded) until `done` holds, yielding to the driver.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn msg(from: u64, term: u64, body: MessageBody) -> Message {
+    Message {
+        group_id: GROUP,
+        from,
+        to: 1,
+        term,
+        body,
+    }
+}
+
+fn batch(value: &[u8]) -> Vec<u8> {
+    let mut b = wire::RecordBatchBuilder::new();
+    b.push(wire::NewRecord {
+        value: Some(value),
+        ..Default::default()
+    });
+    b.finish()
+}
+
+impl Harness {
+    fn sent(&self, pick: impl Fn(&Message) -> bool) -> Vec<Message> {
+        self.transport
+            .sent
+            .borrow()
+            .iter()
+            .filter(|m| pick(m))
+            .cloned()
+            .collect()
+    }
+
+    fn assert_contract_kept(&self) {
+        let v = self.transport.violations.borrow();
+        assert!(v.is_empty(), "persistence contract broken: {v:?}");
+    }
+
+    /// Makes node 1 the leader of voters 1, 2, 3 with node 2's votes, and
+    /// commits its no-op with node 2's acknowledgement. Returns the term.
+    async fn elect(&self) -> u64 {
+        self.group.campaign();
+        until("a pre-vote goes out", || {
+            !self
+                .sent(|m| matches!(m.body, MessageBody::PreVote { .. }))
+                .is_empty()
+        })
+        .await;
+        let term = self.group.term() + 1;
+        self.group
+            .step(msg(2, term, MessageBody::PreVoteResponse { reject: false }));
+        until("a vote request goes out", || {
+            !self
+                .sent(|m| matches!(m.body, MessageBody::Vote { .. }))
+                .is_empty()
+        })
+        .await;
+        self.group
+            .step(msg(2, term, MessageBody::VoteResponse { reject: false }));
+        until("leadership", || self.group.role() == Role::Leader).await;
+        self.ack(2, term, 1).await;
+        term
+    }
+
+    /// Node `from` acknowledges entries up to `index`; waits for the commit.
+    async fn ack(&self, from: u64, term: u64, index: u64) {
+        until("the append goes out", || {
+            self.group.role() != Role::Leader
+                || !self
+                    .sent(|m| {
+                        m.to == from
+                            && matches!(&m.body, MessageBody::Append { entries, .. }
+                            if entries.last().is_some_and(|e| e.index >= index))
+                    })
+                    .is_empty()
+        })
+        .await;
+        self.group.step(msg(
+            from,
+            term,
+            MessageBody::AppendResponse {
+                reject: false,
+                index,
+                hint_index: 0,
+                hint_term: 0,
+            },
+        ));
+        until("the commit", || self.group.commit_index() >= index).await;
+    }
+}
+
+#[test]
+fn nothing_is_promised_to_a_peer_before_it_is_durable() {
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let h = open(dir.path(), config(), vec![1, 2, 3]);
+            // A candidate asks for our vote: term and vote must be saved
+            // before the grant leaves.
+            h.group.step(msg(
+                2,
+                5,
+                MessageBody::Vote {
+                    last_index: 0,
+                    last_term: 0,
+                    transfer: false,
+                },
+            ));
+            until("the vote is answered", || {
+                !h.sent(|m| matches!(m.body, MessageBody::VoteResponse { .. }))
+                    .is_empty()
+            })
+            .await;
+            let granted = h.sent(|m| matches!(m.body, MessageBody::VoteResponse { reject: false }));
+            assert_eq!(granted.len(), 1, "the vote is granted");
+            // Its leader sends entries: they must be durable before the
+            // acknowledgement leaves.
+            let entries = vec![
+                Entry {
+                    index: 1,
+                    term: 5,
+                    payload: EntryPayload::Empty,
+                },
+                Entry {
+                    index: 2,
+                    term: 5,
+                    payload: EntryPayload::Data(batch(b"one")),
+                },
+                Entry {
+                    index: 3,
+                    term: 5,
+                    payload: EntryPayload::Data(batch(b"two")),
+                },
+            ];
+            h.group.step(msg(
+                2,
+                5,
+                MessageBody::Append {
+                    prev_index: 0,
+                    prev_term: 0,
+                    entries,
+                    commit: 1,
+                },
+            ));
+            until("the entries are acknowledged", || {
+                !h.sent(|m| {
+                    matches!(
+                        m.body,
+                        MessageBody::AppendResponse {
+                            reject: false,
+                            index: 3,
+                            ..
+                        }
+                    )
+                })
+                .is_empty()
+            })
+            .await;
+            h.assert_contract_kept();
+            h.group.stop();
+        })
+    });
+}
+
+#[test]
+fn a_produce_committed_before_a_step_down_is_answered_with_its_offsets() {
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let h = open(dir.path(), config(), vec![1, 2, 3]);
+            let term = h.elect().await;
+            let (index, proposed_in) = h.group.propose(batch(b"payload")).unwrap();
+            assert_eq!(proposed_in, term);
+            let g = h.group.clone();
+            let waiter =
+                glommio::spawn_local(async move { g.wait_committed(index, Some(term)).await });
+            until("the entry is sent", || {
+                !h.sent(|m| {
+                    matches!(&m.body, MessageBody::Append { entries, .. }
+                        if entries.iter().any(|e| e.index == index))
+                })
+                .is_empty()
+            })
+            .await;
+            // In one step, with no Ready in between: node 2 acknowledges
+            // the entry (it commits) and node 3 takes over at a higher term
+            // (this node steps down).
+            h.group.step(msg(
+                2,
+                term,
+                MessageBody::AppendResponse {
+                    reject: false,
+                    index,
+                    hint_index: 0,
+                    hint_term: 0,
+                },
+            ));
+            assert_eq!(h.group.commit_index(), index, "committed by the ack");
+            h.group.step(msg(
+                3,
+                term + 1,
+                MessageBody::Append {
+                    prev_index: index,
+                    prev_term: term,
+                    entries: vec![],
+                    commit: index,
+                },
+            ));
+            assert_eq!(h.group.role(), Role::Follower);
+            let answer =
+                glommio::timer::timeout(Duration::from_secs(5), async { Ok(waiter.await) })
+                    .await
+                    .expect("the waiter is answered");
+            let committed = answer.expect("a committed entry is acknowledged, not refused");
+            let log_base = h.group.part.log().entry_base_offset(index).unwrap();
+            assert_eq!(committed.base_offset, log_base);
+            h.assert_contract_kept();
+            h.group.stop();
+        })
+    });
+}
+
+#[test]
+fn a_replica_whose_fsync_fails_stops_advertising_itself_as_leader() {
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = config();
+            let faults = config.faults.clone();
+            let h = open(dir.path(), config, vec![1, 2, 3]);
+            let term = h.elect().await;
+            assert_eq!(
+                h.hooks.changes.borrow().last().and_then(|c| c.leader),
+                Some(1)
+            );
+            faults.arm(FaultPoint::Fsync, Fault::Eio, 0);
+            let (index, _) = h.group.propose(batch(b"lost")).unwrap();
+            let g = h.group.clone();
+            let answer = glommio::timer::timeout(Duration::from_secs(5), async {
+                Ok(g.wait_committed(index, Some(term)).await)
+            })
+            .await
+            .expect("the waiter is answered");
+            assert!(answer.is_err(), "a write that failed is not acknowledged");
+            until("the group fails", || h.group.failed.borrow().is_some()).await;
+            let last = h.hooks.changes.borrow().last().cloned().unwrap();
+            assert_eq!(
+                (last.leader, last.role),
+                (None, Role::Follower),
+                "the failed replica must stop advertising itself as leader"
+            );
+            let why = h.group.failed.borrow().clone().unwrap();
+            assert!(why.contains("fdatasync"), "{why}");
+        })
+    });
+}
+
+#[test]
+fn a_heartbeat_beyond_this_log_stops_the_group_with_a_clear_error() {
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let h = open(dir.path(), config(), vec![1, 2, 3]);
+            // The leader believes this replica holds entry 40 (its disk was
+            // wiped since): no crash, the group stops and says why.
+            h.group
+                .step(msg(2, 3, MessageBody::Heartbeat { commit: 40 }));
+            until("the group fails", || h.group.failed.borrow().is_some()).await;
+            let why = h.group.failed.borrow().clone().unwrap();
+            assert!(why.contains("lost"), "{why}");
+            assert!(
+                h.sent(|m| matches!(m.body, MessageBody::HeartbeatResponse))
+                    .is_empty(),
+                "a replica that lost acknowledged entries answers nothing"
+            );
+        })
+    });
+}
+
+#[test]
+fn a_partition_never_reads_its_committed_entries_back() {
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let count = 200u64;
+            {
+                let h = open(dir.path(), config(), vec![1]);
+                h.group.campaign();
+                until("leadership", || h.group.role() == Role::Leader).await;
+                let mut last = 0;
+                for i in 0..count {
+                    last = h
+                        .group
+                        .propose(batch(format!("m{i}").as_bytes()))
+                        .unwrap()
+                        .0;
+                }
+                until("every entry commits", || h.group.commit_index() >= last).await;
+                assert_eq!(
+                    h.group.entries_read.get(),
+                    0,
+                    "a lone leader reads nothing back"
+                );
+                h.group.stop();
+            }
+            // Restarted: the saved commit index is old (term and vote are
+            // all that is saved on every change), so everything since is
+            // committed again, without being read, CRC-checked and copied.
+            let h = open(dir.path(), config(), vec![1]);
+            let end = h.group.part.log().last_entry_index();
+            assert!(end > count);
+            h.group.campaign();
+            until("the old entries are committed again", || {
+                h.group.commit_index() > end
+            })
+            .await;
+            assert_eq!(
+                h.group.entries_read.get(),
+                0,
+                "committed entries were read back from the log"
+            );
+            h.group.stop();
+        })
+    });
+}
+
+#[test]
+fn the_producer_table_survives_truncation_and_a_restart() {
+    use broker::producers::{BatchId, Verdict};
+    fn producer_batch(seq: i32) -> Vec<u8> {
+        let value = vec![b'v'; 4096];
+        let mut b = wire::RecordBatchBuilder::new().producer(99, 0, seq);
+        b.push(wire::NewRecord {
+            value: Some(&value),
+            ..Default::default()
+        });
+        b.finish()
+    }
+    let id = |seq: i32| BatchId {
+        producer_id: 99,
+        epoch: 0,
+        base_sequence: seq,
+        record_count: 1,
+    };
+    on_executor(move || {
+        Box::pin(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let (first_entry, last_entry) = {
+                let h = open(dir.path(), config(), vec![1]);
+                h.group.campaign();
+                until("leadership", || h.group.role() == Role::Leader).await;
+                // Enough batches to roll several 64 KiB segments: a table
+                // rebuilt from the active segment alone would miss the first.
+                let mut entries = Vec::new();
+                for seq in 0..40 {
+                    let (index, _) = h.group.propose(producer_batch(seq)).unwrap();
+                    h.group.record_producer(id(seq), index);
+                    entries.push(index);
+                }
+                let last = *entries.last().unwrap();
+                until("every entry commits", || h.group.commit_index() >= last).await;
+                h.group.save_producers().await.unwrap();
+                h.group.stop();
+                (entries[0], last)
+            };
+            let h = open(dir.path(), config(), vec![1]);
+            assert!(
+                h.group.part.log().segment_bases().len() > 2,
+                "the batches span several segments"
+            );
+            let check = |seq| h.group.producers.borrow().check(id(seq));
+            assert_eq!(check(0), Verdict::Duplicate { entry: first_entry });
+            assert_eq!(check(39), Verdict::Duplicate { entry: last_entry });
+            assert_eq!(check(40), Verdict::Append);
+            h.group.stop();
+        })
+    });
+}
