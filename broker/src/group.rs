@@ -242,6 +242,9 @@ impl Group {
     }
 
     pub fn tick(&self) {
+        if self.stopped.get() {
+            return; // nobody takes its Readies any more: nothing may pile up
+        }
         // A new group's preferred leader campaigns at once, but its peers
         // may not have created the group yet (they apply the controller's
         // command a moment later) and drop its votes: it tries again every
