@@ -338,3 +338,311 @@ fn garbage_and_forged_hellos_on_the_peer_port_are_refused_before_raft() {
     let s: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(s["controller"].as_u64().is_some(), "{s}");
 }
+
+/// The client endpoint of the leader of `topic`-0, waiting (bounded) for one.
+fn leader_endpoint(c: &Cluster, topic: &str) -> std::net::SocketAddr {
+    let mut cfg =
+        broker::pipeline::ClientConfig::new(broker::client::parse_brokers(&c.brokers()).unwrap());
+    cfg.connect_timeout = Duration::from_secs(10);
+    broker::pipeline::routes(&cfg, topic).unwrap()[0]
+}
+
+fn one_record_batch(value: &str, producer: Option<i64>) -> Vec<u8> {
+    let mut b = match producer {
+        Some(id) => wire::RecordBatchBuilder::new().producer(id, 0, 0),
+        None => wire::RecordBatchBuilder::new(),
+    };
+    b.push(wire::NewRecord {
+        timestamp_ms: 1,
+        key: None,
+        value: Some(value.as_bytes()),
+        headers: &[],
+    });
+    b.finish()
+}
+
+fn produce_req(topic: &str, acks: wire::Acks, timeout_ms: u32, batch: Vec<u8>) -> wire::Message {
+    wire::ProduceRequest {
+        topic: topic.into(),
+        partition: 0,
+        acks,
+        timeout_ms,
+        batch,
+    }
+    .into()
+}
+
+/// Issue 10: `acks=quorum` must not be acknowledged while only the leader
+/// has the entry; `acks=leader` is.
+#[test]
+fn acks_quorum_waits_for_a_follower_and_acks_leader_does_not() {
+    use broker::client::Connection;
+    use wire::{Acks, FetchRequest, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3);
+    create(&c, "q", 1);
+    let (leader, _) = c.leader("q", 0);
+    let addr = leader_endpoint(&c, "q");
+    let mut conn = Connection::connect(addr, Duration::from_secs(10)).unwrap();
+    // With every replica up, quorum acks come back.
+    let r = conn.request(&produce_req(
+        "q",
+        Acks::Quorum,
+        5000,
+        one_record_batch("before", None),
+    ));
+    assert!(matches!(r, Ok(Message::ProduceResponse(_))), "{r:?}");
+    let fetch = |conn: &mut Connection, offset: u64| {
+        conn.request(
+            &FetchRequest {
+                topic: "q".into(),
+                partition: 0,
+                offset,
+                max_bytes: 1 << 20,
+                min_bytes: 1,
+                max_wait_ms: 0,
+            }
+            .into(),
+        )
+    };
+    let Ok(Message::FetchResponse(f)) = fetch(&mut conn, 0) else {
+        panic!("fetch from the leader failed")
+    };
+    let hw = f.high_watermark;
+
+    // Both followers stopped: only the leader can have new entries. (The
+    // leader steps down once it has not heard from a quorum for an
+    // election timeout, 1-2 s from now; acks=leader goes first.)
+    let followers: Vec<usize> = (0..3).filter(|&i| i as u64 + 1 != leader).collect();
+    let stopped = c.stop(&followers);
+    let r = conn.request(&produce_req(
+        "q",
+        Acks::Leader,
+        2000,
+        one_record_batch("leader-ack", None),
+    ));
+    assert!(
+        matches!(r, Ok(Message::ProduceResponse(_))),
+        "acks=leader with the followers stopped: {r:?}"
+    );
+    let producer_id = broker::pipeline::random_producer_id();
+    let quorum_batch = one_record_batch("quorum-ack", Some(producer_id));
+    let started = Instant::now();
+    let r = conn.request(&produce_req("q", Acks::Quorum, 1500, quorum_batch.clone()));
+    match &r {
+        Err(broker::client::ClientError::Broker { code, .. }) => {
+            eprintln!("acks=quorum refused after {:?}: {code}", started.elapsed())
+        }
+        other => panic!(
+            "acks=quorum answered while only the leader had the entry: {other:?} (after {:?})",
+            started.elapsed()
+        ),
+    }
+    // A consumer sees nothing new: the high watermark has not moved (the
+    // old leader may have stepped down already; then it serves nothing).
+    match fetch(&mut conn, hw) {
+        Ok(Message::FetchResponse(f)) => {
+            assert_eq!(f.high_watermark, hw, "committed with the followers stopped");
+            assert!(
+                wire::batches(&f.batches).all(|b| b.unwrap().is_control()),
+                "records visible with the followers stopped"
+            );
+        }
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(broker::client::ClientError::Broker { .. }) => {}
+        Err(e) => panic!("fetch: {e}"),
+    }
+    // The followers come back: the message commits. A retry of the same
+    // idempotent batch succeeds (as a duplicate if the first one committed).
+    stopped.resume();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let addr = leader_endpoint(&c, "q");
+        let r = Connection::connect(addr, Duration::from_secs(10)).and_then(|mut conn| {
+            conn.request(&produce_req("q", Acks::Quorum, 5000, quorum_batch.clone()))
+        });
+        match r {
+            Ok(Message::ProduceResponse(_)) => break,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the retry never succeeded after SIGCONT: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = consume_all(&c, "q");
+    assert_eq!(seen.get("before"), Some(&1), "{seen:?}");
+    assert_eq!(seen.get("quorum-ack"), Some(&1), "{seen:?}");
+    // acks=leader may be lost on a leader change, but never duplicated.
+    assert!(seen.get("leader-ack").is_none_or(|&n| n == 1), "{seen:?}");
+}
+
+/// Issue 10: creating a topic with ~470+ partitions stopped the controller
+/// ("batch of N bytes exceeds the segment size of 4096 bytes"): it must keep
+/// working, and the big topic must be there in full.
+#[test]
+fn a_topic_with_1024_partitions_leaves_the_controller_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3);
+    let create_small_segments = |topic: &str, partitions: &str| {
+        let started = Instant::now();
+        let o = common::cli_at_bounded(
+            &c.brokers(),
+            &[
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                partitions,
+                "--replication",
+                "3",
+                // Segments are preallocated: 64 KiB x 1024 x 3 replicas.
+                "--segment-bytes",
+                "65536",
+                "--timeout-ms",
+                "30000",
+            ],
+            Duration::from_secs(90),
+        )
+        .unwrap_or_else(|| panic!("create {topic} hung"));
+        eprintln!("create {topic}: {:?}", started.elapsed());
+        assert!(
+            o.status.success(),
+            "create {topic}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    create_small_segments("big", "1024");
+    // The controller still takes requests.
+    create_small_segments("after-big", "1");
+    let d = c.describe("big");
+    let parts = d["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 1024);
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p["partition"], i as u64);
+        assert_eq!(p["replicas"].as_array().unwrap().len(), 3, "{p}");
+    }
+    let o = c.cli(&["topic", "list"], None);
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(listed.contains("\"after-big\""), "{listed}");
+    // Every partition gets a leader (bounded wait: the answering broker
+    // learns leaders as their first messages arrive).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = c.describe("big");
+        let leaderless: Vec<u64> = d["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["leader"].is_null())
+            .map(|p| p["partition"].as_u64().unwrap())
+            .collect();
+        if leaderless.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} partitions without a leader: {leaderless:?}",
+            leaderless.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Issue 10, the cause of the DuplicateSequence failures after a leader
+/// change with small segments: a new leader must still recognise a retry of
+/// any of an idempotent producer's recent batches (the last 64), also those
+/// in segments older than its active one, and answer it as a duplicate with
+/// the original offsets.
+#[test]
+fn a_new_leader_answers_a_retry_of_a_batch_in_an_older_segment_as_a_duplicate() {
+    use broker::client::{ClientError, Connection};
+    use wire::{Acks, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3);
+    let o = c.cli(
+        &[
+            "topic",
+            "create",
+            "idem",
+            "--partitions",
+            "1",
+            "--replication",
+            "3",
+            "--segment-bytes",
+            "16384",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (leader, _) = c.leader("idem", 0);
+    let producer_id = broker::pipeline::random_producer_id();
+    // 12 batches of 4 records of ~1 KB: ~48 KB, three or more 16 KiB
+    // segments, far fewer batches than the 64 remembered.
+    let batches: Vec<(Vec<u8>, Vec<String>)> = (0..12)
+        .map(|i| {
+            let values: Vec<String> = (0..4)
+                .map(|j| format!("b{i}-r{j}-{}", "x".repeat(1000)))
+                .collect();
+            let mut b = wire::RecordBatchBuilder::new().producer(producer_id, 0, i * 4);
+            for v in &values {
+                b.push(wire::NewRecord {
+                    timestamp_ms: 1,
+                    key: None,
+                    value: Some(v.as_bytes()),
+                    headers: &[],
+                });
+            }
+            (b.finish(), values)
+        })
+        .collect();
+    let mut conn =
+        Connection::connect(leader_endpoint(&c, "idem"), Duration::from_secs(10)).unwrap();
+    let mut offsets = Vec::new();
+    for (batch, _) in &batches {
+        match conn.request(&produce_req("idem", Acks::Quorum, 5000, batch.clone())) {
+            Ok(Message::ProduceResponse(r)) => {
+                assert!(!r.duplicate, "{r:?}");
+                offsets.push((r.base_offset, r.last_offset));
+            }
+            other => panic!("produce: {other:?}"),
+        }
+    }
+    drop(conn);
+    // kill -9 of the leader: a follower takes over in a new term.
+    c.kill(leader as usize - 1);
+    let (new_leader, _) = c.leader("idem", 0);
+    assert_ne!(new_leader, leader);
+    // The producer retries every batch (as if no acknowledgement had come
+    // back): each is a duplicate with its original offsets.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (i, (batch, _)) in batches.iter().enumerate() {
+        loop {
+            let r = Connection::connect(leader_endpoint(&c, "idem"), Duration::from_secs(10))
+                .and_then(|mut conn| {
+                    conn.request(&produce_req("idem", Acks::Quorum, 5000, batch.clone()))
+                });
+            match r {
+                Ok(Message::ProduceResponse(r)) => {
+                    assert!(r.duplicate, "retry of batch {i} appended again: {r:?}");
+                    assert_eq!((r.base_offset, r.last_offset), offsets[i], "batch {i}");
+                    break;
+                }
+                Err(ClientError::Broker { code, .. })
+                    if code.is_retryable() && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => panic!("retry of batch {i} (offsets {:?}): {other:?}", offsets[i]),
+            }
+        }
+    }
+    let seen = consume_all(&c, "idem");
+    for (_, values) in &batches {
+        for v in values {
+            assert_eq!(seen.get(v), Some(&1), "{}", &v[..8]);
+        }
+    }
+    assert_eq!(seen.len(), 48);
+}

@@ -165,6 +165,26 @@ fn topic_admin_errors_are_one_line_and_name_the_problem() {
     );
 }
 
+/// Asserts that the broker closed `s`: a read returns 0 (EOF) or the
+/// connection is reset. Anything else fails, a read timeout above all (the
+/// broker hung on the connection instead of closing it), and so does data.
+fn assert_closed_by_broker(s: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ) => {}
+        Ok(n) => panic!("{what}: the broker answered {n} bytes instead of closing"),
+        Err(e) => panic!(
+            "{what}: the connection was not closed ({:?}: {e})",
+            e.kind()
+        ),
+    }
+}
+
 #[test]
 fn garbage_on_the_client_port_closes_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,15 +192,13 @@ fn garbage_on_the_client_port_closes_only_that_connection() {
     let mut bad = TcpStream::connect(("127.0.0.1", broker.listen_port)).unwrap();
     bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     bad.write_all(&[0xff; 64]).unwrap();
-    let mut buf = [0u8; 16];
     // The broker closes the connection (read returns 0 or a reset), not hang.
-    let closed = matches!(bad.read(&mut buf), Ok(0) | Err(_));
-    assert!(closed, "connection with garbage was not closed");
+    assert_closed_by_broker(&mut bad, "garbage");
     // An oversize length prefix is refused the same way.
     let mut big = TcpStream::connect(("127.0.0.1", broker.listen_port)).unwrap();
     big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     big.write_all(&u32::MAX.to_le_bytes()).unwrap();
-    assert!(matches!(big.read(&mut buf), Ok(0) | Err(_)));
+    assert_closed_by_broker(&mut big, "an oversize length prefix");
     // Everyone else is still served.
     let status = json_lines(&broker.cli(&["cluster", "status"], None));
     assert_eq!(status[0]["brokers"][0]["id"], 1);
@@ -435,4 +453,91 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(count(".log") <= 4, "{} segment files left", count(".log"));
+}
+
+/// Issue 10: a topic admin request on any shard but 0 deadlocked the broker
+/// (the request timed out, later creates on shard 0 failed too, and SIGTERM
+/// no longer stopped the process).
+#[test]
+fn topic_admin_through_every_shard_port_succeeds_and_sigterm_still_stops_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"));
+    // Each CLI call has a deadline of its own and is killed if it runs far
+    // past it, so a hung broker fails this test in seconds, not minutes.
+    let limit = Duration::from_secs(15);
+    let mut problems = Vec::new();
+    let mut admin = |shard: u16, args: &[&str]| {
+        // Two failures tell the story; more would only wait out deadlines.
+        if problems.len() >= 2 {
+            return None;
+        }
+        let at = format!("127.0.0.1:{}", broker.listen_port + shard);
+        let args = [args, &["--timeout-ms", "5000"]].concat();
+        match common::cli_at_bounded(&at, &args, limit) {
+            None => problems.push(format!("shard {shard}: {args:?} hung")),
+            Some(o) if !o.status.success() => problems.push(format!(
+                "shard {shard}: {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr).trim_end()
+            )),
+            Some(o) => return Some(o),
+        }
+        None
+    };
+    let create = |name: &str| {
+        vec![
+            "topic".to_owned(),
+            "create".into(),
+            name.into(),
+            "--partitions".into(),
+            "2".into(),
+            "--replication".into(),
+            "1".into(),
+            "--segment-bytes".into(),
+            "65536".into(),
+        ]
+    };
+    let mut created = Vec::new();
+    // Shard 1 first (the one that deadlocked), then every shard in turn,
+    // shard 0 included, then shard 1 again.
+    for (i, shard) in (1..common::SHARDS)
+        .chain([0])
+        .chain(1..common::SHARDS)
+        .enumerate()
+    {
+        let name = format!("t{i}-via-shard-{shard}");
+        let args = create(&name);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if admin(shard, &args).is_some() {
+            created.push(name);
+        }
+    }
+    // Delete and list through a shard other than 0 as well.
+    let doomed = "doomed";
+    let args = create(doomed);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if admin(0, &args).is_some() {
+        admin(common::SHARDS - 1, &["topic", "delete", doomed]);
+    }
+    if let Some(o) = admin(common::SHARDS - 1, &["topic", "list"]) {
+        let listed = String::from_utf8_lossy(&o.stdout);
+        for name in &created {
+            if !listed.contains(&format!("\"{name}\"")) {
+                problems.push(format!("{name} not listed: {listed}"));
+            }
+        }
+        if listed.contains(&format!("\"{doomed}\"")) {
+            problems.push(format!("{doomed} still listed after delete: {listed}"));
+        }
+    }
+    // Whatever happened above, SIGTERM must stop the broker cleanly.
+    let pid = broker.child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own, not yet reaped, child.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0);
+    match common::wait_exit(&mut broker.child, Duration::from_secs(15)) {
+        None => problems.push("the broker did not stop within 15 s of SIGTERM (killed)".into()),
+        Some(s) if !s.success() => problems.push(format!("exit status {s} after SIGTERM")),
+        Some(_) => {}
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -71,6 +71,68 @@ pub fn cli_at(brokers: &str, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Like [`cli_at`], but kills the client (SIGKILL) if it runs past `limit`:
+/// a test against a broker that may hang stays bounded. `None` if killed.
+pub fn cli_at_bounded(brokers: &str, args: &[&str], limit: Duration) -> Option<Output> {
+    let mut child = drmq()
+        .args(args)
+        .args(["--brokers", brokers])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Pipes are read on threads so a chatty child never blocks on them.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out_t.join().unwrap();
+    let stderr = err_t.join().unwrap();
+    status.map(|status| Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Waits (bounded) for `child` to exit; on timeout kills it (SIGKILL) and
+/// returns `None`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Broker {
     /// Starts a single broker with [`SHARDS`] shards on `data_dir`; client
     /// ports `base..base+SHARDS`, peer ports `base+SHARDS..base+2*SHARDS`,
@@ -380,5 +442,41 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Brokers stopped with SIGSTOP; SIGCONT when dropped, so a failing test
+/// leaves no stopped process behind (drop it before the [`Cluster`]).
+pub struct Stopped {
+    pids: Vec<libc::pid_t>,
+}
+
+impl Stopped {
+    /// SIGCONT of every stopped broker now.
+    pub fn resume(self) {}
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for &pid in &self.pids {
+            // SAFETY: kill(2) on a child of ours that the Cluster has not
+            // reaped (it outlives this guard).
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+}
+
+impl Cluster {
+    /// SIGSTOP of brokers `idx` (0-based) until the guard is dropped.
+    /// Unlike [`Cluster::pause`] they stay in [`Cluster::brokers`].
+    pub fn stop(&self, idx: &[usize]) -> Stopped {
+        let mut s = Stopped { pids: Vec::new() };
+        for &i in idx {
+            let pid = self.children[i].as_ref().expect("running").id() as libc::pid_t;
+            s.pids.push(pid);
+            // SAFETY: kill(2) on our own, not yet reaped, child.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        }
+        s
     }
 }
