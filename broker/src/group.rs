@@ -414,13 +414,22 @@ impl Group {
     /// durable here ([`ProducerSnapshot`]), off the shard, if it changed
     /// since the last save. A restart then reads only the entries after it.
     pub async fn save_producers(&self) -> std::io::Result<()> {
+        let _permit = self
+            .save_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let version = self.producers_version.get();
         let upto = {
             let raft = self.raft.borrow();
             raft.commit_index().min(raft.persisted_index())
         };
         let (saved_version, saved_upto) = self.producers_saved.get();
-        if version == saved_version || upto <= saved_upto || self.stopped.get() {
+        // Due when the table changed, or when batches it recorded before
+        // the last save have committed since (the last save left them out).
+        let newest = self.producers.borrow().last_entry().min(upto);
+        let due = version != saved_version || newest > saved_upto;
+        if !due || upto <= saved_upto || self.stopped.get() {
             return Ok(());
         }
         let Ok(term) = self.part.log().entry_term(upto) else {
@@ -453,11 +462,18 @@ impl Group {
         *self.failed.borrow_mut() = Some(why.to_owned());
         self.fail_waiters(ErrorCode::StorageError, why);
         self.stop();
+        // A leader stops naming itself; a follower keeps naming the leader
+        // it knows (its broker's metadata stays right for the partition).
+        let (role, leader) = {
+            let raft = self.raft.borrow();
+            (raft.role(), raft.leader())
+        };
+        let leader = leader.filter(|_| role != Role::Leader);
         if let Some(hooks) = self.hooks.borrow().as_ref() {
             hooks.leader_changed(LeaderChange {
                 group: self.id,
                 kind: self.kind.clone(),
-                leader: None,
+                leader,
                 term: self.term(),
                 role: Role::Follower,
             });
@@ -534,7 +550,12 @@ impl Group {
             if ss.role != Role::Leader {
                 // Entries committed before the step-down are answered as
                 // committed; only the rest are told to retry.
-                let held = self.commit_index().min(self.part.log().last_entry_index());
+                // Not past this Ready's own entries: they replace what the
+                // log holds from their first index on.
+                let mut held = self.commit_index().min(self.part.log().last_entry_index());
+                if let Some(first) = rd.entries.first() {
+                    held = held.min(first.index - 1);
+                }
                 self.answer_waiters(held);
                 self.fail_waiters(
                     ErrorCode::NotLeader,

@@ -264,6 +264,22 @@ impl Outbox {
     }
 }
 
+/// Holds one of the listener's handshake slots until dropped.
+struct Handshaking(Rc<Cell<usize>>);
+
+impl Handshaking {
+    fn new(count: &Rc<Cell<usize>>) -> Handshaking {
+        count.set(count.get() + 1);
+        Handshaking(count.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// Whether a message goes on the bulk lane. Every append does, with
 /// entries or without: an empty append (a probe, a commit update) sent on
 /// the control lane would overtake the appends queued on the bulk lane,
@@ -455,22 +471,29 @@ pub async fn listen<I: Inbound + 'static>(
     counters: Rc<PeerCounters>,
 ) {
     let handshakes = Rc::new(Cell::new(0usize));
+    // Only the hosts of configured peers may start a handshake (any host if
+    // a peer is configured by a wildcard address), so strangers cannot take
+    // the handshake slots real peers need to reconnect.
+    let hosts: Vec<std::net::IpAddr> = peers.values().map(|a| a.ip()).collect();
+    let any_host = hosts.iter().any(|ip| ip.is_unspecified());
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if handshakes.get() >= HANDSHAKES_MAX {
+                let from = stream.peer_addr().map(|a| a.ip()).ok();
+                let known = any_host || from.is_some_and(|ip| hosts.contains(&ip));
+                if !known || handshakes.get() >= HANDSHAKES_MAX {
                     bump(&counters.rejected_connections);
                     drop(stream);
                     continue;
                 }
-                handshakes.set(handshakes.get() + 1);
+                let slot = Handshaking::new(&handshakes);
                 glommio::spawn_local(serve_peer(
                     stream,
                     identity.clone(),
                     peers.clone(),
                     inbound.clone(),
                     counters.clone(),
-                    handshakes.clone(),
+                    slot,
                 ))
                 .detach();
             }
@@ -488,7 +511,7 @@ async fn serve_peer<I: Inbound>(
     peers: Rc<BTreeMap<NodeId, SocketAddr>>,
     inbound: Rc<I>,
     counters: Rc<PeerCounters>,
-    handshakes: Rc<Cell<usize>>,
+    slot: Handshaking,
 ) {
     let who = stream
         .peer_addr()
@@ -562,7 +585,7 @@ async fn serve_peer<I: Inbound>(
         Ok::<(u64, String), anyhow::Error>((proof.node_id, proof.endpoint.clone()))
     })
     .await;
-    handshakes.set(handshakes.get() - 1);
+    drop(slot);
     let (node, endpoint) = match handshake {
         Ok(x) => x,
         Err(e) => {

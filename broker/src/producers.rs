@@ -131,8 +131,17 @@ impl ProducerTable {
             return;
         }
         if let Some(state) = self.producers.get_mut(&id.producer_id) {
-            if let Some(a) = state.recent.iter_mut().find(|a| a.same_batch(id)) {
-                a.entry = entry;
+            if let Some(at) = state.recent.iter().position(|a| a.same_batch(id)) {
+                // The same entry again (proposal, then persistence): nothing
+                // changes. A second copy in a later entry (written after the
+                // table had forgotten the first) moves to the back, keeping
+                // `recent` in entry order for [`ProducerTable::truncate_from`].
+                if state.recent[at].entry != entry {
+                    if let Some(mut a) = state.recent.remove(at) {
+                        a.entry = entry;
+                        state.recent.push_back(a);
+                    }
+                }
                 return;
             }
             if id.epoch < state.epoch {
@@ -470,6 +479,23 @@ mod tests {
         t.truncate_from(100);
         assert!(matches!(t.check(id(4, 1)), Verdict::Reject { .. }));
         assert_eq!(t.check(id(5, 1)), Verdict::Append);
+    }
+
+    #[test]
+    fn a_second_copy_in_a_later_entry_is_forgotten_when_that_entry_goes() {
+        let mut t = ProducerTable::default();
+        t.record(id(0, 1), 10);
+        t.record(id(1, 1), 11);
+        // The same batch again, later in the log (written after a table
+        // that had forgotten it accepted it).
+        t.record(id(0, 1), 12);
+        t.truncate_from(12);
+        assert_ne!(
+            t.check(id(0, 1)),
+            Verdict::Duplicate { entry: 12 },
+            "entry 12 is gone: a retry must not be answered with its offsets"
+        );
+        assert_eq!(t.check(id(1, 1)), Verdict::Duplicate { entry: 11 });
     }
 
     #[test]

@@ -49,8 +49,10 @@ const REFUSING_MAX: usize = 64;
 /// How long a refused connection gets to send its first request header,
 /// whose correlation id the refusal answers.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// A client that takes no bytes of its answers for this long is closed.
+/// A client that takes no [`WRITE_PIECE_BYTES`] of its answers in this long
+/// is closed (about 8 KB/s: slower is a client that stopped reading).
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const WRITE_PIECE_BYTES: usize = 256 << 10;
 /// Responses queued for one connection's writer.
 const CONNECTION_OUTBOX_MAX: usize = 1024;
 /// Cross-shard control messages queued per shard.
@@ -661,6 +663,7 @@ impl Shard {
             match accepted {
                 None => break,
                 Some(Ok(stream)) => {
+                    // Counted here, at accept, so a burst cannot overshoot.
                     if self.connections.get() >= self.config.max_connections {
                         bump(&self.counters.errors, 1);
                         if self.refusing.get() < REFUSING_MAX {
@@ -668,12 +671,13 @@ impl Shard {
                                 "broker {} shard {} serves at most {} client connections; retry later or elsewhere",
                                 self.config.id, self.id, self.config.max_connections
                             );
-                            glommio::spawn_local(refuse(stream, why, self.refusing.clone()))
-                                .detach();
+                            let refusing = Counted::new(&self.refusing);
+                            glommio::spawn_local(refuse(stream, why, refusing)).detach();
                         }
                         continue;
                     }
-                    glommio::spawn_local(self.clone().connection(stream)).detach();
+                    let open = Counted::new(&self.connections);
+                    glommio::spawn_local(self.clone().connection(stream, open)).detach();
                 }
                 Some(Err(e)) => {
                     eprintln!("shard {}: accept failed: {e}", self.id);
@@ -890,8 +894,11 @@ impl Shard {
             if let Some(g) = removed {
                 self.groups.borrow_mut().remove(&g.id);
                 g.stop();
+                // Unique: a restart replays the controller log and deletes
+                // the same topic again while an older copy may still be
+                // being removed.
                 let mut gone = g.dir.clone().into_os_string();
-                gone.push(DELETED_SUFFIX);
+                gone.push(format!(".{}{DELETED_SUFFIX}", replica::now_ms()));
                 let gone = std::path::PathBuf::from(gone);
                 std::fs::rename(&g.dir, &gone)
                     .with_context(|| format!("removing {}", g.dir.display()))?;
@@ -1382,8 +1389,9 @@ impl Shard {
         Ok(g)
     }
 
-    async fn connection(self: Rc<Self>, stream: TcpStream) {
-        let _open = Counted::new(&self.connections);
+    /// Serves one client connection; `_open` counts it for
+    /// `max_connections` until it ends.
+    async fn connection(self: Rc<Self>, stream: TcpStream, _open: Counted) {
         let peer = stream
             .peer_addr()
             .map(|a| a.to_string())
@@ -1394,14 +1402,29 @@ impl Shard {
         // once written.
         let (out_tx, out_rx) =
             local_channel::new_bounded::<(FrameBuf, StaticPermit)>(CONNECTION_OUTBOX_MAX);
+        // Set when the writer gives up (the client is gone or takes no bytes
+        // of its answers for CLIENT_WRITE_TIMEOUT): the reader stops too.
+        let writer_gone = Rc::new(Flag::default());
+        let gone = writer_gone.clone();
         let writer_task = glommio::spawn_local(async move {
+            let mut failed = false;
             while let Some((frame, _bytes)) = out_rx.recv().await {
-                let wrote = glommio::timer::timeout(CLIENT_WRITE_TIMEOUT, async {
-                    writer.write_all(&frame).await.map_err(Into::into)
-                })
-                .await;
-                if wrote.is_err() {
-                    break; // gone, or not reading its answers: close
+                if failed {
+                    continue; // drained, so no sender waits on a full queue
+                }
+                // Progress, not the whole answer, is what is timed: a slow
+                // link still gets a large fetch answer.
+                for piece in frame.chunks(WRITE_PIECE_BYTES) {
+                    let wrote = glommio::timer::timeout(CLIENT_WRITE_TIMEOUT, async {
+                        writer.write_all(piece).await.map_err(Into::into)
+                    })
+                    .await;
+                    if wrote.is_err() {
+                        failed = true;
+                        gone.set();
+                        let _ = writer.close().await;
+                        break;
+                    }
                 }
             }
         });
@@ -1417,10 +1440,27 @@ impl Shard {
         let limits = FrameLimits::default();
         let mut decoder = FrameDecoder::new(limits);
         let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        // The reader waits on the socket or the permits, and stops either
+        // way once the writer is gone.
+        let stop = writer_gone.clone();
+        let closing = inflight_bytes.clone();
+        let closing_count = inflight.clone();
+        glommio::spawn_local(async move {
+            stop.wait().await;
+            closing.close();
+            closing_count.close();
+        })
+        .detach();
         'read: loop {
-            let n = match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            let read =
+                futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
+                    writer_gone.wait().await;
+                    None
+                })
+                .await;
+            let n = match read {
+                None | Some(Ok(0)) | Some(Err(_)) => break,
+                Some(Ok(n)) => n,
             };
             decoder.extend(&chunk[..n]);
             loop {
@@ -1472,8 +1512,10 @@ impl Shard {
                 .detach();
             }
         }
-        // Let in-flight requests finish writing, then close.
+        // Let in-flight requests finish writing, then close (at once if the
+        // writer is gone: the semaphore is closed then).
         let _ = inflight.acquire(CONNECTION_INFLIGHT_MAX).await;
+        writer_gone.set(); // ends the watcher task
         drop(out_tx);
         writer_task.await;
     }
@@ -1867,6 +1909,30 @@ fn answer_bytes_max(frame: &Frame) -> u64 {
 /// See [`answer_bytes_max`].
 const ANSWER_BYTES_SMALL: u64 = 64 << 10;
 
+/// A one-way flag tasks can wait for.
+#[derive(Default)]
+struct Flag {
+    set: Cell<bool>,
+    notify: Notify,
+}
+
+impl Flag {
+    fn set(&self) {
+        self.set.set(true);
+        self.notify.notify_all();
+    }
+
+    /// Resolves once the flag is set (at once if it is).
+    async fn wait(&self) {
+        // No await between the check and taking the notification's
+        // generation: a set in between cannot be missed.
+        if self.set.get() {
+            return;
+        }
+        self.notify.wait().await;
+    }
+}
+
 /// Counts a live thing in a shared counter for as long as it exists.
 struct Counted(Rc<Cell<usize>>);
 
@@ -1886,8 +1952,7 @@ impl Drop for Counted {
 /// Answers a connection over the listener's limit with
 /// `TooManyConnections` (to its first request's correlation id, if the
 /// header arrives in time) and closes it.
-async fn refuse(mut stream: TcpStream, why: String, refusing: Rc<Cell<usize>>) {
-    let _refusing = Counted::new(&refusing);
+async fn refuse(mut stream: TcpStream, why: String, _refusing: Counted) {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut got = 0;
     let _ = glommio::timer::timeout(REFUSE_TIMEOUT, async {

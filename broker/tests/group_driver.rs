@@ -389,6 +389,40 @@ fn a_replica_whose_fsync_fails_stops_advertising_itself_as_leader() {
 }
 
 #[test]
+fn a_follower_whose_fsync_fails_keeps_naming_the_leader_it_knows() {
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = config();
+            let faults = config.faults.clone();
+            let h = open(dir.path(), config, vec![1, 2, 3]);
+            faults.arm(FaultPoint::Fsync, Fault::Eio, 0);
+            h.group.step(msg(
+                2,
+                4,
+                MessageBody::Append {
+                    prev_index: 0,
+                    prev_term: 0,
+                    entries: vec![Entry {
+                        index: 1,
+                        term: 4,
+                        payload: EntryPayload::Empty,
+                    }],
+                    commit: 0,
+                },
+            ));
+            until("the group fails", || h.group.failed.borrow().is_some()).await;
+            let last = h.hooks.changes.borrow().last().cloned().unwrap();
+            assert_eq!(
+                last.leader,
+                Some(2),
+                "a failed follower's broker must keep pointing clients at the leader"
+            );
+        })
+    });
+}
+
+#[test]
 fn a_heartbeat_beyond_this_log_stops_the_group_with_a_clear_error() {
     on_executor(|| {
         Box::pin(async {
