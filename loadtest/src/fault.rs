@@ -1,9 +1,10 @@
 //! `--fault`: one scripted fault during a run on brokers this harness
 //! started (they are signalled by PID), and what it did to the workload.
 //!
-//! - `kill-leader@AT[:RESTART]`: kill -9 of the leader of partition 0 at
-//!   AT seconds (warm-up included), restarted RESTART seconds later
-//!   (default 5).
+//! - `kill-leader@AT[:RESTART[:TIMES]]`: kill -9 of the leader of
+//!   partition 0 at AT seconds (warm-up included), restarted RESTART seconds
+//!   later (default 5); with TIMES, again (the leader of that moment)
+//!   RESTART seconds after each restart, TIMES kills in all (default 1).
 //! - `pause-follower@AT:FOR`: SIGSTOP of a follower of partition 0 at AT
 //!   seconds, SIGCONT FOR seconds later.
 //!
@@ -24,14 +25,18 @@ use crate::spawn::LocalCluster;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FaultSpec {
-    KillLeader { at_s: f64, restart_after_s: f64 },
+    KillLeader {
+        at_s: f64,
+        restart_after_s: f64,
+        times: u32,
+    },
     PauseFollower { at_s: f64, for_s: f64 },
 }
 
 impl FaultSpec {
     pub fn parse(s: &str) -> Result<FaultSpec, String> {
         let bad = || {
-            format!("`{s}`: expected kill-leader@SECS[:RESTART_AFTER_SECS] or pause-follower@SECS:FOR_SECS")
+            format!("`{s}`: expected kill-leader@SECS[:RESTART_AFTER_SECS[:TIMES]] or pause-follower@SECS:FOR_SECS")
         };
         let (kind, times) = s.split_once('@').ok_or_else(bad)?;
         let nums: Vec<f64> = times
@@ -45,11 +50,21 @@ impl FaultSpec {
             ("kill-leader", [at]) => Ok(FaultSpec::KillLeader {
                 at_s: *at,
                 restart_after_s: 5.0,
+                times: 1,
             }),
             ("kill-leader", [at, r]) => Ok(FaultSpec::KillLeader {
                 at_s: *at,
                 restart_after_s: *r,
+                times: 1,
             }),
+            // Bounded: at most 100 kills in one run.
+            ("kill-leader", [at, r, n]) if n.fract() == 0.0 && (1.0..=100.0).contains(n) => {
+                Ok(FaultSpec::KillLeader {
+                    at_s: *at,
+                    restart_after_s: *r,
+                    times: *n as u32,
+                })
+            }
             ("pause-follower", [at, f]) if *f > 0.0 => Ok(FaultSpec::PauseFollower {
                 at_s: *at,
                 for_s: *f,
@@ -76,6 +91,8 @@ pub struct FaultLog {
     pub leader_after: Option<(u64, u64)>,
     pub injected_at: Option<Instant>,
     pub healed_at: Option<Instant>,
+    /// Brokers killed (kill-leader).
+    pub kills: u32,
     pub error: Option<String>,
 }
 
@@ -127,22 +144,31 @@ fn apply(
         FaultSpec::KillLeader {
             at_s,
             restart_after_s,
+            times,
         } => {
             sleep_until(start + Duration::from_secs_f64(at_s));
-            let mut c = lock()?;
-            let p = c.placement(topic, 0)?;
-            let leader = p.leader.context("partition 0 has no leader to kill")?;
-            log.leader_before = Some((leader, p.term));
-            c.kill(leader as usize - 1);
-            log.target = Some(leader);
-            log.injected_at = Some(Instant::now());
-            drop(c);
-            std::thread::sleep(Duration::from_secs_f64(restart_after_s));
-            let mut c = lock()?;
-            let p = c.placement(topic, 0)?;
-            log.leader_after = p.leader.map(|l| (l, p.term));
-            c.restart(leader as usize - 1)?;
-            log.healed_at = Some(Instant::now());
+            for k in 0..times {
+                if k > 0 {
+                    std::thread::sleep(Duration::from_secs_f64(restart_after_s));
+                }
+                let mut c = lock()?;
+                let p = c.placement(topic, 0)?;
+                let leader = p.leader.context("partition 0 has no leader to kill")?;
+                if k == 0 {
+                    log.leader_before = Some((leader, p.term));
+                    log.target = Some(leader);
+                    log.injected_at = Some(Instant::now());
+                }
+                c.kill(leader as usize - 1);
+                log.kills += 1;
+                drop(c);
+                std::thread::sleep(Duration::from_secs_f64(restart_after_s));
+                let mut c = lock()?;
+                let p = c.placement(topic, 0)?;
+                log.leader_after = p.leader.map(|l| (l, p.term));
+                c.restart(leader as usize - 1)?;
+                log.healed_at = Some(Instant::now());
+            }
         }
         FaultSpec::PauseFollower { at_s, for_s } => {
             sleep_until(start + Duration::from_secs_f64(at_s));
@@ -239,8 +265,12 @@ impl FaultReport {
             })
             .unwrap_or_else(|| "-".into())
         };
+        let kills = match self.log.kills {
+            0 | 1 => String::new(),
+            n => format!(" ({n} kills in all, the last healed at the end)"),
+        };
         println!(
-            "  fault {}: broker {} at {}, healed at {}{}",
+            "  fault {}: broker {} at {}, healed at {}{kills}{}",
             self.spec.name(),
             self.log.target.map_or("-".into(), |t| t.to_string()),
             since(self.log.injected_at),
@@ -283,6 +313,7 @@ impl FaultReport {
             "target_broker": self.log.target,
             "injected_at_s": since(self.log.injected_at),
             "healed_at_s": since(self.log.healed_at),
+            "kills": self.log.kills,
             "error": self.log.error,
             "leader_before": self.log.leader_before,
             "leader_after": self.log.leader_after,
@@ -310,9 +341,21 @@ mod tests {
             FaultSpec::parse("kill-leader@3").unwrap(),
             FaultSpec::KillLeader {
                 at_s: 3.0,
-                restart_after_s: 5.0
+                restart_after_s: 5.0,
+                times: 1,
             }
         );
+        assert_eq!(
+            FaultSpec::parse("kill-leader@3:2:4").unwrap(),
+            FaultSpec::KillLeader {
+                at_s: 3.0,
+                restart_after_s: 2.0,
+                times: 4,
+            }
+        );
+        for bad in ["kill-leader@3:2:0", "kill-leader@3:2:1.5", "kill-leader@3:2:101"] {
+            assert!(FaultSpec::parse(bad).is_err(), "{bad}");
+        }
         assert_eq!(
             FaultSpec::parse("pause-follower@2:10").unwrap(),
             FaultSpec::PauseFollower {

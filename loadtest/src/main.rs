@@ -77,6 +77,9 @@ struct BrokerArgs {
     /// fresh temporary directory, removed afterwards.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Append the spawned brokers' log (stderr) to this file.
+    #[arg(long)]
+    broker_log: Option<PathBuf>,
     /// Where the fdatasync baseline writes (default: the spawned broker's data
     /// directory, else the current directory).
     #[arg(long)]
@@ -149,8 +152,9 @@ struct RunArgs {
     #[arg(long)]
     json: Option<PathBuf>,
     /// A scripted fault on the spawned brokers, at SECS from the start
-    /// (warm-up included): kill-leader@SECS[:RESTART_AFTER_SECS] (kill -9 of
-    /// partition 0's leader, restarted after 5 s by default) or
+    /// (warm-up included): kill-leader@SECS[:RESTART_AFTER_SECS[:TIMES]]
+    /// (kill -9 of partition 0's leader, restarted after 5 s by default;
+    /// TIMES kills in all, each RESTART_AFTER_SECS after the last restart) or
     /// pause-follower@SECS:FOR_SECS (SIGSTOP of one of its followers).
     #[arg(long, value_parser = FaultSpec::parse, requires = "spawn_broker")]
     fault: Option<FaultSpec>,
@@ -346,7 +350,7 @@ fn brokers_for(
             b.data_dir.as_deref(),
             b.shards,
             b.nodes,
-            None,
+            b.broker_log.as_deref(),
         )?;
         eprintln!(
             "drmq-loadtest: started {} broker(s) (pids {:?}) on {:?} with data in {}",
@@ -679,6 +683,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
                     Some(FaultSpec::KillLeader {
                         at_s: fault_at,
                         restart_after_s: 3.0,
+                        times: 1,
                     }),
                 ),
             ] {

@@ -153,10 +153,10 @@ fn write_swap(
     Ok(new)
 }
 
-fn sync_swap(new: &Segment) -> io::Result<()> {
-    new.file().sync_data()?;
-    new.index.file().sync_data()?;
-    new.time_index.file().sync_data()
+fn sync_swap(new: &mut Segment) -> io::Result<()> {
+    new.handle()?.sync_data()?;
+    new.index.file()?.sync_data()?;
+    new.time_index.file()?.sync_data()
 }
 
 impl Log {
@@ -289,7 +289,7 @@ impl Log {
                 b.give(temp_bytes);
             }
         };
-        let new = match write_swap(
+        let mut new = match write_swap(
             &self.dir,
             &self.segments[i],
             newest,
@@ -305,7 +305,7 @@ impl Log {
         let swap_log = new.log_path.clone();
         let before_rename = (|| {
             self.compact_fault(false, &swap_log)?;
-            sync_swap(&new).map_err(|e| StorageError::io("fdatasync", &swap_log, e))?;
+            sync_swap(&mut new).map_err(|e| StorageError::io("fdatasync", &swap_log, e))?;
             self.compact_fault(false, &swap_log)?;
             let [log_p, ix_p, tix_p] = segment::paths(&self.dir, base);
             for (from, to) in [

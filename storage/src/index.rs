@@ -45,7 +45,9 @@ pub(crate) struct Footer {
 
 pub(crate) struct IndexFile {
     pub path: PathBuf,
-    file: File,
+    /// Closed once the index is sealed and durable (the map stays): a log of
+    /// many segments must not hold a descriptor per index file.
+    file: Option<File>,
     map: MmapMut,
     entry_bytes: usize,
     count: usize,
@@ -83,7 +85,7 @@ impl IndexFile {
         let map = unsafe { MmapMut::map_mut(&file)? };
         Ok(IndexFile {
             path: path.to_owned(),
-            file,
+            file: Some(file),
             map,
             entry_bytes,
             count: 0,
@@ -120,7 +122,7 @@ impl IndexFile {
         Some((
             IndexFile {
                 path: path.to_owned(),
-                file,
+                file: Some(file),
                 map,
                 entry_bytes,
                 count,
@@ -175,13 +177,26 @@ impl IndexFile {
         if torn {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        self.file.set_len((at + FOOTER_BYTES) as u64)?;
+        self.file()?.set_len((at + FOOTER_BYTES) as u64)?;
         self.capacity = self.count;
         Ok(())
     }
 
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The open file, opened again if it was released.
+    pub fn file(&mut self) -> io::Result<&File> {
+        if self.file.is_none() {
+            self.file = Some(OpenOptions::new().read(true).write(true).open(&self.path)?);
+        }
+        Ok(self.file.as_ref().expect("just opened"))
+    }
+
+    /// Closes the file descriptor (the map stays valid for reads).
+    pub fn release(&mut self) {
+        self.file = None;
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
     }
 }
 

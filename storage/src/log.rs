@@ -1251,6 +1251,13 @@ impl Log {
         }
     }
 
+    /// File descriptors the log holds open: the active segment's three and
+    /// those of sealed segments not yet durable; sealed, durable segments
+    /// are read through their maps alone.
+    pub fn open_files(&self) -> usize {
+        self.segments.iter().map(|s| s.open_files()).sum()
+    }
+
     /// Whether anything written is not yet durable.
     pub fn needs_sync(&self) -> bool {
         self.dir_epoch != self.dir_synced_epoch
@@ -1271,21 +1278,24 @@ impl Log {
         let mut files = Vec::new();
         let mut marks = Vec::new();
         let n = self.segments.len();
-        for (i, s) in self.segments.iter().enumerate() {
+        for (i, s) in self.segments.iter_mut().enumerate() {
             let data = s.synced_bytes < s.data_bytes
                 || (i + 1 == n && self.durable_offset < s.next_offset);
             if data {
+                let file = s
+                    .handle()
+                    .map_err(|e| StorageError::io("open", &s.log_path, e))?;
                 files.push(SyncFile {
                     path: s.log_path.clone(),
                     file_id: s.file_id,
-                    file: s.file().clone(),
+                    file,
                 });
             }
             if s.index_dirty {
-                for ix in [&s.index, &s.time_index] {
+                for ix in [&mut s.index, &mut s.time_index] {
                     let file = Rc::new(
                         ix.file()
-                            .try_clone()
+                            .and_then(|f| f.try_clone())
                             .map_err(|e| StorageError::io("dup", &ix.path, e))?,
                     );
                     files.push(SyncFile {
@@ -1345,6 +1355,8 @@ impl Log {
                 if index {
                     s.index_dirty = false;
                 }
+                // Sealed and durable now: its descriptors can go.
+                s.release_files();
             }
         }
         if job.dir.is_some() {

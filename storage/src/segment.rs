@@ -165,7 +165,10 @@ pub(crate) struct Segment {
     /// End (exclusive) of the offsets this segment covers.
     pub next_offset: u64,
     pub log_path: PathBuf,
-    file: Rc<File>,
+    /// Closed once the segment is sealed and durable ([`Segment::release_files`]),
+    /// opened again when it is written (truncation) or synced: a log of
+    /// thousands of segments holds descriptors only for the few in use.
+    file: Option<Rc<File>>,
     map: MmapMut,
     pub data_bytes: u32,
     pub capacity_bytes: u32,
@@ -269,7 +272,7 @@ impl Segment {
             base_offset,
             next_offset: base_offset,
             log_path,
-            file: Rc::new(file),
+            file: Some(Rc::new(file)),
             map,
             data_bytes: 0,
             capacity_bytes,
@@ -331,6 +334,7 @@ impl Segment {
         s.last_term = f.last_term;
         s.last_batch_base = Some(f.last_batch_base);
         s.sealed = true;
+        s.release_files();
         Ok(Some(s))
     }
 
@@ -500,7 +504,8 @@ impl Segment {
         batch::stamp(&mut head, h.base_offset, h.term, h.entry_index);
         let body = &bytes[HEADER_BYTES..];
         let body = if torn { &body[..body.len() / 2] } else { body };
-        write_all_at(&self.file, &[&head, body], pos as u64)?;
+        let file = self.handle()?;
+        write_all_at(&file, &[&head, body], pos as u64)?;
         if torn {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -776,8 +781,11 @@ impl Segment {
         if self.sealed {
             self.unseal(capacity_bytes, interval)?;
         }
+        let file = self
+            .handle()
+            .map_err(|e| StorageError::io("open", &self.log_path, e))?;
         zero_range(
-            &self.file,
+            &file,
             &mut self.map,
             &self.log_path,
             pos..self.capacity_bytes as usize,
@@ -798,16 +806,18 @@ impl Segment {
     /// files writable again.
     fn unseal(&mut self, capacity_bytes: u32, interval: u32) -> Result<()> {
         let cap = capacity_bytes.max(self.data_bytes);
+        let file = self
+            .handle()
+            .map_err(|e| StorageError::io("open", &self.log_path, e))?;
         preallocate(
-            &self.file,
+            &file,
             &self.log_path,
             u64::from(self.data_bytes),
             u64::from(cap - self.data_bytes),
         )?;
-        self.file
-            .set_len(u64::from(cap))
+        file.set_len(u64::from(cap))
             .map_err(|e| StorageError::io("set_len", &self.log_path, e))?;
-        self.map = map_file(&self.file, &self.log_path)?;
+        self.map = map_file(&file, &self.log_path)?;
         self.capacity_bytes = cap;
         let n = index_capacity(cap, interval);
         let ix = self.index.path.clone();
@@ -830,8 +840,8 @@ impl Segment {
         self.time_index
             .seal(f, false)
             .map_err(|e| StorageError::io("seal time index", &self.time_index.path, e))?;
-        self.file
-            .set_len(u64::from(self.data_bytes))
+        self.handle()
+            .and_then(|f| f.set_len(u64::from(self.data_bytes)))
             .map_err(|e| StorageError::io("set_len", &self.log_path, e))?;
         self.sealed = true;
         self.index_dirty = true;
@@ -856,8 +866,37 @@ impl Segment {
         self.map[from..to].fill(0);
     }
 
-    pub fn file(&self) -> &Rc<File> {
-        &self.file
+    /// The open log file, opened again if it was released.
+    pub fn handle(&mut self) -> io::Result<Rc<File>> {
+        if let Some(f) = &self.file {
+            return Ok(f.clone());
+        }
+        let f = Rc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.log_path)?,
+        );
+        self.file = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Closes the segment's three file descriptors if it is sealed and
+    /// everything in it is durable; its maps stay, so reads are unchanged.
+    /// A sync round that still holds the file keeps it open until it ends.
+    pub fn release_files(&mut self) {
+        if self.sealed && self.synced_bytes >= self.data_bytes && !self.index_dirty {
+            self.file = None;
+            self.index.release();
+            self.time_index.release();
+        }
+    }
+
+    /// Descriptors this segment holds open (0 to 3).
+    pub fn open_files(&self) -> usize {
+        usize::from(self.file.is_some())
+            + usize::from(self.index.is_open())
+            + usize::from(self.time_index.is_open())
     }
 
     /// Bytes this segment takes on disk (preallocation included).

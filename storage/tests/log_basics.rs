@@ -250,3 +250,33 @@ fn truncate_into_a_segment_sealed_exactly_full() {
     want.push((2, 2, stamped(again, 2, 2, 2)));
     assert_eq!(read_all(&log), want);
 }
+
+#[test]
+fn sealed_durable_segments_hold_no_file_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), small_config()).unwrap();
+    for i in 0..400u64 {
+        log.append(&batch(i, 1, 300, 0), 1).unwrap();
+    }
+    let segments = log.segment_bases().len();
+    assert!(segments > 5);
+    log.sync_now().unwrap();
+    // Only the active segment keeps its log and index files open: a log of
+    // thousands of segments must not run the process out of descriptors.
+    assert_eq!(log.open_files(), 3, "{segments} segments");
+    let before = read_all(&log);
+    // Reads go through the maps; a truncation into a sealed segment opens
+    // its files again and writes continue from there.
+    let cut = log.segment_bases()[2] + 1;
+    let cut = before.iter().map(|(o, _, _)| *o).find(|&o| o >= cut).unwrap();
+    log.truncate_suffix(cut).unwrap();
+    log.append(&batch(9999, 1, 300, 0), 1).unwrap();
+    log.sync_now().unwrap();
+    assert!(log.open_files() <= 3);
+    drop(log);
+    let (log, _) = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.open_files(), 3, "reopened sealed segments hold none");
+    let after = read_all(&log);
+    assert_eq!(after.len(), before.iter().filter(|(o, _, _)| *o < cut).count() + 1);
+    assert_eq!(&after[..after.len() - 1], &before[..after.len() - 1]);
+}
