@@ -30,7 +30,10 @@ pub enum FaultSpec {
         restart_after_s: f64,
         times: u32,
     },
-    PauseFollower { at_s: f64, for_s: f64 },
+    PauseFollower {
+        at_s: f64,
+        for_s: f64,
+    },
 }
 
 impl FaultSpec {
@@ -353,7 +356,11 @@ mod tests {
                 times: 4,
             }
         );
-        for bad in ["kill-leader@3:2:0", "kill-leader@3:2:1.5", "kill-leader@3:2:101"] {
+        for bad in [
+            "kill-leader@3:2:0",
+            "kill-leader@3:2:1.5",
+            "kill-leader@3:2:101",
+        ] {
             assert!(FaultSpec::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(

@@ -268,7 +268,11 @@ fn sealed_durable_segments_hold_no_file_descriptors() {
     // Reads go through the maps; a truncation into a sealed segment opens
     // its files again and writes continue from there.
     let cut = log.segment_bases()[2] + 1;
-    let cut = before.iter().map(|(o, _, _)| *o).find(|&o| o >= cut).unwrap();
+    let cut = before
+        .iter()
+        .map(|(o, _, _)| *o)
+        .find(|&o| o >= cut)
+        .unwrap();
     log.truncate_suffix(cut).unwrap();
     log.append(&batch(9999, 1, 300, 0), 1).unwrap();
     log.sync_now().unwrap();
@@ -277,6 +281,9 @@ fn sealed_durable_segments_hold_no_file_descriptors() {
     let (log, _) = Log::open(dir.path(), small_config()).unwrap();
     assert_eq!(log.open_files(), 3, "reopened sealed segments hold none");
     let after = read_all(&log);
-    assert_eq!(after.len(), before.iter().filter(|(o, _, _)| *o < cut).count() + 1);
+    assert_eq!(
+        after.len(),
+        before.iter().filter(|(o, _, _)| *o < cut).count() + 1
+    );
     assert_eq!(&after[..after.len() - 1], &before[..after.len() - 1]);
 }
