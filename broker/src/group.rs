@@ -143,7 +143,7 @@ impl Group {
         log.sync_now()
             .with_context(|| format!("syncing {}", dir.display()))?;
         if !report.truncations.is_empty() {
-            eprintln!("recovered {}: {:?}", dir.display(), report.truncations);
+            tracing::warn!(group = id, dir = %dir.display(), truncations = ?report.truncations, "recovered a damaged tail");
         }
         let state = GroupState::load(&dir)?;
         let producers = load_producers(&dir, &log);
@@ -258,7 +258,7 @@ impl Group {
             }
         }
         if let Err(e) = self.raft.borrow_mut().tick() {
-            eprintln!("group {}: tick: {e}", self.id);
+            tracing::warn!(group = self.id, error = %e, "tick");
         }
         if self.raft.borrow().has_ready() {
             self.poke();
@@ -276,7 +276,7 @@ impl Group {
             // must not vote or acknowledge again) and say why; the broker's
             // other groups keep serving.
             Err(e @ raft::Error::LogLost { .. }) => self.fail(&format!("{e}")),
-            Err(e) => eprintln!("group {}: step: {e}", self.id),
+            Err(e) => tracing::warn!(group = self.id, error = %e, "step"),
         }
         self.poke();
     }
@@ -458,7 +458,7 @@ impl Group {
         if self.failed.borrow().is_some() {
             return;
         }
-        eprintln!("group {} ({}): stopped: {why}", self.id, self.dir.display());
+        tracing::error!(group = self.id, dir = %self.dir.display(), error = %why, "group stopped");
         *self.failed.borrow_mut() = Some(why.to_owned());
         self.fail_waiters(ErrorCode::StorageError, why);
         self.stop();
@@ -580,7 +580,7 @@ impl Group {
                     Ok(()) => break,
                     Err(e) if e.is_retriable() => {
                         if !warned {
-                            eprintln!("group {}: {e}; retrying until space returns", self.id);
+                            tracing::warn!(group = self.id, error = %e, "disk full: retrying until space returns");
                             warned = true;
                         }
                         glommio::timer::sleep(DISK_FULL_RETRY).await;
@@ -592,7 +592,7 @@ impl Group {
                 }
             }
             if warned {
-                eprintln!("group {}: appending again", self.id);
+                tracing::info!(group = self.id, "disk space back: appending again");
             }
             let end = self.part.log().next_offset();
             self.part.wait_durable(end).await?;
@@ -754,7 +754,7 @@ fn load_producers(dir: &std::path::Path, log: &Log) -> ProducerTable {
     let saved = match ProducerSnapshot::load(dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{}: producer state not used: {e}", dir.display());
+            tracing::warn!(dir = %dir.display(), error = %e, "producer state not used");
             None
         }
     };

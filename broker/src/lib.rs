@@ -6,6 +6,7 @@
 //! | [`config`]    | broker settings from flags and a TOML file, validated on load    |
 //! | [`runtime`]   | the shards on glommio: client server, partitions, cross-shard messages |
 //! | [`topics`]    | topic records, replica assignment, partition-to-shard placement  |
+//! | [`logging`]   | the broker's log: `tracing` events to stderr, filtered by `RUST_LOG` |
 //! | [`group`]     | a Raft group over a partition log and the task that drives it    |
 //! | [`replica`]   | `raft::Storage` over the log, control batches, `raft.state`      |
 //! | [`peer`]      | the peer transport: authenticated lanes per shard and peer       |
@@ -21,6 +22,7 @@
 pub mod client;
 pub mod config;
 pub mod group;
+pub mod logging;
 pub mod peer;
 pub mod pipeline;
 pub mod producers;

@@ -187,7 +187,9 @@ impl Outbox {
                     Ok(t) => {
                         t.detach();
                     }
-                    Err(e) => eprintln!("shard {}: starting a peer link: {e}", identity.shard),
+                    Err(e) => {
+                        tracing::error!(broker = identity.node_id, shard = identity.shard, peer = id, error = %e, "starting a peer link")
+                    }
                 }
             }
             links.insert(id, Link { control, bulk });
@@ -310,10 +312,7 @@ async fn link_task(
             Ok(mut stream) => {
                 backoff = BACKOFF_MIN;
                 if logged {
-                    eprintln!(
-                        "shard {}: connected to peer {peer} at {addr}",
-                        identity.shard
-                    );
+                    tracing::info!(broker = identity.node_id, shard = identity.shard, peer, %addr, "connected to a peer");
                     logged = false;
                 }
                 let mut buf: Vec<u8> = Vec::with_capacity(WRITE_GATHER_BYTES);
@@ -339,7 +338,7 @@ async fn link_task(
                     })
                     .await;
                     if let Err(e) = wrote {
-                        eprintln!("shard {}: peer {peer} write failed: {e}", identity.shard);
+                        tracing::info!(broker = identity.node_id, shard = identity.shard, peer, error = %e, "peer write failed; reconnecting");
                         break;
                     }
                     counters
@@ -349,10 +348,7 @@ async fn link_task(
             }
             Err(e) => {
                 if !logged {
-                    eprintln!(
-                        "shard {}: peer {peer} at {addr} unreachable ({e}); retrying",
-                        identity.shard
-                    );
+                    tracing::warn!(broker = identity.node_id, shard = identity.shard, peer, %addr, error = %e, "peer unreachable; retrying");
                     logged = true;
                 }
             }
@@ -498,7 +494,7 @@ pub async fn listen<I: Inbound + 'static>(
                 .detach();
             }
             Err(e) => {
-                eprintln!("shard {}: peer accept failed: {e}", identity.shard);
+                tracing::warn!(broker = identity.node_id, shard = identity.shard, error = %e, "peer accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -590,10 +586,7 @@ async fn serve_peer<I: Inbound>(
         Ok(x) => x,
         Err(e) => {
             bump(&counters.rejected_connections);
-            eprintln!(
-                "shard {}: rejected peer connection from {who}: {e}",
-                identity.shard
-            );
+            tracing::warn!(broker = identity.node_id, shard = identity.shard, from = %who, error = %e, "rejected a peer connection");
             return;
         }
     };
@@ -606,10 +599,7 @@ async fn serve_peer<I: Inbound>(
             Ok(f) => f,
             Err(e) => {
                 if !e.to_string().contains("connection closed") {
-                    eprintln!(
-                        "shard {}: closing peer {node} connection: {e}",
-                        identity.shard
-                    );
+                    tracing::info!(broker = identity.node_id, shard = identity.shard, peer = node, error = %e, "closing a peer connection");
                 }
                 return;
             }
@@ -617,7 +607,7 @@ async fn serve_peer<I: Inbound>(
         let msg = match frame.message() {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("shard {}: bad frame from peer {node}: {e}", identity.shard);
+                tracing::warn!(broker = identity.node_id, shard = identity.shard, peer = node, error = %e, "bad frame from a peer; closing");
                 return;
             }
         };
@@ -625,10 +615,7 @@ async fn serve_peer<I: Inbound>(
         match from_wire(msg, node, identity.node_id) {
             Ok(msgs) => inbound.deliver(msgs),
             Err(e) => {
-                eprintln!(
-                    "shard {}: bad message from peer {node}: {e}",
-                    identity.shard
-                );
+                tracing::warn!(broker = identity.node_id, shard = identity.shard, peer = node, error = %e, "bad message from a peer; closing");
                 return;
             }
         }

@@ -326,25 +326,26 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         }
     }
     endpoints.sort();
-    eprintln!(
-        "drmq broker {} up: {} shard(s), clients on {}, peers on {}, {} broker(s) in the cluster, data in {}",
-        config.id,
+    tracing::info!(
+        broker = config.id,
         shards,
-        endpoints
+        clients = %endpoints
             .iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(","),
-        config.peer_listen,
-        broker_ids(&config).len(),
-        config.data_dir.display()
+        peers = %config.peer_listen,
+        cluster_brokers = broker_ids(&config).len(),
+        data_dir = %config.data_dir.display(),
+        "broker up"
     );
     let stop_senders = senders;
+    let id = config.id;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let signal = wait_for_signal(&signals);
-            eprintln!("drmq broker: signal {signal}, stopping (syncing partitions)");
+            tracing::info!(broker = id, signal, "stopping: syncing partitions");
             for s in &stop_senders {
                 let _ = s.send(ShardMsg::Shutdown);
             }
@@ -354,7 +355,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         h.join()
             .map_err(|e| anyhow::anyhow!("shard panicked: {e:?}"))?;
     }
-    eprintln!("drmq broker {}: stopped", config.id);
+    tracing::info!(broker = config.id, "stopped");
     Ok(())
 }
 
@@ -534,7 +535,9 @@ impl GroupHooks for Hooks {
                 Ok(c) => {
                     let _ = tx.try_send((e.index, c));
                 }
-                Err(why) => eprintln!("controller entry {}: skipped: {why}", e.index),
+                Err(why) => {
+                    tracing::error!(entry = e.index, error = %why, "controller entry skipped")
+                }
             }
         }
     }
@@ -581,7 +584,9 @@ impl Shard {
             Ok(t) => {
                 t.detach();
             }
-            Err(e) => eprintln!("shard {}: spawning Raft work: {e}", self.id),
+            Err(e) => {
+                tracing::error!(broker = self.config.id, shard = self.id, error = %e, "spawning Raft work")
+            }
         }
     }
 
@@ -680,7 +685,7 @@ impl Shard {
                     glommio::spawn_local(self.clone().connection(stream, open)).detach();
                 }
                 Some(Err(e)) => {
-                    eprintln!("shard {}: accept failed: {e}", self.id);
+                    tracing::warn!(broker = self.config.id, shard = self.id, error = %e, "accept failed");
                     glommio::timer::sleep(Duration::from_millis(10)).await;
                 }
             }
@@ -696,11 +701,11 @@ impl Shard {
         }
         for g in groups {
             if let Err(e) = g.save_producers().await {
-                eprintln!("shard {}: saving the producer state: {e}", self.id);
+                tracing::warn!(broker = self.config.id, shard = self.id, group = g.id, error = %e, "saving the producer state");
             }
             let end = g.part.log().next_offset();
             if let Err(e) = g.part.wait_durable(end).await {
-                eprintln!("shard {}: final sync failed: {e}", self.id);
+                tracing::error!(broker = self.config.id, shard = self.id, group = g.id, error = %e, "final sync failed");
             }
             g.stop();
         }
@@ -768,7 +773,7 @@ impl Shard {
             }
         };
         if let Err(e) = self.broadcast_topic(&name, record).await {
-            eprintln!("controller entry {index}: applying to topic {name}: {e}");
+            tracing::error!(broker = self.config.id, entry = index, topic = %name, error = %e, "applying a controller entry");
             let mut errors = self.apply_errors.borrow_mut();
             // Only the answer to a recent admin request needs it.
             if errors.len() >= APPLY_ERRORS_KEPT {
@@ -858,7 +863,7 @@ impl Shard {
                 let flusher = group.part.clone();
                 glommio::spawn_local(async move {
                     let e = flusher.flush_loop().await;
-                    eprintln!("partition flush loop stopped: {e}");
+                    tracing::error!(error = %e, "partition flush loop stopped");
                 })
                 .detach();
             }
@@ -1184,11 +1189,7 @@ impl Shard {
             // restart reads only the entries since, and none that retention
             // removes is ever needed to rebuild it.
             if let Err(e) = g.save_producers().await {
-                eprintln!(
-                    "shard {}: saving the producer state of {}: {e}",
-                    self.id,
-                    g.dir.display()
-                );
+                tracing::warn!(broker = self.config.id, shard = self.id, group = g.id, error = %e, "saving the producer state");
                 continue;
             }
             let bound = g.high_watermark.get();
@@ -1205,11 +1206,7 @@ impl Shard {
                 continue;
             };
             if let Err(e) = g.save_start_prev(entry, term).await {
-                eprintln!(
-                    "shard {}: retention on {}: saving the log-start point: {e}",
-                    self.id,
-                    g.dir.display()
-                );
+                tracing::warn!(broker = self.config.id, shard = self.id, group = g.id, error = %e, "retention: saving the log-start point");
                 continue;
             }
             // `entry-start` (two fsyncs) is written off the shard.
@@ -1222,7 +1219,7 @@ impl Shard {
                     })
                     .await;
                 if let Err(e) = g.part.log_mut().start_plan_persisted(plan, persisted) {
-                    eprintln!("shard {}: retention on {}: {e}", self.id, g.dir.display());
+                    tracing::warn!(broker = self.config.id, shard = self.id, group = g.id, error = %e, "retention: writing entry-start");
                     continue;
                 }
             }
@@ -1232,7 +1229,9 @@ impl Shard {
                     bump(&self.counters.segments_deleted, removed.segments as u64);
                 }
                 Ok(_) => {}
-                Err(e) => eprintln!("shard {}: retention on {}: {e}", self.id, g.dir.display()),
+                Err(e) => {
+                    tracing::warn!(broker = self.config.id, shard = self.id, group = g.id, error = %e, "retention")
+                }
             }
             if log.log_start_offset() == cut {
                 g.use_start_prev(entry, term);
@@ -1468,7 +1467,7 @@ impl Shard {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
-                        eprintln!("shard {}: closing client {peer}: {e}", self.id);
+                        tracing::info!(broker = self.config.id, shard = self.id, client = %peer, error = %e, "closing a client connection");
                         bump(&self.counters.errors, 1);
                         break 'read;
                     }
@@ -2031,6 +2030,6 @@ fn start_janitor() -> std::io::Result<flume::Sender<Chore>> {
 
 fn report_failed(failed: Vec<(std::path::PathBuf, std::io::Error)>) {
     for (p, e) in failed {
-        eprintln!("janitor: removing {}: {e}", p.display());
+        tracing::warn!(path = %p.display(), error = %e, "janitor: removing");
     }
 }

@@ -787,6 +787,7 @@ fn serve_broker(a: ServeArgs) -> Result<bool> {
         ..FileConfig::default()
     };
     let config = BrokerConfig::resolve(FileConfig::default(), flags, a.shards)?;
+    broker::logging::init();
     broker::runtime::run(config)?;
     Ok(true)
 }

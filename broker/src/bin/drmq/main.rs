@@ -316,6 +316,7 @@ fn broker(args: BrokerArgs) -> Result<()> {
         print_json(&serde_json::to_value(&config)?);
         return Ok(());
     }
+    broker::logging::init();
     broker::runtime::run(config)
 }
 
