@@ -35,6 +35,7 @@ use wire::{
 };
 
 use crate::replica;
+use crate::runtime::Counted;
 
 /// Largest peer frame: an append carries at most the Raft message budget
 /// (1 MiB) or one batch (16 MiB at most) plus headers.
@@ -266,22 +267,6 @@ impl Outbox {
     }
 }
 
-/// Holds one of the listener's handshake slots until dropped.
-struct Handshaking(Rc<Cell<usize>>);
-
-impl Handshaking {
-    fn new(count: &Rc<Cell<usize>>) -> Handshaking {
-        count.set(count.get() + 1);
-        Handshaking(count.clone())
-    }
-}
-
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
-}
-
 /// Whether a message goes on the bulk lane. Every append does, with
 /// entries or without: an empty append (a probe, a commit update) sent on
 /// the control lane would overtake the appends queued on the bulk lane,
@@ -482,7 +467,7 @@ pub async fn listen<I: Inbound + 'static>(
                     drop(stream);
                     continue;
                 }
-                let slot = Handshaking::new(&handshakes);
+                let slot = Counted::new(&handshakes);
                 glommio::spawn_local(serve_peer(
                     stream,
                     identity.clone(),
@@ -507,7 +492,7 @@ async fn serve_peer<I: Inbound>(
     peers: Rc<BTreeMap<NodeId, SocketAddr>>,
     inbound: Rc<I>,
     counters: Rc<PeerCounters>,
-    slot: Handshaking,
+    slot: Counted,
 ) {
     let who = stream
         .peer_addr()

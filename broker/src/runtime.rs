@@ -1932,11 +1932,12 @@ impl Flag {
     }
 }
 
-/// Counts a live thing in a shared counter for as long as it exists.
-struct Counted(Rc<Cell<usize>>);
+/// Counts a live thing in a shared counter for as long as it exists
+/// (connections, refusals, peer handshakes).
+pub(crate) struct Counted(Rc<Cell<usize>>);
 
 impl Counted {
-    fn new(c: &Rc<Cell<usize>>) -> Counted {
+    pub(crate) fn new(c: &Rc<Cell<usize>>) -> Counted {
         c.set(c.get() + 1);
         Counted(c.clone())
     }

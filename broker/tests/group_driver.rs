@@ -164,6 +164,16 @@ impl Harness {
             .collect()
     }
 
+    /// Waits (bounded) until a message matching `pick` has been sent.
+    async fn until_sent(&self, what: &str, pick: impl Fn(&Message) -> bool) {
+        until(what, || !self.sent(&pick).is_empty()).await;
+    }
+
+    /// Waits (bounded) until the group has failed.
+    async fn until_failed(&self) {
+        until("the group fails", || self.group.failed.borrow().is_some()).await;
+    }
+
     fn assert_contract_kept(&self) {
         let v = self.transport.violations.borrow();
         assert!(v.is_empty(), "persistence contract broken: {v:?}");
@@ -173,19 +183,15 @@ impl Harness {
     /// commits its no-op with node 2's acknowledgement. Returns the term.
     async fn elect(&self) -> u64 {
         self.group.campaign();
-        until("a pre-vote goes out", || {
-            !self
-                .sent(|m| matches!(m.body, MessageBody::PreVote { .. }))
-                .is_empty()
+        self.until_sent("a pre-vote goes out", |m| {
+            matches!(m.body, MessageBody::PreVote { .. })
         })
         .await;
         let term = self.group.term() + 1;
         self.group
             .step(msg(2, term, MessageBody::PreVoteResponse { reject: false }));
-        until("a vote request goes out", || {
-            !self
-                .sent(|m| matches!(m.body, MessageBody::Vote { .. }))
-                .is_empty()
+        self.until_sent("a vote request goes out", |m| {
+            matches!(m.body, MessageBody::Vote { .. })
         })
         .await;
         self.group
@@ -239,9 +245,8 @@ fn nothing_is_promised_to_a_peer_before_it_is_durable() {
                     transfer: false,
                 },
             ));
-            until("the vote is answered", || {
-                !h.sent(|m| matches!(m.body, MessageBody::VoteResponse { .. }))
-                    .is_empty()
+            h.until_sent("the vote is answered", |m| {
+                matches!(m.body, MessageBody::VoteResponse { .. })
             })
             .await;
             let granted = h.sent(|m| matches!(m.body, MessageBody::VoteResponse { reject: false }));
@@ -275,18 +280,15 @@ fn nothing_is_promised_to_a_peer_before_it_is_durable() {
                     commit: 1,
                 },
             ));
-            until("the entries are acknowledged", || {
-                !h.sent(|m| {
-                    matches!(
-                        m.body,
-                        MessageBody::AppendResponse {
-                            reject: false,
-                            index: 3,
-                            ..
-                        }
-                    )
-                })
-                .is_empty()
+            h.until_sent("the entries are acknowledged", |m| {
+                matches!(
+                    m.body,
+                    MessageBody::AppendResponse {
+                        reject: false,
+                        index: 3,
+                        ..
+                    }
+                )
             })
             .await;
             h.assert_contract_kept();
@@ -307,12 +309,9 @@ fn a_produce_committed_before_a_step_down_is_answered_with_its_offsets() {
             let g = h.group.clone();
             let waiter =
                 glommio::spawn_local(async move { g.wait_committed(index, Some(term)).await });
-            until("the entry is sent", || {
-                !h.sent(|m| {
-                    matches!(&m.body, MessageBody::Append { entries, .. }
+            h.until_sent("the entry is sent", |m| {
+                matches!(&m.body, MessageBody::Append { entries, .. }
                         if entries.iter().any(|e| e.index == index))
-                })
-                .is_empty()
             })
             .await;
             // In one step, with no Ready in between: node 2 acknowledges
@@ -375,7 +374,7 @@ fn a_replica_whose_fsync_fails_stops_advertising_itself_as_leader() {
             .await
             .expect("the waiter is answered");
             assert!(answer.is_err(), "a write that failed is not acknowledged");
-            until("the group fails", || h.group.failed.borrow().is_some()).await;
+            h.until_failed().await;
             let last = h.hooks.changes.borrow().last().cloned().unwrap();
             assert_eq!(
                 (last.leader, last.role),
@@ -411,7 +410,7 @@ fn a_follower_whose_fsync_fails_keeps_naming_the_leader_it_knows() {
                     commit: 0,
                 },
             ));
-            until("the group fails", || h.group.failed.borrow().is_some()).await;
+            h.until_failed().await;
             let last = h.hooks.changes.borrow().last().cloned().unwrap();
             assert_eq!(
                 last.leader,
@@ -432,7 +431,7 @@ fn a_heartbeat_beyond_this_log_stops_the_group_with_a_clear_error() {
             // wiped since): no crash, the group stops and says why.
             h.group
                 .step(msg(2, 3, MessageBody::Heartbeat { commit: 40 }));
-            until("the group fails", || h.group.failed.borrow().is_some()).await;
+            h.until_failed().await;
             let why = h.group.failed.borrow().clone().unwrap();
             assert!(why.contains("lost"), "{why}");
             assert!(
