@@ -580,7 +580,7 @@ impl Group {
                     Ok(()) => break,
                     Err(e) if e.is_retriable() => {
                         if !warned {
-                            tracing::warn!(group = self.id, error = %e, "disk full: retrying until space returns");
+                            tracing::warn!(group = self.id, error = %e, "out of disk space or resources: retrying until they return");
                             warned = true;
                         }
                         glommio::timer::sleep(DISK_FULL_RETRY).await;
@@ -592,10 +592,21 @@ impl Group {
                 }
             }
             if warned {
-                tracing::info!(group = self.id, "disk space back: appending again");
+                tracing::info!(group = self.id, "appending again");
             }
+            // Opening a file for the sync round can meet the same
+            // retriable shortage (descriptors): wait it out the same way.
             let end = self.part.log().next_offset();
-            self.part.wait_durable(end).await?;
+            loop {
+                match self.part.wait_durable(end).await {
+                    Ok(_) => break,
+                    Err(e) if e.is_retriable() && !self.stopped.get() => {
+                        tracing::warn!(group = self.id, error = %e, "sync: retrying");
+                        glommio::timer::sleep(DISK_FULL_RETRY).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         if let Some(hs) = rd.hard_state {
             let saved = self.saved.get();

@@ -19,6 +19,16 @@ pub enum StorageError {
         path: PathBuf,
         detail: String,
     },
+    /// The process ran out of file descriptors or memory maps (EMFILE,
+    /// ENFILE, ENOMEM) while creating or opening a file: a state like a
+    /// full disk, not damage. Nothing was written; retry once other
+    /// partitions released some (retention, fewer segments).
+    #[error("out of resources: {op} on {path}: {detail} (retriable)")]
+    OutOfResources {
+        op: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
     /// Fatal for this partition: an I/O error other than ENOSPC.
     #[error("{op} on {path}: {source}")]
     Io {
@@ -77,7 +87,10 @@ impl StorageError {
     /// True where retrying the same operation later can succeed without
     /// reopening the partition.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, StorageError::DiskFull { .. })
+        matches!(
+            self,
+            StorageError::DiskFull { .. } | StorageError::OutOfResources { .. }
+        )
     }
 
     /// Wraps an I/O error, turning ENOSPC/EDQUOT into the retriable `DiskFull`.
@@ -89,6 +102,13 @@ impl StorageError {
                 path,
                 detail: source.to_string(),
             },
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) => {
+                StorageError::OutOfResources {
+                    op,
+                    path,
+                    detail: source.to_string(),
+                }
+            }
             _ => StorageError::Io { op, path, source },
         }
     }
