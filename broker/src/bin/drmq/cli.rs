@@ -348,17 +348,21 @@ pub fn consume(
                         "value": rec.value.map(|v| String::from_utf8_lossy(v).into_owned()),
                         "timestamp_ms": rec.timestamp_ms,
                     });
-                    writeln!(o, "{line}")?;
+                    // A reader that went away (`| head`) ends consuming.
+                    if let Err(e) = writeln!(o, "{line}") {
+                        return reader_gone(e);
+                    }
                     positions[i] = rec.offset + 1;
                     printed += 1;
                     got_any = true;
                     if max_messages.is_some_and(|m| printed >= m) {
-                        o.flush()?;
-                        return Ok(());
+                        return o.flush().or_else(reader_gone);
                     }
                 }
             }
-            o.flush()?;
+            if let Err(e) = o.flush() {
+                return reader_gone(e);
+            }
         }
         if got_any {
             last_data = Instant::now();
@@ -366,5 +370,15 @@ pub fn consume(
         {
             return Ok(());
         }
+    }
+}
+
+/// A closed standard output ends a consumer quietly (`drmq consume | head`);
+/// any other write error is one.
+fn reader_gone(e: std::io::Error) -> Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(e.into())
     }
 }
