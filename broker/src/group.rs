@@ -597,15 +597,22 @@ impl Group {
             // Opening a file for the sync round can meet the same
             // retriable shortage (descriptors): wait it out the same way.
             let end = self.part.log().next_offset();
+            let mut warned = false;
             loop {
                 match self.part.wait_durable(end).await {
                     Ok(_) => break,
                     Err(e) if e.is_retriable() && !self.stopped.get() => {
-                        tracing::warn!(group = self.id, error = %e, "sync: retrying");
+                        if !warned {
+                            tracing::warn!(group = self.id, error = %e, "sync: retrying until resources return");
+                            warned = true;
+                        }
                         glommio::timer::sleep(DISK_FULL_RETRY).await;
                     }
                     Err(e) => return Err(e.into()),
                 }
+            }
+            if warned {
+                tracing::info!(group = self.id, "syncing again");
             }
         }
         if let Some(hs) = rd.hard_state {
@@ -637,9 +644,20 @@ impl Group {
     /// Writes a Ready's entries (first removing a conflicting suffix; again
     /// from the start on a retry, which rewrites the same entries).
     fn append_entries(&self, entries: &[Entry]) -> Result<(), storage::StorageError> {
-        let first = entries[0].index;
         let mut log = self.part.log_mut();
-        let truncated = first < log.next_entry_index();
+        // Entries the log already holds with the same term are the same
+        // entries (log matching): a retry after a refused roll keeps them
+        // instead of truncating back into sealed segments.
+        let next = log.next_entry_index();
+        let held = entries
+            .iter()
+            .take_while(|e| e.index < next && log.entry_term(e.index).ok() == Some(e.term))
+            .count();
+        let entries = &entries[held..];
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        let truncated = first < next;
         if truncated {
             log.truncate_entries_from(first)?;
         }

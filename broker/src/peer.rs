@@ -452,17 +452,26 @@ pub async fn listen<I: Inbound + 'static>(
     counters: Rc<PeerCounters>,
 ) {
     let handshakes = Rc::new(Cell::new(0usize));
-    // Only the hosts of configured peers may start a handshake (any host if
-    // a peer is configured by a wildcard address), so strangers cannot take
-    // the handshake slots real peers need to reconnect.
-    let hosts: Vec<std::net::IpAddr> = peers.values().map(|a| a.ip()).collect();
+    // Strangers cannot take the handshake slots that the hosts of
+    // configured peers need to reconnect (every host counts as a peer host
+    // if a peer is configured by a wildcard address).
+    let hosts: Vec<std::net::IpAddr> = peers.values().map(|a| a.ip().to_canonical()).collect();
     let any_host = hosts.iter().any(|ip| ip.is_unspecified());
+    let mut backoff = Duration::ZERO;
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let from = stream.peer_addr().map(|a| a.ip()).ok();
+                backoff = Duration::ZERO;
+                let from = stream.peer_addr().map(|a| a.ip().to_canonical()).ok();
                 let known = any_host || from.is_some_and(|ip| hosts.contains(&ip));
-                if !known || handshakes.get() >= HANDSHAKES_MAX {
+                // Strangers (NAT, another address of a peer) may use half
+                // the slots; configured peer hosts always find room.
+                let cap = if known {
+                    HANDSHAKES_MAX
+                } else {
+                    HANDSHAKES_MAX / 2
+                };
+                if handshakes.get() >= cap {
                     bump(&counters.rejected_connections);
                     drop(stream);
                     continue;
@@ -479,8 +488,12 @@ pub async fn listen<I: Inbound + 'static>(
                 .detach();
             }
             Err(e) => {
-                tracing::warn!(broker = identity.node_id, shard = identity.shard, error = %e, "peer accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                // Out of descriptors, most likely: back off, say so once.
+                if backoff.is_zero() {
+                    tracing::warn!(broker = identity.node_id, shard = identity.shard, error = %e, "peer accept failed; backing off");
+                }
+                backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                glommio::timer::sleep(backoff).await;
             }
         }
     }

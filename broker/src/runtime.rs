@@ -71,6 +71,8 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Produce requests that give no timeout wait this long for a commit.
 const PRODUCE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// The longest a produce request may wait for its commit.
+const PRODUCE_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 /// How long topic administration waits for the controller and for the new
 /// partitions' first leaders.
 const ADMIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15);
@@ -658,6 +660,7 @@ impl Shard {
             }
         })
         .detach();
+        let mut accept_backoff = Duration::ZERO;
         loop {
             let accepted =
                 futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -668,6 +671,7 @@ impl Shard {
             match accepted {
                 None => break,
                 Some(Ok(stream)) => {
+                    accept_backoff = Duration::ZERO;
                     // Counted here, at accept, so a burst cannot overshoot.
                     if self.connections.get() >= self.config.max_connections {
                         bump(&self.counters.errors, 1);
@@ -685,8 +689,14 @@ impl Shard {
                     glommio::spawn_local(self.clone().connection(stream, open)).detach();
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(broker = self.config.id, shard = self.id, error = %e, "accept failed");
-                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    // Out of descriptors, most likely: back off (up to 1 s)
+                    // and say so once per streak.
+                    if accept_backoff.is_zero() {
+                        tracing::warn!(broker = self.config.id, shard = self.id, error = %e, "accept failed; backing off");
+                    }
+                    accept_backoff = (accept_backoff * 2)
+                        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    glommio::timer::sleep(accept_backoff).await;
                 }
             }
         }
@@ -1693,9 +1703,11 @@ impl Shard {
                 );
             }
         }
+        // Capped: a request holds its connection's slot and budget while
+        // it waits.
         let timeout = match timeout_ms {
             0 => PRODUCE_TIMEOUT_DEFAULT,
-            ms => Duration::from_millis(u64::from(ms)),
+            ms => Duration::from_millis(u64::from(ms)).min(PRODUCE_TIMEOUT_MAX),
         };
         // Check and record the producer's sequence in the same synchronous
         // step as the proposal, so pipelined batches of one producer are

@@ -432,6 +432,13 @@ impl Log {
             tracing::error!(dir = %self.dir.display(), error = %err, "partition refuses writes until reopened");
             self.poisoned = Some(err.to_string());
         }
+        // A poisoned log is never worth a retry: say so to the caller.
+        if err.is_retriable() {
+            return StorageError::Poisoned {
+                path: self.dir.clone(),
+                reason: err.to_string(),
+            };
+        }
         err
     }
 
@@ -1336,6 +1343,15 @@ impl Log {
             None => result,
         };
         if let Err(e) = result {
+            // A round that could not open a file to sync (out of descriptors
+            // or memory) synced nothing that failed: the pages are intact
+            // and dirty; say retriable, and mark nothing.
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM)
+            ) {
+                return Err(StorageError::io("open for fdatasync", path, e));
+            }
             // Even ENOSPC from fdatasync is fatal: the written pages are in
             // an unknown state.
             let err = StorageError::Io {
@@ -1345,7 +1361,14 @@ impl Log {
             };
             return Err(self.poison(err));
         }
-        for (base, id, bytes, index) in job.marks {
+        // A truncation since the round began (`epoch`) may have rewritten
+        // bytes the round's fdatasync ran before: its marks prove nothing.
+        let marks = if job.epoch == self.epoch {
+            job.marks
+        } else {
+            Vec::new()
+        };
+        for (base, id, bytes, index) in marks {
             if let Some(s) = self
                 .segments
                 .iter_mut()
@@ -1422,9 +1445,15 @@ fn write_entry_start_file(dir: &Path, tmp_suffix: &str, index: u64) -> Result<()
     f.sync_all()
         .map_err(|e| StorageError::io("fsync", &tmp, e))?;
     std::fs::rename(&tmp, &dst).map_err(|e| StorageError::io("rename", &tmp, e))?;
+    // Past the rename the file may hold the new value: never retriable (the
+    // caller's memory and the file could disagree), the log is poisoned.
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| StorageError::io("fsync dir", dir, e))
+        .map_err(|source| StorageError::Io {
+            op: "fsync dir",
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn read_log_start(dir: &Path) -> Option<u64> {

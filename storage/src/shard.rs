@@ -284,8 +284,11 @@ impl Partition {
         };
         loop {
             glommio::timer::sleep(Duration::from_millis(interval_ms)).await;
-            if let Err(e) = self.flush_if_due().await {
-                return e;
+            match self.flush_if_due().await {
+                // Out of descriptors for a moment: the next interval retries.
+                Err(e) if e.is_retriable() => {}
+                Err(e) => return e,
+                Ok(_) => {}
             }
         }
     }

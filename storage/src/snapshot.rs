@@ -366,7 +366,22 @@ impl Log {
         if let Some(b) = &self.config.disk_budget {
             b.give(self.segments.iter().map(|s| s.disk_bytes()).sum());
         }
-        let (log, _) = Log::open(&self.dir, self.config.clone())?;
+        // Past the exchange this log's files are gone: a failed reopen must
+        // leave it refusing writes, never writing into the new directory.
+        let (log, _) = match Log::open(&self.dir, self.config.clone()) {
+            Ok(l) => l,
+            Err(e) => {
+                let reason = e.to_string();
+                self.poison(StorageError::Poisoned {
+                    path: self.dir.clone(),
+                    reason: format!("reopening after a snapshot install: {reason}"),
+                });
+                return Err(StorageError::Poisoned {
+                    path: self.dir.clone(),
+                    reason,
+                });
+            }
+        };
         *self = log;
         Ok(meta.clone())
     }

@@ -142,3 +142,46 @@ fn every_append_a_shard_acknowledged_survives_a_power_cut_of_the_page_cache() {
     assert_durable_prefix_survives(dir.path(), &before, durable);
     assert!(cache.file_syncs() > 0, "the rounds went through the seam");
 }
+
+#[test]
+fn a_sync_round_that_raced_a_truncation_proves_nothing_about_the_rewritten_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = PageCache::new();
+    let (mut log, _) = Log::open(dir.path(), config_through(&cache)).unwrap();
+    // How many such batches fit in one segment (found on a scratch log).
+    let fit = {
+        let scratch = tempfile::tempdir().unwrap();
+        let (mut l, _) = Log::open(scratch.path(), small_config()).unwrap();
+        let mut n = 0u64;
+        while l.segment_bases().len() == 1 {
+            l.append(&batch(n, 1, 1000, 0), 1).unwrap();
+            n += 1;
+        }
+        n - 1
+    };
+    // The first segment full but not rolled.
+    for tag in 0..fit {
+        log.append(&batch(tag, 1, 1000, 0), 1).unwrap();
+    }
+    let first = read_all(&log);
+    // A round begins and its fdatasync runs now (as io_uring's would while
+    // the shard goes on)...
+    let job = log.begin_sync().unwrap().expect("something to sync");
+    storage::syncer::run_round(&job, &*cache).unwrap();
+    // ... meanwhile a conflicting leader's entries replace the tail (Raft
+    // truncation) with as many bytes as before, and the next batch rolls
+    // the segment: sealed at the length the round saw.
+    log.truncate_suffix(first[2].0).unwrap();
+    for tag in 100..100 + fit - 1 {
+        log.append(&batch(tag, 1, 1000, 0), 1).unwrap();
+    }
+    assert_eq!(log.segment_bases().len(), 2, "the rewritten segment rolled");
+    // The round ends: its marks were taken before the truncation.
+    log.finish_sync(job, Ok(())).unwrap();
+    let durable = log.sync_now().unwrap();
+    assert_eq!(durable, log.next_offset());
+    let before = read_all(&log);
+    drop(log);
+    cache.power_cut(dir.path()).unwrap();
+    assert_durable_prefix_survives(dir.path(), &before, durable);
+}
