@@ -125,23 +125,19 @@ impl ProducerTable {
 
     /// Records a batch held by Raft entry `entry`. Recording the same batch
     /// again (the leader records at proposal and again when it persists)
-    /// only updates its entry.
+    /// changes nothing.
     pub fn record(&mut self, id: BatchId, entry: u64) {
         if id.producer_id < 0 {
             return;
         }
         if let Some(state) = self.producers.get_mut(&id.producer_id) {
-            if let Some(at) = state.recent.iter().position(|a| a.same_batch(id)) {
+            if state.recent.iter().any(|a| a.same_batch(id)) {
                 // The same entry again (proposal, then persistence): nothing
-                // changes. A second copy in a later entry (written after the
-                // table had forgotten the first) moves to the back, keeping
-                // `recent` in entry order for [`ProducerTable::truncate_from`].
-                if state.recent[at].entry != entry {
-                    if let Some(mut a) = state.recent.remove(at) {
-                        a.entry = entry;
-                        state.recent.push_back(a);
-                    }
-                }
+                // changes. A second copy in a later entry (written after
+                // the table had forgotten the first) is not recorded: a
+                // retry is answered with the first copy's offsets, and
+                // `recent` stays in entry order for
+                // [`ProducerTable::truncate_from`].
                 return;
             }
             if id.epoch < state.epoch {
@@ -408,11 +404,12 @@ mod tests {
         assert_eq!(t.check(id(0, 3)), Verdict::Append);
         t.record(id(0, 3), 100);
         assert_eq!(t.check(id(0, 3)), Verdict::Duplicate { entry: 100 });
+        t.record(id(0, 3), 100);
         t.record(id(0, 3), 101);
         assert_eq!(
             t.check(id(0, 3)),
-            Verdict::Duplicate { entry: 101 },
-            "recording again moves it, no second copy"
+            Verdict::Duplicate { entry: 100 },
+            "recording again keeps the first copy: a retry gets its original offsets"
         );
         assert_eq!(t.check(id(3, 2)), Verdict::Append);
     }
@@ -490,10 +487,10 @@ mod tests {
         // that had forgotten it accepted it).
         t.record(id(0, 1), 12);
         t.truncate_from(12);
-        assert_ne!(
+        assert_eq!(
             t.check(id(0, 1)),
-            Verdict::Duplicate { entry: 12 },
-            "entry 12 is gone: a retry must not be answered with its offsets"
+            Verdict::Duplicate { entry: 10 },
+            "entry 12 is gone: a retry is answered with the first copy's offsets"
         );
         assert_eq!(t.check(id(1, 1)), Verdict::Duplicate { entry: 11 });
     }
