@@ -12,7 +12,7 @@
 //! | [`fault`] | named fault-injection points (append, roll, fsync, truncate, index write, compact, install) |
 //! | `index` | sparse offset and time index files, memory-mapped |
 //! | `segment` | one preallocated, memory-mapped segment file |
-//! | [`log`] | the partition log: append, read, truncate, move start, recovery, retention, sync rounds |
+//! | [`log`] | the partition log: appends and reads (`log/mod.rs`), split by job into recovery (`open`), the Raft-entry view, the log start (retention, `StartPlan`) and sync rounds |
 //! | [`shard`] | the only glommio code: io_uring fdatasync with group commit |
 //! | [`snapshot`] | snapshot archives: take (hard links + manifest), read in CRC'd chunks, install by directory exchange |
 //! | [`syncer`] | the seam every sync round's fdatasync goes through (the OS's, or a test's model of the page cache) |
