@@ -20,7 +20,8 @@ use std::rc::Rc;
 
 use anyhow::{Context as _, Result};
 use raft::{Entry, EntryPayload, Membership, Raft, Role};
-use storage::shard::{Notify, Partition};
+use storage::notify::Notify;
+use storage::shard::Partition;
 use storage::{Log, LogConfig};
 use wire::ErrorCode;
 

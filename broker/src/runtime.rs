@@ -27,7 +27,7 @@ use glommio::sync::{Semaphore, StaticPermit};
 use glommio::{LocalExecutorBuilder, Placement};
 use raft::{Entry, EntryPayload, Role};
 use serde::{Deserialize, Serialize};
-use storage::shard::Notify;
+use storage::notify::Notify;
 use storage::{Cleanup, LogConfig, Retired, StorageError, SyncPolicy};
 use wire::*;
 

@@ -14,6 +14,7 @@
 //! | `segment` | one preallocated, memory-mapped segment file |
 //! | [`log`] | the partition log: appends and reads (`log/mod.rs`), split by job into recovery (`open`), the Raft-entry view, the log start (retention, `StartPlan`) and sync rounds |
 //! | [`shard`] | the only glommio code: io_uring fdatasync with group commit |
+//! | [`notify`] | a general async signal for one thread (`Notify`) |
 //! | [`snapshot`] | snapshot archives: take (hard links + manifest), read in CRC'd chunks, install by directory exchange |
 //! | [`syncer`] | the seam every sync round's fdatasync goes through (the OS's, or a test's model of the page cache) |
 //!
@@ -31,6 +32,7 @@ pub mod error;
 pub mod fault;
 mod index;
 pub mod log;
+pub mod notify;
 mod segment;
 pub mod shard;
 pub mod snapshot;

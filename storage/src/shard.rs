@@ -14,11 +14,8 @@
 
 use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use glommio::io::{BufferedFile, Directory};
@@ -26,59 +23,12 @@ use glommio::io::{BufferedFile, Directory};
 use crate::config::SyncPolicy;
 use crate::error::{Result, StorageError};
 use crate::log::{AppendInfo, Log, SyncFile, SyncJob};
+use crate::notify::Notify;
 use crate::syncer::Syncer;
 
 /// Open files the syncer keeps per partition: the active segment and the one
 /// just sealed are all a round usually touches; 4 leaves headroom.
 const SYNC_FILE_CACHE_MAX: usize = 4;
-
-/// Wakes every waiting task (on one shard) when [`Notify::notify_all`] is
-/// called: here when a sync round ends; the broker also uses it to wake
-/// long-polling fetches after an append.
-#[derive(Debug, Default)]
-pub struct Notify {
-    generation: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
-}
-
-impl Notify {
-    pub fn notify_all(&self) {
-        self.generation.set(self.generation.get() + 1);
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-
-    /// Resolves at the next `notify_all` after this call.
-    pub fn wait(&self) -> NotifyWait<'_> {
-        NotifyWait {
-            notify: self,
-            seen: self.generation.get(),
-        }
-    }
-}
-
-/// The future of [`Notify::wait`].
-pub struct NotifyWait<'a> {
-    notify: &'a Notify,
-    seen: u64,
-}
-
-impl Future for NotifyWait<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.notify.generation.get() != self.seen {
-            return Poll::Ready(());
-        }
-        // A task polled again before a notify registers once, so the list
-        // stays bounded by the number of waiting tasks.
-        let mut wakers = self.notify.wakers.borrow_mut();
-        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            wakers.push(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-}
 
 /// Performs sync rounds through io_uring.
 #[derive(Default)]
