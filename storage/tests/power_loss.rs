@@ -57,6 +57,23 @@ fn assert_durable_prefix_survives(
     );
 }
 
+/// Cuts the power of the page-cache model (which must have held unsynced
+/// bytes), then checks what survived against what was reported durable.
+fn cut_power_and_check(
+    cache: &PageCache,
+    dir: &std::path::Path,
+    before: &[(u64, u64, Vec<u8>)],
+    durable: u64,
+) {
+    let cut = cache.power_cut(dir).unwrap();
+    assert!(
+        !cut.restored.is_empty(),
+        "the page cache held unsynced bytes"
+    );
+    assert_durable_prefix_survives(dir, before, durable);
+    assert!(cache.file_syncs() > 0, "the rounds went through the seam");
+}
+
 #[test]
 fn every_offset_sync_now_reported_durable_survives_a_power_cut_of_the_page_cache() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,13 +99,7 @@ fn every_offset_sync_now_reported_durable_survives_a_power_cut_of_the_page_cache
     let before = read_all(&log);
     drop(log);
 
-    let cut = cache.power_cut(dir.path()).unwrap();
-    assert!(
-        !cut.restored.is_empty(),
-        "the page cache held unsynced bytes"
-    );
-    assert_durable_prefix_survives(dir.path(), &before, durable);
-    assert!(cache.file_syncs() > 0, "the rounds went through the seam");
+    cut_power_and_check(&cache, dir.path(), &before, durable);
 }
 
 #[test]
@@ -134,13 +145,7 @@ fn every_append_a_shard_acknowledged_survives_a_power_cut_of_the_page_cache() {
     assert_eq!(acked.len(), 128);
     let durable = acked.iter().max().unwrap() + 1;
 
-    let cut = cache.power_cut(dir.path()).unwrap();
-    assert!(
-        !cut.restored.is_empty(),
-        "the page cache held unsynced bytes"
-    );
-    assert_durable_prefix_survives(dir.path(), &before, durable);
-    assert!(cache.file_syncs() > 0, "the rounds went through the seam");
+    cut_power_and_check(&cache, dir.path(), &before, durable);
 }
 
 #[test]

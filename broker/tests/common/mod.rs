@@ -95,18 +95,7 @@ pub fn cli_at_bounded(brokers: &str, args: &[&str], limit: Duration) -> Option<O
         let _ = std::io::Read::read_to_end(&mut err, &mut v);
         v
     });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, limit);
     let stdout = out_t.join().unwrap();
     let stderr = err_t.join().unwrap();
     status.map(|status| Output {
