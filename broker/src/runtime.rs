@@ -1687,7 +1687,7 @@ impl Shard {
         {
             let log = g.part.log();
             let segment = log.config().segment_bytes_max as usize;
-            if batch.len() > segment.min(storage::batch::BATCH_BYTES_MAX) {
+            if batch.len() > segment.min(wire::batch::BATCH_BYTES_MAX) {
                 return error(
                     ErrorCode::RequestTooLarge,
                     format!(

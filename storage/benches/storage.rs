@@ -20,7 +20,6 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use storage::batch::{self, NewRecord};
 use storage::{Log, LogConfig};
 
 const RECORD_BYTES: usize = 1024;
@@ -30,13 +29,18 @@ const INTERVAL_BYTES: usize = 4 << 20;
 fn make_batch(batch_bytes: usize) -> Vec<u8> {
     // Records of 1 KiB total on the wire (value sized to fit the framing).
     let n = batch_bytes / RECORD_BYTES;
-    let recs: Vec<NewRecord> = (0..n)
-        .map(|i| NewRecord {
-            key: Some(format!("key-{i:06}").into_bytes()),
-            value: Some(vec![i as u8; RECORD_BYTES - 24]),
-        })
-        .collect();
-    batch::build(&recs, 0)
+    let mut b = wire::RecordBatchBuilder::with_capacity(batch_bytes);
+    let value = vec![0u8; RECORD_BYTES - 24];
+    for i in 0..n {
+        let key = format!("key-{i:06}");
+        b.push(wire::NewRecord {
+            timestamp_ms: 0,
+            key: Some(key.as_bytes()),
+            value: Some(&value),
+            headers: &[],
+        });
+    }
+    b.finish()
 }
 
 fn config() -> LogConfig {

@@ -21,12 +21,12 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-use crate::batch;
 use crate::config::Cleanup;
 use crate::error::{Result, StorageError};
 use crate::fault::{Fault, FaultPoint};
 use crate::log::Log;
 use crate::segment::{self, Segment};
+use wire::batch::{self, RecordBatch};
 
 /// Distinct keys one compaction round remembers: 1 Mi keys. With the byte
 /// cap below the map stays under ~150 MiB (64 MiB of keys plus ~80 bytes of
@@ -68,11 +68,14 @@ fn judge<'a>(bytes: &'a [u8], newest: &KeyMap, expire_before_ms: i64) -> Result<
     let tombstone_expired = h.max_timestamp_ms < expire_before_ms;
     let mut kept = Vec::new();
     let mut all = true;
-    for r in batch::records(bytes) {
+    let Ok(records) = RecordBatch::parse_without_crc(bytes).map(|b| b.records()) else {
+        return Ok(Verdict::All);
+    };
+    for r in records {
         let Ok(r) = r else {
             return Ok(Verdict::All);
         };
-        let offset = h.base_offset + r.offset_delta;
+        let offset = r.offset;
         let keep = match r.key {
             // Records without a key cannot be superseded.
             None => true,
@@ -225,9 +228,10 @@ impl Log {
                 if h.base_offset >= bound {
                     return Ok((newest, bound));
                 }
-                for r in batch::records(bytes) {
+                let records = RecordBatch::parse_without_crc(bytes).map(|b| b.records());
+                for r in records.into_iter().flatten() {
                     let Ok(r) = r else { break };
-                    let offset = h.base_offset + r.offset_delta;
+                    let offset = r.offset;
                     if offset >= bound {
                         break;
                     }

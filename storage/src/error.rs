@@ -4,7 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::batch::BatchError;
+use wire::batch::BatchError;
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 

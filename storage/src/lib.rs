@@ -5,7 +5,6 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`batch`] | the record batch header and records, read by byte offset (to be replaced by `wire`) |
 //! | `compact` | key compaction of sealed segments (compacted topics), atomic per-segment swap |
 //! | [`config`] | per-partition settings and their limits |
 //! | [`error`] | the one error type; `DiskFull` is retriable, the rest fatal |
@@ -25,7 +24,6 @@
 //! io_uring so nothing blocks the executor. See `storage/README.md` for the
 //! on-disk format and the durability contract.
 
-pub mod batch;
 mod compact;
 pub mod config;
 pub mod error;

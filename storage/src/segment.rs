@@ -12,9 +12,9 @@ use std::rc::Rc;
 
 use memmap2::MmapMut;
 
-use crate::batch::{self, BatchHeader, HEADER_BYTES};
 use crate::error::{Result, StorageError};
 use crate::index::{self, Footer, IndexFile, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use wire::batch::{self, BatchHeader, RecordBatch, BATCH_HEADER_BYTES as HEADER_BYTES};
 
 /// Bytes after a recovery stop point checked for leftovers, to tell a clean
 /// end (zeros) from a torn or damaged tail in the report: 64 KiB bounds the
@@ -654,8 +654,11 @@ impl Segment {
             return false;
         }
         let bytes = &self.map[pos..pos + h.batch_bytes as usize];
-        match batch::last_offset_delta(bytes) {
-            Some(d) => h.base_offset + d < end_offset,
+        match RecordBatch::parse_without_crc(bytes)
+            .ok()
+            .and_then(|b| b.last_record_offset())
+        {
+            Some(last) => last < end_offset,
             None => h.record_count == 0,
         }
     }

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 
+use common::batch::{self, NewRecord};
 use common::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use storage::batch::{self, NewRecord};
 use storage::{Cleanup, Clock, Fault, FaultInjector, FaultPoint, Log, LogConfig, StorageError};
 
 /// ~2400 operations in all keep this test around a second or two (debug).

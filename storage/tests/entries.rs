@@ -11,8 +11,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::rc::Rc;
 
+use common::batch::{self, NewRecord};
 use common::*;
-use storage::batch::{self, NewRecord};
 use storage::{Cleanup, Clock, Log, LogConfig, StorageError};
 
 /// Appends `n` batches of 1..=3 records (terms rising every 10), returns

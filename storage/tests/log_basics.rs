@@ -36,7 +36,7 @@ fn appends_are_read_back_byte_for_byte_across_segments() {
     // Reads from the middle of a batch start at the batch that holds it.
     let (b7, n7, _) = want[7];
     let r = log.read(b7 + n7 - 1, 1, u64::MAX).unwrap();
-    assert_eq!(storage::batch::check(r.bytes).unwrap().base_offset, b7);
+    assert_eq!(common::batch::check(r.bytes).unwrap().base_offset, b7);
     // The upper bound hides batches not wholly below it.
     let r = log.read(b7, 1 << 20, b7 + n7 - 1).unwrap();
     assert!(r.bytes.is_empty());

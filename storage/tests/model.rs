@@ -5,10 +5,10 @@
 
 mod common;
 
+use common::batch;
 use common::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use storage::batch;
 use storage::{Fault, FaultInjector, FaultPoint, Log, LogConfig, StorageError};
 
 /// Operations per seed and seeds per run: ~2000 operations keep the debug

@@ -10,10 +10,10 @@ use std::cell::Cell;
 use std::path::Path;
 use std::rc::Rc;
 
+use common::batch::{self, NewRecord};
 use common::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use storage::batch::{self, NewRecord};
 use storage::snapshot::read_snapshot_meta;
 use storage::{
     Cleanup, Clock, Fault, FaultInjector, FaultPoint, Log, LogConfig, SnapshotInstaller,

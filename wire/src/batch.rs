@@ -48,6 +48,13 @@ pub const BATCH_HEADER_BYTES: usize = 72;
 pub const BATCH_MAGIC: u8 = 2;
 /// The producer id of a batch that is not idempotent.
 pub const NO_PRODUCER_ID: i64 = -1;
+/// Largest batch in this format: 16 MiB, so a batch always fits a storage
+/// segment (segments are at least 1 MiB larger) and one append copies at
+/// most 16 MiB. Frames are smaller still by default (4 MiB).
+pub const BATCH_BYTES_MAX: usize = 16 << 20;
+/// Most records a batch may claim: one per byte at worst (each record takes
+/// at least 7 bytes, so this is loose but bounded).
+pub const RECORD_COUNT_MAX: u32 = BATCH_BYTES_MAX as u32;
 /// Largest LEB128 encoding of a u64.
 const VARINT_BYTES_MAX: usize = 10;
 
@@ -82,6 +89,101 @@ fn invalid(msg: impl Into<String>) -> WireError {
     WireError::InvalidBatch(msg.into())
 }
 
+/// Why a batch's header (or its CRC) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("shorter than its header or its declared length ({have} < {need} bytes)")]
+    Short { have: usize, need: usize },
+    #[error("declared length {batch_bytes} outside [{BATCH_HEADER_BYTES}, {BATCH_BYTES_MAX}]")]
+    BadLength { batch_bytes: u32 },
+    #[error("magic {magic} (expected {BATCH_MAGIC})")]
+    BadMagic { magic: u8 },
+    #[error("crc32c mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    BadCrc { stored: u32, computed: u32 },
+    #[error("record count {record_count} outside [1, {RECORD_COUNT_MAX}] (0 only in compaction placeholders)")]
+    BadRecordCount { record_count: u32 },
+}
+
+impl From<BatchError> for WireError {
+    fn from(e: BatchError) -> WireError {
+        WireError::InvalidBatch(e.to_string())
+    }
+}
+
+/// A batch header's fields, read by [`header`] or [`check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    pub term: u64,
+    /// The Raft log index of the entry holding this batch.
+    pub entry_index: u64,
+    pub batch_bytes: u32,
+    pub crc: u32,
+    pub attributes: u16,
+    pub record_count: u32,
+    pub first_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+}
+
+/// Reads the header at the front of `buf` without checking the CRC or that
+/// the whole batch is there: checks the length field (within
+/// `[BATCH_HEADER_BYTES, BATCH_BYTES_MAX]`), the magic and the record count.
+/// A record count of 0 is accepted: storage's compaction leaves such a
+/// header-only batch where it removed every record of a segment's last
+/// batch; appends refuse it.
+pub fn header(buf: &[u8]) -> std::result::Result<BatchHeader, BatchError> {
+    if buf.len() < BATCH_HEADER_BYTES {
+        return Err(BatchError::Short {
+            have: buf.len(),
+            need: BATCH_HEADER_BYTES,
+        });
+    }
+    let batch_bytes = le_u32(buf, BATCH_BYTES_AT);
+    if (batch_bytes as usize) < BATCH_HEADER_BYTES || batch_bytes as usize > BATCH_BYTES_MAX {
+        return Err(BatchError::BadLength { batch_bytes });
+    }
+    if buf[MAGIC_AT] != BATCH_MAGIC {
+        return Err(BatchError::BadMagic {
+            magic: buf[MAGIC_AT],
+        });
+    }
+    let record_count = le_u32(buf, RECORD_COUNT_AT);
+    if record_count > RECORD_COUNT_MAX {
+        return Err(BatchError::BadRecordCount { record_count });
+    }
+    Ok(BatchHeader {
+        base_offset: le_u64(buf, 0),
+        term: le_u64(buf, 8),
+        entry_index: le_u64(buf, ENTRY_INDEX_AT),
+        batch_bytes,
+        crc: le_u32(buf, CRC_AT),
+        attributes: u16::from_le_bytes([buf[ATTRIBUTES_AT], buf[ATTRIBUTES_AT + 1]]),
+        record_count,
+        first_timestamp_ms: le_u64(buf, FIRST_TIMESTAMP_AT) as i64,
+        max_timestamp_ms: le_u64(buf, MAX_TIMESTAMP_AT) as i64,
+    })
+}
+
+/// [`header`], then that the whole batch is there and its crc32c matches.
+pub fn check(buf: &[u8]) -> std::result::Result<BatchHeader, BatchError> {
+    let h = header(buf)?;
+    let len = h.batch_bytes as usize;
+    if buf.len() < len {
+        return Err(BatchError::Short {
+            have: buf.len(),
+            need: len,
+        });
+    }
+    let computed = crc32c::crc32c(&buf[CRC_FROM..len]);
+    if computed != h.crc {
+        return Err(BatchError::BadCrc {
+            stored: h.crc,
+            computed,
+        });
+    }
+    Ok(h)
+}
+
 fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut x = [0u8; 4];
     x.copy_from_slice(&b[at..at + 4]);
@@ -114,6 +216,14 @@ pub fn set_entry_index(batch: &mut [u8], entry_index: u64) {
     batch[ENTRY_INDEX_AT..ENTRY_INDEX_AT + 8].copy_from_slice(&entry_index.to_le_bytes());
 }
 
+/// Stamps base offset, term and entry index at once (all outside the CRC).
+/// Panics as [`set_base_offset`].
+pub fn stamp(batch: &mut [u8], base_offset: u64, term: u64, entry_index: u64) {
+    set_base_offset(batch, base_offset);
+    set_term(batch, term);
+    set_entry_index(batch, entry_index);
+}
+
 /// The total length of the batch starting at `bytes`, once its first 28 bytes
 /// are there. For streaming: says how many bytes to wait for.
 pub fn peek_batch_bytes(bytes: &[u8]) -> Option<u32> {
@@ -140,6 +250,30 @@ pub fn encode_control_batch(payload: &[u8], timestamp_ms: i64) -> Vec<u8> {
         headers: &[],
     });
     b.finish()
+}
+
+/// Builds a batch from already-encoded records ([`Record::raw`]), keeping
+/// `template`'s header (offsets, term, entry index, attributes, timestamps,
+/// producer) and fixing length, record count and CRC. Storage's compaction
+/// rewrites a batch with fewer records this way; the records keep their
+/// offset deltas, so the batch may have gaps.
+///
+/// # Panics
+/// If `template` is shorter than the header (only a checked batch is a template).
+pub fn rebuild(template: &[u8], raw_records: &[&[u8]]) -> Vec<u8> {
+    let body: usize = raw_records.iter().map(|r| r.len()).sum();
+    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + body);
+    out.extend_from_slice(&template[..BATCH_HEADER_BYTES]);
+    for r in raw_records {
+        out.extend_from_slice(r);
+    }
+    let len = out.len() as u32;
+    out[BATCH_BYTES_AT..BATCH_BYTES_AT + 4].copy_from_slice(&len.to_le_bytes());
+    out[RECORD_COUNT_AT..RECORD_COUNT_AT + 4]
+        .copy_from_slice(&(raw_records.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&out[CRC_FROM..]);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    out
 }
 
 // ---- varints --------------------------------------------------------------
@@ -245,11 +379,16 @@ pub struct Header<'a> {
 pub struct Record<'a> {
     /// `base_offset + offset_delta` of the batch it came from.
     pub offset: u64,
+    /// The offset relative to the batch's base offset.
+    pub offset_delta: u64,
     pub timestamp_ms: i64,
     pub key: Option<&'a [u8]>,
     /// None for a tombstone.
     pub value: Option<&'a [u8]>,
     pub headers: Vec<Header<'a>>,
+    /// The whole encoded record, its length prefix included (what
+    /// [`rebuild`] takes).
+    pub raw: &'a [u8],
 }
 
 /// A record to encode.
@@ -387,6 +526,7 @@ fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
 #[derive(Debug, Clone, Copy)]
 pub struct RecordBatch<'a> {
     bytes: &'a [u8],
+    header: BatchHeader,
 }
 
 impl<'a> RecordBatch<'a> {
@@ -394,49 +534,35 @@ impl<'a> RecordBatch<'a> {
     /// magic and crc32c. The records are checked as they are iterated (or all
     /// at once by [`RecordBatch::validate_records`]).
     pub fn parse(bytes: &'a [u8]) -> Result<RecordBatch<'a>> {
-        let batch = Self::parse_without_crc(bytes)?;
-        let expected = batch.crc();
-        let actual = crc32c::crc32c(&batch.bytes[CRC_FROM..]);
-        if expected != actual {
-            return Err(invalid(format!(
-                "crc32c mismatch: header {expected:#010x}, bytes {actual:#010x}"
-            )));
-        }
-        Ok(batch)
+        check(bytes)?;
+        Self::parse_without_crc(bytes)
     }
 
-    /// As [`RecordBatch::parse`] without the crc32c pass: the length fields
-    /// and magic are checked, and records stay bounds-checked as they are
-    /// read. Only for a caller that verifies the CRC itself before it trusts
-    /// or stores the bytes (the broker's produce path: storage checks the CRC
-    /// on append, so the batch is hashed once, not twice).
+    /// As [`RecordBatch::parse`] without the crc32c pass: the length fields,
+    /// magic and record count are checked ([`header`]), and records stay
+    /// bounds-checked as they are read. Only for a caller that verifies the
+    /// CRC itself before it trusts or stores the bytes (the broker's produce
+    /// path: storage checks the CRC on append, so the batch is hashed once,
+    /// not twice).
     pub fn parse_without_crc(bytes: &'a [u8]) -> Result<RecordBatch<'a>> {
-        if bytes.len() < BATCH_HEADER_BYTES {
-            return Err(invalid(format!(
-                "{} bytes, less than the {BATCH_HEADER_BYTES}-byte header",
-                bytes.len()
-            )));
-        }
-        let len = le_u32(bytes, BATCH_BYTES_AT) as usize;
-        if len < BATCH_HEADER_BYTES {
-            return Err(invalid(format!(
-                "batch_bytes {len} is below the header size"
-            )));
-        }
+        let header = header(bytes)?;
+        let len = header.batch_bytes as usize;
         if len > bytes.len() {
-            return Err(invalid(format!(
-                "batch_bytes {len} exceeds the {} bytes given",
-                bytes.len()
-            )));
+            return Err(BatchError::Short {
+                have: bytes.len(),
+                need: len,
+            }
+            .into());
         }
-        let bytes = &bytes[..len];
-        if bytes[MAGIC_AT] != BATCH_MAGIC {
-            return Err(invalid(format!(
-                "magic {} (expected {BATCH_MAGIC})",
-                bytes[MAGIC_AT]
-            )));
-        }
-        Ok(RecordBatch { bytes })
+        Ok(RecordBatch {
+            bytes: &bytes[..len],
+            header,
+        })
+    }
+
+    /// The header's fields at once.
+    pub fn header(&self) -> BatchHeader {
+        self.header
     }
 
     pub fn as_bytes(&self) -> &'a [u8] {
@@ -513,6 +639,18 @@ impl<'a> RecordBatch<'a> {
         }
     }
 
+    /// The offset of the last record, read from the records themselves (a
+    /// compacted batch may have gaps, so `base + record_count - 1` can be
+    /// short of it); `None` for a batch without records or with a malformed
+    /// one. Costs a pass over the records.
+    pub fn last_record_offset(&self) -> Option<u64> {
+        let mut last = None;
+        for r in self.records() {
+            last = Some(r.ok()?.offset);
+        }
+        last
+    }
+
     /// Checks every record and that the count and length add up exactly.
     pub fn validate_records(&self) -> Result<()> {
         let mut iter = self.records();
@@ -553,11 +691,13 @@ impl std::fmt::Debug for Cursor<'_> {
 
 impl<'a> RecordIter<'a> {
     fn next_record(&mut self) -> Result<Record<'a>> {
+        let start = self.cursor.pos;
         let len = self.cursor.len("record")?;
         let mut c = Cursor {
             bytes: self.cursor.bytes(len),
             pos: 0,
         };
+        let raw = &self.cursor.bytes[start..self.cursor.pos];
         let _attributes = c.u8()?;
         let timestamp_ms = self.first_timestamp_ms.wrapping_add(unzigzag(c.varint()?));
         let offset_delta = c.varint()?;
@@ -590,10 +730,12 @@ impl<'a> RecordIter<'a> {
         }
         Ok(Record {
             offset,
+            offset_delta,
             timestamp_ms,
             key,
             value,
             headers,
+            raw,
         })
     }
 }
@@ -763,5 +905,95 @@ mod tests {
         let empty = encode_control_batch(b"", 0);
         let batch = RecordBatch::parse(&empty).unwrap();
         assert_eq!(batch.control_payload(), Some(&b""[..]));
+    }
+    fn two_records() -> Vec<u8> {
+        let mut b = RecordBatchBuilder::new();
+        for (k, v) in [(&b"a"[..], Some(&b"1"[..])), (b"b", None)] {
+            b.push(NewRecord {
+                timestamp_ms: 1000,
+                key: Some(k),
+                value: v,
+                headers: &[],
+            });
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn check_reads_the_header_and_stamp_keeps_the_crc() {
+        let mut b = two_records();
+        let h = check(&b).unwrap();
+        assert_eq!(
+            (h.record_count, h.first_timestamp_ms, h.batch_bytes as usize),
+            (2, 1000, b.len())
+        );
+        stamp(&mut b, 77, 5, 9);
+        let h = check(&b).unwrap();
+        assert_eq!((h.base_offset, h.term, h.entry_index), (77, 5, 9));
+        assert_eq!(RecordBatch::parse(&b).unwrap().header(), h);
+        let rs: Vec<_> = RecordBatch::parse(&b)
+            .unwrap()
+            .records()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(
+            (rs[1].offset, rs[1].offset_delta, rs[1].value),
+            (78, 1, None)
+        );
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert!(matches!(check(&b), Err(BatchError::BadCrc { .. })));
+        assert!(RecordBatch::parse(&b).is_err());
+    }
+
+    #[test]
+    fn rebuild_keeps_the_header_and_the_offset_deltas() {
+        let mut b = two_records();
+        stamp(&mut b, 10, 2, 33);
+        let batch = RecordBatch::parse(&b).unwrap();
+        let raws: Vec<&[u8]> = batch.records().map(|r| r.unwrap().raw).collect();
+        let r = rebuild(&b, &raws[1..]);
+        let h = check(&r).unwrap();
+        assert_eq!(h.record_count, 1);
+        assert_eq!((h.base_offset, h.term, h.entry_index), (10, 2, 33));
+        let rebuilt = RecordBatch::parse(&r).unwrap();
+        rebuilt.validate_records().unwrap();
+        assert_eq!(rebuilt.last_record_offset(), Some(11));
+        // With every record gone the header stays: a compaction placeholder.
+        let empty = rebuild(&b, &[]);
+        assert_eq!(check(&empty).unwrap().record_count, 0);
+        assert_eq!(
+            RecordBatch::parse(&empty).unwrap().last_record_offset(),
+            None
+        );
+    }
+
+    #[test]
+    fn lengths_over_the_cap_bad_magic_and_short_buffers_are_refused() {
+        let b = two_records();
+        let mut big = b.clone();
+        big[BATCH_BYTES_AT..BATCH_BYTES_AT + 4]
+            .copy_from_slice(&(BATCH_BYTES_MAX as u32 + 1).to_le_bytes());
+        assert!(matches!(header(&big), Err(BatchError::BadLength { .. })));
+        assert!(RecordBatch::parse_without_crc(&big).is_err());
+        let mut magic = b.clone();
+        magic[MAGIC_AT] = 1;
+        assert_eq!(header(&magic), Err(BatchError::BadMagic { magic: 1 }));
+        assert!(matches!(
+            check(&b[..b.len() - 1]),
+            Err(BatchError::Short { .. })
+        ));
+        assert!(matches!(header(&b[..10]), Err(BatchError::Short { .. })));
+    }
+
+    #[test]
+    fn a_truncated_record_is_an_error_not_a_panic() {
+        let mut b = two_records();
+        b[BATCH_HEADER_BYTES] = 0x7f; // the first record claims more bytes than there are
+        let batch = RecordBatch::parse_without_crc(&b).unwrap();
+        let r: Vec<_> = batch.records().collect();
+        assert!(r[0].is_err());
+        assert_eq!(r.len(), 1);
+        assert_eq!(batch.last_record_offset(), None);
     }
 }

@@ -35,7 +35,8 @@ pub mod names;
 
 pub use batch::{
     batch_attributes, batches, encode_control_batch, set_base_offset, set_entry_index, set_term,
-    Header, NewRecord, Record, RecordBatch, RecordBatchBuilder, BATCH_HEADER_BYTES,
+    BatchError, BatchHeader, Header, NewRecord, Record, RecordBatch, RecordBatchBuilder,
+    BATCH_BYTES_MAX, BATCH_HEADER_BYTES,
 };
 pub use error::{ErrorCode, Result, WireError};
 pub use frame::{

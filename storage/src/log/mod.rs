@@ -7,11 +7,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use crate::batch::{self, BatchError, BatchHeader};
 use crate::config::{LogConfig, SyncPolicy};
 use crate::error::{Result, StorageError};
 use crate::fault::{Fault, FaultPoint};
 use crate::segment::{self, Retired, Segment, SWAP_SUFFIX};
+use wire::batch::{self, BatchError, BatchHeader};
 
 // `Log` by job: recovery (`open`), the Raft-entry view, the log start
 // (retention), sync rounds. The type and its appends and reads live here.

@@ -1,11 +1,12 @@
 //! Helpers shared by the storage integration tests.
 #![allow(dead_code)]
 
+pub mod batch;
 pub mod page_cache;
 
 use std::path::{Path, PathBuf};
 
-use storage::batch::{self, NewRecord};
+use batch::NewRecord;
 use storage::{Log, LogConfig};
 
 /// A small-segment configuration so tests roll often: 16 KiB segments,
