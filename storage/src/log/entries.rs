@@ -221,6 +221,7 @@ impl Log {
         Ok(h.base_offset + u64::from(h.record_count))
     }
 
+    #[cfg(feature = "test-util")]
     /// The bytes of entry `index` (one whole batch, CRC-checked), borrowed
     /// from the segment's map.
     pub fn read_entry(&self, index: u64) -> Result<&[u8]> {

@@ -199,6 +199,7 @@ impl Log {
         self.segments.iter().map(|s| u64::from(s.data_bytes)).sum()
     }
 
+    #[cfg(feature = "test-util")]
     /// Base offsets of the segments, oldest first.
     pub fn segment_bases(&self) -> Vec<u64> {
         self.segments.iter().map(|s| s.base_offset).collect()
@@ -533,6 +534,7 @@ impl Log {
             .saturating_sub(1)
     }
 
+    #[cfg(feature = "test-util")]
     /// Term of the batch holding `offset`.
     pub fn term_at(&self, offset: u64) -> Result<u64> {
         let next = self.next_offset();
