@@ -22,6 +22,7 @@
 pub mod client;
 pub mod config;
 pub mod group;
+pub mod http;
 pub mod logging;
 pub mod peer;
 pub mod pipeline;
