@@ -21,6 +21,7 @@
 
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod group;
 pub mod http;
 pub mod logging;
