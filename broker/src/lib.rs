@@ -1,4 +1,5 @@
-//! The DRMQ broker process, its client library and the `drmq` CLI.
+//! The DRMQ broker process and the `drmq` CLI (the client library is the
+//! `client` crate).
 //!
 //! # Layout
 //! | module        | what it holds                                                    |
@@ -12,21 +13,17 @@
 //! | [`peer`]      | the peer transport: authenticated lanes per shard and peer       |
 //! | [`producers`] | idempotent-producer sequence state per partition                 |
 //! | [`telemetry`] | the telemetry thread: counters over HTTP (`/metrics`, `/api/status`) |
-//! | [`pipeline`]  | the throughput client: pipelined producer and consumer, routing by metadata |
-//! | [`client`]    | a blocking request/response client over the wire protocol        |
 //!
 //! Every partition is a Raft group replicated between brokers; topics live
 //! in the controller group. Consumer groups and snapshot catch-up come next
 //! (docs/ARCHITECTURE.md says what exists).
 
-pub mod client;
 pub mod config;
 pub mod dashboard;
 pub mod group;
 pub mod http;
 pub mod logging;
 pub mod peer;
-pub mod pipeline;
 pub mod producers;
 pub mod replica;
 pub mod runtime;

@@ -14,7 +14,7 @@ use wire::ErrorCode;
 /// in flight, so this bounds the batches an idempotent client may keep in
 /// flight per partition (the pipeline producer's default window is 64).
 /// 64 x 16 bytes per producer.
-pub const RECENT_BATCHES_MAX: usize = 64;
+pub const RECENT_BATCHES_MAX: usize = wire::IDEMPOTENCE_WINDOW_BATCHES;
 /// Producers tracked per partition; past this the one idle longest (lowest
 /// last offset) is forgotten, and its next batch is accepted as from a new
 /// producer. 10,000 × ~200 bytes = 2 MB per partition at worst.

@@ -25,7 +25,7 @@ pub fn shard_for(topic: &str, partition: u32, shards: usize) -> usize {
 /// count. Every client (the CLI, `pipeline::Producer`) uses this one, so a
 /// key lands on the same partition whoever sends it.
 pub fn partition_for_key(key: &[u8], partitions: usize) -> usize {
-    (fnv1a(key.iter().copied()) % partitions.max(1) as u64) as usize
+    wire::partition_for_key(key, partitions)
 }
 
 /// 64-bit FNV-1a: small, stable across processes and builds (no seed).

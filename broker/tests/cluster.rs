@@ -341,10 +341,9 @@ fn garbage_and_forged_hellos_on_the_peer_port_are_refused_before_raft() {
 
 /// The client endpoint of the leader of `topic`-0, waiting (bounded) for one.
 fn leader_endpoint(c: &Cluster, topic: &str) -> std::net::SocketAddr {
-    let mut cfg =
-        broker::pipeline::ClientConfig::new(broker::client::parse_brokers(&c.brokers()).unwrap());
+    let mut cfg = client::ClientConfig::new(client::parse_brokers(&c.brokers()).unwrap());
     cfg.connect_timeout = Duration::from_secs(10);
-    broker::pipeline::routes(&cfg, topic).unwrap()[0]
+    client::routes(&cfg, topic).unwrap()[0]
 }
 
 fn one_record_batch(value: &str, producer: Option<i64>) -> Vec<u8> {
@@ -376,7 +375,7 @@ fn produce_req(topic: &str, acks: wire::Acks, timeout_ms: u32, batch: Vec<u8>) -
 /// has the entry; `acks=leader` is.
 #[test]
 fn acks_quorum_waits_for_a_follower_and_acks_leader_does_not() {
-    use broker::client::Connection;
+    use client::Connection;
     use wire::{Acks, FetchRequest, Message};
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(dir.path(), 3);
@@ -425,12 +424,12 @@ fn acks_quorum_waits_for_a_follower_and_acks_leader_does_not() {
         matches!(r, Ok(Message::ProduceResponse(_))),
         "acks=leader with the followers stopped: {r:?}"
     );
-    let producer_id = broker::pipeline::random_producer_id();
+    let producer_id = client::random_producer_id();
     let quorum_batch = one_record_batch("quorum-ack", Some(producer_id));
     let started = Instant::now();
     let r = conn.request(&produce_req("q", Acks::Quorum, 1500, quorum_batch.clone()));
     match &r {
-        Err(broker::client::ClientError::Broker { code, .. }) => {
+        Err(client::ClientError::Broker { code, .. }) => {
             eprintln!("acks=quorum refused after {:?}: {code}", started.elapsed())
         }
         other => panic!(
@@ -449,7 +448,7 @@ fn acks_quorum_waits_for_a_follower_and_acks_leader_does_not() {
             );
         }
         Ok(other) => panic!("unexpected {other:?}"),
-        Err(broker::client::ClientError::Broker { .. }) => {}
+        Err(client::ClientError::Broker { .. }) => {}
         Err(e) => panic!("fetch: {e}"),
     }
     // The followers come back: the message commits. A retry of the same
@@ -557,7 +556,7 @@ fn a_topic_with_1024_partitions_leaves_the_controller_working() {
 /// the original offsets.
 #[test]
 fn a_new_leader_answers_a_retry_of_a_batch_in_an_older_segment_as_a_duplicate() {
-    use broker::client::{ClientError, Connection};
+    use client::{ClientError, Connection};
     use wire::{Acks, Message};
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(dir.path(), 3);
@@ -577,7 +576,7 @@ fn a_new_leader_answers_a_retry_of_a_batch_in_an_older_segment_as_a_duplicate() 
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (leader, _) = c.leader("idem", 0);
-    let producer_id = broker::pipeline::random_producer_id();
+    let producer_id = client::random_producer_id();
     // 12 batches of 4 records of ~1 KB: ~48 KB, three or more 16 KiB
     // segments, far fewer batches than the 64 remembered.
     let batches: Vec<(Vec<u8>, Vec<String>)> = (0..12)

@@ -1,11 +1,11 @@
-//! The pipelined producer and consumer (`broker::pipeline`) against a real
+//! The pipelined producer and consumer (`client`) against a real
 //! `drmq broker` process on loopback.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use broker::pipeline::{
+use client::{
     routes, ClientConfig, Consumer, ConsumerConfig, DeliveryError, Producer, ProducerConfig,
     StartAt,
 };

@@ -51,10 +51,6 @@ enum Cmd {
     /// then 50 % of it for latency; RF=3 with a follower stopped and with the
     /// leader killed; optionally a latency-versus-throughput plot.
     Bench(BenchArgs),
-    /// Runs a broker in this process (used by --spawn-broker when no `drmq`
-    /// binary is found next to this one).
-    #[command(hide = true)]
-    ServeBroker(ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -67,7 +63,8 @@ struct BrokerArgs {
     /// this many).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=7))]
     nodes: u16,
-    /// The `drmq` binary for --spawn-broker (default: next to this one).
+    /// The `drmq` binary for --spawn-broker (default: $DRMQ_BIN, else the
+    /// one next to this executable; without one --spawn-broker fails).
     #[arg(long)]
     drmq: Option<PathBuf>,
     /// Shards of the spawned broker.
@@ -193,22 +190,6 @@ struct BenchArgs {
     quiet: bool,
 }
 
-#[derive(Args)]
-struct ServeArgs {
-    #[arg(long)]
-    id: u64,
-    #[arg(long)]
-    shards: usize,
-    #[arg(long)]
-    data_dir: PathBuf,
-    #[arg(long)]
-    listen: SocketAddr,
-    #[arg(long)]
-    peer_listen: SocketAddr,
-    #[arg(long)]
-    http: SocketAddr,
-}
-
 fn parse_acks(s: &str) -> Result<Acks, String> {
     match s {
         "quorum" | "all" => Ok(Acks::Quorum),
@@ -266,7 +247,6 @@ fn main() -> ExitCode {
             Err(msg) => return usage_error(msg),
             Ok(()) => cmd_bench(args),
         },
-        Cmd::ServeBroker(args) => serve_broker(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -345,7 +325,7 @@ fn brokers_for(
     b: &BrokerArgs,
 ) -> Result<(Vec<SocketAddr>, Option<Shared>, Vec<SocketAddr>)> {
     if b.spawn_broker {
-        let local = LocalCluster::start(
+        let local = spawn::start_local(
             b.drmq.as_deref(),
             b.data_dir.as_deref(),
             b.shards,
@@ -373,7 +353,7 @@ fn brokers_for(
     } else {
         let spec = brokers.context("--brokers or --spawn-broker is needed")?;
         Ok((
-            broker::client::parse_brokers(spec)?,
+            client::parse_brokers(spec)?,
             None,
             b.http.into_iter().collect(),
         ))
@@ -771,23 +751,4 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         eprintln!("drmq-loadtest: wrote {}", path.display());
     }
     Ok(cases.iter().all(|c| c.ok))
-}
-
-fn serve_broker(a: ServeArgs) -> Result<bool> {
-    use broker::config::{BrokerConfig, FileConfig};
-    let flags = FileConfig {
-        id: Some(a.id),
-        data_dir: Some(a.data_dir),
-        listen: Some(a.listen),
-        peer_listen: Some(a.peer_listen),
-        http: Some(a.http),
-        peers: None,
-        shards: Some(a.shards),
-        cluster_secret: None,
-        ..FileConfig::default()
-    };
-    let config = BrokerConfig::resolve(FileConfig::default(), flags, a.shards)?;
-    broker::logging::init();
-    broker::runtime::run(config)?;
-    Ok(true)
 }

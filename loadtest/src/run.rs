@@ -15,13 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use broker::client::Connection;
-use broker::pipeline::{
+use anyhow::Result;
+use client::{
     ClientConfig, ClientStats, Consumer, ConsumerConfig, Producer, ProducerConfig, StartAt,
 };
 use hdrhistogram::Histogram;
-use wire::{Acks, Message, OffsetSpec};
+use wire::{Acks, OffsetSpec};
 
 /// Bytes at the front of every value: id and intended send time.
 pub const VALUE_HEADER_BYTES: usize = 16;
@@ -267,29 +266,11 @@ fn elapsed_us(t0: Instant, t: Instant) -> u64 {
 
 fn end_offsets(brokers: &[SocketAddr], topic: &str, partitions: u32) -> Result<BTreeMap<u32, u64>> {
     let cfg = ClientConfig::new(brokers.to_vec());
-    let routes = broker::pipeline::routes(&cfg, topic)?;
-    let mut conns: BTreeMap<SocketAddr, Connection> = BTreeMap::new();
+    let mut routes = client::routes(&cfg, topic)?;
     let mut out = BTreeMap::new();
     for p in 0..partitions {
-        let addr = routes[p as usize];
-        let conn = match conns.entry(addr) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(Connection::connect(addr, cfg.connect_timeout)?)
-            }
-        };
-        let resp = conn.request(
-            &wire::ListOffsetsRequest {
-                topic: topic.to_owned(),
-                partition: p,
-                spec: OffsetSpec::Latest,
-            }
-            .into(),
-        )?;
-        let Message::ListOffsetsResponse(r) = resp else {
-            bail!("unexpected response {}", resp.kind().name())
-        };
-        out.insert(p, r.offset.unwrap_or(0));
+        let end = client::consumer::list_offset(&cfg, topic, &mut routes, p, OffsetSpec::Latest)?;
+        out.insert(p, end);
     }
     Ok(out)
 }
@@ -297,7 +278,7 @@ fn end_offsets(brokers: &[SocketAddr], topic: &str, partitions: u32) -> Result<B
 /// Runs the workload against a broker that has the topic already.
 pub fn run(w: &Workload) -> Result<Outcome> {
     let client = ClientConfig::new(w.brokers.clone());
-    let partitions = broker::pipeline::routes(&client, &w.topic)?.len() as u32;
+    let partitions = client::routes(&client, &w.topic)?.len() as u32;
     let start_offsets = end_offsets(&w.brokers, &w.topic, partitions)?;
     // Telemetry samples are a second old at most: let one pass, so the
     // counters before the run include what happened just before it (a topic

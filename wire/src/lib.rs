@@ -7,6 +7,7 @@
 //! | [`messages`] | every message type, the [`Kind`] registry, typed encode/decode   |
 //! | [`batch`]    | the record batch: producer-encoded, stored and fetched unchanged |
 //! | [`names`]    | topic and group name rules, checked where names enter            |
+//! | [`rules`]    | what clients and brokers agree on: key partitioner, idempotence window |
 //! | [`error`]    | [`WireError`] (undecodable bytes) and [`ErrorCode`] (answers)    |
 //!
 //! A frame's body is an rkyv archive, always validated before it is read. The
@@ -32,6 +33,7 @@ pub mod error;
 pub mod frame;
 pub mod messages;
 pub mod names;
+pub mod rules;
 
 pub use batch::{
     batch_attributes, batches, encode_control_batch, set_base_offset, set_entry_index, set_term,
@@ -45,6 +47,7 @@ pub use frame::{
 };
 pub use messages::*;
 pub use names::{validate_group_name, validate_topic_name};
+pub use rules::{partition_for_key, IDEMPOTENCE_WINDOW_BATCHES};
 
 #[cfg(test)]
 mod proptests;

@@ -1,13 +1,16 @@
 //! Shared by the integration tests: a real `drmq broker` child process on
-//! loopback ports of its own.
+//! loopback ports of its own, started by the client's local-cluster
+//! launcher (`client::local`).
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use client::local::{BrokerLog, LaunchOptions, LocalCluster, NodePorts, NodeSpec};
 
 pub const SHARDS: u16 = 2;
 /// Start attempts: a port found free can be taken by a parallel test before
@@ -38,21 +41,7 @@ pub fn drmq() -> Command {
 /// while a test has a broker down), from a random start so parallel tests
 /// rarely collide.
 pub fn free_port_run(n: u16) -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    let mut x = h.finish();
-    // Bounded: a few hundred candidates.
-    for _ in 0..500 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let base = 20_000 + ((x >> 33) % (12_000 - u64::from(n))) as u16;
-        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports");
+    client::local::free_port_run(n).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a `drmq` client command with `--brokers brokers`, feeding `stdin`.
@@ -132,35 +121,38 @@ impl Broker {
 
     /// [`Broker::start`] with more `drmq broker` flags.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Broker {
+        let drmq = Path::new(env!("CARGO_BIN_EXE_drmq"));
         for _ in 0..START_ATTEMPTS_MAX {
-            let base = free_port_run(2 * SHARDS + 1);
-            let child = drmq()
-                .args(["broker", "--id", "1", "--shards", &SHARDS.to_string()])
-                .args(extra)
-                .arg("--data-dir")
-                .arg(data_dir)
-                .args(["--listen", &format!("127.0.0.1:{base}")])
-                .args(["--peer-listen", &format!("127.0.0.1:{}", base + SHARDS)])
-                .args(["--http", &format!("127.0.0.1:{}", base + 2 * SHARDS)])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let base = free_port_run(NodePorts::per_node(SHARDS));
+            let spec = NodeSpec {
+                id: 1,
+                data_dir: data_dir.to_owned(),
+                ports: NodePorts::packed(base, SHARDS),
+                shards: SHARDS,
+                peers: None,
+                secret: None,
+                extra_args: extra.iter().map(|s| s.to_string()).collect(),
+                log: BrokerLog::Discard,
+                parent_death_signal: false,
+            };
+            let child = client::local::spawn(drmq, &spec).unwrap_or_else(|e| panic!("{e}"));
             let mut b = Broker {
                 child,
                 listen_port: base,
                 data_dir: data_dir.to_owned(),
             };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if (0..SHARDS).all(|s| TcpStream::connect(("127.0.0.1", base + s)).is_ok()) {
-                    return b;
-                }
-                if b.child.try_wait().unwrap().is_some() {
-                    break; // exited: most likely a port was taken; new ports
-                }
-                assert!(Instant::now() < deadline, "broker did not start");
-                std::thread::sleep(Duration::from_millis(20));
+            let up = client::local::wait_up(
+                &mut b.child,
+                1,
+                spec.ports,
+                SHARDS,
+                Duration::from_secs(20),
+            );
+            match up {
+                Ok(()) => return b,
+                // Most likely a port was taken: new ports.
+                Err(client::local::LaunchError::Exited { .. }) => continue,
+                Err(e) => panic!("broker did not start: {e}"),
             }
         }
         panic!("broker did not start in {START_ATTEMPTS_MAX} attempts");
@@ -205,7 +197,7 @@ impl Broker {
         &self,
         topic: &str,
         batch: Vec<u8>,
-    ) -> Result<wire::Message, broker::client::ClientError> {
+    ) -> Result<wire::Message, client::ClientError> {
         let o = self.cli(&["topic", "describe", topic], None);
         assert!(
             o.status.success(),
@@ -215,7 +207,7 @@ impl Broker {
         let meta: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let shard = meta["partitions"][0]["shard"].as_u64().unwrap() as u16;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.listen_port + shard));
-        let mut c = broker::client::Connection::connect(addr, Duration::from_secs(10)).unwrap();
+        let mut c = client::Connection::connect(addr, Duration::from_secs(10)).unwrap();
         let req = wire::ProduceRequest {
             topic: topic.into(),
             partition: 0,
@@ -232,34 +224,17 @@ impl Broker {
     }
 }
 
-/// Ports of one cluster member: clients `base..base+SHARDS`, peers
-/// `base+SHARDS..base+2*SHARDS`, HTTP `base+2*SHARDS`.
-const PORTS_PER_BROKER: u16 = 2 * SHARDS + 1;
-
-/// A cluster of `drmq broker` child processes on loopback, RF up to its
-/// size. Every child is killed (after SIGCONT, in case a test stopped it)
-/// when the cluster is dropped, even when the test fails.
+/// A cluster of `drmq broker` child processes on loopback (the client's
+/// [`LocalCluster`]), RF up to its size. Every child is killed (after
+/// SIGCONT, in case a test stopped it) when the cluster is dropped, even
+/// when the test fails.
 pub struct Cluster {
     pub bases: Vec<u16>,
     pub dirs: Vec<PathBuf>,
-    pub children: Vec<Option<Child>>,
-    /// Flags given to every broker.
-    extra: Vec<String>,
-    secret: String,
+    local: LocalCluster,
     /// A stopped broker is left out of `--brokers` (a client would time
     /// out on it before trying the next one).
     paused: std::cell::Cell<Option<usize>>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            // SAFETY: kill(2) on our own, not yet reaped, child.
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 impl Cluster {
@@ -270,119 +245,52 @@ impl Cluster {
 
     /// [`Cluster::start`] with more `drmq broker` flags for every broker.
     pub fn start_with(root: &Path, n: usize, extra: &[&str]) -> Cluster {
-        let run = free_port_run(PORTS_PER_BROKER * n as u16);
-        let mut c = Cluster {
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            bases: (0..n).map(|i| run + PORTS_PER_BROKER * i as u16).collect(),
-            dirs: (1..=n).map(|i| root.join(format!("broker-{i}"))).collect(),
-            children: (0..n).map(|_| None).collect(),
-            secret: "test-cluster-secret".into(),
-            paused: std::cell::Cell::new(None),
+        let drmq = PathBuf::from(env!("CARGO_BIN_EXE_drmq"));
+        let mut opts = LaunchOptions::new(drmq, root.to_owned(), n as u16, SHARDS);
+        opts.secret = Some("test-cluster-secret".into());
+        opts.peers_always = true;
+        opts.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        opts.log = if std::env::var_os("DRMQ_TEST_LOGS").is_some() {
+            BrokerLog::Inherit
+        } else {
+            BrokerLog::Discard
         };
-        for i in 0..n {
-            c.spawn(i);
-        }
-        for i in 0..n {
-            c.wait_up(i);
-        }
-        c
-    }
-
-    fn peers(&self) -> String {
-        self.bases
-            .iter()
-            .enumerate()
-            .map(|(i, b)| format!("{}=127.0.0.1:{}", i + 1, b + SHARDS))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let base = self.bases[i];
-        let child = drmq()
-            .args(["broker", "--id", &(i + 1).to_string()])
-            .args(["--shards", &SHARDS.to_string()])
-            .arg("--data-dir")
-            .arg(&self.dirs[i])
-            .args(["--listen", &format!("127.0.0.1:{base}")])
-            .args(["--peer-listen", &format!("127.0.0.1:{}", base + SHARDS)])
-            .args(["--http", &format!("127.0.0.1:{}", base + 2 * SHARDS)])
-            .args(["--peers", &self.peers()])
-            .args(&self.extra)
-            .env("DRMQ_CLUSTER_SECRET", &self.secret)
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("DRMQ_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .unwrap();
-        self.children[i] = Some(child);
-    }
-
-    fn wait_up(&mut self, i: usize) {
-        let base = self.bases[i];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !(0..SHARDS).all(|s| TcpStream::connect(("127.0.0.1", base + s)).is_ok()) {
-            let child = self.children[i].as_mut().unwrap();
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "broker {} exited during start-up",
-                i + 1
-            );
-            assert!(Instant::now() < deadline, "broker {} did not start", i + 1);
-            std::thread::sleep(Duration::from_millis(20));
+        opts.start_attempts = START_ATTEMPTS_MAX;
+        let local = LocalCluster::start(opts).unwrap_or_else(|e| panic!("{e}"));
+        Cluster {
+            bases: (0..n).map(|i| local.ports(i).client).collect(),
+            dirs: (0..n).map(|i| local.node_dir(i).to_owned()).collect(),
+            local,
+            paused: std::cell::Cell::new(None),
         }
     }
 
     /// Starts broker `i` (0-based) again on its data and ports.
     pub fn restart(&mut self, i: usize) {
-        assert!(self.children[i].is_none(), "broker {} is running", i + 1);
-        self.spawn(i);
-        self.wait_up(i);
+        self.local.restart(i).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// kill -9 of broker `i`.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.local.kill(i);
     }
 
     /// SIGTERM of broker `i`; asserts that it stops cleanly (exit 0).
     pub fn terminate(&mut self, i: usize) {
-        self.signal(i, libc::SIGTERM);
-        let mut c = self.children[i].take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("broker {} did not stop on SIGTERM", i + 1);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = self
+            .local
+            .terminate(i, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(status.success(), "broker {} exited with {status}", i + 1);
     }
 
-    fn signal(&self, i: usize, sig: libc::c_int) {
-        let c = self.children[i].as_ref().expect("running");
-        // SAFETY: kill(2) on our own, not yet reaped, child.
-        assert_eq!(unsafe { libc::kill(c.id() as libc::pid_t, sig) }, 0);
-    }
-
     pub fn pause(&self, i: usize) {
-        self.signal(i, libc::SIGSTOP);
+        self.local.pause(i).unwrap_or_else(|e| panic!("{e}"));
         self.paused.set(Some(i));
     }
 
     pub fn resume(&self, i: usize) {
-        self.signal(i, libc::SIGCONT);
+        self.local.resume(i).unwrap_or_else(|e| panic!("{e}"));
         self.paused.set(None);
     }
 
@@ -391,7 +299,7 @@ impl Cluster {
         self.bases
             .iter()
             .enumerate()
-            .filter(|(i, _)| Some(*i) != self.paused.get() && self.children[*i].is_some())
+            .filter(|(i, _)| Some(*i) != self.paused.get() && self.local.is_running(*i))
             .map(|(_, b)| format!("127.0.0.1:{b}"))
             .collect::<Vec<_>>()
             .join(",")
@@ -421,7 +329,7 @@ impl Cluster {
             let p = &d["partitions"][partition];
             if let Some(l) = p["leader"].as_u64() {
                 let i = l as usize - 1;
-                if self.children[i].is_some() {
+                if self.local.is_running(i) {
                     return (l, p["leader_term"].as_u64().unwrap());
                 }
             }
@@ -461,7 +369,7 @@ impl Cluster {
     pub fn stop(&self, idx: &[usize]) -> Stopped {
         let mut s = Stopped { pids: Vec::new() };
         for &i in idx {
-            let pid = self.children[i].as_ref().expect("running").id() as libc::pid_t;
+            let pid = self.local.pid(i).expect("running") as libc::pid_t;
             s.pids.push(pid);
             // SAFETY: kill(2) on our own, not yet reaped, child.
             assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);

@@ -1,23 +1,35 @@
-//! `drmq produce` and `drmq consume`.
+//! `drmq produce` and `drmq consume`, on the client library's pipelined
+//! [`Producer`] and [`Consumer`].
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, TryRecvError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use broker::client::{parse_brokers, ClientError, Connection};
-use broker::pipeline::{routes, ClientConfig};
+use client::{
+    parse_brokers, ClientConfig, Consumer, ConsumerConfig, Delivery, Producer, ProducerConfig,
+    StartAt,
+};
 use serde_json::json;
-use wire::*;
+use wire::Acks;
 
-/// Lines per produce request: bounded so one request stays far below the
-/// frame limit for typical lines, and acknowledgements flow steadily.
-const LINES_PER_BATCH_MAX: usize = 1_000;
+/// Lines read ahead of the producer: bounded so a fast stdin cannot fill
+/// memory while the cluster is slow (back-pressure reaches the reader).
+const LINES_QUEUED_MAX: usize = 4_000;
+/// Lines taken from stdin between looks at the producer's answers.
+const LINES_PER_ROUND_MAX: usize = 1_000;
 /// Bytes per produce batch (1 MiB), well under the 4 MiB frame limit.
 const BATCH_BYTES_MAX: usize = 1 << 20;
-/// How long to wait for more stdin lines before sending a batch.
+/// How long a batch waits for more stdin lines before it is sent.
 const LINGER: Duration = Duration::from_millis(5);
+/// How long the producer waits for answers while stdin has nothing new.
+const PRODUCE_POLL_WAIT: Duration = Duration::from_millis(1);
+/// Long-poll wait of each fetch, and how long a consumer round waits.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+const CONSUME_POLL_WAIT: Duration = Duration::from_millis(100);
+/// Bytes per fetch (1 MiB).
+const FETCH_BYTES_MAX: u32 = 1 << 20;
 
 pub enum From {
     Earliest,
@@ -36,119 +48,14 @@ pub fn parse_from(s: &str) -> Result<From> {
     })
 }
 
-/// Connections to the leaders of one topic's partitions, following
-/// leadership as it moves.
-struct Router {
-    cfg: ClientConfig,
-    topic: String,
-    timeout: Duration,
-    /// Partition number and the client endpoint of its leader's shard.
-    partitions: Vec<(u32, std::net::SocketAddr)>,
-    conns: BTreeMap<std::net::SocketAddr, Connection>,
+/// Client settings from `--brokers` and `--timeout-ms`: the timeout bounds
+/// connecting, each request, and the retries of each message.
+fn client_config(brokers: &str, timeout: Duration) -> Result<ClientConfig> {
+    let mut cfg = ClientConfig::new(parse_brokers(brokers)?);
+    cfg.connect_timeout = timeout;
+    cfg.request_timeout = timeout;
+    Ok(cfg)
 }
-
-impl Router {
-    fn new(brokers: &str, timeout_ms: u64, topic: &str) -> Result<Router> {
-        let timeout = Duration::from_millis(timeout_ms.max(1));
-        let mut cfg = ClientConfig::new(parse_brokers(brokers)?);
-        cfg.connect_timeout = timeout;
-        let partitions = routes(&cfg, topic)?
-            .into_iter()
-            .enumerate()
-            .map(|(p, a)| (p as u32, a))
-            .collect();
-        Ok(Router {
-            cfg,
-            topic: topic.to_owned(),
-            timeout,
-            partitions,
-            conns: BTreeMap::new(),
-        })
-    }
-
-    fn request(
-        &mut self,
-        addr: std::net::SocketAddr,
-        msg: &Message,
-    ) -> Result<Message, ClientError> {
-        if !self.conns.contains_key(&addr) {
-            self.conns
-                .insert(addr, Connection::connect(addr, self.timeout)?);
-        }
-        let r = self
-            .conns
-            .get_mut(&addr)
-            .expect("inserted above")
-            .request(msg);
-        if matches!(
-            r,
-            Err(ClientError::Io { .. } | ClientError::Closed { .. } | ClientError::Protocol { .. })
-        ) {
-            self.conns.remove(&addr);
-        }
-        r
-    }
-
-    /// Sends `msg` to the leader of partition number `idx`; on a leader
-    /// change (hint, refused connection, retriable error) it finds the new
-    /// leader and sends again, with back-off, until `deadline`.
-    fn send(
-        &mut self,
-        idx: usize,
-        msg: &Message,
-        deadline: Instant,
-    ) -> Result<Message, ClientError> {
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let addr = self.partitions[idx].1;
-            let err = match self.request(addr, msg) {
-                Ok(m) => return Ok(m),
-                Err(e) => e,
-            };
-            let retry = match &err {
-                ClientError::Broker { code, hint, .. } if code.is_retryable() => {
-                    let hinted = hint.as_ref().and_then(|h| {
-                        parse_brokers(&format!("{}:{}", h.endpoint.host, h.endpoint.port)).ok()
-                    });
-                    match hinted.and_then(|v| v.first().copied()) {
-                        Some(a) if a != addr => self.partitions[idx].1 = a,
-                        _ => self.refresh(),
-                    }
-                    true
-                }
-                ClientError::Io { .. }
-                | ClientError::Closed { .. }
-                | ClientError::Unreachable { .. } => {
-                    self.refresh();
-                    true
-                }
-                _ => false,
-            };
-            let pause = Duration::from_millis(20 << attempt.min(5));
-            if !retry || Instant::now() + pause >= deadline {
-                return Err(err);
-            }
-            std::thread::sleep(pause);
-        }
-    }
-
-    /// Asks the cluster again where the leaders are (keeps the old routes
-    /// if nobody answers).
-    fn refresh(&mut self) {
-        let mut cfg = self.cfg.clone();
-        cfg.connect_timeout = Duration::from_millis(500);
-        if let Ok(r) = routes(&cfg, &self.topic) {
-            for (p, a) in r.into_iter().enumerate() {
-                if let Some(slot) = self.partitions.get_mut(p) {
-                    slot.1 = a;
-                }
-            }
-        }
-    }
-}
-
-const NO_PRODUCER: i64 = wire::batch::NO_PRODUCER_ID;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -164,16 +71,19 @@ pub fn produce(
     key_separator: Option<char>,
     idempotent: bool,
 ) -> Result<()> {
-    let mut router = Router::new(brokers, timeout_ms, topic)?;
-    // An idempotent producer: a random 63-bit id (see broker::producers) and a
-    // record sequence per partition; a retried batch carries the same ones.
-    let producer_id = if idempotent {
-        broker::pipeline::random_producer_id()
-    } else {
-        NO_PRODUCER
-    };
-    let mut sequences: BTreeMap<u32, i32> = BTreeMap::new();
-    let (tx, rx) = mpsc::sync_channel::<(u64, String)>(LINES_PER_BATCH_MAX * 4);
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let mut cfg = ProducerConfig::new(client_config(brokers, timeout)?, topic);
+    cfg.acks = Acks::Quorum;
+    cfg.batch_bytes_max = BATCH_BYTES_MAX;
+    cfg.linger = LINGER;
+    cfg.delivery_timeout = timeout;
+    // A random 63-bit producer id and a record sequence per partition; a
+    // retried batch carries the same ones.
+    cfg.idempotent = idempotent;
+    let mut producer = Producer::new(cfg)?;
+    let partitions = producer.partition_count();
+
+    let (tx, rx) = mpsc::sync_channel::<(u64, String)>(LINES_QUEUED_MAX);
     std::thread::spawn(move || {
         for (i, line) in std::io::stdin().lock().lines().enumerate() {
             let Ok(line) = line else { break };
@@ -182,90 +92,113 @@ pub fn produce(
             }
         }
     });
-    let out = std::io::stdout();
-    let mut failed = 0u64;
-    let mut round_robin = 0usize;
-    while let Ok(first) = rx.recv() {
-        let mut lines = vec![first];
-        let mut bytes = lines[0].1.len();
-        let deadline = Instant::now() + LINGER;
-        while lines.len() < LINES_PER_BATCH_MAX && bytes < BATCH_BYTES_MAX {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => {
-                    bytes += l.1.len();
-                    lines.push(l);
-                }
-                Err(_) => break,
-            }
-        }
-        // Group by partition: by key hash when keyed, else round robin.
-        let n = router.partitions.len();
-        let mut groups: BTreeMap<usize, Vec<(u64, Option<String>, String)>> = BTreeMap::new();
-        for (line_no, line) in lines {
-            let (key, value) = match key_separator.and_then(|c| line.split_once(c)) {
-                Some((k, v)) => (Some(k.to_owned()), v.to_owned()),
-                None => (None, line),
+    let mut report = Report {
+        topic,
+        out: std::io::stdout(),
+        unanswered: BTreeSet::new(),
+        failed: 0,
+    };
+    let mut round_robin = 0u32;
+    let mut stdin_open = true;
+    // Bounded by stdin: each round takes lines or waits for answers.
+    while stdin_open {
+        let mut taken = 0;
+        while taken < LINES_PER_ROUND_MAX {
+            // Nothing pending: block on stdin, there is nothing else to do.
+            let next = if taken == 0 && producer.pending_batches() == 0 {
+                rx.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                rx.try_recv()
             };
-            let idx = match &key {
-                Some(k) => broker::topics::partition_for_key(k.as_bytes(), n),
+            let (line_no, line) = match next {
+                Ok(l) => l,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    stdin_open = false;
+                    break;
+                }
+            };
+            taken += 1;
+            let (key, value) = match key_separator.and_then(|c| line.split_once(c)) {
+                Some((k, v)) => (Some(k), v),
+                None => (None, line.as_str()),
+            };
+            // By key hash when keyed, else round robin line by line.
+            let partition = match key {
+                Some(k) => producer.partition_for(Some(k.as_bytes())),
                 None => {
-                    round_robin = (round_robin + 1) % n;
+                    round_robin = (round_robin + 1) % partitions;
                     round_robin
                 }
             };
-            groups.entry(idx).or_default().push((line_no, key, value));
+            let key = key.map(str::as_bytes);
+            producer.send_to(partition, key, value.as_bytes(), now_ms(), line_no)?;
+            report.unanswered.insert(line_no);
+            report.deliveries(producer.take_deliveries())?;
         }
-        for (idx, msgs) in groups {
-            let partition = router.partitions[idx].0;
-            let seq = sequences.entry(partition).or_insert(0);
-            let mut b = if producer_id >= 0 {
-                RecordBatchBuilder::new().producer(producer_id, 0, *seq)
-            } else {
-                RecordBatchBuilder::new()
-            };
-            *seq = seq.wrapping_add(msgs.len() as i32);
-            let ts = now_ms();
-            for (_, key, value) in &msgs {
-                b.push(NewRecord {
-                    timestamp_ms: ts,
-                    key: key.as_deref().map(str::as_bytes),
-                    value: Some(value.as_bytes()),
-                    headers: &[],
-                });
-            }
-            let req: Message = ProduceRequest {
-                topic: topic.to_owned(),
-                partition,
-                acks: Acks::Quorum,
-                timeout_ms: timeout_ms.min(u64::from(u32::MAX)) as u32,
-                batch: b.finish(),
-            }
-            .into();
-            let deadline = Instant::now() + router.timeout;
-            let result = router.send(idx, &req, deadline);
-            match result {
-                Ok(Message::ProduceResponse(r)) => {
-                    let mut o = out.lock();
-                    for (i, (line_no, _, _)) in msgs.iter().enumerate() {
-                        let line = json!({"topic": topic, "partition": partition, "offset": r.base_offset + i as u64, "line": line_no});
-                        writeln!(o, "{line}")?;
-                    }
-                    o.flush()?;
-                }
-                Ok(other) => bail!("unexpected response {}", other.kind().name()),
-                Err(e) => {
-                    for (line_no, _, _) in &msgs {
-                        eprintln!("drmq: line {line_no} not delivered: {e}");
-                    }
-                    failed += msgs.len() as u64;
-                }
-            }
-        }
+        let wait = if taken == 0 {
+            PRODUCE_POLL_WAIT
+        } else {
+            Duration::ZERO
+        };
+        producer.poll(wait);
+        report.deliveries(producer.take_deliveries())?;
     }
-    if failed > 0 {
-        bail!("{failed} message(s) not delivered");
+    // Every batch ends by its delivery timeout once sent; a full window may
+    // hold the last ones back for as long again.
+    let flushed = producer.flush(Instant::now() + 2 * timeout + Duration::from_secs(1));
+    report.deliveries(producer.take_deliveries())?;
+    if let Err(e) = flushed {
+        for line_no in &report.unanswered {
+            eprintln!("drmq: line {line_no} not delivered: {e}");
+        }
+        report.failed += report.unanswered.len() as u64;
+    }
+    if report.failed > 0 {
+        bail!("{} message(s) not delivered", report.failed);
     }
     Ok(())
+}
+
+/// The per-line acknowledgements of `drmq produce`.
+struct Report<'a> {
+    topic: &'a str,
+    out: std::io::Stdout,
+    /// Lines sent and not yet acknowledged or failed.
+    unanswered: BTreeSet<u64>,
+    failed: u64,
+}
+
+impl Report<'_> {
+    /// One JSON line per acknowledged line on stdout; one line per failed
+    /// line on stderr.
+    fn deliveries(&mut self, done: Vec<Delivery>) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let mut o = self.out.lock();
+        for d in done {
+            for tag in &d.tags {
+                self.unanswered.remove(tag);
+            }
+            match &d.result {
+                Ok(base) => {
+                    for (i, line_no) in d.tags.iter().enumerate() {
+                        let line = json!({"topic": self.topic, "partition": d.partition, "offset": base + i as u64, "line": line_no});
+                        writeln!(o, "{line}")?;
+                    }
+                }
+                Err(e) => {
+                    for line_no in &d.tags {
+                        eprintln!("drmq: line {line_no} not delivered: {e}");
+                    }
+                    self.failed += d.tags.len() as u64;
+                }
+            }
+        }
+        o.flush()?;
+        Ok(())
+    }
 }
 
 pub fn consume(
@@ -276,95 +209,55 @@ pub fn consume(
     max_messages: Option<u64>,
     idle_timeout_ms: Option<u64>,
 ) -> Result<()> {
-    let mut router = Router::new(brokers, timeout_ms, topic)?;
-    let parts: Vec<u32> = router.partitions.iter().map(|p| p.0).collect();
-    let mut positions = Vec::with_capacity(parts.len());
-    for (idx, &partition) in parts.iter().enumerate() {
-        let pos = match from {
-            From::Offset(o) => o,
-            From::Earliest | From::Latest => {
-                let spec = if matches!(from, From::Earliest) {
-                    OffsetSpec::Earliest
-                } else {
-                    OffsetSpec::Latest
-                };
-                let resp = router.send(
-                    idx,
-                    &ListOffsetsRequest {
-                        topic: topic.to_owned(),
-                        partition,
-                        spec,
-                    }
-                    .into(),
-                    Instant::now() + router.timeout,
-                )?;
-                let Message::ListOffsetsResponse(r) = resp else {
-                    bail!("unexpected response {}", resp.kind().name())
-                };
-                r.offset.unwrap_or(0)
-            }
-        };
-        positions.push(pos);
-    }
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let mut cfg = ConsumerConfig::new(client_config(brokers, timeout)?, topic);
+    cfg.start = match from {
+        From::Earliest => StartAt::Earliest,
+        From::Latest => StartAt::Latest,
+        From::Offset(o) => StartAt::Offset(o),
+    };
+    cfg.fetch_bytes_max = FETCH_BYTES_MAX;
+    cfg.fetch_wait = FETCH_WAIT;
+    // A partition that cannot be read for the whole timeout is an error.
+    cfg.give_up_after = Some(timeout);
+    let mut consumer = Consumer::new(cfg)?;
     let out = std::io::stdout();
     let mut printed = 0u64;
     let mut last_data = Instant::now();
-    // A short long-poll per partition keeps several partitions moving.
-    let wait_ms = if parts.len() == 1 { 500 } else { 50 };
     loop {
-        let mut got_any = false;
-        for (i, &partition) in parts.iter().enumerate() {
-            let req = FetchRequest {
-                topic: topic.to_owned(),
-                partition,
-                offset: positions[i],
-                max_bytes: 1 << 20,
-                min_bytes: 1,
-                max_wait_ms: wait_ms,
-            };
-            let resp = router.send(i, &req.into(), Instant::now() + router.timeout)?;
-            let Message::FetchResponse(r) = resp else {
-                bail!("unexpected response {}", resp.kind().name())
-            };
-            let mut o = out.lock();
-            for batch in batches(&r.batches) {
-                let batch = batch.context("corrupt batch from the broker")?;
-                // Raft's no-op and membership entries take an offset each
-                // but are not messages.
-                if batch.is_control() {
-                    positions[i] = positions[i].max(batch.last_offset() + 1);
-                    continue;
-                }
-                for rec in batch.records() {
-                    let rec = rec.context("corrupt record from the broker")?;
-                    if rec.offset < positions[i] {
-                        continue;
-                    }
-                    let line = json!({
-                        "topic": topic,
-                        "partition": partition,
-                        "offset": rec.offset,
-                        "key": rec.key.map(|k| String::from_utf8_lossy(k).into_owned()),
-                        "value": rec.value.map(|v| String::from_utf8_lossy(v).into_owned()),
-                        "timestamp_ms": rec.timestamp_ms,
-                    });
-                    // A reader that went away (`| head`) ends consuming.
-                    if let Err(e) = writeln!(o, "{line}") {
-                        return reader_gone(e);
-                    }
-                    positions[i] = rec.offset + 1;
-                    printed += 1;
-                    got_any = true;
-                    if max_messages.is_some_and(|m| printed >= m) {
-                        return o.flush().or_else(reader_gone);
-                    }
-                }
+        let mut o = out.lock();
+        let mut write_error = None;
+        let mut done = false;
+        let got = consumer.poll(CONSUME_POLL_WAIT, |partition, rec, _| {
+            if done || write_error.is_some() {
+                return;
             }
-            if let Err(e) = o.flush() {
-                return reader_gone(e);
+            let line = json!({
+                "topic": topic,
+                "partition": partition,
+                "offset": rec.offset,
+                "key": rec.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+                "value": rec.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                "timestamp_ms": rec.timestamp_ms,
+            });
+            if let Err(e) = writeln!(o, "{line}") {
+                write_error = Some(e);
+                return;
             }
+            printed += 1;
+            done = max_messages.is_some_and(|m| printed >= m);
+        })?;
+        // A reader that went away (`| head`) ends consuming.
+        if let Some(e) = write_error {
+            return reader_gone(e);
         }
-        if got_any {
+        if let Err(e) = o.flush() {
+            return reader_gone(e);
+        }
+        if done {
+            return Ok(());
+        }
+        if got > 0 {
             last_data = Instant::now();
         } else if idle_timeout_ms.is_some_and(|ms| last_data.elapsed() >= Duration::from_millis(ms))
         {

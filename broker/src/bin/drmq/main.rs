@@ -1,16 +1,15 @@
 //! `drmq`: the broker and its command-line client.
 
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use broker::client::{parse_brokers, Connection};
 use broker::config::{load_file, parse_peers, BrokerConfig, FileConfig};
 use clap::{Args, Parser, Subcommand};
+use client::local::{BrokerLog, LaunchOptions, LocalCluster, PortPlan};
+use client::{parse_brokers, Admin};
 use serde_json::{json, Value};
 use wire::*;
 
@@ -234,48 +233,9 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Cluster(ClusterCommand::Status { conn }) => {
-            let resp = request(
-                &conn,
-                ClusterStatusRequest {
-                    include_partitions: true,
-                }
-                .into(),
-            )?;
-            let Message::ClusterStatusResponse(mut s) = resp else {
-                bail!(unexpected(&resp))
-            };
-            // Each broker reports the partitions it leads (and those with
-            // no leader yet): ask every live broker and merge.
-            let timeout = Duration::from_millis(conn.timeout_ms.max(1));
-            for b in s.brokers.clone().iter().filter(|b| b.alive) {
-                let Some(ep) = b.endpoints.first() else {
-                    continue;
-                };
-                let Ok(addrs) = parse_brokers(&format!("{}:{}", ep.host, ep.port)) else {
-                    continue;
-                };
-                let Ok(mut c) = Connection::connect(addrs[0], timeout) else {
-                    continue;
-                };
-                if let Ok(Message::ClusterStatusResponse(other)) = c.request(
-                    &ClusterStatusRequest {
-                        include_partitions: true,
-                    }
-                    .into(),
-                ) {
-                    s.partitions.extend(other.partitions);
-                }
-            }
-            s.partitions.sort_by(|a, b| {
-                (&a.topic, a.partition, a.leader.is_none()).cmp(&(
-                    &b.topic,
-                    b.partition,
-                    b.leader.is_none(),
-                ))
-            });
-            s.partitions.dedup_by(|later, first| {
-                later.topic == first.topic && later.partition == first.partition
-            });
+            let s = admin(&conn)?
+                .cluster_status()
+                .context("ClusterStatusRequest")?;
             print_json(&cluster_status_json(&s));
             Ok(())
         }
@@ -320,6 +280,13 @@ fn broker(args: BrokerArgs) -> Result<()> {
     broker::runtime::run(config)
 }
 
+/// How long `drmq dev` gives its brokers to stop after SIGTERM before
+/// killing them (a graceful stop syncs every partition; seconds at most).
+const DEV_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `drmq dev` tries to create the demo topic (a controller is
+/// elected within a few election timeouts).
+const DEV_DEMO_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `drmq dev`: brokers as child processes on 127.0.0.1, a demo topic, and
 /// the addresses printed. Ends (and stops the others) when any broker exits;
 /// Ctrl-C reaches the whole process group.
@@ -333,100 +300,42 @@ fn dev(nodes: u32, data_dir: &std::path::Path, port: u16) -> Result<()> {
     let shards = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        .min(4);
-    let client_port = |i: u32| port + (i - 1) as u16 * 16;
-    let peer_port = |i: u32| port + 200 + (i - 1) as u16 * 16;
-    let http_port = |i: u32| port - 1012 + i as u16;
-    let peers: Vec<String> = (1..=nodes)
-        .map(|i| format!("{i}=127.0.0.1:{}", peer_port(i)))
-        .collect();
+        .min(4) as u16;
     let exe = std::env::current_exe().context("locating the drmq binary")?;
+    let mut opts = LaunchOptions::new(exe, data_dir.to_owned(), nodes as u16, shards);
+    opts.ports = PortPlan::Dev { port };
     // A fresh secret per `drmq dev` run, passed in the environment.
-    let secret = format!(
-        "{:016x}{:016x}",
-        std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
-        std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
-    );
-    let mut children = Vec::new();
-    for i in 1..=nodes {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["broker", "--id", &i.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir.join(format!("broker-{i}")))
-            .args(["--listen", &format!("127.0.0.1:{}", client_port(i))])
-            .args(["--peer-listen", &format!("127.0.0.1:{}", peer_port(i))])
-            .args(["--http", &format!("127.0.0.1:{}", http_port(i))])
-            .args(["--shards", &shards.to_string()])
-            .env("DRMQ_CLUSTER_SECRET", &secret);
-        if nodes > 1 {
-            cmd.args(["--peers", &peers.join(",")]);
-        }
-        // If `drmq dev` dies, whatever the cause, its brokers get SIGTERM.
-        // SAFETY: prctl is async-signal-safe and affects only the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        children.push(
-            cmd.spawn()
-                .with_context(|| format!("starting broker {i}"))?,
-        );
-    }
-    let brokers: Vec<String> = (1..=nodes)
-        .map(|i| format!("127.0.0.1:{}", client_port(i)))
-        .collect();
-    let conn = ConnArgs {
-        brokers: brokers.join(","),
-        timeout_ms: 2_000,
+    opts.secret = Some(client::local::random_secret());
+    opts.log = BrokerLog::Inherit;
+    // If `drmq dev` dies, whatever the cause, its brokers get SIGTERM.
+    opts.parent_death_signal = true;
+    opts.start_attempts = 1;
+    let mut cluster = LocalCluster::start(opts)?;
+    let brokers: Vec<String> = cluster.listens.iter().map(|a| a.to_string()).collect();
+    let brokers = brokers.join(",");
+    let demo = CreateTopicRequest {
+        name: "demo".into(),
+        partitions: 3,
+        replication: nodes.min(3) as u16,
+        config: TopicConfig {
+            retention_bytes: None,
+            retention_ms: None,
+            segment_bytes: Some(16 << 20),
+            segment_ms: None,
+            cleanup: CleanupPolicy::Delete,
+            durability: Durability::EveryBatch,
+            tombstone_retention_ms: None,
+        },
+        timeout_ms: 5_000,
     };
-    // Wait (bounded) for the cluster to answer, then create the demo topic.
-    let mut ready = false;
-    for _ in 0..50 {
-        if children
-            .iter_mut()
-            .any(|c| matches!(c.try_wait(), Ok(Some(_))))
-        {
-            break;
-        }
-        if request(&conn, MetadataRequest { topics: None }.into()).is_ok() {
-            ready = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if ready {
-        let demo = CreateTopicRequest {
-            name: "demo".into(),
-            partitions: 3,
-            replication: nodes.min(3) as u16,
-            config: TopicConfig {
-                retention_bytes: None,
-                retention_ms: None,
-                segment_bytes: Some(16 << 20),
-                segment_ms: None,
-                cleanup: CleanupPolicy::Delete,
-                durability: Durability::EveryBatch,
-                tombstone_retention_ms: None,
-            },
-            timeout_ms: 5_000,
-        };
-        match request(&conn, demo.into()) {
-            Ok(_) | Err(_) => {} // exists already after a restart, or reported below by status
-        }
-        eprintln!("drmq dev: {nodes} broker(s) up; brokers {}", conn.brokers);
-        eprintln!(
-            "drmq dev: try  echo hello | drmq produce --topic demo --brokers {}",
-            conn.brokers
-        );
-        eprintln!(
-            "drmq dev: counters on http://127.0.0.1:{}/metrics and /api/status (the dashboard is not built yet)",
-            http_port(1)
-        );
-    }
+    // Exists already after a restart, or reported below by status.
+    let _ = Admin::new(cluster.listens.clone(), DEV_DEMO_TIMEOUT).create_topic(demo);
+    eprintln!("drmq dev: {nodes} broker(s) up; brokers {brokers}");
+    eprintln!("drmq dev: try  echo hello | drmq produce --topic demo --brokers {brokers}");
+    eprintln!(
+        "drmq dev: counters on http://{}/metrics and /api/status (the dashboard is not built yet)",
+        cluster.https[0]
+    );
     // Run until a broker exits or we are asked to stop (Ctrl-C, SIGTERM);
     // then stop every broker gracefully (SIGTERM) and wait for them.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -439,29 +348,19 @@ fn dev(nodes: u32, data_dir: &std::path::Path, port: u16) -> Result<()> {
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
             break None;
         }
-        if let Some(s) = children
-            .iter_mut()
-            .find_map(|c| c.try_wait().ok().flatten())
-        {
-            break Some(s);
+        if let Some(e) = cluster.exited() {
+            break Some(e);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    for c in &mut children {
-        if let Ok(None) = c.try_wait() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-        }
-    }
-    for c in &mut children {
-        let _ = c.wait();
-    }
+    let stopped = cluster.terminate_all(DEV_STOP_TIMEOUT);
     match exited {
         None => {
+            stopped?;
             eprintln!("drmq dev: stopped");
             Ok(())
         }
-        Some(status) => bail!("a broker exited ({status}); stopped the others"),
+        Some((i, status)) => bail!("broker {} exited ({status}); stopped the others", i + 1),
     }
 }
 
@@ -491,50 +390,13 @@ fn wait_for_stop_signal() {
     while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
 }
 
-/// Sends `msg` to the cluster: follows NotLeader / NotController hints and
-/// retries retryable errors (no controller elected yet, say) until the
-/// deadline.
-fn request(conn: &ConnArgs, msg: Message) -> Result<Message> {
-    let brokers = parse_brokers(&conn.brokers)?;
-    let timeout = Duration::from_millis(conn.timeout_ms.max(1));
-    let deadline = std::time::Instant::now() + timeout;
-    let mut target: Option<std::net::SocketAddr> = None;
-    loop {
-        let attempt = (|| -> Result<Message, broker::client::ClientError> {
-            let mut c = match target {
-                Some(a) => Connection::connect(a, timeout)?,
-                None => Connection::connect_any(&brokers, timeout)?,
-            };
-            c.request(&msg)
-        })();
-        let retry_in = match &attempt {
-            Err(broker::client::ClientError::Broker { code, .. }) if code.is_retryable() => {
-                Some(Duration::from_millis(100))
-            }
-            Err(
-                broker::client::ClientError::Io { .. } | broker::client::ClientError::Closed { .. },
-            ) if target.is_some() => {
-                target = None;
-                Some(Duration::from_millis(100))
-            }
-            _ => None,
-        };
-        if let Err(broker::client::ClientError::Broker { hint: Some(h), .. }) = &attempt {
-            target = parse_brokers(&format!("{}:{}", h.endpoint.host, h.endpoint.port))
-                .ok()
-                .and_then(|v| v.first().copied());
-        }
-        match retry_in {
-            Some(d) if std::time::Instant::now() + d < deadline => std::thread::sleep(d),
-            _ => {
-                return attempt.with_context(|| msg.kind().name().to_string());
-            }
-        }
-    }
-}
-
-fn unexpected(msg: &Message) -> String {
-    format!("unexpected response {}", msg.kind().name())
+/// The admin client for `--brokers` and `--timeout-ms`: each call retries
+/// (following NotController hints) within the timeout.
+fn admin(conn: &ConnArgs) -> Result<Admin> {
+    Ok(Admin::new(
+        parse_brokers(&conn.brokers)?,
+        Duration::from_millis(conn.timeout_ms),
+    ))
 }
 
 fn print_json(v: &Value) {
@@ -583,34 +445,27 @@ fn topic(cmd: TopicCommand) -> Result<()> {
                 },
                 timeout_ms: conn.timeout_ms.min(u64::from(u32::MAX)) as u32,
             };
-            let resp = request(&conn, req.into())?;
-            let Message::CreateTopicResponse(r) = resp else {
-                bail!(unexpected(&resp))
-            };
-            print_json(&topic_json(&r.topic));
+            let topic = admin(&conn)?
+                .create_topic(req)
+                .context("CreateTopicRequest")?;
+            print_json(&topic_json(&topic));
         }
         TopicCommand::Delete { conn, name } => {
             validate_topic_name(&name)?;
-            let timeout_ms = conn.timeout_ms.min(u64::from(u32::MAX)) as u32;
-            let resp = request(&conn, DeleteTopicRequest { name, timeout_ms }.into())?;
-            let Message::DeleteTopicResponse(r) = resp else {
-                bail!(unexpected(&resp))
-            };
-            print_json(&json!({ "deleted": r.name }));
+            let deleted = admin(&conn)?
+                .delete_topic(&name)
+                .context("DeleteTopicRequest")?;
+            print_json(&json!({ "deleted": deleted }));
         }
         TopicCommand::List { conn } => {
-            let resp = request(&conn, MetadataRequest { topics: None }.into())?;
-            let Message::MetadataResponse(r) = resp else {
-                bail!(unexpected(&resp))
-            };
+            let r = admin(&conn)?.metadata(None).context("MetadataRequest")?;
             print_json(&Value::Array(r.topics.iter().map(topic_json).collect()));
         }
         TopicCommand::Describe { conn, name } => {
             validate_topic_name(&name)?;
-            let resp = request(&conn, DescribeTopicRequest { name }.into())?;
-            let Message::DescribeTopicResponse(r) = resp else {
-                bail!(unexpected(&resp))
-            };
+            let r = admin(&conn)?
+                .describe_topic(&name)
+                .context("DescribeTopicRequest")?;
             let mut v = topic_json(&r.topic);
             v["replication"] = json!(r.replication);
             v["retention_bytes"] = json!(r.config.retention_bytes);

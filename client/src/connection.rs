@@ -1,42 +1,25 @@
-//! A blocking request/response client over the wire protocol, for the CLI
-//! and tests. (The pipelined, batching client used by the load test comes with
-//! the broker runtime.)
+//! One blocking request/response connection to one broker, and the
+//! address helpers every part of the client shares.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use thiserror::Error;
-use wire::{ErrorCode, ErrorResponse, FrameDecoder, FrameLimits, Message};
+use wire::{ErrorResponse, FrameDecoder, FrameLimits, Message};
+
+use crate::ClientError;
 
 /// Read buffer per connection: 64 KiB, one typical batch.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Error)]
-pub enum ClientError {
-    #[error("no broker reachable (tried {tried}): {last}")]
-    Unreachable { tried: String, last: String },
-    #[error("{addr}: {source}")]
-    Io {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("{addr}: protocol error: {source}")]
-    Protocol {
-        addr: SocketAddr,
-        source: wire::WireError,
-    },
-    #[error("{addr}: connection closed before the response")]
-    Closed { addr: SocketAddr },
-    #[error("broker answered {code}: {message}")]
-    Broker {
-        code: ErrorCode,
-        message: String,
-        /// Where to go instead (NotLeader, NotController).
-        hint: Option<wire::LeaderHint>,
-    },
-    #[error("bad --brokers value `{0}`: expected HOST:PORT[,HOST:PORT...]")]
-    BadBrokers(String),
+/// The first address `host:port` resolves to (None if it resolves to none).
+pub fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    (host, port).to_socket_addrs().ok()?.next()
+}
+
+/// The address of a broker's hint (NotLeader, NotController), if it resolves.
+pub fn hint_addr(hint: &wire::LeaderHint) -> Option<SocketAddr> {
+    resolve(&hint.endpoint.host, hint.endpoint.port)
 }
 
 /// Parses `HOST:PORT,...` into addresses (host names resolved).
@@ -174,7 +157,7 @@ fn broker_error(e: &ErrorResponse) -> ClientError {
 mod tests {
     use super::*;
     use std::net::TcpListener;
-    use wire::{parse_frame, MetadataRequest, MetadataResponse, Parsed};
+    use wire::{parse_frame, ErrorCode, MetadataRequest, MetadataResponse, Parsed};
 
     #[test]
     fn broker_lists_parse_and_garbage_is_named() {
