@@ -80,6 +80,13 @@ pub fn produce(
     // A random 63-bit producer id and a record sequence per partition; a
     // retried batch carries the same ones.
     cfg.idempotent = idempotent;
+    // Lines keep their order within a partition: without idempotence a
+    // retried batch could land behind a later one, so only one batch is in
+    // flight (as before the client crate); with it, sequences keep the order
+    // and the window stays open.
+    if !idempotent {
+        cfg.in_flight_max = 1;
+    }
     let mut producer = Producer::new(cfg)?;
     let partitions = producer.partition_count();
 
