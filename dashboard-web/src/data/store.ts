@@ -71,6 +71,8 @@ export interface PartitionView extends MergedPartition {
 }
 
 export interface BrokerView extends BrokerInput {
+  /** Lanes (`shard/peer/lane`) that dropped frames since the previous sample. */
+  dropping_lanes: Set<string>;
   last_frame_ms: number | null;
   /** Partitions this broker leads (merged view). */
   leads: number;
@@ -103,6 +105,28 @@ interface BrokerEntry {
   reason: string;
   sample: SampleFrame | null;
   rates: RateTracker;
+  /** Lanes (`shard/peer/lane`) whose dropped total rose since the previous sample. */
+  dropping: Set<string>;
+}
+
+export function laneKey(shard: number, peer: BrokerId, lane: string): string {
+  return `${shard}/${peer}/${lane}`;
+}
+
+/** Lanes whose dropped total rose between two samples of one broker (none across a restart). */
+export function droppingLanes(prev: SampleFrame | null, cur: SampleFrame): Set<string> {
+  const out = new Set<string>();
+  if (!prev || cur.uptime_ms < prev.uptime_ms) return out;
+  const before = new Map<string, number>();
+  for (const sh of prev.shards) for (const l of sh.peer_lanes) before.set(laneKey(sh.shard, l.peer, l.lane), l.frames_dropped_total);
+  for (const sh of cur.shards) {
+    for (const l of sh.peer_lanes) {
+      const k = laneKey(sh.shard, l.peer, l.lane);
+      const b = before.get(k);
+      if (b !== undefined && l.frames_dropped_total > b) out.add(k);
+    }
+  }
+  return out;
 }
 
 function defaultFetchJson(url: string): Promise<unknown> {
@@ -234,7 +258,7 @@ export class ClusterClient {
       const url = addr ? `${this.loc.protocol === 'https:' ? 'wss' : 'ws'}://${addr}/ws` : null;
       let e = this.brokers.get(b.id);
       if (!e) {
-        e = { id: b.id, client: b.client, http: b.http, conn: null, state: 'connecting', reason: '', sample: null, rates: new RateTracker() };
+        e = { id: b.id, client: b.client, http: b.http, conn: null, state: 'connecting', reason: '', sample: null, rates: new RateTracker(), dropping: new Set() };
         this.brokers.set(b.id, e);
       }
       e.client = b.client;
@@ -290,6 +314,7 @@ export class ClusterClient {
 
   private onFrame(e: BrokerEntry, f: Frame): void {
     if (f.type === 'sample') {
+      e.dropping = droppingLanes(e.sample, f);
       e.sample = f;
       e.rates.push(f);
     } else {
@@ -353,6 +378,7 @@ export class ClusterClient {
     const brokers: BrokerView[] = inputs.map((b) => ({
       ...b,
       last_frame_ms: this.brokers.get(b.id)?.conn?.lastFrameMs ?? null,
+      dropping_lanes: this.brokers.get(b.id)?.dropping ?? new Set(),
       leads: merged.filter((p) => p.leader === b.id).length,
       is_controller: controller.id === b.id,
     }));
