@@ -35,7 +35,7 @@ export function App({ client }: { client: ClusterClient }) {
             </a>
           ))}
         </nav>
-        <div className="status" data-testid="cluster-status">
+        <div className="status" data-testid="cluster-status" data-served-by={view.served_by ?? ""} data-controller={view.controller ?? ""}>
           <span className={up === view.brokers.length && up > 0 ? 'ok' : 'warn'}>
             {up}/{view.brokers.length} brokers up
           </span>

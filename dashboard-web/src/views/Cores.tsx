@@ -89,7 +89,8 @@ function BrokerCores({ b, view }: { b: BrokerView; view: ClusterView }) {
                   <tr key={peer}>
                     <td>→ broker {peer}</td>
                     {s.shards.map((sh) => (
-                      <td key={sh.shard} className="lane-pair">
+                      <td key={sh.shard}>
+                        <div className="lane-pair">
                         {(['control', 'bulk'] as const).map((lane) => {
                           const l = sh.peer_lanes.find((x) => x.peer === peer && x.lane === lane);
                           if (!l) return <span key={lane} className="lane none" />;
@@ -107,6 +108,7 @@ function BrokerCores({ b, view }: { b: BrokerView; view: ClusterView }) {
                             </span>
                           );
                         })}
+                        </div>
                       </td>
                     ))}
                   </tr>
