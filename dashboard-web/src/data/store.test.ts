@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { ClusterClient, LIST_REFRESH_MS } from './store';
+import { ClusterClient, LIST_REFRESH_MS, droppingLanes, laneKey } from './store';
 import { SILENCE_DOWN_MS, realClock } from './connection';
 import type { ClusterInfo, SampleFrame } from './protocol';
 import { FakeNetwork, part, sample, shard } from './testkit/fakes';
@@ -188,5 +188,23 @@ describe('cluster client', () => {
     expect(xs.length).toBeLessThanOrEqual(302);
     expect(xs[xs.length - 1] - xs[0]).toBeLessThanOrEqual(300);
     client.stop();
+  });
+});
+
+describe('starving peer lanes', () => {
+  const lanes = (dropped: number, uptime: number) =>
+    sample(3, {
+      uptime_ms: uptime,
+      shards: [shard(1, { peer_lanes: [{ peer: 1, lane: 'bulk', up: true, frames_queued: 200, frames_dropped_total: dropped, reconnects_total: 0 }] })],
+    });
+
+  it('flags a lane whose dropped total rose since the previous sample, not one that dropped long ago', () => {
+    expect([...droppingLanes(lanes(10, 1000), lanes(14, 2000))]).toEqual([laneKey(1, 1, 'bulk')]);
+    expect(droppingLanes(lanes(14, 2000), lanes(14, 3000)).size).toBe(0);
+    expect(droppingLanes(null, lanes(14, 3000)).size).toBe(0);
+  });
+
+  it('does not flag a restarted broker whose totals started again', () => {
+    expect(droppingLanes(lanes(500, 9000), lanes(3, 1000)).size).toBe(0);
   });
 });
