@@ -7,7 +7,7 @@
 //! | [`runtime`]   | the shards on glommio: client server, partitions, cross-shard messages |
 //! | [`topics`]    | topic records, replica assignment, partition-to-shard placement  |
 //! | [`logging`]   | the broker's log: `tracing` events to stderr, filtered by `RUST_LOG` |
-//! | [`group`]     | a Raft group over a partition log and the task that drives it    |
+//! | [`raft_group`] | a Raft group over a log (a partition or the controller) and the task that drives it |
 //! | [`replica`]   | `raft::Storage` over the log, control batches, `raft.state`      |
 //! | [`peer`]      | the peer transport: authenticated lanes per shard and peer       |
 //! | [`producers`] | idempotent-producer sequence state per partition                 |
@@ -21,11 +21,11 @@
 
 pub mod client;
 pub mod config;
-pub mod group;
 pub mod logging;
 pub mod peer;
 pub mod pipeline;
 pub mod producers;
+pub mod raft_group;
 pub mod replica;
 pub mod runtime;
 pub mod telemetry;

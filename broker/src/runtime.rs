@@ -32,9 +32,9 @@ use storage::{Cleanup, LogConfig, Retired, StorageError, SyncPolicy};
 use wire::*;
 
 use crate::config::BrokerConfig;
-use crate::group::{self, Group, GroupHooks, GroupKind, LeaderChange, WaitResult};
 use crate::peer::{self, Inbound, Outbox};
 use crate::producers::{BatchId, Verdict};
+use crate::raft_group::{self, LeaderChange, RaftGroup, RaftGroupHooks, RaftGroupKind, WaitResult};
 use crate::replica;
 use crate::telemetry::{self, PartitionSample, ShardSample};
 use crate::topics::{self, shard_for, TopicRecord, PARTITIONS_PER_TOPIC_MAX, TOPICS_MAX};
@@ -132,7 +132,7 @@ pub struct ClusterView {
     endpoints: BTreeMap<u64, SocketAddr>,
     /// When a peer was last heard from (any shard).
     last_seen: BTreeMap<u64, Instant>,
-    /// Group id -> (leader, term).
+    /// RaftGroup id -> (leader, term).
     leaders: HashMap<u64, (Option<u64>, u64)>,
     /// Leader changes seen by this broker's groups (the election counter).
     leader_changes: u64,
@@ -168,8 +168,8 @@ struct Shard {
     shards: usize,
     config: BrokerConfig,
     topics: RefCell<BTreeMap<String, TopicRecord>>,
-    partitions: RefCell<HashMap<(String, u32), Rc<Group>>>,
-    groups: RefCell<HashMap<u64, Rc<Group>>>,
+    partitions: RefCell<HashMap<(String, u32), Rc<RaftGroup>>>,
+    groups: RefCell<HashMap<u64, Rc<RaftGroup>>>,
     outbox: Rc<Outbox>,
     /// Task queue of ticks, group drivers and peer traffic.
     raft_tq: glommio::TaskQueueHandle,
@@ -496,7 +496,7 @@ impl Inbound for ShardInbound {
 
 struct Hooks(std::rc::Weak<Shard>);
 
-impl GroupHooks for Hooks {
+impl RaftGroupHooks for Hooks {
     fn leader_changed(&self, change: LeaderChange) {
         let Some(shard) = self.0.upgrade() else {
             return;
@@ -592,7 +592,7 @@ impl Shard {
         }
     }
 
-    fn hooks(self: &Rc<Self>) -> Rc<dyn GroupHooks> {
+    fn hooks(self: &Rc<Self>) -> Rc<dyn RaftGroupHooks> {
         Rc::new(Hooks(Rc::downgrade(self)))
     }
 
@@ -628,8 +628,8 @@ impl Shard {
         let ticker = self.clone();
         self.spawn_raft(async move {
             loop {
-                glommio::timer::sleep(group::TICK).await;
-                let groups: Vec<Rc<Group>> = ticker.groups.borrow().values().cloned().collect();
+                glommio::timer::sleep(raft_group::TICK).await;
+                let groups: Vec<Rc<RaftGroup>> = ticker.groups.borrow().values().cloned().collect();
                 for g in groups {
                     g.tick();
                 }
@@ -703,8 +703,8 @@ impl Shard {
         // Graceful stop: no new connections; hand leadership over (bounded
         // wait), then make every group durable and stop it.
         drop(listener);
-        let groups: Vec<Rc<Group>> = self.groups.borrow().values().cloned().collect();
-        let handing: Vec<&Rc<Group>> = groups.iter().filter(|g| g.hand_over()).collect();
+        let groups: Vec<Rc<RaftGroup>> = self.groups.borrow().values().cloned().collect();
+        let handing: Vec<&Rc<RaftGroup>> = groups.iter().filter(|g| g.hand_over()).collect();
         let deadline = Instant::now() + HAND_OVER_TIMEOUT;
         while Instant::now() < deadline && handing.iter().any(|g| g.role() == Role::Leader) {
             glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -731,9 +731,9 @@ impl Shard {
             segment_bytes_max: CONTROLLER_SEGMENT_BYTES,
             ..LogConfig::default()
         };
-        let controller = Group::open(
+        let controller = RaftGroup::open(
             CONTROLLER_GROUP,
-            GroupKind::Controller,
+            RaftGroupKind::Controller,
             dir,
             config,
             self.config.id,
@@ -761,7 +761,7 @@ impl Shard {
         Ok(())
     }
 
-    fn controller(&self) -> Option<Rc<Group>> {
+    fn controller(&self) -> Option<Rc<RaftGroup>> {
         self.groups.borrow().get(&CONTROLLER_GROUP).cloned()
     }
 
@@ -848,9 +848,9 @@ impl Shard {
             if !replicas.contains(&self.config.id) {
                 continue;
             }
-            let opened = Group::open(
+            let opened = RaftGroup::open(
                 record.group_id(p),
-                GroupKind::Partition {
+                RaftGroupKind::Partition {
                     topic: name.to_owned(),
                     partition: p,
                 },
@@ -1193,7 +1193,7 @@ impl Shard {
     /// Compaction of compacted topics is not scheduled yet: it rewrites
     /// segments with blocking I/O and needs a task of its own.
     async fn apply_retention(&self) {
-        let owned: Vec<Rc<Group>> = self.partitions.borrow().values().cloned().collect();
+        let owned: Vec<Rc<RaftGroup>> = self.partitions.borrow().values().cloned().collect();
         for g in owned {
             // The producer table is saved first (when it changed), so a
             // restart reads only the entries since, and none that retention
@@ -1323,7 +1323,7 @@ impl Shard {
     }
 
     /// A partition group this shard holds, or the error to answer with.
-    fn group(&self, topic: &str, partition: u32) -> Result<Rc<Group>, Box<Message>> {
+    fn group(&self, topic: &str, partition: u32) -> Result<Rc<RaftGroup>, Box<Message>> {
         if let Some(g) = self.partitions.borrow().get(&(topic.to_owned(), partition)) {
             return Ok(g.clone());
         }
@@ -1382,7 +1382,7 @@ impl Shard {
     }
 
     /// The group if this broker leads it.
-    fn leader_group(&self, topic: &str, partition: u32) -> Result<Rc<Group>, Box<Message>> {
+    fn leader_group(&self, topic: &str, partition: u32) -> Result<Rc<RaftGroup>, Box<Message>> {
         let g = self.group(topic, partition)?;
         if let Some(e) = g.failed.borrow().as_ref() {
             // Retriable and without a hint: clients ask another broker
@@ -1745,7 +1745,7 @@ impl Shard {
     /// Waits for entry `index` per `acks`, at most `timeout`.
     async fn wait(
         &self,
-        g: &Rc<Group>,
+        g: &Rc<RaftGroup>,
         index: u64,
         term: Option<u64>,
         acks: Acks,

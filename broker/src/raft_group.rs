@@ -27,7 +27,7 @@ use wire::ErrorCode;
 
 use crate::peer::Transport;
 use crate::producers::{BatchId, ProducerSnapshot, ProducerTable};
-use crate::replica::{self, GroupState, LogStore};
+use crate::replica::{self, LogStore, RaftState};
 
 /// Raft timing in ticks of [`TICK`]: heartbeats every 100 ms, elections
 /// after 1-2 s of silence. Generous for loaded 2-core test machines.
@@ -44,7 +44,7 @@ const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(50
 
 /// What a group is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GroupKind {
+pub enum RaftGroupKind {
     Controller,
     Partition { topic: String, partition: u32 },
 }
@@ -68,28 +68,28 @@ struct Waiter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderChange {
     pub group: u64,
-    pub kind: GroupKind,
+    pub kind: RaftGroupKind,
     pub leader: Option<u64>,
     pub term: u64,
     pub role: Role,
 }
 
 /// Hooks from the driver to the shard.
-pub trait GroupHooks {
+pub trait RaftGroupHooks {
     fn leader_changed(&self, change: LeaderChange);
     /// Controller commands, in commit order (controller group only).
     fn apply_commands(&self, entries: &[Entry]);
 }
 
-pub struct Group {
+pub struct RaftGroup {
     pub id: u64,
-    pub kind: GroupKind,
+    pub kind: RaftGroupKind,
     pub dir: PathBuf,
     pub part: Rc<Partition>,
     pub replicas: Vec<u64>,
     raft: RefCell<Raft<LogStore>>,
     start_prev: Rc<Cell<(u64, u64)>>,
-    saved: Cell<GroupState>,
+    saved: Cell<RaftState>,
     dirty: Cell<bool>,
     wake: Notify,
     waiters: RefCell<BTreeMap<u64, Vec<Waiter>>>,
@@ -107,7 +107,7 @@ pub struct Group {
     /// Serialises writes of `raft.state`.
     save_lock: glommio::sync::Semaphore,
     /// Ticks left in which a preferred leader campaigns again while no
-    /// leader is known (see [`Group::tick`]).
+    /// leader is known (see [`RaftGroup::tick`]).
     first_campaigns: Cell<u32>,
     /// The term the producer table was last checked in: a term change may
     /// have dropped proposals it points at.
@@ -120,23 +120,23 @@ pub struct Group {
     /// committed entries back.
     pub entries_read: Rc<Cell<u64>>,
     /// The shard's hooks, once the driver runs (for reporting a failure).
-    hooks: RefCell<Option<Rc<dyn GroupHooks>>>,
+    hooks: RefCell<Option<Rc<dyn RaftGroupHooks>>>,
 }
 
-impl Group {
+impl RaftGroup {
     /// Opens (or creates) the group's log in `dir` and restarts Raft from it.
     /// `replay` restarts the applied index at the log start, so committed
-    /// entries are handed to [`GroupHooks::apply_commands`] again (the
+    /// entries are handed to [`RaftGroupHooks::apply_commands`] again (the
     /// controller rebuilds its state that way).
     pub fn open(
         id: u64,
-        kind: GroupKind,
+        kind: RaftGroupKind,
         dir: PathBuf,
         config: LogConfig,
         me: u64,
         replicas: Vec<u64>,
         replay: bool,
-    ) -> Result<Rc<Group>> {
+    ) -> Result<Rc<RaftGroup>> {
         let (mut log, report) =
             Log::open(&dir, config).with_context(|| format!("opening {}", dir.display()))?;
         // Recovered bytes may have been in the page cache only: make them
@@ -146,7 +146,7 @@ impl Group {
         if !report.truncations.is_empty() {
             tracing::warn!(group = id, dir = %dir.display(), truncations = ?report.truncations, "recovered a damaged tail");
         }
-        let state = GroupState::load(&dir)?;
+        let state = RaftState::load(&dir)?;
         let producers = load_producers(&dir, &log);
         let part = Partition::new(log);
         let entries_read = Rc::new(Cell::new(0));
@@ -178,10 +178,10 @@ impl Group {
         // A partition's log is what consumers read: committed entries need
         // no applying, so they are never read back (the controller applies
         // its commands and gets them).
-        cfg.deliver_committed_entries = kind == GroupKind::Controller;
+        cfg.deliver_committed_entries = kind == RaftGroupKind::Controller;
         let raft = Raft::new(cfg, store).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let high_watermark = high_watermark(&part.log(), raft.commit_index());
-        Ok(Rc::new(Group {
+        Ok(Rc::new(RaftGroup {
             id,
             kind,
             dir,
@@ -497,18 +497,18 @@ impl Group {
         self.persisted.notify_all();
     }
 
-    /// The driver task: runs until [`Group::stop`] or a persistence failure.
+    /// The driver task: runs until [`RaftGroup::stop`] or a persistence failure.
     /// The hooks are in place from the call on (before the task first runs).
     pub fn run(
         self: Rc<Self>,
         outbox: Rc<dyn Transport>,
-        hooks: Rc<dyn GroupHooks>,
+        hooks: Rc<dyn RaftGroupHooks>,
     ) -> impl std::future::Future<Output = ()> {
         *self.hooks.borrow_mut() = Some(hooks.clone());
         self.drive(outbox, hooks)
     }
 
-    async fn drive(self: Rc<Self>, outbox: Rc<dyn Transport>, hooks: Rc<dyn GroupHooks>) {
+    async fn drive(self: Rc<Self>, outbox: Rc<dyn Transport>, hooks: Rc<dyn RaftGroupHooks>) {
         loop {
             if self.stopped.get() {
                 return;
@@ -530,7 +530,11 @@ impl Group {
         }
     }
 
-    async fn process_ready(&self, outbox: &dyn Transport, hooks: &dyn GroupHooks) -> Result<()> {
+    async fn process_ready(
+        &self,
+        outbox: &dyn Transport,
+        hooks: &dyn RaftGroupHooks,
+    ) -> Result<()> {
         let rd = self.raft.borrow_mut().ready()?;
         // A term change may have dropped this node's own proposals that
         // never reached its log (a new leader's entries take their indexes):
@@ -621,7 +625,8 @@ impl Group {
             // Term and vote must be durable before the messages go out;
             // the controller also saves its commit index (rare changes), so
             // a restarted broker applies its topics at once.
-            let controller_commit = self.kind == GroupKind::Controller && hs.commit != saved.commit;
+            let controller_commit =
+                self.kind == RaftGroupKind::Controller && hs.commit != saved.commit;
             if hs.term != saved.term || hs.vote != saved.vote || controller_commit {
                 self.save_state(|s| {
                     s.term = hs.term;
@@ -633,7 +638,7 @@ impl Group {
             }
         }
         outbox.send(rd.messages);
-        if !rd.committed_entries.is_empty() && self.kind == GroupKind::Controller {
+        if !rd.committed_entries.is_empty() && self.kind == RaftGroupKind::Controller {
             hooks.apply_commands(&rd.committed_entries);
         }
         self.raft.borrow_mut().advance()?;
@@ -712,7 +717,7 @@ impl Group {
     /// starting from what the other saved. The two fsyncs run on glommio's
     /// blocking pool, so an election of one group does not stall the shard's
     /// other partitions.
-    async fn save_state(&self, change: impl FnOnce(&mut GroupState)) -> std::io::Result<()> {
+    async fn save_state(&self, change: impl FnOnce(&mut RaftState)) -> std::io::Result<()> {
         let _permit = self
             .save_lock
             .acquire_permit(1)
