@@ -20,13 +20,21 @@
 //! (docs/ARCHITECTURE.md says what exists).
 
 pub mod client;
+pub mod cluster;
 pub mod config;
+pub mod connection;
+pub mod controller;
+pub mod error;
 pub mod logging;
+pub mod partition;
 pub mod peer;
 pub mod pipeline;
 pub mod producers;
 pub mod raft_group;
 pub mod replica;
 pub mod runtime;
+pub mod shard;
 pub mod telemetry;
 pub mod topics;
+
+pub use error::{Error, Result};

@@ -34,8 +34,8 @@ use wire::{
     PeerHello, PeerHelloResponse, TimeoutNow, VoteRequest, VoteResponse,
 };
 
+use crate::connection::Counted;
 use crate::replica;
-use crate::runtime::Counted;
 
 /// Largest peer frame: an append carries at most the Raft message budget
 /// (1 MiB) or one batch (16 MiB at most) plus headers.

@@ -317,7 +317,7 @@ fn broker(args: BrokerArgs) -> Result<()> {
         return Ok(());
     }
     broker::logging::init();
-    broker::runtime::run(config)
+    Ok(broker::runtime::run(config)?)
 }
 
 /// `drmq dev`: brokers as child processes on 127.0.0.1, a demo topic, and
