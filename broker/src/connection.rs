@@ -3,12 +3,12 @@
 //! frames and hands each to the shard as a task of its own, and a writer
 //! that sends the answers back in order of completion.
 //!
-//! Limits: each connection has at most [`CONNECTION_INFLIGHT_MAX`] requests
+//! Limits: each connection has at most `CONNECTION_INFLIGHT_MAX` (1024) requests
 //! and `max_inflight_bytes` of request frames (plus room for their answers)
 //! in flight; past either the reader stops reading that socket until
 //! answers go out, so a client that never reads holds at most that much
 //! broker memory. A client that takes no answer bytes for
-//! [`CLIENT_WRITE_TIMEOUT`] is closed.
+//! `CLIENT_WRITE_TIMEOUT` (30 s) is closed.
 
 use std::cell::Cell;
 use std::rc::Rc;

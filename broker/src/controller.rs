@@ -1,5 +1,5 @@
 //! The controller: Raft group 0 on shard 0, every broker a voter. Topic
-//! creations and deletions are proposed there as JSON [`Command`]s; every
+//! creations and deletions are proposed there as JSON commands; every
 //! broker applies the committed commands in order (a task on shard 0),
 //! broadcasting them to its shards, which open or remove their replicas.
 //!

@@ -1,5 +1,5 @@
 //! Process start: one glommio executor per shard, pinned, each running a
-//! [`Shard`](crate::shard::Shard) that owns its Raft groups (partitions),
+//! `Shard` that owns its Raft groups (partitions),
 //! their logs, its client listener and its peer connections; the signal
 //! thread that stops them; the janitor thread that removes files off the
 //! shards.

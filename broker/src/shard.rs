@@ -2,7 +2,7 @@
 //! groups placed on it, starts its listeners and periodic tasks, routes each
 //! client request to the part that answers it (a [`Partition`], the
 //! controller on shard 0, the cluster view) and peer messages to the groups,
-//! and handles the messages other shards send it ([`ShardMsg`]).
+//! and handles the messages other shards send it (`ShardMsg`).
 //!
 //! Partition `p` of topic `t` lives on shard `topics::shard_for(t, p,
 //! shards)` of every broker that holds a replica, so shard `s` only ever
