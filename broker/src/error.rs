@@ -241,8 +241,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("cluster view poisoned")]
-    ViewPoisoned,
     #[error("starting shard {shard}: {error}")]
     StartShard { shard: usize, error: String },
     /// A shard failed to start; the text says which and why.
