@@ -2,30 +2,46 @@
 //! `client` crate).
 //!
 //! # Layout
-//! | module        | what it holds                                                    |
-//! |---------------|------------------------------------------------------------------|
-//! | [`config`]    | broker settings from flags and a TOML file, validated on load    |
-//! | [`runtime`]   | the shards on glommio: client server, partitions, cross-shard messages |
-//! | [`topics`]    | topic records, replica assignment, partition-to-shard placement  |
-//! | [`logging`]   | the broker's log: `tracing` events to stderr, filtered by `RUST_LOG` |
-//! | [`group`]     | a Raft group over a partition log and the task that drives it    |
-//! | [`replica`]   | `raft::Storage` over the log, control batches, `raft.state`      |
-//! | [`peer`]      | the peer transport: authenticated lanes per shard and peer       |
-//! | [`producers`] | idempotent-producer sequence state per partition                 |
-//! | [`telemetry`] | the telemetry thread: counters over HTTP (`/metrics`, `/api/status`) |
+//! | module         | what it holds                                                    |
+//! |----------------|------------------------------------------------------------------|
+//! | [`runtime`]    | process start: executors per shard, ports, signals, graceful stop, the janitor thread |
+//! | [`shard`]      | one shard: the router between its parts, cross-shard messages, its counters |
+//! | [`connection`] | client connections: accept and refuse, reader/writer per connection, limits |
+//! | [`partition`]  | a partition replica: produce, fetch, list offsets, status, retention |
+//! | [`controller`] | the controller group: topic commands, proposing, applying, admin requests |
+//! | [`cluster`]    | the cluster view: leaders, peers seen, endpoints, metadata and status answers |
+//! | [`raft_group`] | a Raft group over a log (a partition or the controller) and the task driving it |
+//! | [`replica`]    | `raft::Storage` over the log, control batches, `raft.state`      |
+//! | [`producers`]  | idempotent-producer sequence state per partition                 |
+//! | [`peer`]       | the peer transport: lanes per shard and peer, handshake, Raft <-> wire |
+//! | [`error`]      | [`Error`], the one error type, and its wire code for answers     |
+//! | [`config`]     | broker settings from flags and a TOML file, validated on load    |
+//! | [`topics`]     | topic records, replica assignment, partition-to-shard placement  |
+//! | [`telemetry`]  | the telemetry thread: counters over HTTP (`/metrics`, `/api/status`) |
+//! | [`logging`]    | the broker's log: `tracing` events to stderr, filtered by `RUST_LOG` |
+//! | [`http`]       | the telemetry core's HTTP and WebSocket server (threads, not shards) |
+//! | [`dashboard`]  | the dashboard's files, embedded at build time                    |
 //!
 //! Every partition is a Raft group replicated between brokers; topics live
 //! in the controller group. Consumer groups and snapshot catch-up come next
 //! (docs/ARCHITECTURE.md says what exists).
 
+pub mod cluster;
 pub mod config;
+pub mod connection;
+pub mod controller;
 pub mod dashboard;
-pub mod group;
+pub mod error;
 pub mod http;
 pub mod logging;
+pub mod partition;
 pub mod peer;
 pub mod producers;
+pub mod raft_group;
 pub mod replica;
 pub mod runtime;
+pub mod shard;
 pub mod telemetry;
 pub mod topics;
+
+pub use error::{Error, Result};

@@ -8,6 +8,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use storage::Log;
+
 use wire::ErrorCode;
 
 /// Recent batches remembered per producer: a client retries only what is
@@ -53,10 +55,33 @@ pub enum Verdict {
     Duplicate {
         entry: u64,
     },
-    Reject {
-        code: ErrorCode,
-        reason: String,
-    },
+    /// Refused: fenced, out of order, or older than the window.
+    Reject(Rejection),
+}
+
+/// Why a batch is refused (an [`crate::Error`] when answered).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("epoch {epoch} is older than {current}")]
+    Fenced { epoch: i16, current: i16 },
+    #[error("new epoch {epoch} must start at sequence 0")]
+    NewEpochSequence { epoch: i16 },
+    #[error("sequence {sequence} is older than the {window} batches remembered")]
+    SequenceTooOld { sequence: i32, window: usize },
+    #[error("expected sequence {expected}, got {got}")]
+    OutOfOrderSequence { expected: i32, got: i32 },
+}
+
+impl Rejection {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Rejection::Fenced { .. } => ErrorCode::ProducerFenced,
+            Rejection::SequenceTooOld { .. } => ErrorCode::DuplicateSequence,
+            Rejection::NewEpochSequence { .. } | Rejection::OutOfOrderSequence { .. } => {
+                ErrorCode::OutOfOrderSequence
+            }
+        }
+    }
 }
 
 /// The identity fields of a batch.
@@ -82,19 +107,16 @@ impl ProducerTable {
             return Verdict::Append;
         };
         if id.epoch < state.epoch {
-            return Verdict::Reject {
-                code: ErrorCode::ProducerFenced,
-                reason: format!("epoch {} is older than {}", id.epoch, state.epoch),
-            };
+            return Verdict::Reject(Rejection::Fenced {
+                epoch: id.epoch,
+                current: state.epoch,
+            });
         }
         if id.epoch > state.epoch {
             return if id.base_sequence == 0 {
                 Verdict::Append
             } else {
-                Verdict::Reject {
-                    code: ErrorCode::OutOfOrderSequence,
-                    reason: format!("new epoch {} must start at sequence 0", id.epoch),
-                }
+                Verdict::Reject(Rejection::NewEpochSequence { epoch: id.epoch })
             };
         }
         if let Some(a) = state.recent.iter().find(|a| a.same_batch(id)) {
@@ -105,21 +127,15 @@ impl ProducerTable {
         }
         let behind = state.next_sequence.wrapping_sub(id.base_sequence);
         if behind > 0 {
-            Verdict::Reject {
-                code: ErrorCode::DuplicateSequence,
-                reason: format!(
-                    "sequence {} is older than the {RECENT_BATCHES_MAX} batches remembered",
-                    id.base_sequence
-                ),
-            }
+            Verdict::Reject(Rejection::SequenceTooOld {
+                sequence: id.base_sequence,
+                window: RECENT_BATCHES_MAX,
+            })
         } else {
-            Verdict::Reject {
-                code: ErrorCode::OutOfOrderSequence,
-                reason: format!(
-                    "expected sequence {}, got {}",
-                    state.next_sequence, id.base_sequence
-                ),
-            }
+            Verdict::Reject(Rejection::OutOfOrderSequence {
+                expected: state.next_sequence,
+                got: id.base_sequence,
+            })
         }
     }
 
@@ -385,6 +401,73 @@ impl ProducerSnapshot {
     }
 }
 
+/// The idempotence fields of a producer's batch (`None` for control batches).
+pub fn batch_id(bytes: &[u8]) -> Option<BatchId> {
+    let b = wire::RecordBatch::parse_without_crc(bytes).ok()?;
+    (!b.is_control()).then(|| BatchId {
+        producer_id: b.producer_id(),
+        epoch: b.producer_epoch(),
+        base_sequence: b.base_sequence(),
+        record_count: b.record_count(),
+    })
+}
+
+/// Entries scanned to rebuild the producer table when no saved table can be
+/// used (none saved yet, or it contradicts the log): the last 64 MiB of the
+/// log, which holds every batch a producer can still be retrying unless the
+/// broker wrote more than that since the last save (every 5 s).
+const PRODUCER_SCAN_BYTES_MAX: u64 = 64 << 20;
+
+/// The idempotent-producer table at open: the saved table (as of a
+/// committed entry) plus the entries written after it; without a usable
+/// saved table, a scan of the log's tail.
+pub(crate) fn load_producers(dir: &std::path::Path, log: &Log) -> ProducerTable {
+    let first = log.first_entry_index();
+    let next = log.next_entry_index();
+    let saved = match ProducerSnapshot::load(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "producer state not used");
+            None
+        }
+    };
+    // Usable if its entry is still this log's (same term), or already
+    // removed by retention (a committed prefix never changes).
+    let usable = saved.filter(|s| {
+        s.entry < next && (s.entry < first || log.entry_term(s.entry).ok() == Some(s.term))
+    });
+    let (mut table, from) = match usable {
+        Some(s) => (s.table, (s.entry + 1).max(first)),
+        None => {
+            let tail = log.next_offset().saturating_sub(PRODUCER_SCAN_BYTES_MAX);
+            let from = log.entry_for_offset(tail.max(log.log_start_offset()));
+            (ProducerTable::default(), from.unwrap_or(first).max(first))
+        }
+    };
+    scan_producers(log, &mut table, from, next);
+    table
+}
+
+/// Records the producer batches of entries `[from, to)` in `table`.
+fn scan_producers(log: &Log, table: &mut ProducerTable, from: u64, to: u64) {
+    let mut at = from;
+    // Bounded: each read returns at least one entry or ends the loop.
+    while at < to {
+        let Ok(batches) = log.read_entries(at, to, 4 << 20) else {
+            break;
+        };
+        if batches.is_empty() {
+            break;
+        }
+        for b in &batches {
+            if let Some(id) = batch_id(b) {
+                table.record(id, at);
+            }
+            at += 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,7 +506,7 @@ mod tests {
             t.record(id(seq, 2), i as u64 * 2);
         }
         let code = |v: Verdict| match v {
-            Verdict::Reject { code, .. } => code,
+            Verdict::Reject(e) => e.code(),
             other => panic!("{other:?}"),
         };
         assert_eq!(
@@ -474,7 +557,7 @@ mod tests {
             t.record(id(seq, 1), 100 + i as u64);
         }
         t.truncate_from(100);
-        assert!(matches!(t.check(id(4, 1)), Verdict::Reject { .. }));
+        assert!(matches!(t.check(id(4, 1)), Verdict::Reject(_)));
         assert_eq!(t.check(id(5, 1)), Verdict::Append);
     }
 
@@ -504,7 +587,7 @@ mod tests {
             ..id(0, 1)
         };
         t.record(newer, 2);
-        assert!(matches!(t.check(id(3, 1)), Verdict::Reject { .. }));
+        assert!(matches!(t.check(id(3, 1)), Verdict::Reject(_)));
         t.truncate_from(2);
         assert_eq!(t.check(id(3, 1)), Verdict::Append);
         assert_eq!(t.check(id(0, 3)), Verdict::Duplicate { entry: 1 });

@@ -123,7 +123,7 @@ pub fn decode_entry(index: u64, batch: &[u8]) -> Result<Entry, String> {
 
 /// The durable per-group Raft state, beside the segments.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GroupState {
+pub struct RaftState {
     pub term: u64,
     pub vote: Option<u64>,
     pub commit: u64,
@@ -137,7 +137,7 @@ const STATE_FILE: &str = "raft.state";
 const STATE_MAGIC: u32 = 0x4452_5331; // "DRS1"
 const STATE_BYTES: usize = 4 + 8 * 5 + 4;
 
-impl GroupState {
+impl RaftState {
     fn encode(&self) -> [u8; STATE_BYTES] {
         let mut b = [0u8; STATE_BYTES];
         b[0..4].copy_from_slice(&STATE_MAGIC.to_le_bytes());
@@ -156,7 +156,7 @@ impl GroupState {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<GroupState, String> {
+    fn decode(b: &[u8]) -> Result<RaftState, String> {
         if b.len() != STATE_BYTES {
             return Err(format!("{} bytes, expected {STATE_BYTES}", b.len()));
         }
@@ -169,7 +169,7 @@ impl GroupState {
             return Err("checksum mismatch".into());
         }
         let vote = u64_at(12);
-        Ok(GroupState {
+        Ok(RaftState {
             term: u64_at(4),
             vote: (vote != 0).then_some(vote),
             commit: u64_at(20),
@@ -179,15 +179,15 @@ impl GroupState {
     }
 
     /// Reads `dir/raft.state`; a missing file is a fresh group.
-    pub fn load(dir: &Path) -> std::io::Result<GroupState> {
+    pub fn load(dir: &Path) -> std::io::Result<RaftState> {
         match std::fs::read(dir.join(STATE_FILE)) {
-            Ok(b) => GroupState::decode(&b).map_err(|e| {
+            Ok(b) => RaftState::decode(&b).map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("{}: {e}", dir.join(STATE_FILE).display()),
                 )
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GroupState::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RaftState::default()),
             Err(e) => Err(e),
         }
     }
@@ -328,8 +328,8 @@ mod tests {
     #[test]
     fn group_state_round_trips_and_rejects_damage() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(GroupState::load(dir.path()).unwrap(), GroupState::default());
-        let s = GroupState {
+        assert_eq!(RaftState::load(dir.path()).unwrap(), RaftState::default());
+        let s = RaftState {
             term: 7,
             vote: Some(3),
             commit: 99,
@@ -337,12 +337,12 @@ mod tests {
             start_prev_term: 2,
         };
         s.save(dir.path()).unwrap();
-        assert_eq!(GroupState::load(dir.path()).unwrap(), s);
+        assert_eq!(RaftState::load(dir.path()).unwrap(), s);
         let path = dir.path().join(STATE_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[5] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let err = GroupState::load(dir.path()).unwrap_err();
+        let err = RaftState::load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
     }
 

@@ -277,7 +277,7 @@ fn broker(args: BrokerArgs) -> Result<()> {
         return Ok(());
     }
     broker::logging::init();
-    broker::runtime::run(config)
+    Ok(broker::runtime::run(config)?)
 }
 
 /// How long `drmq dev` gives its brokers to stop after SIGTERM before

@@ -1,4 +1,4 @@
-//! The Raft group driver (`broker::group`) on a real glommio executor and a
+//! The Raft group driver (`broker::raft_group`) on a real glommio executor and a
 //! real partition log, with the transport and the shard behind seams: a
 //! transport that records every message and checks, at the moment it is
 //! sent, that what it promises is on disk; hooks that record leadership
@@ -9,9 +9,9 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
-use broker::group::{Group, GroupHooks, GroupKind, LeaderChange};
 use broker::peer::Transport;
-use broker::replica::GroupState;
+use broker::raft_group::{LeaderChange, RaftGroup, RaftGroupHooks, RaftGroupKind};
+use broker::replica::RaftState;
 use raft::{Entry, EntryPayload, Message, MessageBody, Role};
 use storage::fault::{Fault, FaultPoint};
 use storage::LogConfig;
@@ -23,7 +23,7 @@ const GROUP: u64 = 7;
 /// durable here, a granted vote only once term and vote are saved.
 #[derive(Default)]
 struct Recorder {
-    group: RefCell<Option<Rc<Group>>>,
+    group: RefCell<Option<Rc<RaftGroup>>>,
     sent: RefCell<Vec<Message>>,
     violations: RefCell<Vec<String>>,
 }
@@ -48,7 +48,7 @@ impl Transport for Recorder {
                     }
                 }
                 MessageBody::VoteResponse { reject: false } => {
-                    let saved = GroupState::load(&g.dir).unwrap_or_default();
+                    let saved = RaftState::load(&g.dir).unwrap_or_default();
                     if saved.term < m.term || saved.vote != Some(m.to) {
                         self.violations.borrow_mut().push(format!(
                             "granted a vote to {} at term {} with {saved:?} on disk",
@@ -68,7 +68,7 @@ struct Hooks {
     changes: RefCell<Vec<LeaderChange>>,
 }
 
-impl GroupHooks for Hooks {
+impl RaftGroupHooks for Hooks {
     fn leader_changed(&self, change: LeaderChange) {
         self.changes.borrow_mut().push(change);
     }
@@ -76,15 +76,15 @@ impl GroupHooks for Hooks {
 }
 
 struct Harness {
-    group: Rc<Group>,
+    group: Rc<RaftGroup>,
     transport: Rc<Recorder>,
     hooks: Rc<Hooks>,
 }
 
 fn open(dir: &Path, config: LogConfig, replicas: Vec<u64>) -> Harness {
-    let group = Group::open(
+    let group = RaftGroup::open(
         GROUP,
-        GroupKind::Partition {
+        RaftGroupKind::Partition {
             topic: "t".into(),
             partition: 0,
         },

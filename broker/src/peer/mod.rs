@@ -22,30 +22,30 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
-use hmac::{Hmac, Mac};
-use raft::{Entry, MessageBody, NodeId};
-use sha2::Sha256;
+use raft::{MessageBody, NodeId};
 use wire::{
-    AppendEntriesRequest, AppendEntriesResponse, Frame, FrameBuf, FrameDecoder, FrameLimits,
-    GroupHeartbeat, GroupHeartbeatAck, HeartbeatBatchRequest, HeartbeatBatchResponse, Message,
-    PeerHello, PeerHelloResponse, TimeoutNow, VoteRequest, VoteResponse,
+    FrameBuf, FrameDecoder, FrameLimits, GroupHeartbeat, GroupHeartbeatAck, HeartbeatBatchRequest,
+    HeartbeatBatchResponse, Message,
 };
 
-use crate::replica;
-use crate::runtime::Counted;
+use crate::connection::Counted;
+use crate::error::Error;
+
+mod convert;
+mod handshake;
+
+pub use convert::{from_wire, to_wire};
+use handshake::{connect, read_frame};
+pub use handshake::{Identity, HELLO_FRAME_BYTES_MAX};
 
 /// Largest peer frame: an append carries at most the Raft message budget
 /// (1 MiB) or one batch (16 MiB at most) plus headers.
 pub const PEER_FRAME_BYTES_MAX: u32 = 20 << 20;
-/// Frames before authentication are small.
-pub const HELLO_FRAME_BYTES_MAX: u32 = 4096;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A write that takes longer means the peer stopped reading: reconnect.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Control frames queued per peer: heartbeats are coalesced per tick, votes
 /// and responses are small.
 const CONTROL_QUEUE_MAX: usize = 4096;
@@ -61,77 +61,6 @@ const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// this is closed unread, so unauthenticated callers cannot hold more than
 /// 64 × a hello-sized buffer.
 const HANDSHAKES_MAX: usize = 64;
-
-/// Who this shard is, for the handshake.
-pub struct Identity {
-    /// Sent in clear in the first hello, so it is derived from public
-    /// facts only (the voter ids): it catches a peer from another cluster
-    /// early, while the secret is proved only by the HMAC exchange. (A
-    /// value derived from the secret would let anyone a broker connects to
-    /// test guesses of the secret offline.)
-    pub cluster_id: u64,
-    pub node_id: NodeId,
-    pub shard: u32,
-    pub secret: Vec<u8>,
-    /// This broker's client address (shard 0), told to peers.
-    pub endpoint: String,
-}
-
-impl Identity {
-    pub fn new(
-        node_id: NodeId,
-        shard: u32,
-        secret: Vec<u8>,
-        endpoint: String,
-        voters: &[NodeId],
-    ) -> Identity {
-        let mut ids = voters.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        let cluster_id = crate::topics::fnv1a(ids.iter().flat_map(|id| id.to_le_bytes()));
-        Identity {
-            cluster_id,
-            node_id,
-            shard,
-            secret,
-            endpoint,
-        }
-    }
-
-    /// The hello a caller sends: unauthenticated with an empty tag, then
-    /// with its proof.
-    fn hello(&self, nonce: u64, auth_tag: Vec<u8>) -> PeerHello {
-        PeerHello {
-            cluster_id: self.cluster_id,
-            node_id: self.node_id,
-            shard: self.shard,
-            nonce,
-            auth_tag,
-            endpoint: self.endpoint.clone(),
-        }
-    }
-}
-
-/// HMAC-SHA256 over `parts`, each prefixed by its length (so the split
-/// between parts is part of what is signed).
-fn keyed(secret: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
-    // HMAC accepts keys of any length.
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("any key length");
-    for p in parts {
-        m.update(&(p.len() as u32).to_le_bytes());
-        m.update(p);
-    }
-    m
-}
-
-fn mac(secret: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    keyed(secret, parts).finalize().into_bytes().to_vec()
-}
-
-/// Checks a tag in constant time.
-fn mac_ok(secret: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
-    keyed(secret, parts).verify_slice(tag).is_ok()
-}
 
 /// Counters of one shard's transport.
 #[derive(Default)]
@@ -347,94 +276,6 @@ async fn link_task(
     }
 }
 
-/// `f`, or an error once `d` has passed.
-async fn deadline<T>(
-    d: Duration,
-    f: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    futures_lite::future::or(f, async {
-        glommio::timer::sleep(d).await;
-        Err(anyhow::anyhow!("timed out after {d:?}"))
-    })
-    .await
-}
-
-async fn read_frame(
-    stream: &mut TcpStream,
-    decoder: &mut FrameDecoder,
-    chunk: &mut [u8],
-) -> anyhow::Result<Frame> {
-    loop {
-        if let Some(f) = decoder.next_frame()? {
-            return Ok(f);
-        }
-        let n = stream.read(chunk).await?;
-        if n == 0 {
-            anyhow::bail!("connection closed");
-        }
-        decoder.extend(&chunk[..n]);
-    }
-}
-
-async fn write_msg(stream: &mut TcpStream, msg: Message) -> anyhow::Result<()> {
-    let frame = msg.encode(0, FrameLimits::default())?;
-    stream.write_all(&frame).await?;
-    Ok(())
-}
-
-/// Caller side of the handshake.
-async fn connect(identity: &Identity, peer: NodeId, addr: SocketAddr) -> anyhow::Result<TcpStream> {
-    let mut stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // A loopback connect to a port nobody listens on can connect to itself
-    // (simultaneous open) and would hold the port the peer restarts on.
-    if stream.local_addr().ok() == stream.peer_addr().ok() {
-        anyhow::bail!("connected to itself: nothing listens there");
-    }
-    deadline(HANDSHAKE_TIMEOUT, async {
-        let nonce: u64 = rand::random();
-        write_msg(&mut stream, identity.hello(nonce, Vec::new()).into()).await?;
-        let mut decoder = FrameDecoder::new(FrameLimits::new(HELLO_FRAME_BYTES_MAX)?);
-        let mut chunk = vec![0u8; 4096];
-        let frame = read_frame(&mut stream, &mut decoder, &mut chunk).await?;
-        let Message::PeerHelloResponse(r) = frame.message()? else {
-            anyhow::bail!("expected PeerHelloResponse");
-        };
-        if r.node_id != peer || r.shard != identity.shard || r.auth_tag.len() != 32 + 8 {
-            anyhow::bail!("peer answered as node {} shard {}", r.node_id, r.shard);
-        }
-        let (tag, their_nonce) = r.auth_tag.split_at(32);
-        let proof = [
-            &b"drmq-peer-listener"[..],
-            &nonce.to_le_bytes(),
-            &peer.to_le_bytes(),
-            &identity.shard.to_le_bytes(),
-            their_nonce,
-        ];
-        if !mac_ok(&identity.secret, &proof, tag) {
-            anyhow::bail!("peer {peer} failed authentication (wrong cluster secret?)");
-        }
-        let ours = mac(
-            &identity.secret,
-            &[
-                b"drmq-peer-caller",
-                their_nonce,
-                &identity.node_id.to_le_bytes(),
-                &identity.shard.to_le_bytes(),
-                identity.endpoint.as_bytes(),
-            ],
-        );
-        write_msg(&mut stream, identity.hello(nonce, ours).into()).await?;
-        Ok(())
-    })
-    .await?;
-    Ok(stream)
-}
-
 /// What the listener hands to the shard.
 pub trait Inbound {
     /// A peer proved itself; `endpoint` is its client address.
@@ -518,67 +359,8 @@ async fn serve_peer<I: Inbound>(
     };
     // Small until the peer proved itself.
     let mut chunk = vec![0u8; HELLO_FRAME_BYTES_MAX as usize];
-    let handshake = deadline(HANDSHAKE_TIMEOUT, async {
-        let frame = read_frame(&mut stream, &mut decoder, &mut chunk).await?;
-        let Message::PeerHello(h) = frame.message()? else {
-            anyhow::bail!("first frame is not PeerHello");
-        };
-        if h.cluster_id != identity.cluster_id
-            || h.shard != identity.shard
-            || !peers.contains_key(&h.node_id)
-            || h.node_id == identity.node_id
-        {
-            anyhow::bail!(
-                "hello from node {} shard {} cluster {} is not a peer of this shard",
-                h.node_id,
-                h.shard,
-                h.cluster_id
-            );
-        }
-        let nonce: u64 = rand::random();
-        let mut tag = mac(
-            &identity.secret,
-            &[
-                b"drmq-peer-listener",
-                &h.nonce.to_le_bytes(),
-                &identity.node_id.to_le_bytes(),
-                &identity.shard.to_le_bytes(),
-                &nonce.to_le_bytes(),
-            ],
-        );
-        tag.extend_from_slice(&nonce.to_le_bytes());
-        write_msg(
-            &mut stream,
-            PeerHelloResponse {
-                node_id: identity.node_id,
-                shard: identity.shard,
-                auth_tag: tag,
-            }
-            .into(),
-        )
-        .await?;
-        let frame = read_frame(&mut stream, &mut decoder, &mut chunk).await?;
-        let Message::PeerHello(proof) = frame.message()? else {
-            anyhow::bail!("second frame is not PeerHello");
-        };
-        let ok = proof.node_id == h.node_id
-            && mac_ok(
-                &identity.secret,
-                &[
-                    b"drmq-peer-caller",
-                    &nonce.to_le_bytes(),
-                    &proof.node_id.to_le_bytes(),
-                    &identity.shard.to_le_bytes(),
-                    proof.endpoint.as_bytes(),
-                ],
-                &proof.auth_tag,
-            );
-        if !ok {
-            anyhow::bail!("node {} failed authentication", h.node_id);
-        }
-        Ok::<(u64, String), anyhow::Error>((proof.node_id, proof.endpoint.clone()))
-    })
-    .await;
+    let handshake =
+        handshake::accept(&mut stream, &mut decoder, &mut chunk, &identity, &peers).await;
     drop(slot);
     let (node, endpoint) = match handshake {
         Ok(x) => x,
@@ -596,7 +378,7 @@ async fn serve_peer<I: Inbound>(
         let frame = match read_frame(&mut stream, &mut decoder, &mut chunk).await {
             Ok(f) => f,
             Err(e) => {
-                if !e.to_string().contains("connection closed") {
+                if !matches!(e, Error::PeerClosed) {
                     tracing::info!(broker = identity.node_id, shard = identity.shard, peer = node, error = %e, "closing a peer connection");
                 }
                 return;
@@ -620,244 +402,13 @@ async fn serve_peer<I: Inbound>(
     }
 }
 
-/// A Raft message as a wire message (`None` for snapshot transfer, which is
-/// not carried yet).
-pub fn to_wire(m: raft::Message) -> Option<Message> {
-    let group = m.group_id;
-    Some(match m.body {
-        MessageBody::PreVote {
-            last_index,
-            last_term,
-        } => VoteRequest {
-            group,
-            term: m.term,
-            candidate: m.from,
-            last_log_index: last_index,
-            last_log_term: last_term,
-            pre_vote: true,
-            leadership_transfer: false,
-        }
-        .into(),
-        MessageBody::Vote {
-            last_index,
-            last_term,
-            transfer,
-        } => VoteRequest {
-            group,
-            term: m.term,
-            candidate: m.from,
-            last_log_index: last_index,
-            last_log_term: last_term,
-            pre_vote: false,
-            leadership_transfer: transfer,
-        }
-        .into(),
-        MessageBody::PreVoteResponse { reject } | MessageBody::VoteResponse { reject } => {
-            VoteResponse {
-                group,
-                term: m.term,
-                from: m.from,
-                granted: !reject,
-                pre_vote: matches!(m.body, MessageBody::PreVoteResponse { .. }),
-            }
-            .into()
-        }
-        MessageBody::Append {
-            prev_index,
-            prev_term,
-            entries,
-            commit,
-        } => {
-            let mut bytes =
-                Vec::with_capacity(entries.iter().map(|e| e.size_bytes()).sum::<u64>() as usize);
-            for e in &entries {
-                let at = bytes.len();
-                bytes.extend_from_slice(&replica::entry_batch(&e.payload));
-                wire::set_term(&mut bytes[at..], e.term);
-                wire::set_entry_index(&mut bytes[at..], e.index);
-            }
-            AppendEntriesRequest {
-                group,
-                term: m.term,
-                leader: m.from,
-                prev_log_index: prev_index,
-                prev_log_term: prev_term,
-                leader_commit: commit,
-                entry_count: entries.len() as u32,
-                entries: bytes,
-            }
-            .into()
-        }
-        MessageBody::AppendResponse {
-            reject,
-            index,
-            hint_index,
-            hint_term,
-        } => AppendEntriesResponse {
-            group,
-            term: m.term,
-            from: m.from,
-            success: !reject,
-            last_index: index,
-            reject_hint_term: hint_term,
-            reject_hint_index: hint_index,
-        }
-        .into(),
-        MessageBody::TimeoutNow => TimeoutNow {
-            group,
-            term: m.term,
-            from: m.from,
-        }
-        .into(),
-        // Coalesced by `Outbox::send`; snapshots are not streamed yet.
-        MessageBody::Heartbeat { .. }
-        | MessageBody::HeartbeatResponse
-        | MessageBody::InstallSnapshot { .. }
-        | MessageBody::SnapshotResponse { .. } => return None,
-    })
-}
-
-/// Coalesced heartbeats (or their answers) as one Raft message per group.
-fn beat_messages(
-    from: NodeId,
-    to: NodeId,
-    beats: impl Iterator<Item = raft::Beat>,
-) -> Vec<raft::Message> {
-    raft::HeartbeatBatch {
-        from,
-        to,
-        beats: beats.collect(),
-    }
-    .into_messages()
-    .collect()
-}
-
-/// A wire message from peer `from` as Raft messages to `to` (us). Checks
-/// that the sender speaks for itself and that entries are well formed.
-pub fn from_wire(msg: Message, from: NodeId, to: NodeId) -> Result<Vec<raft::Message>, String> {
-    let one = |group, term, body| {
-        Ok(vec![raft::Message {
-            group_id: group,
-            from,
-            to,
-            term,
-            body,
-        }])
-    };
-    let claims = |who: u64| {
-        if who == from {
-            Ok(())
-        } else {
-            Err(format!("peer {from} sent a message as node {who}"))
-        }
-    };
-    match msg {
-        Message::VoteRequest(v) => {
-            claims(v.candidate)?;
-            let body = if v.pre_vote {
-                MessageBody::PreVote {
-                    last_index: v.last_log_index,
-                    last_term: v.last_log_term,
-                }
-            } else {
-                MessageBody::Vote {
-                    last_index: v.last_log_index,
-                    last_term: v.last_log_term,
-                    transfer: v.leadership_transfer,
-                }
-            };
-            one(v.group, v.term, body)
-        }
-        Message::VoteResponse(v) => {
-            claims(v.from)?;
-            let body = if v.pre_vote {
-                MessageBody::PreVoteResponse { reject: !v.granted }
-            } else {
-                MessageBody::VoteResponse { reject: !v.granted }
-            };
-            one(v.group, v.term, body)
-        }
-        Message::AppendEntriesRequest(a) => {
-            claims(a.leader)?;
-            // The count is the sender's claim: bound it by the bytes present
-            // (each entry is at least one batch header) before allocating.
-            let entries_max = a.entries.len() / wire::BATCH_HEADER_BYTES;
-            let mut entries = Vec::with_capacity((a.entry_count as usize).min(entries_max));
-            for (k, batch) in wire::batches(&a.entries).enumerate() {
-                let batch = batch.map_err(|e| format!("append entry {k}: {e}"))?;
-                let index = a.prev_log_index + 1 + k as u64;
-                if batch.entry_index() != index {
-                    return Err(format!(
-                        "append entry {k} claims index {}, expected {index}",
-                        batch.entry_index()
-                    ));
-                }
-                let entry: Entry = replica::decode_entry(index, batch.as_bytes())?;
-                entries.push(entry);
-            }
-            if entries.len() != a.entry_count as usize {
-                return Err(format!(
-                    "append says {} entries, holds {}",
-                    a.entry_count,
-                    entries.len()
-                ));
-            }
-            one(
-                a.group,
-                a.term,
-                MessageBody::Append {
-                    prev_index: a.prev_log_index,
-                    prev_term: a.prev_log_term,
-                    entries,
-                    commit: a.leader_commit,
-                },
-            )
-        }
-        Message::AppendEntriesResponse(r) => {
-            claims(r.from)?;
-            one(
-                r.group,
-                r.term,
-                MessageBody::AppendResponse {
-                    reject: !r.success,
-                    index: r.last_index,
-                    hint_index: r.reject_hint_index,
-                    hint_term: r.reject_hint_term,
-                },
-            )
-        }
-        Message::HeartbeatBatchRequest(h) => {
-            claims(h.from)?;
-            let beats = h.heartbeats.iter().map(|b| raft::Beat {
-                group_id: b.group,
-                term: b.term,
-                commit: b.commit_index,
-                response: false,
-            });
-            Ok(beat_messages(from, to, beats))
-        }
-        Message::HeartbeatBatchResponse(h) => {
-            claims(h.from)?;
-            let beats = h.acks.iter().map(|b| raft::Beat {
-                group_id: b.group,
-                term: b.term,
-                commit: 0,
-                response: true,
-            });
-            Ok(beat_messages(from, to, beats))
-        }
-        Message::TimeoutNow(t) => {
-            claims(t.from)?;
-            one(t.group, t.term, MessageBody::TimeoutNow)
-        }
-        other => Err(format!("{} is not a Raft message", other.kind().name())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::convert::*;
+    use super::handshake::*;
     use super::*;
-    use raft::EntryPayload;
+    use raft::{Entry, EntryPayload};
+    use wire::AppendEntriesRequest;
 
     fn round_trip(m: raft::Message) -> raft::Message {
         let w = to_wire(m.clone()).expect("carried");

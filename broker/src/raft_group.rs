@@ -18,16 +18,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use anyhow::{Context as _, Result};
 use raft::{Entry, EntryPayload, Membership, Raft, Role};
 use storage::notify::Notify;
 use storage::shard::Partition;
 use storage::{Log, LogConfig};
-use wire::ErrorCode;
 
+use crate::error::{chain, Error, Result};
 use crate::peer::Transport;
-use crate::producers::{BatchId, ProducerSnapshot, ProducerTable};
-use crate::replica::{self, GroupState, LogStore};
+use crate::producers::{batch_id, load_producers, BatchId, ProducerSnapshot, ProducerTable};
+use crate::replica::{self, LogStore, RaftState};
 
 /// Raft timing in ticks of [`TICK`]: heartbeats every 100 ms, elections
 /// after 1-2 s of silence. Generous for loaded 2-core test machines.
@@ -44,7 +43,7 @@ const DISK_FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(50
 
 /// What a group is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GroupKind {
+pub enum RaftGroupKind {
     Controller,
     Partition { topic: String, partition: u32 },
 }
@@ -56,7 +55,7 @@ pub struct Committed {
     pub last_offset: u64,
 }
 
-pub type WaitResult = Result<Committed, (ErrorCode, String)>;
+pub type WaitResult = Result<Committed, Error>;
 
 struct Waiter {
     /// The term the entry must still have (`None`: whatever is there).
@@ -68,28 +67,28 @@ struct Waiter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderChange {
     pub group: u64,
-    pub kind: GroupKind,
+    pub kind: RaftGroupKind,
     pub leader: Option<u64>,
     pub term: u64,
     pub role: Role,
 }
 
 /// Hooks from the driver to the shard.
-pub trait GroupHooks {
+pub trait RaftGroupHooks {
     fn leader_changed(&self, change: LeaderChange);
     /// Controller commands, in commit order (controller group only).
     fn apply_commands(&self, entries: &[Entry]);
 }
 
-pub struct Group {
+pub struct RaftGroup {
     pub id: u64,
-    pub kind: GroupKind,
+    pub kind: RaftGroupKind,
     pub dir: PathBuf,
     pub part: Rc<Partition>,
     pub replicas: Vec<u64>,
     raft: RefCell<Raft<LogStore>>,
     start_prev: Rc<Cell<(u64, u64)>>,
-    saved: Cell<GroupState>,
+    saved: Cell<RaftState>,
     dirty: Cell<bool>,
     wake: Notify,
     waiters: RefCell<BTreeMap<u64, Vec<Waiter>>>,
@@ -107,7 +106,7 @@ pub struct Group {
     /// Serialises writes of `raft.state`.
     save_lock: glommio::sync::Semaphore,
     /// Ticks left in which a preferred leader campaigns again while no
-    /// leader is known (see [`Group::tick`]).
+    /// leader is known (see [`RaftGroup::tick`]).
     first_campaigns: Cell<u32>,
     /// The term the producer table was last checked in: a term change may
     /// have dropped proposals it points at.
@@ -120,33 +119,37 @@ pub struct Group {
     /// committed entries back.
     pub entries_read: Rc<Cell<u64>>,
     /// The shard's hooks, once the driver runs (for reporting a failure).
-    hooks: RefCell<Option<Rc<dyn GroupHooks>>>,
+    hooks: RefCell<Option<Rc<dyn RaftGroupHooks>>>,
 }
 
-impl Group {
+impl RaftGroup {
     /// Opens (or creates) the group's log in `dir` and restarts Raft from it.
     /// `replay` restarts the applied index at the log start, so committed
-    /// entries are handed to [`GroupHooks::apply_commands`] again (the
+    /// entries are handed to [`RaftGroupHooks::apply_commands`] again (the
     /// controller rebuilds its state that way).
     pub fn open(
         id: u64,
-        kind: GroupKind,
+        kind: RaftGroupKind,
         dir: PathBuf,
         config: LogConfig,
         me: u64,
         replicas: Vec<u64>,
         replay: bool,
-    ) -> Result<Rc<Group>> {
-        let (mut log, report) =
-            Log::open(&dir, config).with_context(|| format!("opening {}", dir.display()))?;
+    ) -> Result<Rc<RaftGroup>> {
+        let (mut log, report) = Log::open(&dir, config).map_err(|source| Error::OpenLog {
+            dir: dir.clone(),
+            source,
+        })?;
         // Recovered bytes may have been in the page cache only: make them
         // durable before Raft counts them as persisted.
-        log.sync_now()
-            .with_context(|| format!("syncing {}", dir.display()))?;
+        log.sync_now().map_err(|source| Error::SyncLog {
+            dir: dir.clone(),
+            source,
+        })?;
         if !report.truncations.is_empty() {
             tracing::warn!(group = id, dir = %dir.display(), truncations = ?report.truncations, "recovered a damaged tail");
         }
-        let state = GroupState::load(&dir)?;
+        let state = RaftState::load(&dir)?;
         let producers = load_producers(&dir, &log);
         let part = Partition::new(log);
         let entries_read = Rc::new(Cell::new(0));
@@ -178,10 +181,13 @@ impl Group {
         // A partition's log is what consumers read: committed entries need
         // no applying, so they are never read back (the controller applies
         // its commands and gets them).
-        cfg.deliver_committed_entries = kind == GroupKind::Controller;
-        let raft = Raft::new(cfg, store).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        cfg.deliver_committed_entries = kind == RaftGroupKind::Controller;
+        let raft = Raft::new(cfg, store).map_err(|error| Error::RaftStart {
+            dir: dir.clone(),
+            error,
+        })?;
         let high_watermark = high_watermark(&part.log(), raft.commit_index());
-        Ok(Rc::new(Group {
+        Ok(Rc::new(RaftGroup {
             id,
             kind,
             dir,
@@ -312,9 +318,9 @@ impl Group {
     }
 
     /// Proposes a batch; returns its entry index and term.
-    pub fn propose(&self, batch: Vec<u8>) -> Result<(u64, u64), (ErrorCode, String)> {
+    pub fn propose(&self, batch: Vec<u8>) -> Result<(u64, u64)> {
         if let Some(e) = self.failed.borrow().as_ref() {
-            return Err((ErrorCode::StorageError, e.clone()));
+            return Err(Error::ReplicaFailed(e.clone()));
         }
         let mut raft = self.raft.borrow_mut();
         let term = raft.term();
@@ -324,15 +330,10 @@ impl Group {
                 self.poke();
                 Ok((index, term))
             }
-            Err(raft::Error::NotLeader { leader }) => Err((
-                ErrorCode::NotLeader,
-                format!("not the leader (leader: {leader:?})"),
-            )),
-            Err(e) if e.is_retryable() => Err((ErrorCode::LeaderNotAvailable, e.to_string())),
-            Err(e @ raft::Error::ProposalTooLarge { .. }) => {
-                Err((ErrorCode::RequestTooLarge, e.to_string()))
-            }
-            Err(e) => Err((ErrorCode::StorageError, e.to_string())),
+            Err(raft::Error::NotLeader { leader }) => Err(Error::NotLeaderHere { leader }),
+            // Retryable (LeaderNotAvailable), too large, or fatal: see
+            // `Error::code`.
+            Err(e) => Err(Error::Raft(e)),
         }
     }
 
@@ -340,10 +341,10 @@ impl Group {
     /// proposed in (the answer is `NotLeader` if another entry replaced it).
     pub async fn wait_committed(&self, index: u64, term: Option<u64>) -> WaitResult {
         if let Some(e) = self.failed.borrow().as_ref() {
-            return Err((ErrorCode::StorageError, e.clone()));
+            return Err(Error::ReplicaFailed(e.clone()));
         }
         if self.stopped.get() {
-            return Err((ErrorCode::LeaderNotAvailable, "the partition closed".into()));
+            return Err(Error::PartitionClosed);
         }
         if index <= self.commit_index() {
             return self.committed_offsets(index, term);
@@ -354,16 +355,14 @@ impl Group {
             .entry(index)
             .or_default()
             .push(Waiter { term, tx });
-        rx.recv_async()
-            .await
-            .unwrap_or_else(|_| Err((ErrorCode::LeaderNotAvailable, "the partition closed".into())))
+        rx.recv_async().await.unwrap_or(Err(Error::PartitionClosed))
     }
 
     /// Waits until entry `index` is durable on this node (acks = leader).
     pub async fn wait_persisted(&self, index: u64, term: Option<u64>) -> WaitResult {
         loop {
             if self.stopped.get() {
-                return Err((ErrorCode::LeaderNotAvailable, "the partition closed".into()));
+                return Err(Error::PartitionClosed);
             }
             let (persisted, role) = {
                 let raft = self.raft.borrow();
@@ -373,10 +372,7 @@ impl Group {
                 return self.committed_offsets(index, term);
             }
             if role != Role::Leader {
-                return Err((
-                    ErrorCode::NotLeader,
-                    "leadership changed before the batch was written; retry".into(),
-                ));
+                return Err(Error::LeadershipChangedUnwritten);
             }
             self.persisted.wait().await;
         }
@@ -396,11 +392,8 @@ impl Group {
                 base_offset: base,
                 last_offset: end.saturating_sub(1),
             }),
-            Ok(_) => Err((
-                ErrorCode::NotLeader,
-                "leadership changed before the batch committed; retry".into(),
-            )),
-            Err(e) => Err((ErrorCode::StorageError, e.to_string())),
+            Ok(_) => Err(Error::LeadershipChanged),
+            Err(e) => Err(Error::EntryLookup(e)),
         }
     }
 
@@ -461,7 +454,7 @@ impl Group {
         }
         tracing::error!(group = self.id, dir = %self.dir.display(), error = %why, "group stopped");
         *self.failed.borrow_mut() = Some(why.to_owned());
-        self.fail_waiters(ErrorCode::StorageError, why);
+        self.fail_waiters(|| Error::ReplicaFailed(why.to_owned()));
         self.stop();
         // A leader stops naming itself; a follower keeps naming the leader
         // it knows (its broker's metadata stays right for the partition).
@@ -481,34 +474,41 @@ impl Group {
         }
     }
 
-    fn fail_waiters(&self, code: ErrorCode, why: &str) {
+    fn fail_waiters(&self, error: impl Fn() -> Error) {
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         for w in waiters.into_values().flatten() {
-            let _ = w.tx.try_send(Err((code, why.to_owned())));
+            let _ = w.tx.try_send(Err(error()));
         }
+    }
+
+    /// Waits until everything in the log is durable (a graceful stop).
+    pub async fn sync(&self) -> Result<()> {
+        let end = self.part.log().next_offset();
+        self.part.wait_durable(end).await?;
+        Ok(())
     }
 
     /// Stops the driver (the partition was deleted or the broker stops).
     pub fn stop(&self) {
         self.stopped.set(true);
-        self.fail_waiters(ErrorCode::LeaderNotAvailable, "the partition closed");
+        self.fail_waiters(|| Error::PartitionClosed);
         self.poke();
         self.committed.notify_all();
         self.persisted.notify_all();
     }
 
-    /// The driver task: runs until [`Group::stop`] or a persistence failure.
+    /// The driver task: runs until [`RaftGroup::stop`] or a persistence failure.
     /// The hooks are in place from the call on (before the task first runs).
     pub fn run(
         self: Rc<Self>,
         outbox: Rc<dyn Transport>,
-        hooks: Rc<dyn GroupHooks>,
+        hooks: Rc<dyn RaftGroupHooks>,
     ) -> impl std::future::Future<Output = ()> {
         *self.hooks.borrow_mut() = Some(hooks.clone());
         self.drive(outbox, hooks)
     }
 
-    async fn drive(self: Rc<Self>, outbox: Rc<dyn Transport>, hooks: Rc<dyn GroupHooks>) {
+    async fn drive(self: Rc<Self>, outbox: Rc<dyn Transport>, hooks: Rc<dyn RaftGroupHooks>) {
         loop {
             if self.stopped.get() {
                 return;
@@ -520,7 +520,7 @@ impl Group {
             }
             while !self.stopped.get() && self.raft.borrow().has_ready() {
                 if let Err(e) = self.process_ready(&*outbox, &*hooks).await {
-                    self.fail(&format!("{e:#}"));
+                    self.fail(&chain(&e));
                     return;
                 }
                 // A Ready with nothing to persist never awaits: let the
@@ -530,7 +530,11 @@ impl Group {
         }
     }
 
-    async fn process_ready(&self, outbox: &dyn Transport, hooks: &dyn GroupHooks) -> Result<()> {
+    async fn process_ready(
+        &self,
+        outbox: &dyn Transport,
+        hooks: &dyn RaftGroupHooks,
+    ) -> Result<()> {
         let rd = self.raft.borrow_mut().ready()?;
         // A term change may have dropped this node's own proposals that
         // never reached its log (a new leader's entries take their indexes):
@@ -545,7 +549,7 @@ impl Group {
             self.producers_term.set(term);
         }
         if rd.snapshot.is_some() || !rd.snapshot_chunks.is_empty() {
-            anyhow::bail!("snapshot install is not supported yet");
+            return Err(Error::SnapshotUnsupported);
         }
         if let Some(ss) = rd.soft_state {
             if ss.role != Role::Leader {
@@ -558,10 +562,7 @@ impl Group {
                     held = held.min(first.index - 1);
                 }
                 self.answer_waiters(held);
-                self.fail_waiters(
-                    ErrorCode::NotLeader,
-                    "leadership changed before the batch committed; retry",
-                );
+                self.fail_waiters(|| Error::LeadershipChanged);
             }
             hooks.leader_changed(LeaderChange {
                 group: self.id,
@@ -586,7 +587,7 @@ impl Group {
                         }
                         glommio::timer::sleep(DISK_FULL_RETRY).await;
                         if self.stopped.get() {
-                            anyhow::bail!("stopped while the disk was full");
+                            return Err(Error::StoppedWhileDiskFull);
                         }
                     }
                     Err(e) => return Err(e.into()),
@@ -621,7 +622,8 @@ impl Group {
             // Term and vote must be durable before the messages go out;
             // the controller also saves its commit index (rare changes), so
             // a restarted broker applies its topics at once.
-            let controller_commit = self.kind == GroupKind::Controller && hs.commit != saved.commit;
+            let controller_commit =
+                self.kind == RaftGroupKind::Controller && hs.commit != saved.commit;
             if hs.term != saved.term || hs.vote != saved.vote || controller_commit {
                 self.save_state(|s| {
                     s.term = hs.term;
@@ -629,11 +631,11 @@ impl Group {
                     s.commit = hs.commit;
                 })
                 .await
-                .context("saving raft.state")?;
+                .map_err(Error::SaveState)?;
             }
         }
         outbox.send(rd.messages);
-        if !rd.committed_entries.is_empty() && self.kind == GroupKind::Controller {
+        if !rd.committed_entries.is_empty() && self.kind == RaftGroupKind::Controller {
             hooks.apply_commands(&rd.committed_entries);
         }
         self.raft.borrow_mut().advance()?;
@@ -712,7 +714,7 @@ impl Group {
     /// starting from what the other saved. The two fsyncs run on glommio's
     /// blocking pool, so an election of one group does not stall the shard's
     /// other partitions.
-    async fn save_state(&self, change: impl FnOnce(&mut GroupState)) -> std::io::Result<()> {
+    async fn save_state(&self, change: impl FnOnce(&mut RaftState)) -> std::io::Result<()> {
         let _permit = self
             .save_lock
             .acquire_permit(1)
@@ -756,71 +758,4 @@ fn high_watermark(log: &Log, commit: u64) -> u64 {
     }
     log.entry_end_offset(c)
         .unwrap_or_else(|_| log.log_start_offset())
-}
-
-/// The idempotence fields of a producer's batch (`None` for control batches).
-pub fn batch_id(bytes: &[u8]) -> Option<BatchId> {
-    let b = wire::RecordBatch::parse_without_crc(bytes).ok()?;
-    (!b.is_control()).then(|| BatchId {
-        producer_id: b.producer_id(),
-        epoch: b.producer_epoch(),
-        base_sequence: b.base_sequence(),
-        record_count: b.record_count(),
-    })
-}
-
-/// Entries scanned to rebuild the producer table when no saved table can be
-/// used (none saved yet, or it contradicts the log): the last 64 MiB of the
-/// log, which holds every batch a producer can still be retrying unless the
-/// broker wrote more than that since the last save (every 5 s).
-const PRODUCER_SCAN_BYTES_MAX: u64 = 64 << 20;
-
-/// The idempotent-producer table at open: the saved table (as of a
-/// committed entry) plus the entries written after it; without a usable
-/// saved table, a scan of the log's tail.
-fn load_producers(dir: &std::path::Path, log: &Log) -> ProducerTable {
-    let first = log.first_entry_index();
-    let next = log.next_entry_index();
-    let saved = match ProducerSnapshot::load(dir) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "producer state not used");
-            None
-        }
-    };
-    // Usable if its entry is still this log's (same term), or already
-    // removed by retention (a committed prefix never changes).
-    let usable = saved.filter(|s| {
-        s.entry < next && (s.entry < first || log.entry_term(s.entry).ok() == Some(s.term))
-    });
-    let (mut table, from) = match usable {
-        Some(s) => (s.table, (s.entry + 1).max(first)),
-        None => {
-            let tail = log.next_offset().saturating_sub(PRODUCER_SCAN_BYTES_MAX);
-            let from = log.entry_for_offset(tail.max(log.log_start_offset()));
-            (ProducerTable::default(), from.unwrap_or(first).max(first))
-        }
-    };
-    scan_producers(log, &mut table, from, next);
-    table
-}
-
-/// Records the producer batches of entries `[from, to)` in `table`.
-fn scan_producers(log: &Log, table: &mut ProducerTable, from: u64, to: u64) {
-    let mut at = from;
-    // Bounded: each read returns at least one entry or ends the loop.
-    while at < to {
-        let Ok(batches) = log.read_entries(at, to, 4 << 20) else {
-            break;
-        };
-        if batches.is_empty() {
-            break;
-        }
-        for b in &batches {
-            if let Some(id) = batch_id(b) {
-                table.record(id, at);
-            }
-            at += 1;
-        }
-    }
 }

@@ -1,0 +1,412 @@
+//! A partition replica on this shard: its Raft group (which drives the
+//! partition log), the idempotent-producer table and the high watermark the
+//! group keeps, and what clients ask of a partition: produce, fetch, list
+//! offsets. Also its status, its telemetry sample and retention.
+//!
+//! The shard finds the partition and checks that this broker leads it;
+//! everything that reads or writes the log goes through here.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use raft::Role;
+use storage::{Cleanup, LogConfig, Retired, SyncPolicy};
+use wire::{
+    Acks, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetSpec,
+    PartitionStatus, ProduceResponse, RecordBatch, ReplicaStatus, WireError,
+};
+
+use crate::error::{Error, Result};
+use crate::producers::{BatchId, Verdict};
+use crate::raft_group::{RaftGroup, RaftGroupKind, WaitResult};
+use crate::replica;
+use crate::runtime::DELETED_SUFFIX;
+use crate::telemetry::PartitionSample;
+use crate::topics::TopicRecord;
+
+/// Longest long poll a fetch may ask for.
+const FETCH_WAIT_MS_MAX: u32 = 30_000;
+/// Largest fetch response payload (leaves room for the message fields within
+/// the default 4 MiB frame limit).
+pub(crate) const FETCH_BYTES_MAX: usize = 3 * 1024 * 1024;
+/// Produce requests that give no timeout wait this long for a commit.
+const PRODUCE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// The longest a produce request may wait for its commit.
+const PRODUCE_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+/// One partition replica held by this shard.
+pub struct Partition {
+    pub topic: String,
+    pub partition: u32,
+    /// The Raft group over the partition log (the shard ticks it and steps
+    /// peer messages into it).
+    pub group: Rc<RaftGroup>,
+}
+
+impl Partition {
+    /// Opens (or creates) partition `partition` of `record` in `data_dir`
+    /// and its Raft group (not yet driven: the caller runs it).
+    pub(crate) fn open(
+        record: &TopicRecord,
+        partition: u32,
+        data_dir: &Path,
+        me: u64,
+        replicas: Vec<u64>,
+    ) -> Result<Rc<Partition>> {
+        let group = RaftGroup::open(
+            record.group_id(partition),
+            RaftGroupKind::Partition {
+                topic: record.name.clone(),
+                partition,
+            },
+            record.partition_dir(data_dir, partition),
+            log_config(record),
+            me,
+            replicas,
+            false,
+        )?;
+        if record.sync_interval_ms.is_some() {
+            let flusher = group.part.clone();
+            glommio::spawn_local(async move {
+                let e = flusher.flush_loop().await;
+                tracing::error!(error = %e, "partition flush loop stopped");
+            })
+            .detach();
+        }
+        Ok(Rc::new(Partition {
+            topic: record.name.clone(),
+            partition,
+            group,
+        }))
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.group.leader()
+    }
+
+    pub fn role(&self) -> Role {
+        self.group.role()
+    }
+
+    /// Why this replica stopped (a persistence failure), if it did.
+    pub fn stopped_reason(&self) -> Option<String> {
+        self.group.failed.borrow().clone()
+    }
+
+    /// Appends a producer's batch (checked here: CRC, records, size, the
+    /// producer's sequence) and waits for it per `acks`.
+    pub async fn produce(
+        &self,
+        acks: Acks,
+        timeout_ms: u32,
+        batch: &[u8],
+    ) -> Result<ProduceResponse> {
+        let g = &self.group;
+        // The CRC is checked here once (followers check it again when the
+        // entry arrives); the structure and every record too.
+        let check = RecordBatch::parse(batch).and_then(|b| {
+            b.validate_records()?;
+            if b.batch_bytes() != batch.len() {
+                return Err(WireError::InvalidBatch("bytes after the batch".into()));
+            }
+            if b.record_count() == 0 {
+                return Err(WireError::InvalidBatch("no records".into()));
+            }
+            if b.is_control() {
+                return Err(WireError::InvalidBatch(
+                    "control batches are written by brokers only".into(),
+                ));
+            }
+            Ok(BatchId {
+                producer_id: b.producer_id(),
+                epoch: b.producer_epoch(),
+                base_sequence: b.base_sequence(),
+                record_count: b.record_count(),
+            })
+        });
+        let id = check.map_err(Error::CorruptBatch)?;
+        // Refused before Raft sees it: every replica would fail the same way.
+        {
+            let log = g.part.log();
+            let segment = log.config().segment_bytes_max as usize;
+            if batch.len() > segment.min(wire::batch::BATCH_BYTES_MAX) {
+                return Err(Error::BatchTooLarge {
+                    bytes: batch.len(),
+                    segment_bytes: segment,
+                });
+            }
+            if log.space_full() {
+                return Err(Error::DiskFull);
+            }
+        }
+        // Capped: a request holds its connection's slot and budget while
+        // it waits.
+        let timeout = match timeout_ms {
+            0 => PRODUCE_TIMEOUT_DEFAULT,
+            ms => Duration::from_millis(u64::from(ms)).min(PRODUCE_TIMEOUT_MAX),
+        };
+        // Check and record the producer's sequence in the same synchronous
+        // step as the proposal, so pipelined batches of one producer are
+        // judged in the order they enter the log.
+        let verdict = g.producers.borrow().check(id);
+        let (wait, duplicate) = match verdict {
+            Verdict::Reject(why) => return Err(why.into()),
+            Verdict::Duplicate { entry } => (self.wait(entry, None, acks, timeout), true),
+            Verdict::Append => {
+                let (index, term) = g.propose(batch.to_vec())?;
+                g.record_producer(id, index);
+                (self.wait(index, Some(term), acks, timeout), false)
+            }
+        };
+        let c = wait.await?;
+        Ok(ProduceResponse {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            base_offset: c.base_offset,
+            last_offset: c.last_offset,
+            log_append_time_ms: replica::now_ms(),
+            duplicate,
+        })
+    }
+
+    /// Waits for entry `index` per `acks`, at most `timeout`.
+    async fn wait(
+        &self,
+        index: u64,
+        term: Option<u64>,
+        acks: Acks,
+        timeout: Duration,
+    ) -> WaitResult {
+        let g = self.group.clone();
+        let waited = glommio::timer::timeout(timeout, async move {
+            Ok(match acks {
+                Acks::Quorum => g.wait_committed(index, term).await,
+                Acks::Leader => g.wait_persisted(index, term).await,
+            })
+        })
+        .await;
+        waited.unwrap_or(Err(Error::NotAcknowledged { timeout }))
+    }
+
+    /// Reads committed batches from `req.offset`, waiting (long poll) up to
+    /// the request's wait for `min_bytes`. Answers
+    /// [`Error::NotLeaderHere`] if leadership moved while it waited.
+    pub async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse> {
+        let g = &self.group;
+        let max_bytes = (req.max_bytes as usize).clamp(1, FETCH_BYTES_MAX);
+        let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
+        let deadline = Instant::now() + wait;
+        loop {
+            let mut out = Vec::new();
+            let (high_watermark, log_start_offset) = {
+                let log = g.part.log();
+                let hw = g.high_watermark.get();
+                let mut at = req.offset;
+                // Bounded: each read advances `at` or returns nothing.
+                while out.len() < max_bytes && at < hw {
+                    let r = log.read(at, max_bytes - out.len(), hw)?;
+                    if r.bytes.is_empty() {
+                        break;
+                    }
+                    out.extend_from_slice(r.bytes);
+                    at = r.next_offset;
+                }
+                // An offset past the high watermark but within the log is
+                // data not committed yet (a new leader's commit can lag the
+                // old one's until its first entry commits): an empty answer
+                // that waits, not an error.
+                if req.offset > hw.max(log.next_offset()) || req.offset < log.log_start_offset() {
+                    return Err(Error::OffsetOutOfRange {
+                        offset: req.offset,
+                        start: log.log_start_offset(),
+                        high_watermark: hw,
+                    });
+                }
+                (hw, log.log_start_offset())
+            };
+            let now = Instant::now();
+            if out.len() >= (req.min_bytes as usize).max(1) || now >= deadline {
+                return Ok(FetchResponse {
+                    topic: req.topic,
+                    partition: req.partition,
+                    high_watermark,
+                    log_start_offset,
+                    batches: out,
+                });
+            }
+            // Long poll: wait for the high watermark to move or the deadline.
+            let _ = glommio::timer::timeout(deadline - now, async {
+                g.committed.wait().await;
+                Ok(())
+            })
+            .await;
+            if g.role() != Role::Leader {
+                return Err(Error::NotLeaderHere { leader: g.leader() });
+            }
+        }
+    }
+
+    pub fn list_offsets(&self, req: ListOffsetsRequest) -> Result<ListOffsetsResponse> {
+        let log = self.group.part.log();
+        let hw = self.group.high_watermark.get();
+        let (offset, timestamp_ms) = match req.spec {
+            OffsetSpec::Earliest => (Some(log.log_start_offset()), None),
+            OffsetSpec::Latest => (Some(hw), None),
+            OffsetSpec::Timestamp(ts) => {
+                let o = log.offset_for_timestamp(ts)?;
+                (o.filter(|&o| o < hw), Some(ts))
+            }
+        };
+        Ok(ListOffsetsResponse {
+            topic: req.topic,
+            partition: req.partition,
+            offset,
+            timestamp_ms,
+        })
+    }
+
+    /// Leader, term and offsets for the telemetry thread.
+    pub fn sample(&self) -> PartitionSample {
+        let g = &self.group;
+        let log = g.part.log();
+        PartitionSample {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            leader: g.leader(),
+            term: g.term(),
+            log_start_offset: log.log_start_offset(),
+            high_watermark: g.high_watermark.get(),
+            next_offset: log.next_offset(),
+        }
+    }
+
+    /// The replica's state and, on the leader, each replica's progress.
+    pub fn status(&self) -> PartitionStatus {
+        let g = &self.group;
+        let commit = g.commit_index();
+        PartitionStatus {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            leader: g.leader(),
+            term: g.term(),
+            commit_index: commit,
+            log_start_offset: g.part.log().log_start_offset(),
+            replicas: g
+                .replica_progress()
+                .into_iter()
+                .map(|(broker, match_index)| ReplicaStatus {
+                    broker,
+                    match_index,
+                    lag: commit.saturating_sub(match_index),
+                })
+                .collect(),
+        }
+    }
+
+    /// Saves the producer table, then deletes whole sealed segments past
+    /// the topic's retention (bytes, age), never beyond the committed
+    /// prefix. The entry before the new log start and its term are saved
+    /// first, so Raft can still match a follower's log at the start point.
+    /// Returns the segments removed and the retired files for the janitor
+    /// (`None` when nothing was cut). `broker` and `shard` name the log
+    /// lines.
+    pub async fn apply_retention(&self, broker: u64, shard: usize) -> Option<(u64, Retired)> {
+        let g = &self.group;
+        // The producer table is saved first (when it changed), so a
+        // restart reads only the entries since, and none that retention
+        // removes is ever needed to rebuild it.
+        if let Err(e) = g.save_producers().await {
+            tracing::warn!(broker, shard, group = g.id, error = %e, "saving the producer state");
+            return None;
+        }
+        let bound = g.high_watermark.get();
+        // Where retention would cut, and the entry just before the cut
+        // with its term: saved before anything is removed.
+        let plan = {
+            let log = g.part.log();
+            log.retention_cut(bound).and_then(|cut| {
+                let entry = log.entry_for_offset(cut.checked_sub(1)?)?;
+                Some((cut, entry, log.entry_term(entry).ok()?))
+            })
+        };
+        let (cut, entry, term) = plan?;
+        if let Err(e) = g.save_start_prev(entry, term).await {
+            tracing::warn!(broker, shard, group = g.id, error = %e, "retention: saving the log-start point");
+            return None;
+        }
+        // `entry-start` (two fsyncs) is written off the shard.
+        let plan = g.part.log().plan_move_start(cut);
+        if let Some(plan) = plan {
+            let (plan, persisted) = glommio::executor()
+                .spawn_blocking(move || {
+                    let r = plan.persist();
+                    (plan, r)
+                })
+                .await;
+            if let Err(e) = g.part.log_mut().start_plan_persisted(plan, persisted) {
+                tracing::warn!(broker, shard, group = g.id, error = %e, "retention: writing entry-start");
+                return None;
+            }
+        }
+        let mut log = g.part.log_mut();
+        let mut segments = 0;
+        match log.move_start(cut) {
+            Ok(removed) => segments = removed.segments as u64,
+            Err(e) => {
+                tracing::warn!(broker, shard, group = g.id, error = %e, "retention")
+            }
+        }
+        if log.log_start_offset() == cut {
+            g.use_start_prev(entry, term);
+        }
+        let retired = log.take_retired();
+        Some((segments, retired))
+    }
+
+    /// Stops the replica of a deleted topic and renames its directory to
+    /// `*.deleted` (one metadata update, so a restart never mistakes it for
+    /// live data); returns the new name, for the janitor to remove.
+    pub(crate) fn delete(&self) -> Result<PathBuf> {
+        let g = &self.group;
+        g.stop();
+        // Unique: a restart replays the controller log and deletes the
+        // same topic again while an older copy may still be being removed.
+        let mut gone = g.dir.clone().into_os_string();
+        gone.push(format!(".{}{DELETED_SUFFIX}", replica::now_ms()));
+        let gone = PathBuf::from(gone);
+        std::fs::rename(&g.dir, &gone).map_err(|source| Error::RemoveDir {
+            dir: g.dir.clone(),
+            source,
+        })?;
+        Ok(gone)
+    }
+}
+
+/// The partition log's settings from its topic's.
+fn log_config(record: &TopicRecord) -> LogConfig {
+    let mut c = LogConfig {
+        defer_deletes: true,
+        ..LogConfig::default()
+    };
+    if let Some(b) = record.segment_bytes {
+        c.segment_bytes_max = b.clamp(
+            u64::from(storage::SEGMENT_BYTES_MIN),
+            u64::from(storage::SEGMENT_BYTES_MAX),
+        ) as u32;
+    }
+    if let Some(ms) = record.segment_ms {
+        c.segment_age_ms_max = ms;
+    }
+    c.retention_bytes_max = record.retention_bytes;
+    c.retention_age_ms_max = record.retention_ms;
+    if let Some(ms) = record.sync_interval_ms {
+        c.sync_policy = SyncPolicy::IntervalMs(u64::from(ms.max(1)));
+    }
+    if record.compact {
+        c.cleanup = Cleanup::Compact {
+            tombstone_grace_ms: record.tombstone_retention_ms.unwrap_or(86_400_000),
+        };
+    }
+    c
+}
