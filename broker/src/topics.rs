@@ -21,19 +21,9 @@ pub fn shard_for(topic: &str, partition: u32, shards: usize) -> usize {
     (h % shards.max(1) as u64) as usize
 }
 
-/// The partition of a keyed record: FNV-1a of the key modulo the partition
-/// count. Every client (the CLI, `pipeline::Producer`) uses this one, so a
-/// key lands on the same partition whoever sends it.
-pub fn partition_for_key(key: &[u8], partitions: usize) -> usize {
-    wire::partition_for_key(key, partitions)
-}
-
-/// 64-bit FNV-1a: small, stable across processes and builds (no seed).
-pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
-    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+/// 64-bit FNV-1a (the key partitioner's hash, in `wire::rules`): stable
+/// across processes and builds, so shard placement and seeds agree everywhere.
+pub use wire::rules::fnv1a;
 
 /// One topic as stored in the registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
