@@ -22,7 +22,7 @@ use crate::producers::{BatchId, Verdict};
 use crate::raft_group::{RaftGroup, RaftGroupKind, WaitResult};
 use crate::replica;
 use crate::runtime::DELETED_SUFFIX;
-use crate::telemetry::PartitionSample;
+use crate::telemetry::{PartitionSample, ReplicaSample};
 use crate::topics::TopicRecord;
 
 /// Longest long poll a fetch may ask for.
@@ -266,18 +266,55 @@ impl Partition {
         })
     }
 
-    /// Leader, term and offsets for the telemetry thread.
-    pub fn sample(&self) -> PartitionSample {
+    /// This replica for the telemetry core: role, leader, term, each
+    /// replica's progress (on the leader), offsets and size on disk.
+    pub fn sample(&self, shard: usize) -> PartitionSample {
         let g = &self.group;
         let log = g.part.log();
+        let role = g.role();
+        let replicas = if role == Role::Leader {
+            let last = g.last_index();
+            let mut r: Vec<ReplicaSample> = g
+                .replica_progress()
+                .into_iter()
+                .map(|(broker, m)| ReplicaSample {
+                    broker,
+                    match_index: Some(m),
+                    lag_entries: Some(last.saturating_sub(m)),
+                })
+                .collect();
+            r.sort_by_key(|r| r.broker);
+            r
+        } else {
+            let mut ids = g.replicas().to_vec();
+            ids.sort_unstable();
+            ids.into_iter()
+                .map(|broker| ReplicaSample {
+                    broker,
+                    match_index: None,
+                    lag_entries: None,
+                })
+                .collect()
+        };
         PartitionSample {
             topic: self.topic.clone(),
             partition: self.partition,
+            shard,
+            role: match role {
+                Role::Leader => "leader",
+                Role::Follower => "follower",
+                Role::PreCandidate => "pre_candidate",
+                Role::Candidate => "candidate",
+            },
             leader: g.leader(),
             term: g.term(),
-            log_start_offset: log.log_start_offset(),
+            replicas,
+            commit_index: g.commit_index(),
             high_watermark: g.high_watermark.get(),
-            next_offset: log.next_offset(),
+            log_start_offset: log.log_start_offset(),
+            log_end_offset: log.next_offset(),
+            size_bytes: log.data_bytes(),
+            snapshot_transfer: None,
         }
     }
 

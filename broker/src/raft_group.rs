@@ -227,6 +227,14 @@ impl RaftGroup {
     pub fn commit_index(&self) -> u64 {
         self.raft.borrow().commit_index()
     }
+    /// The last index of the log (durable or not).
+    pub fn last_index(&self) -> u64 {
+        self.raft.borrow().last_index()
+    }
+    /// The group's voters.
+    pub fn replicas(&self) -> &[u64] {
+        &self.replicas
+    }
     /// `(replica, match index)` as the leader sees them (empty elsewhere).
     pub fn replica_progress(&self) -> Vec<(u64, u64)> {
         let raft = self.raft.borrow();

@@ -61,10 +61,11 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     // SIGTERM and SIGINT are blocked in every thread (the shards inherit the
     // mask) and taken by one waiting thread, which asks the shards to stop.
     let signals = block_stop_signals()?;
-    let samples = telemetry::start(config.id, config.http).map_err(|source| Error::Http {
-        addr: config.http,
-        source,
-    })?;
+    let telemetry =
+        telemetry::core::start(config.id, config.http).map_err(|source| Error::Http {
+            addr: config.http,
+            source,
+        })?;
     let janitor = start_janitor().map_err(|source| Error::Thread {
         name: "janitor",
         source,
@@ -92,7 +93,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     for (id, inbox) in receivers.into_iter().enumerate() {
         let config = config.clone();
         let senders = senders.clone();
-        let samples = samples.clone();
+        let telemetry = telemetry.clone();
         let janitor = janitor.clone();
         let ready = ready_tx.clone();
         let view = view.clone();
@@ -125,7 +126,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     raft_tq,
                     outbox,
                     inboxes: senders,
-                    samples,
+                    telemetry,
                     janitor,
                 }));
                 if let Err(e) = shard.clone().serve(identity, inbox, ready.clone()).await {

@@ -32,7 +32,7 @@ use crate::partition::Partition;
 use crate::peer::{self, Inbound, Outbox};
 use crate::raft_group::{self, LeaderChange, RaftGroup, RaftGroupHooks};
 use crate::runtime::Chore;
-use crate::telemetry::ShardSample;
+use crate::telemetry::{ShardSample, Telemetry};
 use crate::topics::{shard_for, TopicRecord};
 
 /// How often retention runs: deleting a segment is rare and cheap, and a
@@ -103,8 +103,8 @@ pub(crate) struct Shard {
     pub(crate) controller: Controller,
     /// Set by [`ShardMsg::Shutdown`]; ends the accept loop.
     stopping: Notify,
-    /// To the telemetry thread (never blocks: `try_send`).
-    samples: flume::Sender<ShardSample>,
+    /// To the telemetry core (never blocks: `try_send`).
+    pub(crate) telemetry: Telemetry,
     /// To the janitor thread: files and directories to remove off the shard.
     pub(crate) janitor: flume::Sender<Chore>,
     pub(crate) counters: ShardCounters,
@@ -119,7 +119,7 @@ pub(crate) struct ShardStart {
     pub(crate) outbox: Rc<Outbox>,
     pub(crate) cluster: Cluster,
     pub(crate) inboxes: Vec<flume::Sender<ShardMsg>>,
-    pub(crate) samples: flume::Sender<ShardSample>,
+    pub(crate) telemetry: Telemetry,
     pub(crate) janitor: flume::Sender<Chore>,
 }
 
@@ -184,7 +184,7 @@ impl Shard {
             inboxes: start.inboxes,
             controller: Controller::new(),
             stopping: Notify::default(),
-            samples: start.samples,
+            telemetry: start.telemetry,
             janitor: start.janitor,
             counters: ShardCounters::default(),
             connections: Connections::default(),
@@ -270,7 +270,7 @@ impl Shard {
             loop {
                 glommio::timer::sleep(SAMPLE_INTERVAL).await;
                 // Dropped when the telemetry thread is behind: never wait.
-                let _ = sampler.samples.try_send(sampler.sample());
+                sampler.telemetry.sample(sampler.sample());
             }
         })
         .detach();
@@ -375,8 +375,9 @@ impl Shard {
                 .partitions
                 .borrow()
                 .values()
-                .map(|p| p.sample())
+                .map(|p| p.sample(self.id))
                 .collect(),
+            ..ShardSample::default()
         }
     }
 
