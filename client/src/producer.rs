@@ -172,7 +172,8 @@ struct OpenBatch {
 
 struct Sealed {
     req: ProduceRequest,
-    /// The batch's base sequence (idempotent producers; 0 otherwise).
+    /// The batch's base sequence in its partition (stamped into the batch
+    /// by an idempotent producer; orders retries either way).
     seq: i32,
     tags: Vec<u64>,
     first_sent_at: Option<Instant>,
@@ -200,7 +201,8 @@ pub struct Producer {
     sends_since_pump: u32,
     stats: ClientStats,
     refresher: Refresher,
-    /// Idempotence: this producer's id and each partition's next sequence.
+    /// Idempotence: this producer's id (negative: none); each partition's
+    /// next sequence (kept without idempotence too, to order retries).
     producer_id: i64,
     sequences: Vec<i32>,
 }
@@ -337,12 +339,34 @@ impl Producer {
             self.sticky_partition = (self.sticky_partition + 1) % self.routes.len();
         }
         let mut builder = open.builder;
-        let mut base_seq = 0;
+        // A batch no frame can carry never reaches a broker: it fails here,
+        // before it takes a sequence number (a gap would have the broker
+        // refuse every later batch of the partition as out of order).
+        let frame_max = self.cfg.client.limits.frame_bytes_max as usize;
+        if builder.encoded_bytes() + PRODUCE_FRAME_OVERHEAD_BYTES > frame_max {
+            let err = DeliveryError::Fatal {
+                code: ErrorCode::RequestTooLarge,
+                message: format!(
+                    "a batch of {} bytes does not fit in a {frame_max}-byte frame",
+                    builder.encoded_bytes()
+                ),
+            };
+            self.deliveries.push(Delivery {
+                partition: p as u32,
+                tags: open.tags,
+                result: Err(err),
+                attempts: 0,
+                done_at: Instant::now(),
+            });
+            return;
+        }
+        // Every batch gets its partition's next sequence number: it orders
+        // retries within the partition, and an idempotent producer also
+        // stamps it into the batch.
+        let base_seq = self.sequences[p];
+        self.sequences[p] = base_seq.wrapping_add(builder.record_count() as i32);
         if self.producer_id >= 0 {
-            let seq = self.sequences[p];
-            base_seq = seq;
-            builder = builder.producer(self.producer_id, 0, seq);
-            self.sequences[p] = seq.wrapping_add(builder.record_count() as i32);
+            builder = builder.producer(self.producer_id, 0, base_seq);
         }
         let req = ProduceRequest {
             topic: self.cfg.topic.clone(),
@@ -431,17 +455,15 @@ impl Producer {
     fn dispatch_due(&mut self, now: Instant) {
         // Bounded by the ready queue, which is bounded by the window.
         let mut held = VecDeque::new();
-        // An idempotent producer sends each partition's batches in sequence
-        // order: once one is held, the later ones of its partition wait too
-        // (the broker would refuse them as out of order).
+        // Each partition's batches go in sequence order: once one is held
+        // (a retry waiting out its back-off), the later ones of its
+        // partition wait too, so a retry does not land behind them (an
+        // idempotent producer's would be refused as out of order).
         let mut blocked: Vec<u32> = Vec::new();
         while let Some((due, batch)) = self.ready.pop_front() {
             let p = batch.req.partition;
-            if due > now
-                || self.in_flight.len() >= self.cfg.in_flight_max
-                || (self.producer_id >= 0 && blocked.contains(&p))
-            {
-                if self.producer_id >= 0 && !blocked.contains(&p) {
+            if due > now || self.in_flight.len() >= self.cfg.in_flight_max || blocked.contains(&p) {
+                if !blocked.contains(&p) {
                     blocked.push(p);
                 }
                 held.push_back((due, batch));
@@ -518,18 +540,14 @@ impl Producer {
             }
         };
         let due = now + after;
-        if self.producer_id >= 0 {
-            // Back in sequence order within its partition.
-            let p = batch.req.partition;
-            let at = self
-                .ready
-                .iter()
-                .position(|(_, b)| b.req.partition == p && b.seq.wrapping_sub(batch.seq) > 0)
-                .unwrap_or(self.ready.len());
-            self.ready.insert(at, (due, batch));
-        } else {
-            self.ready.push_back((due, batch));
-        }
+        // Back in sequence order within its partition.
+        let p = batch.req.partition;
+        let at = self
+            .ready
+            .iter()
+            .position(|(_, b)| b.req.partition == p && b.seq.wrapping_sub(batch.seq) > 0)
+            .unwrap_or(self.ready.len());
+        self.ready.insert(at, (due, batch));
     }
 
     fn refresh_routes(&mut self) {
@@ -664,5 +682,150 @@ impl Producer {
             self.pump((deadline - now).min(Duration::from_millis(50)));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+    use wire::{ErrorResponse, FrameDecoder, FrameLimits, ProduceResponse};
+
+    /// What the fake broker saw of one produce request.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Seen {
+        partition: u32,
+        base_sequence: i32,
+        values: Vec<Vec<u8>>,
+    }
+
+    /// A fake broker on one connection: `answer(n, seen)` decides the
+    /// answer to the n-th (0-based) produce request (None: append it).
+    /// Returns its address and what it appended, in order.
+    fn fake_broker(
+        answer: impl Fn(usize, &Seen) -> Option<ErrorCode> + Send + 'static,
+    ) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let appended = Arc::new(Mutex::new(Vec::new()));
+        let log = appended.clone();
+        std::thread::spawn(move || {
+            let limits = FrameLimits::default();
+            let (mut s, _) = listener.accept().unwrap();
+            let mut decoder = FrameDecoder::new(limits);
+            let mut chunk = vec![0u8; 64 * 1024];
+            let mut n = 0;
+            let mut next_offset = 1u64;
+            loop {
+                let Ok(Some(frame)) = decoder.next_frame() else {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => decoder.extend(&chunk[..k]),
+                    }
+                    continue;
+                };
+                let corr = frame.header.correlation_id;
+                let Ok(Message::ProduceRequest(req)) = frame.message() else {
+                    return;
+                };
+                let batch = wire::batches(&req.batch).next().unwrap().unwrap();
+                let seen = Seen {
+                    partition: req.partition,
+                    base_sequence: batch.base_sequence(),
+                    values: batch
+                        .records()
+                        .map(|r| r.unwrap().value.unwrap().to_vec())
+                        .collect(),
+                };
+                let reply = match answer(n, &seen) {
+                    Some(code) => wire::encode(&ErrorResponse::new(code, "fake"), corr, limits),
+                    None => {
+                        let count = seen.values.len() as u64;
+                        let resp = ProduceResponse {
+                            topic: req.topic.clone(),
+                            partition: req.partition,
+                            base_offset: next_offset,
+                            last_offset: next_offset + count - 1,
+                            log_append_time_ms: 0,
+                            duplicate: false,
+                        };
+                        next_offset += count;
+                        log.lock().unwrap().push(seen);
+                        wire::encode(&resp, corr, limits)
+                    }
+                };
+                n += 1;
+                if s.write_all(&reply.unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        (addr, appended)
+    }
+
+    fn config(addr: SocketAddr, idempotent: bool) -> ProducerConfig {
+        let mut cfg = ProducerConfig::new(ClientConfig::new(vec![addr]), "t");
+        cfg.idempotent = idempotent;
+        cfg.linger = Duration::ZERO;
+        cfg.delivery_timeout = Duration::from_secs(10);
+        cfg
+    }
+
+    fn values(seen: &[Seen]) -> Vec<Vec<u8>> {
+        seen.iter().flat_map(|s| s.values.clone()).collect()
+    }
+
+    /// Without idempotence and with one batch in flight (`drmq produce`
+    /// without `--idempotent`), a batch refused retryably is appended before
+    /// the partition's later batches, not after them.
+    #[test]
+    fn a_retried_batch_keeps_its_place_in_its_partition_without_idempotence() {
+        let (addr, appended) = fake_broker(|n, _| (n == 0).then_some(ErrorCode::NotEnoughReplicas));
+        let mut cfg = config(addr, false);
+        cfg.in_flight_max = 1;
+        let mut p = Producer::with_routes(cfg, vec![addr]).unwrap();
+        p.send_to(0, None, b"a", 0, 1).unwrap();
+        p.poll(Duration::ZERO); // "a" sealed and sent
+        p.send_to(0, None, b"b", 0, 2).unwrap();
+        // "b" sealed while "a" is in flight (or already refused).
+        p.poll(Duration::from_millis(1));
+        p.flush(Instant::now() + Duration::from_secs(10)).unwrap();
+        let done = p.take_deliveries();
+        assert!(done.iter().all(|d| d.result.is_ok()), "{done:?}");
+        assert_eq!(
+            values(&appended.lock().unwrap()),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+    }
+
+    /// An idempotent batch that cannot be sent at all (larger than a frame)
+    /// fails on its own: it takes no sequence number, so the partition's
+    /// next batch is not refused as out of order.
+    #[test]
+    fn a_batch_too_large_to_send_takes_no_sequence_number() {
+        let (addr, appended) = fake_broker(|_, _| None);
+        let mut p = Producer::with_routes(config(addr, true), vec![addr]).unwrap();
+        let huge = vec![b'x'; FrameLimits::default().frame_bytes_max as usize + 1];
+        p.send_to(0, None, &huge, 0, 1).unwrap();
+        p.send_to(0, None, b"small", 0, 2).unwrap();
+        p.flush(Instant::now() + Duration::from_secs(10)).unwrap();
+        let done = p.take_deliveries();
+        let huge_done = done.iter().find(|d| d.tags == [1]).unwrap();
+        assert!(
+            matches!(
+                huge_done.result,
+                Err(DeliveryError::Fatal {
+                    code: ErrorCode::RequestTooLarge,
+                    ..
+                })
+            ),
+            "{huge_done:?}"
+        );
+        let appended = appended.lock().unwrap();
+        assert_eq!(appended.len(), 1, "{appended:?}");
+        assert_eq!(appended[0].values, vec![b"small".to_vec()]);
+        assert_eq!(appended[0].base_sequence, 0, "no gap in the sequences");
     }
 }

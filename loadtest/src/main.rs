@@ -57,7 +57,8 @@ enum Cmd {
 struct BrokerArgs {
     /// Start local brokers for the run (see --nodes), stop them and remove
     /// their data after.
-    #[arg(long, conflicts_with = "brokers")]
+    // `run` refuses it with --brokers (there); `bench` has no --brokers.
+    #[arg(long)]
     spawn_broker: bool,
     /// Brokers --spawn-broker starts: a local cluster (replication up to
     /// this many).
@@ -96,7 +97,11 @@ struct BrokerArgs {
 #[derive(Args, Clone)]
 struct RunArgs {
     /// Brokers to bootstrap from, HOST:PORT[,HOST:PORT...].
-    #[arg(long, required_unless_present = "spawn_broker")]
+    #[arg(
+        long,
+        required_unless_present = "spawn_broker",
+        conflicts_with = "spawn_broker"
+    )]
     brokers: Option<String>,
     #[command(flatten)]
     broker: BrokerArgs,
@@ -751,4 +756,17 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         eprintln!("drmq-loadtest: wrote {}", path.display());
     }
     Ok(cases.iter().all(|c| c.ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap checks the definition (every `conflicts_with` names an argument
+    /// of its command) only in debug builds, and panics there.
+    #[test]
+    fn the_command_line_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
 }
