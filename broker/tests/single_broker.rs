@@ -541,3 +541,30 @@ fn topic_admin_through_every_shard_port_succeeds_and_sigterm_still_stops_the_bro
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+#[test]
+fn produce_takes_lines_that_are_not_utf8_and_drops_none_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    assert!(broker.create_topic("raw", 1).status.success());
+    let mut child = common::drmq()
+        .args(["produce", "--topic", "raw", "--brokers", &broker.brokers()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"first\n\xff\xfe not utf-8\r\nlast\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let acks = json_lines(&o);
+    assert_eq!(acks.len(), 3, "every line acknowledged: {acks:?}");
+    let got = consume_all(&broker, "raw");
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2]["value"], "last");
+}

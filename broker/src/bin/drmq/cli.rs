@@ -90,11 +90,19 @@ pub fn produce(
     let mut producer = Producer::new(cfg)?;
     let partitions = producer.partition_count();
 
-    let (tx, rx) = mpsc::sync_channel::<(u64, String)>(LINES_QUEUED_MAX);
+    // Lines are bytes: a value need not be UTF-8. A read error ends the
+    // input and fails the run (nothing after it is silently dropped).
+    let (tx, rx) = mpsc::sync_channel::<(u64, std::io::Result<Vec<u8>>)>(LINES_QUEUED_MAX);
     std::thread::spawn(move || {
-        for (i, line) in std::io::stdin().lock().lines().enumerate() {
-            let Ok(line) = line else { break };
-            if tx.send((i as u64 + 1, line)).is_err() {
+        for (i, line) in std::io::stdin().lock().split(b'\n').enumerate() {
+            let failed = line.is_err();
+            let line = line.map(|mut l| {
+                if l.last() == Some(&b'\r') {
+                    l.pop();
+                }
+                l
+            });
+            if tx.send((i as u64 + 1, line)).is_err() || failed {
                 break;
             }
         }
@@ -126,20 +134,28 @@ pub fn produce(
                 }
             };
             taken += 1;
-            let (key, value) = match key_separator.and_then(|c| line.split_once(c)) {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("drmq: reading line {line_no} of stdin: {e}");
+                    report.failed += 1;
+                    stdin_open = false;
+                    break;
+                }
+            };
+            let (key, value) = match key_separator.and_then(|c| split_once(&line, c)) {
                 Some((k, v)) => (Some(k), v),
-                None => (None, line.as_str()),
+                None => (None, &line[..]),
             };
             // By key hash when keyed, else round robin line by line.
             let partition = match key {
-                Some(k) => producer.partition_for(Some(k.as_bytes())),
+                Some(k) => producer.partition_for(Some(k)),
                 None => {
                     round_robin = (round_robin + 1) % partitions;
                     round_robin
                 }
             };
-            let key = key.map(str::as_bytes);
-            producer.send_to(partition, key, value.as_bytes(), now_ms(), line_no)?;
+            producer.send_to(partition, key, value, now_ms(), line_no)?;
             report.unanswered.insert(line_no);
             report.deliveries(producer.take_deliveries())?;
         }
@@ -165,6 +181,14 @@ pub fn produce(
         bail!("{} message(s) not delivered", report.failed);
     }
     Ok(())
+}
+
+/// Splits `line` at the first `sep` (its UTF-8 bytes).
+fn split_once(line: &[u8], sep: char) -> Option<(&[u8], &[u8])> {
+    let mut buf = [0u8; 4];
+    let sep = sep.encode_utf8(&mut buf).as_bytes();
+    let at = line.windows(sep.len()).position(|w| w == sep)?;
+    Some((&line[..at], &line[at + sep.len()..]))
 }
 
 /// The per-line acknowledgements of `drmq produce`.
