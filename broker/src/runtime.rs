@@ -61,11 +61,10 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     // SIGTERM and SIGINT are blocked in every thread (the shards inherit the
     // mask) and taken by one waiting thread, which asks the shards to stop.
     let signals = block_stop_signals()?;
-    let telemetry =
-        telemetry::core::start(config.id, config.http).map_err(|source| Error::Http {
-            addr: config.http,
-            source,
-        })?;
+    let telemetry = start_telemetry(&config).map_err(|source| Error::Http {
+        addr: config.http,
+        source,
+    })?;
     let janitor = start_janitor().map_err(|source| Error::Thread {
         name: "janitor",
         source,
@@ -298,4 +297,23 @@ fn report_failed(failed: Vec<(std::path::PathBuf, std::io::Error)>) {
     for (p, e) in failed {
         tracing::warn!(path = %p.display(), error = %e, "janitor: removing");
     }
+}
+
+/// The telemetry core and its HTTP server on `--http`.
+fn start_telemetry(config: &BrokerConfig) -> std::io::Result<telemetry::Telemetry> {
+    let listener = std::net::TcpListener::bind(config.http)?;
+    let mut brokers: Vec<u64> = config.peers.keys().copied().collect();
+    if !brokers.contains(&config.id) {
+        brokers.push(config.id);
+    }
+    brokers.sort_unstable();
+    let settings = telemetry::core::Settings {
+        broker: config.id,
+        brokers,
+        client: telemetry::core::advertised(config.listen),
+        http: telemetry::core::advertised(listener.local_addr()?),
+        data_dir: config.data_dir.clone(),
+        floor_bytes: storage::LogConfig::default().free_bytes_floor,
+    };
+    telemetry::core::start(settings, listener)
 }
