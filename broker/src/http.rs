@@ -11,7 +11,7 @@
 //!   client has a bounded queue; a slow or stuck browser loses its oldest
 //!   frames (never memory) and is closed when one write stalls for
 //!   [`WS_WRITE_TIMEOUT`]. At most [`WS_CLIENTS_MAX`] clients; more are
-//!   answered `503`. Anything a client sends is read and dropped (pings are
+//!   closed at once with status 1013 ("try again later"). Anything a client sends is read and dropped (pings are
 //!   answered).
 //! - Every other path is the [`Routes`]' business: the static files of the
 //!   dashboard and the JSON and Prometheus endpoints.
@@ -88,19 +88,23 @@ struct Queue {
 }
 
 struct QueueState {
-    frames: VecDeque<Arc<str>>,
+    /// Frames and whether each must be kept in preference (an event).
+    frames: VecDeque<(Arc<str>, bool)>,
     closed: bool,
     dropped: u64,
 }
 
 impl Queue {
-    fn push(&self, frame: Arc<str>) {
+    /// Queues `frame`; when full, drops the oldest frame that is not
+    /// `keep` (a sample, of which a newer one follows), else the oldest.
+    fn push(&self, frame: Arc<str>, keep: bool) {
         let mut q = self.frames.lock().unwrap_or_else(|p| p.into_inner());
         if q.frames.len() >= WS_QUEUE_FRAMES_MAX {
-            q.frames.pop_front();
+            let at = q.frames.iter().position(|(_, k)| !k).unwrap_or(0);
+            q.frames.remove(at);
             q.dropped += 1;
         }
-        q.frames.push_back(frame);
+        q.frames.push_back((frame, keep));
         drop(q);
         self.ready.notify_one();
     }
@@ -115,7 +119,7 @@ impl Queue {
         if q.closed {
             return None;
         }
-        Some(q.frames.drain(..).collect())
+        Some(q.frames.drain(..).map(|(f, _)| f).collect())
     }
 
     fn close(&self) {
@@ -145,11 +149,13 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// Sends `frame` to every client. Never blocks on a client.
-    pub fn publish(&self, frame: Arc<str>) {
+    /// Sends `frame` to every client. Never blocks on a client. A slow
+    /// client's queue sheds frames not marked `keep` first (samples: a newer
+    /// one follows), then the oldest.
+    pub fn publish(&self, frame: Arc<str>, keep: bool) {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         for c in clients.iter() {
-            c.push(frame.clone());
+            c.push(frame.clone(), keep);
         }
     }
 
@@ -187,7 +193,7 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
         {
-            q.push(g);
+            q.push(g, false);
         }
         clients.push(q.clone());
         Some(q)
@@ -387,13 +393,7 @@ fn websocket(mut stream: TcpStream, key: Option<String>, hub: &Hub) {
             false,
         );
     };
-    let Some(queue) = hub.join() else {
-        return write_response(
-            &mut stream,
-            &Response::text(503, "too many dashboards on this broker\n"),
-            false,
-        );
-    };
+    let queue = hub.join();
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let head = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -401,7 +401,10 @@ fn websocket(mut stream: TcpStream, key: Option<String>, hub: &Hub) {
     );
     let _ = stream.set_write_timeout(Some(WS_WRITE_TIMEOUT));
     if stream.write_all(head.as_bytes()).is_err() {
-        return hub.leave(&queue);
+        if let Some(q) = &queue {
+            hub.leave(q);
+        }
+        return;
     }
     let _ = stream.set_read_timeout(Some(Duration::from_millis(1)));
     let config = WebSocketConfig {
@@ -410,6 +413,16 @@ fn websocket(mut stream: TcpStream, key: Option<String>, hub: &Hub) {
         ..WebSocketConfig::default()
     };
     let mut ws = WebSocket::from_raw_socket(stream, Role::Server, Some(config));
+    let Some(queue) = queue else {
+        // Over the cap: closed with 1013 ("try again later"), as the
+        // protocol says; the page retries with back-off.
+        let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Again,
+            reason: "too many dashboards on this broker".into(),
+        }));
+        let _ = ws.flush();
+        return;
+    };
     pump(&mut ws, &queue);
     hub.leave(&queue);
     let _ = ws.close(None);
@@ -488,7 +501,7 @@ mod tests {
         let hub = Hub::default();
         let q = hub.join().unwrap();
         for i in 0..(WS_QUEUE_FRAMES_MAX + 10) {
-            hub.publish(Arc::from(format!("{i}")));
+            hub.publish(Arc::from(format!("{i}")), false);
         }
         let got = q.take(Duration::from_millis(1)).unwrap();
         assert_eq!(got.len(), WS_QUEUE_FRAMES_MAX);
@@ -496,6 +509,41 @@ mod tests {
         hub.leave(&q);
         assert_eq!(hub.dropped_frames(), 10);
         assert_eq!(hub.clients(), 0);
+    }
+
+    #[test]
+    fn a_dashboard_over_the_cap_is_closed_with_1013() {
+        let (addr, hub) = start();
+        let held: Vec<_> = (0..WS_CLIENTS_MAX)
+            .map(|_| tungstenite::connect(format!("ws://{addr}/ws")).unwrap().0)
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hub.clients() < WS_CLIENTS_MAX {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (mut extra, _) = tungstenite::connect(format!("ws://{addr}/ws")).unwrap();
+        match extra.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1013),
+            other => panic!("expected a close with 1013, got {other:?}"),
+        }
+        assert_eq!(hub.clients(), WS_CLIENTS_MAX);
+        drop(held);
+    }
+
+    #[test]
+    fn a_full_queue_sheds_samples_before_events() {
+        let hub = Hub::default();
+        let q = hub.join().unwrap();
+        hub.publish(Arc::from("event"), true);
+        for i in 0..WS_QUEUE_FRAMES_MAX {
+            hub.publish(Arc::from(format!("s{i}")), false);
+        }
+        let got = q.take(Duration::from_millis(1)).unwrap();
+        assert_eq!(got.len(), WS_QUEUE_FRAMES_MAX);
+        assert_eq!(got[0].as_ref(), "event", "the event outlives older samples");
+        assert_eq!(got[1].as_ref(), "s1");
+        hub.leave(&q);
     }
 
     #[test]
@@ -568,9 +616,9 @@ mod tests {
         assert_eq!(text(ws.read().unwrap()), "hello");
         let big: Arc<str> = Arc::from("x".repeat(64 << 10));
         for _ in 0..200 {
-            hub.publish(big.clone());
+            hub.publish(big.clone(), false);
         }
-        hub.publish(Arc::from("last"));
+        hub.publish(Arc::from("last"), false);
         let mut got = 0;
         loop {
             let m = text(ws.read().unwrap());

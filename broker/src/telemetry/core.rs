@@ -133,7 +133,7 @@ fn run(
             Ok(Ok(Got::Event(e))) => {
                 let frame = event_frame(broker, seq, now_ms(), &e);
                 seq += 1;
-                hub.publish(frame);
+                hub.publish(frame, true);
             }
             Ok(Err(_)) => {
                 if samples.is_disconnected() && events.is_disconnected() {
@@ -160,11 +160,11 @@ fn run(
         for e in found {
             let frame = derived_frame(broker, seq, now_ms(), &e);
             seq += 1;
-            hub.publish(frame);
+            hub.publish(frame, true);
         }
         let frame: Arc<str> = Arc::from(frame.to_string());
         hub.set_greeting(frame.clone());
-        hub.publish(frame);
+        hub.publish(frame, false);
     }
 }
 
