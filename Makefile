@@ -3,20 +3,52 @@ CARGO ?= cargo
 SEEDS ?= 20000
 FUZZ_SECONDS ?= 600
 
-.PHONY: all build run test lint fmt bench fuzz sim clean
+.PHONY: all build dashboard dashboard-test e2e chromium run test lint fmt bench fuzz sim clean
 
 all: build
 
-build:
+# The dashboard's built files are embedded in the drmq binary (broker/build.rs).
+DASHBOARD := dashboard-web
+export DRMQ_DASHBOARD_DIST := $(CURDIR)/$(DASHBOARD)/dist
+NPM ?= npm
+
+build: dashboard
 	$(CARGO) build --release --workspace --bins
+
+# npm ci from the committed lock file (again only when the lock file changes),
+# then a Vite build into dashboard-web/dist.
+dashboard: $(DASHBOARD)/node_modules/.package-lock.json
+	cd $(DASHBOARD) && $(NPM) run build
+
+$(DASHBOARD)/node_modules/.package-lock.json: $(DASHBOARD)/package-lock.json
+	cd $(DASHBOARD) && $(NPM) ci --no-audit --no-fund
+
+dashboard-test: $(DASHBOARD)/node_modules/.package-lock.json
+	cd $(DASHBOARD) && $(NPM) test
+
+# Debian's chromium for the browser test (installed once, as root).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The dashboard in a real browser against a real 3-broker cluster under load:
+# three brokers up, leaders, throughput; kill -9 of the broker that served the
+# page; the page shows it down and the new leaders within 5 s.
+# Screenshots in target/e2e (docs/dashboard.png is one of them).
+E2E_BIN ?= target/debug
+e2e: dashboard chromium
+	$(CARGO) build -p broker --bin drmq -p loadtest --bin drmq-loadtest
+	cd $(DASHBOARD) && E2E_ADAPTER=drmq DRMQ_BIN=$(CURDIR)/$(E2E_BIN)/drmq \
+		SCREENSHOT_DIR=$(CURDIR)/target/e2e node e2e/smoke.mjs
 
 # A local 3-broker cluster (drmq dev): Ctrl-C stops it.
 run: build
 	./target/release/drmq dev --nodes 3 --data-dir data
 
-# Everything CI runs: formatting, lints, every test.
-test: lint
+# Everything CI runs: formatting, lints, every test (Rust, the dashboard's
+# data logic, and the browser test against a real cluster).
+test: lint dashboard
 	$(CARGO) test --workspace
+	$(MAKE) dashboard-test e2e
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -47,4 +79,4 @@ sim:
 
 clean:
 	$(CARGO) clean
-	rm -rf data wire/fuzz/target
+	rm -rf data wire/fuzz/target $(DASHBOARD)/dist $(DASHBOARD)/node_modules

@@ -45,7 +45,7 @@ const log = (...a) => console.log(`[e2e ${new Date().toISOString().slice(11, 23)
 
 async function loadAdapter() {
   const which = process.env.E2E_ADAPTER ?? 'mock';
-  const file = ['mock', 'command'].includes(which) ? path.join(HERE, 'adapters', `${which}.mjs`) : path.resolve(which);
+  const file = ['mock', 'command', 'drmq'].includes(which) ? path.join(HERE, 'adapters', `${which}.mjs`) : path.resolve(which);
   return import(pathToFileURL(file).href);
 }
 

@@ -332,10 +332,16 @@ fn dev(nodes: u32, data_dir: &std::path::Path, port: u16) -> Result<()> {
     let _ = Admin::new(cluster.listens.clone(), DEV_DEMO_TIMEOUT).create_topic(demo);
     eprintln!("drmq dev: {nodes} broker(s) up; brokers {brokers}");
     eprintln!("drmq dev: try  echo hello | drmq produce --topic demo --brokers {brokers}");
-    eprintln!(
-        "drmq dev: counters on http://{}/metrics and /api/status (the dashboard is not built yet)",
-        cluster.https[0]
-    );
+    let http = &cluster.https[0];
+    if broker::dashboard::built() {
+        eprintln!("drmq dev: dashboard on http://{http}/  (every broker's --http serves it)");
+    } else {
+        eprintln!(
+            "drmq dev: this drmq was built without the dashboard (make build adds it); \
+             http://{http}/ says how"
+        );
+    }
+    eprintln!("drmq dev: counters on http://{http}/metrics (Prometheus) and /api/status");
     // Run until a broker exits or we are asked to stop (Ctrl-C, SIGTERM);
     // then stop every broker gracefully (SIGTERM) and wait for them.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
