@@ -153,15 +153,35 @@ fn topic_admin_errors_are_one_line_and_name_the_problem() {
     }
     let deleted = json_lines(&broker.cli(&["topic", "delete", "t1"], None));
     assert_eq!(deleted[0]["deleted"], "t1");
-    let left: Vec<String> = std::fs::read_dir(broker.data_dir.join("partitions"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("t1-"))
+    let left = || -> Vec<String> {
+        std::fs::read_dir(broker.data_dir.join("partitions"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("t1-"))
+            .collect()
+    };
+    // Before the answer the broker renames each partition directory to
+    // `*.deleted` (so no live one remains at once); the janitor thread
+    // removes the renamed copies asynchronously, so those are waited for,
+    // with a deadline.
+    let live: Vec<String> = left()
+        .into_iter()
+        .filter(|n| !n.ends_with(".deleted"))
         .collect();
     assert!(
-        left.is_empty(),
-        "deleted topic's partitions remain: {left:?}"
+        live.is_empty(),
+        "deleted topic's partitions remain: {live:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut remaining = left();
+    while !remaining.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        remaining = left();
+    }
+    assert!(
+        remaining.is_empty(),
+        "deleted topic's partitions remain: {remaining:?}"
     );
 }
 
