@@ -192,7 +192,8 @@ impl Shard {
         record: Option<TopicRecord>,
     ) -> Result<()> {
         // A previous topic of the same name (deleted, created again) goes first.
-        if let Some(old) = self.topics.borrow_mut().remove(name) {
+        let previous = self.topics.borrow_mut().remove(name);
+        if let Some(old) = previous {
             if record.as_ref().is_none_or(|r| r.id != old.id) {
                 self.remove_replicas(&old)?;
             } else {

@@ -103,6 +103,15 @@ impl Partition {
         batch: &[u8],
     ) -> Result<ProduceResponse> {
         let g = &self.group;
+        // Too large for a segment (or the format's 16 MiB cap): refused as
+        // such before anything else, so the client is told the real reason.
+        let segment = g.part.log().config().segment_bytes_max as usize;
+        if batch.len() > segment.min(wire::batch::BATCH_BYTES_MAX) {
+            return Err(Error::BatchTooLarge {
+                bytes: batch.len(),
+                segment_bytes: segment,
+            });
+        }
         // The CRC is checked here once (followers check it again when the
         // entry arrives); the structure and every record too.
         let check = RecordBatch::parse(batch).and_then(|b| {
@@ -129,13 +138,6 @@ impl Partition {
         // Refused before Raft sees it: every replica would fail the same way.
         {
             let log = g.part.log();
-            let segment = log.config().segment_bytes_max as usize;
-            if batch.len() > segment.min(wire::batch::BATCH_BYTES_MAX) {
-                return Err(Error::BatchTooLarge {
-                    bytes: batch.len(),
-                    segment_bytes: segment,
-                });
-            }
             if log.space_full() {
                 return Err(Error::DiskFull);
             }
