@@ -83,7 +83,7 @@ pub fn find_drmq(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// A seed that differs between processes and calls (no `rand` here).
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

@@ -68,16 +68,7 @@ impl std::fmt::Display for DeliveryError {
 /// A random 63-bit producer id (the controller does not hand them out yet;
 /// a collision needs about 3 billion producers for even odds).
 pub fn random_producer_id() -> i64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    (h.finish() & (i64::MAX as u64)) as i64
+    (crate::local::seed() & (i64::MAX as u64)) as i64
 }
 
 /// Producer settings.
