@@ -57,7 +57,7 @@ enum Cmd {
 struct BrokerArgs {
     /// Start local brokers for the run (see --nodes), stop them and remove
     /// their data after.
-    #[arg(long, conflicts_with = "brokers")]
+    #[arg(long)]
     spawn_broker: bool,
     /// Brokers --spawn-broker starts: a local cluster (replication up to
     /// this many).
@@ -96,7 +96,13 @@ struct BrokerArgs {
 #[derive(Args, Clone)]
 struct RunArgs {
     /// Brokers to bootstrap from, HOST:PORT[,HOST:PORT...].
-    #[arg(long, required_unless_present = "spawn_broker")]
+    // The conflict is declared here: `bench` flattens BrokerArgs too and
+    // has no --brokers (clap's debug assertions reject a dangling name).
+    #[arg(
+        long,
+        required_unless_present = "spawn_broker",
+        conflicts_with = "spawn_broker"
+    )]
     brokers: Option<String>,
     #[command(flatten)]
     broker: BrokerArgs,
