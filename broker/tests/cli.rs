@@ -3,6 +3,8 @@
 
 use std::process::{Command, Output};
 
+mod common;
+
 fn drmq(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_drmq"))
         .args(args)
@@ -183,4 +185,56 @@ fn dev_runs_a_broker_with_a_demo_topic_and_stops_it_on_sigterm() {
         assert!(Instant::now() < deadline, "the broker still listens");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `cluster status`, `topic describe` and `topic list` print JSON when
+/// stdout is not a terminal (as here: tests run piped) and with `--json`,
+/// the same JSON either way; `--table` forces the table.
+#[test]
+fn piped_output_and_json_flag_give_json_and_table_flag_gives_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::Broker::start(dir.path());
+    broker.create_topic("shown", 2);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = broker.cli(args, None);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?} is not JSON ({e}): {}",
+                String::from_utf8_lossy(&o.stdout)
+            )
+        })
+    };
+    let piped = json(&["topic", "describe", "shown"]);
+    assert_eq!(piped["name"], "shown");
+    assert_eq!(piped["partitions"].as_array().unwrap().len(), 2);
+    assert_eq!(json(&["topic", "describe", "shown", "--json"]), piped);
+    let status = json(&["cluster", "status"]);
+    assert_eq!(status["brokers"][0]["id"], 1);
+    assert!(status["partitions"].is_array());
+    let status = json(&["cluster", "status", "--json"]);
+    assert_eq!(status["controller"], 1);
+    let list = json(&["topic", "list", "--json"]);
+    assert_eq!(list, json(&["topic", "list"]));
+    assert_eq!(list[0]["name"], "shown");
+
+    let o = broker.cli(&["topic", "describe", "shown", "--table"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).is_err(),
+        "{text}"
+    );
+    assert!(text.starts_with("TOPIC "), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("PARTITION  LEADER  TERM")),
+        "{text}"
+    );
+    let o = broker.cli(&["cluster", "status", "--table"], None);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("CONTROLLER  1\n"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("shown ")), "{text}");
+    let o = broker.cli(&["cluster", "status", "--json", "--table"], None);
+    assert_eq!(o.status.code(), Some(2), "--json and --table conflict");
 }

@@ -7,12 +7,14 @@
 //! | `report`     | the final table, `--json`, HDR histogram logs                      |
 //! | `baseline`   | raw loopback TCP and write+fdatasync loops at the same batch size  |
 //! | `spawn`      | a local single broker for `--spawn-broker` and `bench`             |
+//! | `dashboards` | `--dashboards N`: WebSocket clients reading the brokers' `/ws`     |
 //!
 //! `drmq-loadtest run` drives a broker (given by `--brokers`, or started by
 //! `--spawn-broker`); `drmq-loadtest bench` runs the fixed suite on a broker
 //! it starts itself. Bad flags are one line on stderr and exit status 2.
 
 mod baseline;
+mod dashboards;
 mod fault;
 mod plot;
 mod report;
@@ -57,7 +59,6 @@ enum Cmd {
 struct BrokerArgs {
     /// Start local brokers for the run (see --nodes), stop them and remove
     /// their data after.
-    // `run` refuses it with --brokers (there); `bench` has no --brokers.
     #[arg(long)]
     spawn_broker: bool,
     /// Brokers --spawn-broker starts: a local cluster (replication up to
@@ -88,15 +89,18 @@ struct BrokerArgs {
     /// Skip the baselines.
     #[arg(long)]
     no_baselines: bool,
-    /// The broker's telemetry address (`--http` of `drmq broker`), to report
-    /// its counters; known already with --spawn-broker.
-    #[arg(long)]
-    http: Option<SocketAddr>,
+    /// The brokers' telemetry addresses (`--http` of `drmq broker`),
+    /// HOST:PORT[,HOST:PORT...], to report their counters and for
+    /// --dashboards; known already with --spawn-broker.
+    #[arg(long, value_delimiter = ',')]
+    http: Vec<SocketAddr>,
 }
 
 #[derive(Args, Clone)]
 struct RunArgs {
     /// Brokers to bootstrap from, HOST:PORT[,HOST:PORT...].
+    // The conflict is declared here: `bench` flattens BrokerArgs too and
+    // has no --brokers (clap's debug assertions reject a dangling name).
     #[arg(
         long,
         required_unless_present = "spawn_broker",
@@ -163,6 +167,11 @@ struct RunArgs {
     /// Write HDR histogram logs (ack, e2e, send delay) into this directory.
     #[arg(long)]
     hdr_log: Option<PathBuf>,
+    /// Open N dashboards (WebSocket clients reading and parsing every frame
+    /// of `ws://HTTP/ws`) on each broker during the run; needs the brokers'
+    /// --http addresses (known with --spawn-broker).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=dashboards::CLIENTS_PER_BROKER_MAX as i64))]
+    dashboards: u16,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -191,6 +200,15 @@ struct BenchArgs {
     /// against throughput into this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Instead of the suite: the cost of N open dashboards per broker. Runs
+    /// the maximum-rate case (1 KiB, 1 partition) without and with them,
+    /// interleaved (--compare-rounds pairs), on the same brokers and topic,
+    /// and prints the throughput ratio.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=dashboards::CLIENTS_PER_BROKER_MAX as i64))]
+    compare_dashboards: Option<u16>,
+    /// Pairs of runs (without, with) for --compare-dashboards.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=20))]
+    compare_rounds: u16,
     #[arg(long)]
     quiet: bool,
 }
@@ -285,6 +303,9 @@ fn validate_broker_args(b: &BrokerArgs) -> Result<(), String> {
 
 fn validate_run(a: &RunArgs) -> Result<(), String> {
     validate_broker_args(&a.broker)?;
+    if a.dashboards > 0 && !a.broker.spawn_broker && a.broker.http.is_empty() {
+        return Err("--dashboards needs the brokers' --http addresses (or --spawn-broker)".into());
+    }
     wire::validate_topic_name(&a.topic).map_err(|e| format!("--topic: {e}"))?;
     if let Some(r) = a.rate {
         positive("--rate", r)?;
@@ -346,9 +367,10 @@ fn brokers_for(
             local.listens,
             local.data_dir.display()
         );
-        let https = match b.http {
-            Some(h) => vec![h],
-            None => local.https.clone(),
+        let https = if b.http.is_empty() {
+            local.https.clone()
+        } else {
+            b.http.clone()
         };
         Ok((
             local.listens.clone(),
@@ -357,11 +379,7 @@ fn brokers_for(
         ))
     } else {
         let spec = brokers.context("--brokers or --spawn-broker is needed")?;
-        Ok((
-            client::parse_brokers(spec)?,
-            None,
-            b.http.into_iter().collect(),
-        ))
+        Ok((client::parse_brokers(spec)?, None, b.http.clone()))
     }
 }
 
@@ -432,6 +450,7 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
         drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
         progress: !a.quiet,
         https,
+        dashboards: usize::from(a.dashboards),
         started: None,
     };
     let (w, outcome, fault) = run_with_fault(w, a.fault, local.as_ref())?;
@@ -526,6 +545,7 @@ fn bench_case(
     size: usize,
     rate: Option<f64>,
     fault: Option<FaultSpec>,
+    dashboards: usize,
 ) -> Result<Case> {
     let w = Workload {
         brokers: brokers.to_vec(),
@@ -544,6 +564,7 @@ fn bench_case(
         drain_timeout: run::DRAIN_TIMEOUT_DEFAULT,
         progress: !a.quiet,
         https: https.to_vec(),
+        dashboards,
         started: None,
     };
     if let Some(l) = local {
@@ -598,6 +619,9 @@ fn bench_case(
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<bool> {
+    if let Some(n) = a.compare_dashboards {
+        return compare_dashboards(&a, usize::from(n));
+    }
     let mut cases: Vec<Case> = Vec::new();
     let mut series: Vec<plot::Series> = Vec::new();
     for (nodes, rf) in [(1u16, 1u16), (3, 3)] {
@@ -635,6 +659,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
                         size,
                         rate,
                         None,
+                        0,
                     )?;
                     if !half {
                         max_rate = Some(c.msgs_per_s.max(1.0));
@@ -684,6 +709,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
                     1024,
                     rate,
                     fault,
+                    0,
                 )?);
             }
         }
@@ -702,6 +728,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
                     1024,
                     Some(max * f64::from(pct) / 100.0),
                     None,
+                    0,
                 )?;
                 points.push(plot::Point {
                     msgs_per_s: c.msgs_per_s,
@@ -756,6 +783,96 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         eprintln!("drmq-loadtest: wrote {}", path.display());
     }
     Ok(cases.iter().all(|c| c.ok))
+}
+
+/// `bench --compare-dashboards N`: the maximum-rate case (1 KiB, 1
+/// partition, as the suite's first case) run `--compare-rounds` times
+/// without and with N dashboards per broker, interleaved (without, with,
+/// without, with, ...) on the same brokers and topic so drift (page cache,
+/// segment rolls, thermal) falls on both sides alike. The ratio is mean
+/// with / mean without; the spread of the runs without dashboards is
+/// printed beside it as the noise it must be read against.
+fn compare_dashboards(a: &BenchArgs, n: usize) -> Result<bool> {
+    let mut ok = true;
+    let mut out = Vec::new();
+    let mut summary = Vec::new();
+    for (nodes, rf) in [(1u16, 1u16), (3, 3)] {
+        if !a.rf.contains(&rf) {
+            continue;
+        }
+        let mut b = a.broker.clone();
+        b.spawn_broker = true;
+        b.nodes = nodes;
+        let (brokers, local, https) = brokers_for(None, &b)?;
+        let none = Baselines {
+            tcp: None,
+            fsync: None,
+        };
+        let topic = format!("bench-rf{rf}-1024b-1p-dashboards");
+        spawn::ensure_topic(&brokers, &topic, 1, rf, BENCH_SEGMENT_BYTES)?;
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        let mut rounds = Vec::new();
+        for _ in 0..a.compare_rounds {
+            let mut pair = Vec::new();
+            for dashboards in [0, n] {
+                let c = bench_case(
+                    a,
+                    &brokers,
+                    &https,
+                    local.as_ref(),
+                    &none,
+                    &topic,
+                    1024,
+                    None,
+                    None,
+                    dashboards,
+                )?;
+                ok &= c.ok;
+                if dashboards == 0 {
+                    without.push(c.msgs_per_s);
+                } else {
+                    if c.json["dashboards"]["frames"].as_u64().unwrap_or(0) == 0 {
+                        eprintln!("drmq-loadtest: warning: the dashboards received no frames; the comparison measures nothing");
+                    }
+                    with.push(c.msgs_per_s);
+                }
+                pair.push(c.json);
+            }
+            rounds.push(json!({ "without": pair[0], "with": pair[1] }));
+        }
+        drop(local);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let (m0, m1) = (mean(&without), mean(&with));
+        let ratio = m1 / m0.max(1e-9);
+        let spread = without.iter().cloned().fold(f64::MIN, f64::max)
+            - without.iter().cloned().fold(f64::MAX, f64::min);
+        summary.push(format!(
+            "RF={rf}: {n} dashboard(s) per broker: without {m0:.0} msgs/s {without:.0?}, with {m1:.0} msgs/s {with:.0?}; ratio {ratio:.4} (throughput {:+.2} %; runs without dashboards spread {:.2} %)",
+            (ratio - 1.0) * 100.0,
+            spread / m0.max(1e-9) * 100.0,
+        ));
+        out.push(json!({
+            "rf": rf,
+            "nodes": nodes,
+            "dashboards_per_broker": n,
+            "rounds": rounds,
+            "without_msgs_per_s": without,
+            "with_msgs_per_s": with,
+            "without_msgs_per_s_mean": m0,
+            "with_msgs_per_s_mean": m1,
+            "ratio": ratio,
+            "throughput_change_pct": (ratio - 1.0) * 100.0,
+            "without_spread_pct": spread / m0.max(1e-9) * 100.0,
+        }));
+    }
+    println!();
+    for line in &summary {
+        println!("{line}");
+    }
+    if let Some(path) = &a.json {
+        write_json(path, &json!({ "compare_dashboards": out }))?;
+    }
+    Ok(ok)
 }
 
 #[cfg(test)]

@@ -97,6 +97,7 @@ impl Report<'_> {
                 "end_offsets": o.broker_end_offsets,
                 "counters": o.broker_counters,
             },
+            "dashboards": o.dashboards.as_ref().map(|d| d.to_json()),
             "baselines": {
                 "tcp_loopback": self.tcp.map(|t| json!({
                     "chunk_bytes": t.chunk_bytes,
@@ -222,6 +223,9 @@ impl Report<'_> {
                 get("fetch_bytes") as f64 / freq.max(1) as f64,
                 get("errors")
             );
+        }
+        if let Some(d) = &o.dashboards {
+            d.print();
         }
         for f in &o.fatal {
             println!("  FAILED: {f}");

@@ -129,6 +129,8 @@ pub struct Workload {
     pub progress: bool,
     /// The brokers' telemetry addresses, for their counters (empty: not read).
     pub https: Vec<SocketAddr>,
+    /// WebSocket dashboard clients per broker on `https` during the run.
+    pub dashboards: usize,
     /// Told the run's start time (a fault thread times itself from it).
     pub started: Option<std::sync::mpsc::Sender<Instant>>,
 }
@@ -255,6 +257,8 @@ pub struct Outcome {
     pub fatal: Vec<String>,
     /// Broker counter deltas over the run (telemetry, 1 s samples).
     pub broker_counters: Option<BTreeMap<String, u64>>,
+    /// What the dashboard clients received (None without `--dashboards`).
+    pub dashboards: Option<crate::dashboards::DashboardStats>,
     /// When the run started (timeline times are µs since then).
     pub started_at: Instant,
     pub ack_timeline: Vec<Bucket>,
@@ -287,6 +291,10 @@ pub fn run(w: &Workload) -> Result<Outcome> {
         std::thread::sleep(Duration::from_millis(1100));
     }
     let counters_before = crate::spawn::cluster_counters(&w.https);
+    // Open through warm-up and the measured window; closed when the
+    // consumers are done.
+    let dashboards = (w.dashboards > 0 && !w.https.is_empty())
+        .then(|| crate::dashboards::Dashboards::start(&w.https, w.dashboards));
     let live = Arc::new(Live::default());
     let end_marks: Arc<Mutex<Option<BTreeMap<u32, u64>>>> = Arc::new(Mutex::new(None));
     let t0 = Instant::now();
@@ -376,6 +384,7 @@ pub fn run(w: &Workload) -> Result<Outcome> {
                 .map_err(|_| anyhow::anyhow!("a consumer thread panicked"))?,
         );
     }
+    let dashboards = dashboards.map(crate::dashboards::Dashboards::stop);
     let broker_counters = if w.https.is_empty() {
         None
     } else {
@@ -480,6 +489,7 @@ pub fn run(w: &Workload) -> Result<Outcome> {
         partitions,
         fatal,
         broker_counters,
+        dashboards,
         started_at: t0,
         ack_timeline: pouts.iter().fold(Vec::new(), |mut all, p| {
             if all.len() < p.timeline.len() {

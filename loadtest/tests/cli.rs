@@ -174,6 +174,41 @@ fn bad_flags_are_one_line_and_exit_2() {
         "4096",
     ]);
     assert!(e.contains("--batch-bytes"), "{e}");
+    let e = usage_error(&["run", "--brokers", "127.0.0.1:1", "--dashboards", "2"]);
+    assert!(e.contains("--http"), "{e}");
+}
+
+/// Dashboards on the spawned broker's telemetry address: the run reports
+/// what they received. Before the broker serves `/ws` that is 404 and zero
+/// frames (a warning, not a failure); after, samples at least once a second.
+#[test]
+fn a_run_with_dashboards_reports_their_frames_or_a_missing_ws() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_json(
+        &[
+            "--duration-s",
+            "1.5",
+            "--warmup-s",
+            "0.5",
+            "--message-bytes",
+            "100",
+            "--no-baselines",
+            "--dashboards",
+            "2",
+        ],
+        dir.path(),
+    );
+    assert_eq!(r["ok"], true, "{r:#}");
+    let d = &r["dashboards"];
+    assert_eq!(d["clients"], 2, "{d:#}");
+    let frames = d["frames"].as_u64().unwrap();
+    if d["not_found"].as_array().unwrap().is_empty() {
+        // Two clients over 2 s of run: a sample on connect, then each second.
+        assert!(d["samples"].as_u64().unwrap() >= 4, "{d:#}");
+        assert!(d["bytes"].as_u64().unwrap() > frames, "{d:#}");
+    } else {
+        assert_eq!(frames, 0, "{d:#}");
+    }
 }
 
 /// The `drmq` binary a `--nodes 3` run needs: `$DRMQ_BIN`, else the one
@@ -255,4 +290,46 @@ fn an_idempotent_run_through_a_leader_kill_with_small_segments_fails_nothing() {
     assert_eq!(r["consume"]["unique"], r["publish"]["sent"], "{counts}");
     assert_eq!(r["ok"], true, "{counts}");
     assert!(o.status.success(), "exit {:?}: {counts}", o.status);
+}
+
+/// `bench --compare-dashboards N` runs the maximum-rate case without and
+/// with dashboards, interleaved, and reports both and their ratio.
+#[test]
+fn bench_compare_dashboards_runs_pairs_and_reports_the_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("compare.json");
+    let o = loadtest()
+        .args([
+            "bench",
+            "--compare-dashboards",
+            "1",
+            "--compare-rounds",
+            "1",
+            "--rf",
+            "1",
+            "--duration-s",
+            "0.5",
+            "--warmup-s",
+            "0",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("ratio"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let c = &v["compare_dashboards"][0];
+    assert_eq!(c["rf"], 1);
+    assert_eq!(c["rounds"].as_array().unwrap().len(), 1);
+    assert!(c["rounds"][0]["without"]["dashboards"].is_null(), "{c:#}");
+    assert_eq!(c["rounds"][0]["with"]["dashboards"]["clients"], 1, "{c:#}");
+    assert!(c["ratio"].as_f64().unwrap() > 0.0, "{c:#}");
 }

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use wire::*;
 
 mod cli;
+mod table;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -123,6 +124,25 @@ struct ConnArgs {
     timeout_ms: u64,
 }
 
+/// How a command that shows data prints it: a table on a terminal, JSON
+/// when stdout is not one (piped, redirected) or with `--json`.
+#[derive(Args, Debug, Clone, Copy)]
+struct OutputArgs {
+    /// Print JSON (the default when stdout is not a terminal).
+    #[arg(long, conflicts_with = "table")]
+    json: bool,
+    /// Print a table even when stdout is not a terminal.
+    #[arg(long)]
+    table: bool,
+}
+
+impl OutputArgs {
+    fn table(self) -> bool {
+        use std::io::IsTerminal;
+        !self.json && (self.table || std::io::stdout().is_terminal())
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum TopicCommand {
     Create {
@@ -155,10 +175,14 @@ enum TopicCommand {
     List {
         #[command(flatten)]
         conn: ConnArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     Describe {
         #[command(flatten)]
         conn: ConnArgs,
+        #[command(flatten)]
+        output: OutputArgs,
         name: String,
     },
 }
@@ -168,6 +192,8 @@ enum ClusterCommand {
     Status {
         #[command(flatten)]
         conn: ConnArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -232,11 +258,15 @@ fn run(cli: Cli) -> Result<()> {
                 idle_timeout_ms,
             )
         }
-        Command::Cluster(ClusterCommand::Status { conn }) => {
+        Command::Cluster(ClusterCommand::Status { conn, output }) => {
             let s = admin(&conn)?
                 .cluster_status()
                 .context("ClusterStatusRequest")?;
-            print_json(&cluster_status_json(&s));
+            if output.table() {
+                print_text(&table::cluster_status(&s));
+            } else {
+                print_json(&cluster_status_json(&s));
+            }
             Ok(())
         }
     }
@@ -411,6 +441,11 @@ fn print_json(v: &Value) {
     let _ = writeln!(std::io::stdout(), "{v}");
 }
 
+fn print_text(s: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(s.as_bytes());
+}
+
 fn topic(cmd: TopicCommand) -> Result<()> {
     match cmd {
         TopicCommand::Create {
@@ -463,15 +498,27 @@ fn topic(cmd: TopicCommand) -> Result<()> {
                 .context("DeleteTopicRequest")?;
             print_json(&json!({ "deleted": deleted }));
         }
-        TopicCommand::List { conn } => {
+        TopicCommand::List { conn, output } => {
             let r = admin(&conn)?.metadata(None).context("MetadataRequest")?;
-            print_json(&Value::Array(r.topics.iter().map(topic_json).collect()));
+            if output.table() {
+                print_text(&table::topic_list(&r.topics));
+            } else {
+                print_json(&Value::Array(r.topics.iter().map(topic_json).collect()));
+            }
         }
-        TopicCommand::Describe { conn, name } => {
+        TopicCommand::Describe { conn, output, name } => {
             validate_topic_name(&name)?;
-            let r = admin(&conn)?
+            let admin = admin(&conn)?;
+            let r = admin
                 .describe_topic(&name)
                 .context("DescribeTopicRequest")?;
+            if output.table() {
+                // Lag comes from the leaders' status; without it (an old or
+                // unreachable broker) the table shows none.
+                let status = admin.cluster_status().ok();
+                print_text(&table::describe_topic(&r, status.as_ref()));
+                return Ok(());
+            }
             let mut v = topic_json(&r.topic);
             v["replication"] = json!(r.replication);
             v["retention_bytes"] = json!(r.config.retention_bytes);
