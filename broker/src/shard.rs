@@ -35,7 +35,7 @@ use crate::partition::Partition;
 use crate::peer::{self, Inbound, Outbox};
 use crate::raft_group::{self, LeaderChange, RaftGroup, RaftGroupHooks};
 use crate::runtime::Chore;
-use crate::telemetry::{ClusterSample, ShardSample, Telemetry};
+use crate::telemetry::{ClusterSample, Event, ShardSample, Telemetry};
 use crate::topics::{shard_for, TopicRecord};
 
 /// How often retention runs: deleting a segment is rare and cheap, and a
@@ -151,6 +151,12 @@ impl RaftGroupHooks for Hooks {
     fn apply_commands(&self, entries: &[Entry]) {
         if let Some(shard) = self.0.upgrade() {
             shard.controller.enqueue(entries);
+        }
+    }
+
+    fn event(&self, event: Event) {
+        if let Some(shard) = self.0.upgrade() {
+            shard.telemetry.event(event);
         }
     }
 }
