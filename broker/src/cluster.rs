@@ -17,7 +17,9 @@ use wire::{
 
 use crate::config::BrokerConfig;
 use crate::error::Error;
+use crate::peer::PeerAddresses;
 use crate::raft_group::LeaderChange;
+use crate::telemetry::BrokerSample;
 use crate::topics::{shard_for, TopicRecord};
 
 /// A peer not heard from for this long is reported as down.
@@ -34,6 +36,8 @@ const SEEN_MARK_INTERVAL: Duration = Duration::from_millis(200);
 pub struct ClusterView {
     /// Client address (shard 0) of each broker.
     endpoints: BTreeMap<u64, SocketAddr>,
+    /// Telemetry address (`--http`) of each peer that told one.
+    http: BTreeMap<u64, String>,
     /// When a peer was last heard from (any shard).
     last_seen: BTreeMap<u64, Instant>,
     /// Group id -> (leader, term).
@@ -67,6 +71,8 @@ pub(crate) struct Cluster {
     me: u64,
     shards: usize,
     listen: SocketAddr,
+    /// This broker's telemetry address.
+    http: SocketAddr,
     brokers: Vec<u64>,
     view: Arc<RwLock<ClusterView>>,
     /// Last time this shard marked each peer as seen in the view.
@@ -79,6 +85,7 @@ impl Cluster {
             me: config.id,
             shards: config.shards,
             listen: config.listen,
+            http: config.http,
             brokers: broker_ids(config),
             view,
             seen_marks: RefCell::new(HashMap::new()),
@@ -106,14 +113,57 @@ impl Cluster {
         })
     }
 
-    /// A peer proved itself; `endpoint` is its client address.
-    pub(crate) fn peer_up(&self, node: u64, endpoint: &str) {
-        if let Ok(addr) = endpoint.parse::<SocketAddr>() {
-            if let Ok(mut v) = self.view.write() {
-                v.endpoints.insert(node, addr);
-                v.last_seen.insert(node, Instant::now());
-            }
+    /// A peer proved itself, with its client and telemetry addresses.
+    pub(crate) fn peer_up(&self, node: u64, addresses: &PeerAddresses) {
+        let Ok(mut v) = self.view.write() else {
+            return;
+        };
+        v.last_seen.insert(node, Instant::now());
+        if let Ok(addr) = addresses.client.parse::<SocketAddr>() {
+            v.endpoints.insert(node, addr);
         }
+        // Only a well-formed address is kept (the page connects to it);
+        // the hello of a peer without telemetry sends none.
+        if addresses.http.parse::<SocketAddr>().is_ok() {
+            v.http.insert(node, addresses.http.clone());
+        } else {
+            v.http.remove(&node);
+        }
+    }
+
+    /// Every configured broker (this one included, sorted by id) with its
+    /// client and telemetry addresses and whether it is alive as this
+    /// broker sees it (itself always; a peer heard from within
+    /// [`PEER_ALIVE_WINDOW`]), for the telemetry sample.
+    pub(crate) fn broker_samples(&self) -> Vec<BrokerSample> {
+        let now = Instant::now();
+        let Ok(v) = self.view.read() else {
+            return Vec::new();
+        };
+        let mut ids = self.brokers.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .map(|b| {
+                if b == self.me {
+                    return BrokerSample {
+                        id: b,
+                        client: Some(self.listen.to_string()),
+                        http: Some(self.http.to_string()),
+                        alive: true,
+                    };
+                }
+                BrokerSample {
+                    id: b,
+                    client: v.endpoints.get(&b).map(|a| a.to_string()),
+                    http: v.http.get(&b).cloned(),
+                    alive: v
+                        .last_seen
+                        .get(&b)
+                        .is_some_and(|t| now.duration_since(*t) < PEER_ALIVE_WINDOW),
+                }
+            })
+            .collect()
     }
 
     /// A message came from `node` (the view is written at most every

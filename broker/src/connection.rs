@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
@@ -20,7 +20,8 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Semaphore, StaticPermit};
 use storage::notify::Notify;
 use wire::{
-    FetchRequest, Frame, FrameBuf, FrameDecoder, FrameLimits, Kind, Message, FRAME_HEADER_BYTES,
+    ErrorCode, FetchRequest, Frame, FrameBuf, FrameDecoder, FrameLimits, Kind, Message,
+    FRAME_HEADER_BYTES,
 };
 
 use crate::error::Error;
@@ -57,6 +58,13 @@ pub(crate) struct Connections {
     refusing: Rc<Cell<usize>>,
 }
 
+impl Connections {
+    /// Client connections open now (refused ones not counted).
+    pub(crate) fn open(&self) -> usize {
+        self.open.get()
+    }
+}
+
 /// Accepts client connections until `stopping` is notified.
 pub(crate) async fn accept(shard: &Rc<Shard>, listener: &TcpListener, stopping: &Notify) {
     let limits = &shard.connections;
@@ -73,7 +81,7 @@ pub(crate) async fn accept(shard: &Rc<Shard>, listener: &TcpListener, stopping: 
                 accept_backoff = Duration::ZERO;
                 // Counted here, at accept, so a burst cannot overshoot.
                 if limits.open.get() >= shard.config.max_connections {
-                    bump(&shard.counters.errors, 1);
+                    shard.counters.error(ErrorCode::TooManyConnections);
                     if limits.refusing.get() < REFUSING_MAX {
                         let why = Error::TooManyConnections {
                             broker: shard.config.id,
@@ -112,16 +120,19 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, _open: Counted) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     // Each queued response carries the permit for its bytes, released
-    // once written.
-    let (out_tx, out_rx) =
-        local_channel::new_bounded::<(FrameBuf, StaticPermit)>(CONNECTION_OUTBOX_MAX);
+    // once written, and for a produce when its request was read (its
+    // latency is recorded once the answer is written).
+    let (out_tx, out_rx) = local_channel::new_bounded::<(FrameBuf, StaticPermit, Option<Instant>)>(
+        CONNECTION_OUTBOX_MAX,
+    );
     // Set when the writer gives up (the client is gone or takes no bytes
     // of its answers for CLIENT_WRITE_TIMEOUT): the reader stops too.
     let writer_gone = Rc::new(Flag::default());
     let gone = writer_gone.clone();
+    let writer_shard = shard.clone();
     let writer_task = glommio::spawn_local(async move {
         let mut failed = false;
-        while let Some((frame, _bytes)) = out_rx.recv().await {
+        while let Some((frame, _bytes, received)) = out_rx.recv().await {
             if failed {
                 continue; // drained, so no sender waits on a full queue
             }
@@ -138,6 +149,10 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, _open: Counted) {
                     let _ = writer.close().await;
                     break;
                 }
+            }
+            // Written to the socket (the kernel's send buffer took it all).
+            if let (false, Some(t)) = (failed, received) {
+                writer_shard.counters.produce_latency.record(t.elapsed());
             }
         }
     });
@@ -181,10 +196,13 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, _open: Counted) {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::info!(broker = shard.config.id, shard = shard.id, client = %peer, error = %e, "closing a client connection");
-                    bump(&shard.counters.errors, 1);
+                    // No answer goes out, but it is the client's error.
+                    shard.counters.error(Error::Wire(e).code());
                     break 'read;
                 }
             };
+            // Produce latency runs from here: the whole request was read.
+            let received = (frame.header.kind == Kind::ProduceRequest).then(Instant::now);
             let Ok(permit) = inflight.clone().acquire_static_permit(1).await else {
                 break 'read;
             };
@@ -209,16 +227,23 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, _open: Counted) {
                         Err(e) => Error::Wire(e).into(),
                     }
                 };
-                if let Message::ErrorResponse(_) = response {
-                    bump(&shard.counters.errors, 1);
+                match frame.header.kind {
+                    Kind::ProduceRequest => bump(&shard.counters.produce_requests, 1),
+                    Kind::FetchRequest => bump(&shard.counters.fetch_requests, 1),
+                    _ => {}
+                }
+                if let Message::ErrorResponse(r) = &response {
+                    shard.counters.error(ErrorCode::from_u16(r.code));
                 }
                 let bytes = response.encode(corr, limits).unwrap_or_else(|e| {
-                    Message::from(Error::ResponseTooLarge(e))
+                    let e = Error::ResponseTooLarge(e);
+                    shard.counters.error(e.code());
+                    Message::from(e)
                         .encode(corr, limits)
                         .expect("a short error response always encodes")
                 });
                 drop((frame, response));
-                let _ = out.send((bytes, bytes_permit)).await;
+                let _ = out.send((bytes, bytes_permit, received)).await;
                 drop(permit);
             })
             .detach();

@@ -27,6 +27,7 @@ use crate::partition::Partition;
 use crate::raft_group::{RaftGroup, RaftGroupKind};
 use crate::runtime::Chore;
 use crate::shard::{Shard, ShardMsg};
+use crate::telemetry::Event;
 use crate::topics::{self, shard_for, TopicRecord, PARTITIONS_PER_TOPIC_MAX, TOPICS_MAX};
 
 /// The controller's Raft group.
@@ -65,6 +66,9 @@ pub(crate) struct Controller {
     /// Controller entries this broker could not fully apply (its replicas
     /// could not be opened: a full disk, say), for the admin answer.
     apply_errors: RefCell<HashMap<u64, Error>>,
+    /// The controller's commit index when this process opened it: entries
+    /// up to it are replayed at start (old news, not telemetry events).
+    replayed_upto: Cell<u64>,
 }
 
 impl Controller {
@@ -75,6 +79,7 @@ impl Controller {
             applied: Cell::new(0),
             applied_notify: Notify::default(),
             apply_errors: RefCell::new(HashMap::new()),
+            replayed_upto: Cell::new(0),
         }
     }
 
@@ -132,6 +137,7 @@ impl Shard {
             voters.clone(),
             true,
         )?;
+        self.controller.replayed_upto.set(controller.commit_index());
         let (tx, rx) = local_channel::new_unbounded::<(u64, Command)>();
         *self.controller.commands.borrow_mut() = Some(tx);
         let applier = self.clone();
@@ -174,6 +180,23 @@ impl Shard {
                 (name, None)
             }
         };
+        // Reported once in the cluster: by the controller's leader, for
+        // entries committed since this process started.
+        let leading = self
+            .controller_group()
+            .is_some_and(|c| c.role() == Role::Leader);
+        if leading && index > self.controller.replayed_upto.get() {
+            self.telemetry.event(match &record {
+                Some(r) => Event::TopicCreated {
+                    topic: name.clone(),
+                    partitions: r.partitions,
+                    replication_factor: r.replication,
+                },
+                None => Event::TopicDeleted {
+                    topic: name.clone(),
+                },
+            });
+        }
         if let Err(e) = self.broadcast_topic(&name, record).await {
             tracing::error!(broker = self.config.id, entry = index, topic = %name, error = %chain(&e), "applying a controller entry");
             let mut errors = self.controller.apply_errors.borrow_mut();

@@ -5,7 +5,8 @@
 //! | module         | what it holds                                                    |
 //! |----------------|------------------------------------------------------------------|
 //! | [`runtime`]    | process start: executors per shard, ports, signals, graceful stop, the janitor thread |
-//! | [`shard`]      | one shard: the router between its parts, cross-shard messages, its counters |
+//! | [`shard`]      | one shard: the router between its parts, cross-shard messages, its telemetry sample |
+//! | [`counters`]   | a shard's counters: requests, records, errors by code, produce latency, core load |
 //! | [`connection`] | client connections: accept and refuse, reader/writer per connection, limits |
 //! | [`partition`]  | a partition replica: produce, fetch, list offsets, status, retention |
 //! | [`controller`] | the controller group: topic commands, proposing, applying, admin requests |
@@ -30,6 +31,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod controller;
+pub mod counters;
 pub mod dashboard;
 pub mod error;
 pub mod http;

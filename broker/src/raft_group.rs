@@ -27,6 +27,7 @@ use crate::error::{chain, Error, Result};
 use crate::peer::Transport;
 use crate::producers::{batch_id, load_producers, BatchId, ProducerSnapshot, ProducerTable};
 use crate::replica::{self, LogStore, RaftState};
+use crate::telemetry::Event;
 
 /// Raft timing in ticks of [`TICK`]: heartbeats every 100 ms, elections
 /// after 1-2 s of silence. Generous for loaded 2-core test machines.
@@ -78,6 +79,22 @@ pub trait RaftGroupHooks {
     fn leader_changed(&self, change: LeaderChange);
     /// Controller commands, in commit order (controller group only).
     fn apply_commands(&self, entries: &[Entry]);
+    /// A telemetry event of this group: [`Event::ElectionStarted`] when this
+    /// replica starts a real vote, [`Event::LeaderChanged`] when it becomes
+    /// leader (never from the other replicas). Never blocks.
+    fn event(&self, _event: Event) {}
+}
+
+impl RaftGroupKind {
+    /// Topic and partition as telemetry names them (`None` for the controller).
+    fn names(&self) -> (Option<String>, Option<u32>) {
+        match self {
+            RaftGroupKind::Controller => (None, None),
+            RaftGroupKind::Partition { topic, partition } => {
+                (Some(topic.clone()), Some(*partition))
+            }
+        }
+    }
 }
 
 pub struct RaftGroup {
@@ -120,6 +137,13 @@ pub struct RaftGroup {
     pub entries_read: Rc<Cell<u64>>,
     /// The shard's hooks, once the driver runs (for reporting a failure).
     hooks: RefCell<Option<Rc<dyn RaftGroupHooks>>>,
+    /// The last leader this replica learnt of (any term, itself included):
+    /// the `previous_leader` of its next leadership.
+    known_leader: Cell<Option<u64>>,
+    /// The term of the last election this replica reported starting.
+    election_term: Cell<u64>,
+    /// The term of the last leadership this replica reported.
+    leader_term: Cell<u64>,
 }
 
 impl RaftGroup {
@@ -212,6 +236,9 @@ impl RaftGroup {
             producers_saved: Cell::new((0, 0)),
             entries_read,
             hooks: RefCell::new(None),
+            known_leader: Cell::new(None),
+            election_term: Cell::new(0),
+            leader_term: Cell::new(0),
         }))
     }
 
@@ -572,6 +599,7 @@ impl RaftGroup {
                 self.answer_waiters(held);
                 self.fail_waiters(|| Error::LeadershipChanged);
             }
+            self.report_role(ss.role, ss.leader, hooks);
             hooks.leader_changed(LeaderChange {
                 group: self.id,
                 kind: self.kind.clone(),
@@ -650,6 +678,41 @@ impl RaftGroup {
         self.persisted.notify_all();
         self.after_commit();
         Ok(())
+    }
+
+    /// Telemetry events of a role change seen in a Ready. A real election
+    /// is reported once per term, when this replica is seen as candidate —
+    /// or as leader of a term it was never seen candidate in (a single
+    /// voter, or votes that came back before the driver looked, go from
+    /// follower to leader in one Ready). Leadership is reported by the new
+    /// leader only, with the leader it knew before (an earlier term: one
+    /// leader per term).
+    fn report_role(&self, role: Role, leader: Option<u64>, hooks: &dyn RaftGroupHooks) {
+        let term = self.term();
+        if matches!(role, Role::Candidate | Role::Leader) && self.election_term.get() != term {
+            self.election_term.set(term);
+            let (topic, partition) = self.kind.names();
+            hooks.event(Event::ElectionStarted {
+                topic,
+                partition,
+                term,
+                candidate: self.raft.borrow().id(),
+            });
+        }
+        if role == Role::Leader && self.leader_term.get() != term {
+            self.leader_term.set(term);
+            let (topic, partition) = self.kind.names();
+            hooks.event(Event::LeaderChanged {
+                topic,
+                partition,
+                term,
+                leader: self.raft.borrow().id(),
+                previous_leader: self.known_leader.get(),
+            });
+        }
+        if leader.is_some() {
+            self.known_leader.set(leader);
+        }
     }
 
     /// Writes a Ready's entries (first removing a conflicting suffix; again

@@ -107,6 +107,9 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     id as u32,
                     secret,
                     config.listen.to_string(),
+                    // Advertised as configured: an unspecified host
+                    // (0.0.0.0) stays so; the dashboard substitutes its own.
+                    config.http.to_string(),
                     &voters,
                 ));
                 // Raft's own work (ticks, group drivers, peer links) runs in

@@ -8,7 +8,7 @@
 //! shards)` of every broker that holds a replica, so shard `s` only ever
 //! talks to shard `s` of the other brokers.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -27,12 +27,15 @@ use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::connection::{self, Connections};
 use crate::controller::{Controller, CONTROLLER_GROUP};
+pub(crate) use crate::counters::bump;
+pub use crate::counters::ShardCounters;
+use crate::counters::{CoreLoad, PROBE_INTERVAL};
 use crate::error::{Error, Result};
 use crate::partition::Partition;
 use crate::peer::{self, Inbound, Outbox};
 use crate::raft_group::{self, LeaderChange, RaftGroup, RaftGroupHooks};
 use crate::runtime::Chore;
-use crate::telemetry::{ShardSample, Telemetry};
+use crate::telemetry::{ClusterSample, Event, ShardSample, Telemetry};
 use crate::topics::{shard_for, TopicRecord};
 
 /// How often retention runs: deleting a segment is rare and cheap, and a
@@ -65,25 +68,6 @@ pub(crate) enum ShardMsg {
     Shutdown,
 }
 
-/// Per-shard counters, the seam for telemetry.
-#[derive(Default)]
-pub struct ShardCounters {
-    pub produce_requests: Cell<u64>,
-    pub produce_bytes: Cell<u64>,
-    pub fetch_requests: Cell<u64>,
-    pub fetch_bytes: Cell<u64>,
-    pub errors: Cell<u64>,
-    pub segments_deleted: Cell<u64>,
-    pub leader_changes: Cell<u64>,
-    /// Elections won by this shard's groups (each election counts once in
-    /// the cluster: only the winner counts it).
-    pub elections: Cell<u64>,
-}
-
-pub(crate) fn bump(c: &Cell<u64>, by: u64) {
-    c.set(c.get().wrapping_add(by));
-}
-
 /// What one shard's parts share.
 pub(crate) struct Shard {
     pub(crate) id: usize,
@@ -108,6 +92,8 @@ pub(crate) struct Shard {
     /// To the janitor thread: files and directories to remove off the shard.
     pub(crate) janitor: flume::Sender<Chore>,
     pub(crate) counters: ShardCounters,
+    /// How busy this shard's core was over the sample interval.
+    load: CoreLoad,
     pub(crate) connections: Connections,
 }
 
@@ -127,8 +113,8 @@ pub(crate) struct ShardStart {
 struct ShardInbound(Rc<Shard>);
 
 impl Inbound for ShardInbound {
-    fn peer_up(&self, node: u64, endpoint: &str) {
-        self.0.cluster.peer_up(node, endpoint);
+    fn peer_up(&self, node: u64, addresses: &peer::PeerAddresses) {
+        self.0.cluster.peer_up(node, addresses);
     }
 
     fn deliver(&self, msgs: Vec<raft::Message>) {
@@ -167,6 +153,12 @@ impl RaftGroupHooks for Hooks {
             shard.controller.enqueue(entries);
         }
     }
+
+    fn event(&self, event: Event) {
+        if let Some(shard) = self.0.upgrade() {
+            shard.telemetry.event(event);
+        }
+    }
 }
 
 impl Shard {
@@ -187,6 +179,7 @@ impl Shard {
             telemetry: start.telemetry,
             janitor: start.janitor,
             counters: ShardCounters::default(),
+            load: CoreLoad::new(Instant::now()),
             connections: Connections::default(),
         }
     }
@@ -265,6 +258,19 @@ impl Shard {
             .local_addr()
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
         let _ = ready.send(Ok(local));
+        // How late a timer of the client task queue runs: how long a
+        // runnable task waits for this core.
+        let probe = self.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let due = Instant::now() + PROBE_INTERVAL;
+                glommio::timer::sleep(PROBE_INTERVAL).await;
+                probe
+                    .load
+                    .note_late(Instant::now().saturating_duration_since(due));
+            }
+        })
+        .detach();
         let sampler = self.clone();
         glommio::spawn_local(async move {
             loop {
@@ -357,27 +363,52 @@ impl Shard {
         }
     }
 
+    /// This shard's telemetry sample; ends the interval of the interval
+    /// figures (busy fraction, probe maximum, latency percentiles).
     fn sample(&self) -> ShardSample {
         let c = &self.counters;
+        let (busy_fraction, task_queue_latency_us_max) = self.load.take();
+        let (produce_latency_us, produce_latency_buckets, produce_latency_sum_us) =
+            c.produce_latency.take();
+        let groups = self.groups.borrow();
         ShardSample {
             shard: self.id,
             produce_requests: c.produce_requests.get(),
             produce_bytes: c.produce_bytes.get(),
             fetch_requests: c.fetch_requests.get(),
             fetch_bytes: c.fetch_bytes.get(),
+            records_in: c.records_in.get(),
+            records_out: c.records_out.get(),
             errors: c.errors.get(),
+            errors_by_code: c.errors_by_code(),
             segments_deleted: c.segments_deleted.get(),
             leader_changes: c.leader_changes.get(),
             elections: c.elections.get(),
             peer_frames_sent: self.outbox.counters.frames_sent.get(),
             peer_frames_dropped: self.outbox.counters.frames_dropped.get(),
+            connections: self.connections.open() as u64,
+            busy_fraction,
+            task_queue_latency_us_max,
+            produce_latency_us,
+            produce_latency_buckets,
+            produce_latency_sum_us,
+            peer_lanes: self.outbox.lane_samples(),
             partitions: self
                 .partitions
                 .borrow()
                 .values()
                 .map(|p| p.sample(self.id))
                 .collect(),
-            ..ShardSample::default()
+            // Every log of this shard (the controller's too, on shard 0).
+            disk_full: groups.values().any(|g| g.part.log().space_full()),
+            cluster: groups
+                .get(&CONTROLLER_GROUP)
+                .filter(|_| self.id == 0)
+                .map(|g| ClusterSample {
+                    controller: g.leader(),
+                    controller_term: g.term(),
+                    brokers: self.cluster.broker_samples(),
+                }),
         }
     }
 
@@ -541,8 +572,12 @@ impl Shard {
         };
         match p.produce(acks, timeout_ms, batch).await {
             Ok(r) => {
-                bump(&self.counters.produce_requests, 1);
-                bump(&self.counters.produce_bytes, batch.len() as u64);
+                // Appended as leader (a duplicate was appended before).
+                if !r.duplicate {
+                    let records = wire::batch::header(batch).map_or(0, |h| h.record_count);
+                    bump(&self.counters.records_in, u64::from(records));
+                    bump(&self.counters.produce_bytes, batch.len() as u64);
+                }
                 r.into()
             }
             Err(e) => e.into(),
@@ -556,8 +591,8 @@ impl Shard {
         };
         match p.fetch(req).await {
             Ok(r) => {
-                bump(&self.counters.fetch_requests, 1);
                 bump(&self.counters.fetch_bytes, r.batches.len() as u64);
+                bump(&self.counters.records_out, data_records(&r.batches));
                 r.into()
             }
             // Leadership moved during the long poll.
@@ -603,5 +638,49 @@ impl Shard {
             partitions,
         }
         .into()
+    }
+}
+
+/// Records in a fetch answer's batches, control batches (a leader's no-op)
+/// left out: what a consumer receives. Reads the headers only.
+fn data_records(mut batches: &[u8]) -> u64 {
+    let mut records = 0;
+    while let Ok(h) = wire::batch::header(batches) {
+        if h.attributes & wire::batch::attributes::CONTROL == 0 {
+            records += u64::from(h.record_count);
+        }
+        match batches.get(h.batch_bytes as usize..) {
+            Some(rest) => batches = rest,
+            None => break,
+        }
+    }
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetched_records_are_counted_from_the_batch_headers_without_control_batches() {
+        let batch = |n: usize| {
+            let mut b = wire::RecordBatchBuilder::new();
+            for _ in 0..n {
+                b.push(wire::NewRecord {
+                    value: Some(b"v"),
+                    ..Default::default()
+                });
+            }
+            b.finish()
+        };
+        let mut answer = wire::batch::encode_control_batch(b"noop", 0);
+        answer.extend(batch(3));
+        answer.extend(batch(2));
+        assert_eq!(data_records(&answer), 5);
+        assert_eq!(data_records(&[]), 0);
+        // A cut-off last batch still counts (its header is whole); garbage
+        // stops the walk instead of panicking.
+        assert_eq!(data_records(&answer[..answer.len() - 3]), 5);
+        assert_eq!(data_records(&[0xFF; 100]), 0);
     }
 }

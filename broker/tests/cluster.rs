@@ -305,6 +305,7 @@ fn garbage_and_forged_hellos_on_the_peer_port_are_refused_before_raft() {
         nonce: 1,
         auth_tag: vec![0; 32],
         endpoint: "127.0.0.1:1".into(),
+        http: "127.0.0.1:2".into(),
     }
     .into();
     s.write_all(&hello.encode(1, wire::FrameLimits::default()).unwrap())
@@ -644,4 +645,67 @@ fn a_new_leader_answers_a_retry_of_a_batch_in_an_older_segment_as_a_duplicate() 
         }
     }
     assert_eq!(seen.len(), 48);
+}
+
+/// Telemetry of a cluster (docs/TELEMETRY.md): every broker's shard 0
+/// lists the three brokers with their client and telemetry addresses (the
+/// peers' learnt through the authenticated peer hello) as alive, and every
+/// shard's lanes to both peers are up.
+#[test]
+fn each_broker_reports_every_broker_with_its_addresses_and_lanes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3);
+    create(&c, "watched", 2);
+    for i in 0..3 {
+        let shards = common::status_until(c.http_port(i), "the cluster", |shards| {
+            let zero = shards.iter().find(|s| s["shard"] == 0);
+            let brokers = zero.and_then(|z| z["cluster"]["brokers"].as_array().cloned());
+            let lanes_up = shards.iter().all(|s| {
+                s["peer_lanes"]
+                    .as_array()
+                    .is_some_and(|l| l.len() == 4 && l.iter().all(|l| l["up"] == true))
+            });
+            shards.len() == common::SHARDS as usize
+                && lanes_up
+                && brokers.is_some_and(|b| {
+                    b.len() == 3
+                        && b.iter()
+                            .all(|b| b["alive"] == true && b["http"].is_string())
+                })
+        });
+        let zero = shards.iter().find(|s| s["shard"] == 0).unwrap();
+        let brokers = zero["cluster"]["brokers"].as_array().unwrap();
+        for (j, b) in brokers.iter().enumerate() {
+            assert_eq!(b["id"], j as u64 + 1, "sorted by id: {zero}");
+            assert_eq!(
+                b["client"],
+                format!("127.0.0.1:{}", c.bases[j]),
+                "broker {}'s view of {}: {zero}",
+                i + 1,
+                j + 1
+            );
+            assert_eq!(
+                b["http"],
+                format!("127.0.0.1:{}", c.http_port(j)),
+                "broker {}'s view of {}: {zero}",
+                i + 1,
+                j + 1
+            );
+        }
+        assert!(zero["cluster"]["controller"].as_u64().is_some(), "{zero}");
+        for s in &shards {
+            let lanes: Vec<(u64, &str)> = s["peer_lanes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| (l["peer"].as_u64().unwrap(), l["lane"].as_str().unwrap()))
+                .collect();
+            let peers: Vec<u64> = (1..=3).filter(|&p| p != i as u64 + 1).collect();
+            let want: Vec<(u64, &str)> = peers
+                .iter()
+                .flat_map(|&p| [(p, "bulk"), (p, "control")])
+                .collect();
+            assert_eq!(lanes, want, "sorted by peer, then lane: {s}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use broker::peer::Transport;
 use broker::raft_group::{LeaderChange, RaftGroup, RaftGroupHooks, RaftGroupKind};
 use broker::replica::RaftState;
+use broker::telemetry::Event;
 use raft::{Entry, EntryPayload, Message, MessageBody, Role};
 use storage::fault::{Fault, FaultPoint};
 use storage::LogConfig;
@@ -66,6 +67,7 @@ impl Transport for Recorder {
 #[derive(Default)]
 struct Hooks {
     changes: RefCell<Vec<LeaderChange>>,
+    events: RefCell<Vec<Event>>,
 }
 
 impl RaftGroupHooks for Hooks {
@@ -73,6 +75,9 @@ impl RaftGroupHooks for Hooks {
         self.changes.borrow_mut().push(change);
     }
     fn apply_commands(&self, _entries: &[Entry]) {}
+    fn event(&self, event: Event) {
+        self.events.borrow_mut().push(event);
+    }
 }
 
 struct Harness {
@@ -199,6 +204,34 @@ impl Harness {
         until("leadership", || self.group.role() == Role::Leader).await;
         self.ack(2, term, 1).await;
         term
+    }
+
+    /// Makes node 1 leader of the next term with node 2's (pre-)votes,
+    /// whatever it knew before; returns the term.
+    async fn win(&self) -> u64 {
+        let count = |pre: bool| {
+            self.sent(|m| match m.body {
+                MessageBody::PreVote { .. } => pre,
+                MessageBody::Vote { .. } => !pre,
+                _ => false,
+            })
+            .len()
+        };
+        let (pre_votes, votes) = (count(true), count(false));
+        self.group.campaign();
+        until("a pre-vote goes out", || count(true) > pre_votes).await;
+        let term = self.group.term() + 1;
+        self.group
+            .step(msg(2, term, MessageBody::PreVoteResponse { reject: false }));
+        until("a vote request goes out", || count(false) > votes).await;
+        self.group
+            .step(msg(2, term, MessageBody::VoteResponse { reject: false }));
+        until("leadership", || self.group.role() == Role::Leader).await;
+        term
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.hooks.events.borrow().clone()
     }
 
     /// Node `from` acknowledges entries up to `index`; waits for the commit.
@@ -538,6 +571,105 @@ fn the_producer_table_survives_truncation_and_a_restart() {
             assert_eq!(check(0), Verdict::Duplicate { entry: first_entry });
             assert_eq!(check(39), Verdict::Duplicate { entry: last_entry });
             assert_eq!(check(40), Verdict::Append);
+            h.group.stop();
+        })
+    });
+}
+
+/// What telemetry shows of elections (docs/TELEMETRY.md, events): a real
+/// vote started by this replica, and leadership reported by the new leader
+/// only, once per gain, with the leader it knew in an earlier term.
+#[test]
+fn leadership_is_reported_once_per_gain_by_the_new_leader_with_the_one_before() {
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let h = open(dir.path(), config(), vec![1, 2, 3]);
+            let leader_changed = |term, previous_leader| Event::LeaderChanged {
+                topic: Some("t".into()),
+                partition: Some(0),
+                term,
+                leader: 1,
+                previous_leader,
+            };
+            let election = |term| Event::ElectionStarted {
+                topic: Some("t".into()),
+                partition: Some(0),
+                term,
+                candidate: 1,
+            };
+            // Node 2 leads term 1: this replica follows and reports nothing.
+            h.group
+                .step(msg(2, 1, MessageBody::Heartbeat { commit: 0 }));
+            until("following node 2", || h.group.leader() == Some(2)).await;
+            until("the shard hears of it", || {
+                h.hooks.changes.borrow().iter().any(|c| c.leader == Some(2))
+            })
+            .await;
+            assert_eq!(h.events(), [], "a follower reports no leadership");
+            // This replica wins term 2: one election, one leadership,
+            // naming node 2 as the leader before.
+            let t2 = h.win().await;
+            assert_eq!(t2, 2);
+            until("the events", || h.events().len() == 2).await;
+            assert_eq!(h.events(), [election(2), leader_changed(2, Some(2))]);
+            // Node 3 takes over in term 3: nothing from this replica.
+            h.group
+                .step(msg(3, 3, MessageBody::Heartbeat { commit: 0 }));
+            until("following node 3", || h.group.leader() == Some(3)).await;
+            until("the shard hears of it", || {
+                h.hooks.changes.borrow().iter().any(|c| c.leader == Some(3))
+            })
+            .await;
+            assert_eq!(h.events().len(), 2, "{:?}", h.events());
+            // And wins again in term 4: node 3 was the leader before.
+            let t4 = h.win().await;
+            assert_eq!(t4, 4);
+            until("the events", || h.events().len() == 4).await;
+            assert_eq!(h.events()[2..], [election(4), leader_changed(4, Some(3))]);
+            // Heartbeats and commits as leader report nothing more.
+            glommio::timer::sleep(Duration::from_millis(300)).await;
+            let gained = h
+                .events()
+                .iter()
+                .filter(|e| matches!(e, Event::LeaderChanged { .. }))
+                .count();
+            assert_eq!(gained, 2, "{:?}", h.events());
+            h.group.stop();
+        })
+    });
+}
+
+/// A lone voter goes from follower to leader in one step: its election is
+/// still reported, before its leadership, and there was no leader before.
+#[test]
+fn a_single_voter_reports_its_election_and_its_leadership() {
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let h = open(dir.path(), config(), vec![1]);
+            h.group.campaign();
+            until("leadership", || h.group.role() == Role::Leader).await;
+            until("the events", || h.events().len() == 2).await;
+            let term = h.group.term();
+            assert_eq!(
+                h.events(),
+                [
+                    Event::ElectionStarted {
+                        topic: Some("t".into()),
+                        partition: Some(0),
+                        term,
+                        candidate: 1,
+                    },
+                    Event::LeaderChanged {
+                        topic: Some("t".into()),
+                        partition: Some(0),
+                        term,
+                        leader: 1,
+                        previous_leader: None,
+                    },
+                ]
+            );
             h.group.stop();
         })
     });

@@ -386,6 +386,110 @@ fn the_http_port_serves_counters_that_follow_the_traffic() {
     assert!(http_get(http, "/nope").starts_with("HTTP/1.1 404"));
 }
 
+/// The shard side of the telemetry (docs/TELEMETRY.md, per shard): records
+/// in and out follow what was produced and consumed, every produce is in
+/// the latency histogram, a refused request is counted under its code's
+/// name, connections are counted while open, and the core's load and the
+/// cluster (of one) are reported.
+#[test]
+fn shard_samples_count_records_errors_latency_and_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let http = broker.http_port();
+    broker.create_topic("m", 2);
+    let acks = json_lines(&broker.cli(&["produce", "--topic", "m"], Some("a\nb\nc\nd\ne\n")));
+    assert_eq!(acks.len(), 5);
+    assert_eq!(consume_all(&broker, "m").len(), 5);
+    // A produce to a topic that does not exist, on a connection kept open.
+    let mut c = client::Connection::connect(broker.listen(), Duration::from_secs(10)).unwrap();
+    let refused = c.request(
+        &wire::ProduceRequest {
+            topic: "nope".into(),
+            partition: 0,
+            acks: wire::Acks::Quorum,
+            timeout_ms: 5000,
+            batch: produce_batch(b"x"),
+        }
+        .into(),
+    );
+    assert!(refused.is_err(), "{refused:?}");
+    let shards = common::status_until(http, "the traffic", |shards| {
+        common::shard_sum(shards, "records_in") == 5
+            && common::shard_sum(shards, "records_out") == 5
+            && common::shard_sum(shards, "connections") >= 1
+            && shards
+                .iter()
+                .filter_map(|s| s["errors_by_code"]["UnknownTopicOrPartition"].as_u64())
+                .sum::<u64>()
+                >= 1
+    });
+    assert_eq!(shards.len(), common::SHARDS as usize);
+    let produces = common::shard_sum(&shards, "produce_requests");
+    assert!(
+        produces >= 2,
+        "at least one batch and the refused one: {shards:?}"
+    );
+    // Every answered produce is in the histogram (cumulative: the last
+    // bucket, +Inf, holds them all); its sum is at least 1 µs each.
+    let in_histogram: u64 = shards
+        .iter()
+        .map(|s| {
+            let b = s["produce_latency_buckets"].as_array().unwrap();
+            assert_eq!(b.len(), 17, "16 bounds and +Inf: {s}");
+            b.last().unwrap().as_u64().unwrap()
+        })
+        .sum();
+    assert!(
+        in_histogram >= produces,
+        "{in_histogram} < {produces}: {shards:?}"
+    );
+    assert!(common::shard_sum(&shards, "produce_latency_sum_us") >= in_histogram);
+    for s in &shards {
+        let busy = s["busy_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&busy), "{s}");
+        assert!(s["task_queue_latency_us_max"].as_u64().is_some(), "{s}");
+        assert_eq!(s["disk_full"], false, "{s}");
+        assert_eq!(s["peer_lanes"], serde_json::json!([]), "no peers: {s}");
+        let errors: u64 = s["errors_by_code"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(errors, s["errors"].as_u64().unwrap(), "{s}");
+    }
+    let zero = shards.iter().find(|s| s["shard"] == 0).unwrap();
+    assert_eq!(
+        zero["cluster"]["brokers"],
+        serde_json::json!([{
+            "id": 1,
+            "client": broker.listen().to_string(),
+            "http": format!("127.0.0.1:{http}"),
+            "alive": true,
+        }]),
+        "{zero}"
+    );
+    assert_eq!(zero["cluster"]["controller"], 1, "{zero}");
+    assert!(shards
+        .iter()
+        .filter(|s| s["shard"] != 0)
+        .all(|s| s["cluster"].is_null()));
+    // The connection closes: no client connection is left open.
+    drop(c);
+    common::status_until(http, "the connections closed", |shards| {
+        common::shard_sum(shards, "connections") == 0
+    });
+}
+
+fn produce_batch(value: &[u8]) -> Vec<u8> {
+    let mut b = wire::RecordBatchBuilder::new();
+    b.push(wire::NewRecord {
+        value: Some(value),
+        ..Default::default()
+    });
+    b.finish()
+}
+
 #[test]
 fn retention_deletes_old_segments_and_moves_the_log_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -396,6 +396,9 @@ wire_structs! {
         /// The caller's client address (`HOST:PORT` of its shard 0), so
         /// peers can send clients to it.
         pub endpoint: String,
+        /// The caller's telemetry address (`HOST:PORT` of its `--http`),
+        /// for the dashboard; empty when it serves none.
+        pub http: String,
     }
 
     pub struct PeerHelloResponse {

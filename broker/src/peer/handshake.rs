@@ -17,6 +17,15 @@ use wire::{Frame, FrameDecoder, FrameLimits, Message, PeerHello, PeerHelloRespon
 
 use crate::error::{Error, Result};
 
+/// A peer's addresses as its authenticated hello gave them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddresses {
+    /// Client address of its shard 0 (`HOST:PORT`).
+    pub client: String,
+    /// Telemetry address (`--http`); empty for none.
+    pub http: String,
+}
+
 /// Frames before authentication are small.
 pub const HELLO_FRAME_BYTES_MAX: u32 = 4096;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,6 +44,9 @@ pub struct Identity {
     pub secret: Vec<u8>,
     /// This broker's client address (shard 0), told to peers.
     pub endpoint: String,
+    /// This broker's telemetry address (`--http`), told to peers; empty
+    /// for none.
+    pub http: String,
 }
 
 impl Identity {
@@ -43,6 +55,7 @@ impl Identity {
         shard: u32,
         secret: Vec<u8>,
         endpoint: String,
+        http: String,
         voters: &[NodeId],
     ) -> Identity {
         let mut ids = voters.to_vec();
@@ -55,6 +68,7 @@ impl Identity {
             shard,
             secret,
             endpoint,
+            http,
         }
     }
 
@@ -68,6 +82,7 @@ impl Identity {
             nonce,
             auth_tag,
             endpoint: self.endpoint.clone(),
+            http: self.http.clone(),
         }
     }
 }
@@ -174,6 +189,7 @@ pub(super) async fn connect(
                 &identity.node_id.to_le_bytes(),
                 &identity.shard.to_le_bytes(),
                 identity.endpoint.as_bytes(),
+                identity.http.as_bytes(),
             ],
         );
         write_msg(&mut stream, identity.hello(nonce, ours).into()).await?;
@@ -185,15 +201,15 @@ pub(super) async fn connect(
 
 /// Listener side of the handshake: reads the caller's hello, proves this
 /// shard holds the secret over the caller's nonce and a fresh one, and
-/// checks the caller's proof. Returns the caller's node id and client
-/// endpoint.
+/// checks the caller's proof. Returns the caller's node id and its
+/// addresses, as the proof signed them.
 pub(super) async fn accept(
     stream: &mut TcpStream,
     decoder: &mut FrameDecoder,
     chunk: &mut [u8],
     identity: &Identity,
     peers: &BTreeMap<NodeId, SocketAddr>,
-) -> Result<(NodeId, String)> {
+) -> Result<(NodeId, PeerAddresses)> {
     deadline(HANDSHAKE_TIMEOUT, async {
         let frame = read_frame(stream, decoder, chunk).await?;
         let Message::PeerHello(h) = frame.message()? else {
@@ -245,13 +261,20 @@ pub(super) async fn accept(
                     &proof.node_id.to_le_bytes(),
                     &identity.shard.to_le_bytes(),
                     proof.endpoint.as_bytes(),
+                    proof.http.as_bytes(),
                 ],
                 &proof.auth_tag,
             );
         if !ok {
             return Err(Error::CallerAuth { node: h.node_id });
         }
-        Ok((proof.node_id, proof.endpoint.clone()))
+        Ok((
+            proof.node_id,
+            PeerAddresses {
+                client: proof.endpoint.clone(),
+                http: proof.http.clone(),
+            },
+        ))
     })
     .await
 }

@@ -33,13 +33,14 @@ use wire::{
 
 use crate::connection::Counted;
 use crate::error::Error;
+use crate::telemetry::LaneSample;
 
 mod convert;
 mod handshake;
 
 pub use convert::{from_wire, to_wire};
 use handshake::{connect, read_frame};
-pub use handshake::{Identity, HELLO_FRAME_BYTES_MAX};
+pub use handshake::{Identity, PeerAddresses, HELLO_FRAME_BYTES_MAX};
 
 /// Largest peer frame: an append carries at most the Raft message budget
 /// (1 MiB) or one batch (16 MiB at most) plus headers.
@@ -71,10 +72,61 @@ pub struct PeerCounters {
     pub rejected_connections: Cell<u64>,
 }
 
-struct Link {
-    control: LocalSender<FrameBuf>,
-    bulk: LocalSender<FrameBuf>,
+/// The state of one lane (one outbound connection to one peer), for
+/// telemetry: set by its link task and by [`Outbox::push`].
+#[derive(Default)]
+pub struct LaneCounters {
+    /// Connected and authenticated now (set when the handshake succeeds,
+    /// cleared when a write fails: an idle lane to a peer that died stays
+    /// up until it next sends).
+    pub up: Cell<bool>,
+    /// Successful connections so far (reconnects are all but the first).
+    pub connects: Cell<u64>,
+    /// Frames dropped: the lane's queue was full, or they were queued when
+    /// the connection failed (stale: Raft resends).
+    pub frames_dropped: Cell<u64>,
 }
+
+impl LaneCounters {
+    fn connected(&self) {
+        self.up.set(true);
+        bump(&self.connects);
+    }
+
+    /// Reconnects after the first connection.
+    pub fn reconnects(&self) -> u64 {
+        self.connects.get().saturating_sub(1)
+    }
+}
+
+/// A lane's queue and its counters.
+struct Lane {
+    queue: LocalSender<FrameBuf>,
+    counters: Rc<LaneCounters>,
+}
+
+impl Lane {
+    fn sample(&self, peer: NodeId, name: &'static str) -> LaneSample {
+        let c = &self.counters;
+        LaneSample {
+            peer,
+            lane: name,
+            up: c.up.get(),
+            frames_queued: self.queue.len() as u64,
+            frames_dropped_total: c.frames_dropped.get(),
+            reconnects_total: c.reconnects(),
+        }
+    }
+}
+
+struct Link {
+    control: Lane,
+    bulk: Lane,
+}
+
+/// Lane names as telemetry reports them.
+pub const LANE_CONTROL: &str = "control";
+pub const LANE_BULK: &str = "bulk";
 
 /// The outbound side of one shard: a link per peer broker.
 pub struct Outbox {
@@ -111,8 +163,20 @@ impl Outbox {
             let addr = SocketAddr::new(addr.ip(), addr.port() + identity.shard as u16);
             let (control, control_rx) = local_channel::new_bounded(CONTROL_QUEUE_MAX);
             let (bulk, bulk_rx) = local_channel::new_bounded(BULK_QUEUE_MAX);
-            for rx in [control_rx, bulk_rx] {
-                let task = link_task(identity.clone(), id, addr, rx, counters.clone());
+            let control = Lane {
+                queue: control,
+                counters: Rc::new(LaneCounters::default()),
+            };
+            let bulk = Lane {
+                queue: bulk,
+                counters: Rc::new(LaneCounters::default()),
+            };
+            let lanes = [
+                (control_rx, control.counters.clone()),
+                (bulk_rx, bulk.counters.clone()),
+            ];
+            for (rx, lane) in lanes {
+                let task = link_task(identity.clone(), id, addr, rx, counters.clone(), lane);
                 match glommio::spawn_local_into(task, tq) {
                     Ok(t) => {
                         t.detach();
@@ -190,9 +254,21 @@ impl Outbox {
             return;
         };
         let lane = if bulk { &link.bulk } else { &link.control };
-        if lane.try_send(frame).is_err() {
+        if lane.queue.try_send(frame).is_err() {
             bump(&self.counters.frames_dropped);
+            bump(&lane.counters.frames_dropped);
         }
+    }
+
+    /// Every lane of this shard, sorted by peer, then lane name (`"bulk"`
+    /// before `"control"`).
+    pub fn lane_samples(&self) -> Vec<LaneSample> {
+        let mut out = Vec::with_capacity(2 * self.links.len());
+        for (&peer, link) in &self.links {
+            out.push(link.bulk.sample(peer, LANE_BULK));
+            out.push(link.control.sample(peer, LANE_CONTROL));
+        }
+        out
     }
 }
 
@@ -218,6 +294,7 @@ async fn link_task(
     addr: SocketAddr,
     rx: LocalReceiver<FrameBuf>,
     counters: Rc<PeerCounters>,
+    lane: Rc<LaneCounters>,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut logged = false;
@@ -225,6 +302,7 @@ async fn link_task(
         match connect(&identity, peer, addr).await {
             Ok(mut stream) => {
                 backoff = BACKOFF_MIN;
+                lane.connected();
                 if logged {
                     tracing::info!(broker = identity.node_id, shard = identity.shard, peer, %addr, "connected to a peer");
                     logged = false;
@@ -267,9 +345,11 @@ async fn link_task(
                 }
             }
         }
+        lane.up.set(false);
         // Whatever queued while disconnected is stale: Raft resends.
         while let Some(Some(_)) = futures_lite::future::poll_once(rx.recv()).await {
             bump(&counters.frames_dropped);
+            bump(&lane.frames_dropped);
         }
         glommio::timer::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -278,8 +358,8 @@ async fn link_task(
 
 /// What the listener hands to the shard.
 pub trait Inbound {
-    /// A peer proved itself; `endpoint` is its client address.
-    fn peer_up(&self, node: NodeId, endpoint: &str);
+    /// A peer proved itself; with the addresses its hello signed.
+    fn peer_up(&self, node: NodeId, addresses: &PeerAddresses);
     /// Raft messages from an authenticated peer.
     fn deliver(&self, msgs: Vec<raft::Message>);
 }
@@ -362,7 +442,7 @@ async fn serve_peer<I: Inbound>(
     let handshake =
         handshake::accept(&mut stream, &mut decoder, &mut chunk, &identity, &peers).await;
     drop(slot);
-    let (node, endpoint) = match handshake {
+    let (node, addresses) = match handshake {
         Ok(x) => x,
         Err(e) => {
             bump(&counters.rejected_connections);
@@ -370,7 +450,7 @@ async fn serve_peer<I: Inbound>(
             return;
         }
     };
-    inbound.peer_up(node, &endpoint);
+    inbound.peer_up(node, &addresses);
     chunk.resize(READ_CHUNK_BYTES, 0);
     let limits = FrameLimits::new(PEER_FRAME_BYTES_MAX).unwrap_or_default();
     decoder.set_limits(limits);
@@ -516,7 +596,14 @@ mod tests {
     #[test]
     fn nothing_derived_from_the_secret_leaves_before_authentication() {
         let identity = |secret: &[u8]| {
-            Identity::new(2, 1, secret.to_vec(), "127.0.0.1:9092".into(), &[1, 2, 3])
+            Identity::new(
+                2,
+                1,
+                secret.to_vec(),
+                "127.0.0.1:9092".into(),
+                "127.0.0.1:8080".into(),
+                &[1, 2, 3],
+            )
         };
         let (a, b) = (identity(b"first secret"), identity(b"second secret"));
         let hello = |i: &Identity| {
@@ -530,7 +617,14 @@ mod tests {
             "the unauthenticated hello must not depend on the secret"
         );
         assert_eq!(a.cluster_id, identity(b"x").cluster_id);
-        let other_cluster = Identity::new(2, 1, b"s".to_vec(), String::new(), &[1, 2, 4]);
+        let other_cluster = Identity::new(
+            2,
+            1,
+            b"s".to_vec(),
+            String::new(),
+            String::new(),
+            &[1, 2, 4],
+        );
         assert_ne!(a.cluster_id, other_cluster.cluster_id);
     }
 
@@ -570,6 +664,146 @@ mod tests {
         );
         assert!(!on_bulk_lane(&MessageBody::Heartbeat { commit: 1 }));
         assert!(!on_bulk_lane(&MessageBody::VoteResponse { reject: false }));
+    }
+
+    fn on_executor<F, Fut>(test: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(test)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn empty_append(to: NodeId) -> raft::Message {
+        raft::Message {
+            group_id: 1,
+            from: 1,
+            to,
+            term: 1,
+            body: MessageBody::Append {
+                prev_index: 0,
+                prev_term: 0,
+                entries: Vec::new(),
+                commit: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_lane_to_a_dead_peer_is_down_and_counts_what_it_drops() {
+        on_executor(|| async {
+            // A port nobody listens on.
+            let dead = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let peers = BTreeMap::from([(1, "127.0.0.1:1".parse().unwrap()), (2, dead)]);
+            let me = Identity::new(1, 0, b"s".to_vec(), String::new(), String::new(), &[1, 2]);
+            let tq = glommio::executor().current_task_queue();
+            let outbox = Outbox::start(Rc::new(me), &peers, tq);
+            // More appends than the bulk lane holds, before its task runs.
+            let extra = 10;
+            outbox.send(vec![empty_append(2); BULK_QUEUE_MAX + extra]);
+            let lanes = outbox.lane_samples();
+            let names: Vec<(u64, &str)> = lanes.iter().map(|l| (l.peer, l.lane)).collect();
+            assert_eq!(names, [(2, "bulk"), (2, "control")], "sorted by peer, lane");
+            assert_eq!(lanes[0].frames_queued, BULK_QUEUE_MAX as u64);
+            assert_eq!(lanes[0].frames_dropped_total, extra as u64);
+            assert_eq!(lanes[1].frames_queued, 0);
+            assert_eq!(lanes[1].frames_dropped_total, 0);
+            assert!(lanes.iter().all(|l| !l.up && l.reconnects_total == 0));
+            // The connection fails: what was queued is stale and dropped.
+            for _ in 0..200 {
+                if outbox.lane_samples()[0].frames_queued == 0 {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            let bulk = &outbox.lane_samples()[0];
+            assert_eq!(bulk.frames_queued, 0);
+            assert_eq!(bulk.frames_dropped_total, (BULK_QUEUE_MAX + extra) as u64);
+            assert!(!bulk.up);
+            assert_eq!(
+                outbox.counters.frames_dropped.get(),
+                (BULK_QUEUE_MAX + extra) as u64,
+                "the shard's total counts them too"
+            );
+        });
+    }
+
+    /// Records the peers that proved themselves.
+    #[derive(Default)]
+    struct Seen(std::cell::RefCell<Vec<(NodeId, PeerAddresses)>>);
+
+    impl Inbound for Seen {
+        fn peer_up(&self, node: NodeId, addresses: &PeerAddresses) {
+            self.0.borrow_mut().push((node, addresses.clone()));
+        }
+        fn deliver(&self, _msgs: Vec<raft::Message>) {}
+    }
+
+    #[test]
+    fn lanes_come_up_once_authenticated_and_the_hello_carries_both_addresses() {
+        on_executor(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let peers = BTreeMap::from([(1, "127.0.0.1:1".parse().unwrap()), (2, addr)]);
+            let identity = |node, client: &str, http: &str| {
+                Rc::new(Identity::new(
+                    node,
+                    0,
+                    b"secret".to_vec(),
+                    client.into(),
+                    http.into(),
+                    &[1, 2],
+                ))
+            };
+            let seen = Rc::new(Seen::default());
+            let counters = Rc::new(PeerCounters::default());
+            glommio::spawn_local(listen(
+                listener,
+                identity(2, "127.0.0.1:9200", "127.0.0.1:8200"),
+                Rc::new(peers.clone()),
+                seen.clone(),
+                counters,
+            ))
+            .detach();
+            let tq = glommio::executor().current_task_queue();
+            let me = identity(1, "127.0.0.1:9100", "127.0.0.1:8100");
+            let outbox = Outbox::start(me, &peers, tq);
+            for _ in 0..500 {
+                if outbox.lane_samples().iter().all(|l| l.up) {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            let lanes = outbox.lane_samples();
+            assert!(lanes.iter().all(|l| l.up), "{lanes:?}");
+            assert!(lanes.iter().all(|l| l.reconnects_total == 0), "{lanes:?}");
+            let seen = seen.0.borrow();
+            assert_eq!(seen.len(), 2, "one hello per lane: {seen:?}");
+            for (node, a) in seen.iter() {
+                assert_eq!(*node, 1);
+                assert_eq!(a.client, "127.0.0.1:9100");
+                assert_eq!(a.http, "127.0.0.1:8100");
+            }
+        });
+    }
+
+    #[test]
+    fn reconnects_are_the_connections_after_the_first() {
+        let lane = LaneCounters::default();
+        assert_eq!(lane.reconnects(), 0);
+        lane.connected();
+        assert_eq!(lane.reconnects(), 0);
+        lane.connected();
+        lane.connected();
+        assert_eq!(lane.reconnects(), 2);
+        assert!(lane.up.get());
     }
 
     #[test]

@@ -220,6 +220,18 @@ impl Telemetry {
         let _ = self.events.try_send(e);
     }
 
+    /// A handle and the receiving ends of its channels, bounded as the
+    /// core's are (tests, tools: what a shard sends, without a core).
+    pub fn channels() -> (
+        Telemetry,
+        flume::Receiver<ShardSample>,
+        flume::Receiver<Event>,
+    ) {
+        let (samples, samples_rx) = flume::bounded(SAMPLES_QUEUED_MAX);
+        let (events, events_rx) = flume::bounded(EVENTS_QUEUED_MAX);
+        (Telemetry { samples, events }, samples_rx, events_rx)
+    }
+
     /// A pair of channels with nobody at the other end (tests, tools).
     pub fn detached() -> Telemetry {
         let (samples, _) = flume::bounded(1);
@@ -291,6 +303,25 @@ impl LatencyRecorder {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn channels_deliver_what_shards_send_and_a_full_queue_drops_without_blocking() {
+        let (t, samples, events) = Telemetry::channels();
+        t.sample(ShardSample {
+            shard: 3,
+            ..ShardSample::default()
+        });
+        assert_eq!(samples.try_recv().map(|s| s.shard), Ok(3));
+        let deleted = |i: usize| Event::TopicDeleted {
+            topic: format!("t{i}"),
+        };
+        for i in 0..EVENTS_QUEUED_MAX + 10 {
+            t.event(deleted(i));
+        }
+        let got: Vec<Event> = events.try_iter().collect();
+        assert_eq!(got.len(), EVENTS_QUEUED_MAX, "the newest are dropped");
+        assert_eq!(got[0], deleted(0));
+    }
 
     #[test]
     fn latencies_give_interval_percentiles_and_cumulative_buckets() {

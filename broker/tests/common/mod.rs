@@ -294,6 +294,11 @@ impl Cluster {
         self.paused.set(None);
     }
 
+    /// Broker `i`'s telemetry (`--http`) port.
+    pub fn http_port(&self, i: usize) -> u16 {
+        self.local.ports(i).http
+    }
+
     /// Every broker's client address (shard 0), for `--brokers`.
     pub fn brokers(&self) -> String {
         self.bases
@@ -376,4 +381,47 @@ impl Cluster {
         }
         s
     }
+}
+
+/// `GET path` of a broker's telemetry port; the JSON body of the answer
+/// (`None` if it is not a 200 with JSON).
+pub fn http_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    if !out.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let body = out.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
+}
+
+/// Polls `/api/status` of a broker (samples come once a second) until
+/// `done` holds for its shard samples, bounded; returns them.
+pub fn status_until(
+    port: u16,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(status) = http_json(port, "/api/status") {
+            let shards = status["shards"].as_array().cloned().unwrap_or_default();
+            if done(&shards) {
+                return shards;
+            }
+            last = Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("/api/status never showed {what}: {last:?}");
+}
+
+/// The sum over shard samples of a numeric field.
+pub fn shard_sum(shards: &[serde_json::Value], field: &str) -> u64 {
+    shards.iter().filter_map(|s| s[field].as_u64()).sum()
 }
