@@ -787,9 +787,9 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
 
 /// `bench --compare-dashboards N`: the maximum-rate case (1 KiB, 1
 /// partition, as the suite's first case) run `--compare-rounds` times
-/// without and with N dashboards per broker, interleaved (without, with,
-/// without, with, ...) on the same brokers and topic so drift (page cache,
-/// segment rolls, thermal) falls on both sides alike. The ratio is mean
+/// without and with N dashboards per broker on the same brokers, in ABBA
+/// order (without, with; with, without; ...) and each run on a fresh topic,
+/// so drift (page cache, disk use, thermal) falls on both sides alike. The ratio is mean
 /// with / mean without; the spread of the runs without dashboards is
 /// printed beside it as the noise it must be read against.
 fn compare_dashboards(a: &BenchArgs, n: usize) -> Result<bool> {
@@ -808,13 +808,17 @@ fn compare_dashboards(a: &BenchArgs, n: usize) -> Result<bool> {
             tcp: None,
             fsync: None,
         };
-        let topic = format!("bench-rf{rf}-1024b-1p-dashboards");
-        spawn::ensure_topic(&brokers, &topic, 1, rf, BENCH_SEGMENT_BYTES)?;
         let (mut without, mut with) = (Vec::new(), Vec::new());
         let mut rounds = Vec::new();
-        for _ in 0..a.compare_rounds {
-            let mut pair = Vec::new();
-            for dashboards in [0, n] {
+        for round in 0..a.compare_rounds {
+            let mut pair = vec![serde_json::Value::Null, serde_json::Value::Null];
+            // ABBA: the order alternates, so a drift over the rounds
+            // falls on both sides alike; each run writes a fresh topic, so
+            // none starts behind a bigger log than the other.
+            let order = if round % 2 == 0 { [0, n] } else { [n, 0] };
+            for dashboards in order {
+                let topic = format!("bench-rf{rf}-1024b-1p-dashboards-{round}-{dashboards}");
+                spawn::ensure_topic(&brokers, &topic, 1, rf, BENCH_SEGMENT_BYTES)?;
                 let c = bench_case(
                     a,
                     &brokers,
@@ -836,7 +840,7 @@ fn compare_dashboards(a: &BenchArgs, n: usize) -> Result<bool> {
                     }
                     with.push(c.msgs_per_s);
                 }
-                pair.push(c.json);
+                pair[usize::from(dashboards != 0)] = c.json;
             }
             rounds.push(json!({ "without": pair[0], "with": pair[1] }));
         }
