@@ -811,7 +811,7 @@ fn compare_dashboards(a: &BenchArgs, n: usize) -> Result<bool> {
         let (mut without, mut with) = (Vec::new(), Vec::new());
         let mut rounds = Vec::new();
         for round in 0..a.compare_rounds {
-            let mut pair = vec![serde_json::Value::Null, serde_json::Value::Null];
+            let mut pair = [serde_json::Value::Null, serde_json::Value::Null];
             // ABBA: the order alternates, so a drift over the rounds
             // falls on both sides alike; each run writes a fresh topic, so
             // none starts behind a bigger log than the other.
