@@ -241,6 +241,16 @@ impl Drop for Member<'_> {
     }
 }
 
+#[cfg(test)]
+impl Hub {
+    /// Joins as a WebSocket client would (tests of what is published):
+    /// each call returns the frames queued since the last.
+    pub(crate) fn listen_for_tests(&self) -> impl Fn() -> Vec<Arc<str>> {
+        let q = self.join().expect("under the cap");
+        move || q.take(Duration::ZERO).unwrap_or_default()
+    }
+}
+
 /// Starts the server on `listener` (already bound): returns at once.
 pub fn serve(listener: TcpListener, routes: Arc<dyn Routes>, hub: Arc<Hub>) -> std::io::Result<()> {
     let open = Arc::new(AtomicUsize::new(0));
