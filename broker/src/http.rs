@@ -438,7 +438,9 @@ fn connection(mut stream: TcpStream, routes: &dyn Routes, hub: &Hub) {
             false,
         );
     }
-    if req.path == "/ws" {
+    // RFC 6455: the opening handshake is a GET; a HEAD is answered as any
+    // other path (no upgrade, no thread held).
+    if req.path == "/ws" && !head_only {
         return websocket(stream, req.ws_key, hub);
     }
     let r = routes
@@ -640,6 +642,17 @@ mod tests {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
+    }
+
+    #[test]
+    fn a_head_request_is_never_upgraded() {
+        let (addr, hub) = start();
+        let head = exchange(
+            addr,
+            b"HEAD /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: abc==\r\n\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        assert_eq!(hub.clients(), 0);
     }
 
     /// Routes with a bug: `/boom` panics.
