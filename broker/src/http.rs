@@ -37,6 +37,14 @@ pub const WS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 /// How long a client may take to send its request head.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long writing one answer may take in all: a client that reads it a
+/// few bytes at a time (each write making some progress, so no single
+/// write times out) gives its connection slot back after this.
+const RESPONSE_WRITE_TIMEOUT: Duration = if cfg!(test) {
+    Duration::from_secs(3)
+} else {
+    Duration::from_secs(30)
+};
 /// Headers parsed at most.
 const HEADERS_MAX: usize = 32;
 /// How often a WebSocket client's thread looks at its socket for input
@@ -210,6 +218,39 @@ impl Hub {
     }
 }
 
+/// A connection's place under [`CONNECTIONS_MAX`], given back when dropped:
+/// when its thread ends, even by a panic, or when no thread could be made.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A WebSocket client's membership of the [`Hub`], left when dropped (so
+/// a panic in its thread does not keep its place and queue for good).
+struct Member<'a> {
+    hub: &'a Hub,
+    queue: Arc<Queue>,
+}
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        self.hub.leave(&self.queue);
+    }
+}
+
+#[cfg(test)]
+impl Hub {
+    /// Joins as a WebSocket client would (tests of what is published):
+    /// each call returns the frames queued since the last.
+    pub(crate) fn listen_for_tests(&self) -> impl Fn() -> Vec<Arc<str>> {
+        let q = self.join().expect("under the cap");
+        move || q.take(Duration::ZERO).unwrap_or_default()
+    }
+}
+
 /// Starts the server on `listener` (already bound): returns at once.
 pub fn serve(listener: TcpListener, routes: Arc<dyn Routes>, hub: Arc<Hub>) -> std::io::Result<()> {
     let open = Arc::new(AtomicUsize::new(0));
@@ -226,16 +267,17 @@ pub fn serve(listener: TcpListener, routes: Arc<dyn Routes>, hub: Arc<Hub>) -> s
                     open.fetch_sub(1, Ordering::SeqCst);
                     continue; // dropped: closes the socket unanswered
                 }
-                let (routes, hub, counter) = (routes.clone(), hub.clone(), open.clone());
+                let slot = Slot(open.clone());
+                let (routes, hub) = (routes.clone(), hub.clone());
                 let spawned = std::thread::Builder::new()
                     .name("telemetry-conn".into())
                     .spawn(move || {
+                        let _slot = slot;
                         connection(stream, &*routes, &hub);
-                        counter.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
-                    // No thread: the stream went with the closure, closed.
-                    open.fetch_sub(1, Ordering::SeqCst);
+                    // No thread: the stream and the slot went with the
+                    // closure (closed, given back).
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -331,8 +373,30 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Writes all of `bytes` unless `deadline` passes first.
+fn write_all_by(
+    stream: &mut TcpStream,
+    mut bytes: &[u8],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn write_response(stream: &mut TcpStream, r: &Response, head_only: bool) {
-    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+    let deadline = Instant::now() + RESPONSE_WRITE_TIMEOUT;
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
          Access-Control-Allow-Origin: *\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
@@ -345,11 +409,9 @@ fn write_response(stream: &mut TcpStream, r: &Response, head_only: bool) {
         head.push_str(&format!("Cache-Control: {c}\r\n"));
     }
     head.push_str("\r\n");
-    let _ = stream.write_all(head.as_bytes());
-    if !head_only {
-        let _ = stream.write_all(&r.body);
+    if write_all_by(stream, head.as_bytes(), deadline).is_ok() && !head_only {
+        let _ = write_all_by(stream, &r.body, deadline);
     }
-    let _ = stream.flush();
 }
 
 fn connection(mut stream: TcpStream, routes: &dyn Routes, hub: &Hub) {
@@ -376,7 +438,9 @@ fn connection(mut stream: TcpStream, routes: &dyn Routes, hub: &Hub) {
             false,
         );
     }
-    if req.path == "/ws" {
+    // RFC 6455: the opening handshake is a GET; a HEAD is answered as any
+    // other path (no upgrade, no thread held).
+    if req.path == "/ws" && !head_only {
         return websocket(stream, req.ws_key, hub);
     }
     let r = routes
@@ -393,7 +457,7 @@ fn websocket(mut stream: TcpStream, key: Option<String>, hub: &Hub) {
             false,
         );
     };
-    let queue = hub.join();
+    let queue = hub.join().map(|queue| Member { hub, queue });
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let head = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -401,9 +465,6 @@ fn websocket(mut stream: TcpStream, key: Option<String>, hub: &Hub) {
     );
     let _ = stream.set_write_timeout(Some(WS_WRITE_TIMEOUT));
     if stream.write_all(head.as_bytes()).is_err() {
-        if let Some(q) = &queue {
-            hub.leave(q);
-        }
         return;
     }
     let _ = stream.set_read_timeout(Some(Duration::from_millis(1)));
@@ -413,7 +474,7 @@ fn websocket(mut stream: TcpStream, key: Option<String>, hub: &Hub) {
         ..WebSocketConfig::default()
     };
     let mut ws = WebSocket::from_raw_socket(stream, Role::Server, Some(config));
-    let Some(queue) = queue else {
+    let Some(member) = queue else {
         // Over the cap: closed with 1013 ("try again later"), as the
         // protocol says; the page retries with back-off.
         let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
@@ -423,8 +484,8 @@ fn websocket(mut stream: TcpStream, key: Option<String>, hub: &Hub) {
         let _ = ws.flush();
         return;
     };
-    pump(&mut ws, &queue);
-    hub.leave(&queue);
+    pump(&mut ws, &member.queue);
+    drop(member);
     let _ = ws.close(None);
     let _ = ws.flush();
 }
@@ -581,6 +642,116 @@ mod tests {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
+    }
+
+    #[test]
+    fn a_head_request_is_never_upgraded() {
+        let (addr, hub) = start();
+        let head = exchange(
+            addr,
+            b"HEAD /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: abc==\r\n\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        assert_eq!(hub.clients(), 0);
+    }
+
+    /// Routes with a bug: `/boom` panics.
+    struct PanickyRoutes;
+    impl Routes for PanickyRoutes {
+        fn get(&self, path: &str) -> Option<Response> {
+            assert_ne!(path, "/boom", "a route with a bug");
+            TestRoutes.get(path)
+        }
+    }
+
+    /// An exchange that tolerates the server closing first.
+    fn try_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(request);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn a_connection_whose_thread_panics_gives_its_slot_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        serve(listener, Arc::new(PanickyRoutes), Arc::new(Hub::default())).unwrap();
+        for _ in 0..=CONNECTIONS_MAX {
+            try_exchange(addr, b"GET /boom HTTP/1.1\r\n\r\n");
+        }
+        // The last slot comes back as its thread unwinds, just after its
+        // socket closed: allow a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = try_exchange(addr, b"GET /api/x HTTP/1.1\r\n\r\n");
+            if ok.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "every slot is lost: {ok:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Routes with one large answer.
+    struct BigRoutes;
+    const BIG_BYTES: usize = 64 << 20;
+    impl Routes for BigRoutes {
+        fn get(&self, _path: &str) -> Option<Response> {
+            Some(Response::ok(
+                "application/octet-stream",
+                vec![b'x'; BIG_BYTES],
+            ))
+        }
+    }
+
+    #[test]
+    fn a_client_reading_an_answer_a_trickle_at_a_time_is_cut_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        serve(listener, Arc::new(BigRoutes), Arc::new(Hub::default())).unwrap();
+        let mut s = TcpStream::connect(addr).unwrap();
+        // A bounded receive buffer: the server's writes progress only as fast
+        // as this client reads, a little at a time (no write stalls).
+        let size: libc::c_int = 256 << 10;
+        // SAFETY: a connected socket of ours, and an int option of its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        s.write_all(b"GET /big HTTP/1.1\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 8192];
+        let mut got = 0usize;
+        loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "still sending after {got} bytes"
+            );
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break, // reset
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(got < BIG_BYTES, "the whole answer went out: {got} bytes");
     }
 
     #[test]

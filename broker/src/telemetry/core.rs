@@ -8,13 +8,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
 use super::{BrokerSample, ClusterSample, Event, ShardSample, Telemetry};
-use super::{EVENTS_QUEUED_MAX, SAMPLES_QUEUED_MAX};
 use crate::http::{Hub, Response, Routes};
 
 /// The protocol version of every frame and answer.
@@ -82,8 +82,8 @@ impl View {
 
 /// Starts the core thread and its HTTP server on `listener`.
 pub fn start(settings: Settings, listener: TcpListener) -> std::io::Result<Telemetry> {
-    let (samples_tx, samples) = flume::bounded::<ShardSample>(SAMPLES_QUEUED_MAX);
-    let (events_tx, events) = flume::bounded::<Event>(EVENTS_QUEUED_MAX);
+    let (telemetry, samples, events) = Telemetry::channels();
+    let events_dropped = telemetry.events_dropped();
     let hub = Arc::new(Hub::default());
     let view = Arc::new(Mutex::new(View {
         settings,
@@ -98,11 +98,8 @@ pub fn start(settings: Settings, listener: TcpListener) -> std::io::Result<Telem
     )?;
     std::thread::Builder::new()
         .name("telemetry".into())
-        .spawn(move || run(&view, &hub, &samples, &events))?;
-    Ok(Telemetry {
-        samples: samples_tx,
-        events: events_tx,
-    })
+        .spawn(move || run(&view, &hub, &samples, &events, &events_dropped))?;
+    Ok(telemetry)
 }
 
 fn lock(view: &Mutex<View>) -> std::sync::MutexGuard<'_, View> {
@@ -110,12 +107,15 @@ fn lock(view: &Mutex<View>) -> std::sync::MutexGuard<'_, View> {
 }
 
 /// The loop: samples in, events in, a frame out every second. Ends when
-/// every shard has dropped its sender (the process is stopping).
+/// every shard has dropped its sender (the process is stopping). Events
+/// the shards dropped (`events_dropped`) take `seq` numbers of their own,
+/// so a page sees a gap where events were lost.
 fn run(
     view: &Mutex<View>,
     hub: &Hub,
     samples: &flume::Receiver<ShardSample>,
     events: &flume::Receiver<Event>,
+    events_dropped: &AtomicU64,
 ) {
     let mut derived = Derived::default();
     let mut seq = 0u64;
@@ -131,6 +131,7 @@ fn run(
                 lock(view).latest.insert(s.shard, *s);
             }
             Ok(Ok(Got::Event(e))) => {
+                seq += events_dropped.swap(0, Ordering::Relaxed);
                 let frame = event_frame(broker, seq, now_ms(), &e);
                 seq += 1;
                 hub.publish(frame, true);
@@ -626,6 +627,41 @@ mod tests {
         );
         assert!(e["topic"].is_null());
         assert_eq!(e["previous_leader"], 2);
+    }
+
+    #[test]
+    fn events_a_shard_dropped_leave_a_gap_in_seq() {
+        let queued = super::super::EVENTS_QUEUED_MAX;
+        let extra = 3;
+        let (t, samples, events) = Telemetry::channels();
+        for i in 0..queued + extra {
+            t.event(Event::TopicDeleted {
+                topic: format!("t{i}"),
+            });
+        }
+        let hub = Arc::new(Hub::default());
+        let frames = hub.listen_for_tests();
+        let (core_hub, dropped) = (hub.clone(), t.events_dropped());
+        std::thread::spawn(move || {
+            run(&Mutex::new(view()), &core_hub, &samples, &events, &dropped)
+        });
+        let want = (queued + extra - 1) as u64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = None;
+        while last != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "last event's seq {last:?}: the {extra} dropped ones left no gap"
+            );
+            for f in frames() {
+                let f: Value = serde_json::from_str(&f).unwrap();
+                if f["type"] == "event" {
+                    last = f["seq"].as_u64();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(t);
     }
 
     #[test]

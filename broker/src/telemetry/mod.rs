@@ -17,13 +17,15 @@ pub mod core;
 pub mod metrics;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 /// Samples queued for the core: a few seconds of every shard.
 pub const SAMPLES_QUEUED_MAX: usize = 1024;
-/// Events queued for the core; past this a shard drops events (the `seq`
-/// numbers the core gives stay dense: a page sees no gap for a drop here).
+/// Events queued for the core; past this a shard drops events (counted:
+/// the core skips their `seq` numbers, so a page sees the gap).
 pub const EVENTS_QUEUED_MAX: usize = 4096;
 /// Upper bounds of the produce latency histogram's buckets, µs (Prometheus
 /// `le` labels; `+Inf` follows).
@@ -207,6 +209,8 @@ pub enum Event {
 pub struct Telemetry {
     samples: flume::Sender<ShardSample>,
     events: flume::Sender<Event>,
+    /// Events dropped because the core was behind, not yet numbered by it.
+    events_dropped: Arc<AtomicU64>,
 }
 
 impl Telemetry {
@@ -215,9 +219,17 @@ impl Telemetry {
         let _ = self.samples.try_send(s);
     }
 
-    /// Sends an event; dropped if the core is behind.
+    /// Sends an event; dropped (and counted) if the core is behind.
     pub fn event(&self, e: Event) {
-        let _ = self.events.try_send(e);
+        if self.events.try_send(e).is_err() {
+            self.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The count of events dropped and not yet numbered by the core: it
+    /// takes them (`swap(0)`) and skips as many `seq` numbers.
+    pub fn events_dropped(&self) -> Arc<AtomicU64> {
+        self.events_dropped.clone()
     }
 
     /// A handle and the receiving ends of its channels, bounded as the
@@ -229,14 +241,27 @@ impl Telemetry {
     ) {
         let (samples, samples_rx) = flume::bounded(SAMPLES_QUEUED_MAX);
         let (events, events_rx) = flume::bounded(EVENTS_QUEUED_MAX);
-        (Telemetry { samples, events }, samples_rx, events_rx)
+        let events_dropped = Arc::default();
+        (
+            Telemetry {
+                samples,
+                events,
+                events_dropped,
+            },
+            samples_rx,
+            events_rx,
+        )
     }
 
     /// A pair of channels with nobody at the other end (tests, tools).
     pub fn detached() -> Telemetry {
         let (samples, _) = flume::bounded(1);
         let (events, _) = flume::bounded(1);
-        Telemetry { samples, events }
+        Telemetry {
+            samples,
+            events,
+            events_dropped: Arc::default(),
+        }
     }
 }
 
@@ -321,6 +346,11 @@ mod tests {
         let got: Vec<Event> = events.try_iter().collect();
         assert_eq!(got.len(), EVENTS_QUEUED_MAX, "the newest are dropped");
         assert_eq!(got[0], deleted(0));
+        assert_eq!(
+            t.events_dropped().load(Ordering::Relaxed),
+            10,
+            "and counted"
+        );
     }
 
     #[test]
