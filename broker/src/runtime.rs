@@ -61,10 +61,13 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     // SIGTERM and SIGINT are blocked in every thread (the shards inherit the
     // mask) and taken by one waiting thread, which asks the shards to stop.
     let signals = block_stop_signals()?;
-    let telemetry = start_telemetry(&config).map_err(|source| Error::Http {
+    let (telemetry, http) = start_telemetry(&config).map_err(|source| Error::Http {
         addr: config.http,
         source,
     })?;
+    // `--http HOST:0` picks a port: peers and the cluster view are told the
+    // one bound.
+    config.http = http;
     let janitor = start_janitor().map_err(|source| Error::Thread {
         name: "janitor",
         source,
@@ -303,8 +306,11 @@ fn report_failed(failed: Vec<(std::path::PathBuf, std::io::Error)>) {
 }
 
 /// The telemetry core and its HTTP server on `--http`.
-fn start_telemetry(config: &BrokerConfig) -> std::io::Result<telemetry::Telemetry> {
+fn start_telemetry(
+    config: &BrokerConfig,
+) -> std::io::Result<(telemetry::Telemetry, std::net::SocketAddr)> {
     let listener = std::net::TcpListener::bind(config.http)?;
+    let bound = listener.local_addr()?;
     let mut brokers: Vec<u64> = config.peers.keys().copied().collect();
     if !brokers.contains(&config.id) {
         brokers.push(config.id);
@@ -314,9 +320,9 @@ fn start_telemetry(config: &BrokerConfig) -> std::io::Result<telemetry::Telemetr
         broker: config.id,
         brokers,
         client: telemetry::core::advertised(config.listen),
-        http: telemetry::core::advertised(listener.local_addr()?),
+        http: telemetry::core::advertised(bound),
         data_dir: config.data_dir.clone(),
         floor_bytes: storage::LogConfig::default().free_bytes_floor,
     };
-    telemetry::core::start(settings, listener)
+    Ok((telemetry::core::start(settings, listener)?, bound))
 }

@@ -188,12 +188,14 @@ fn disk(settings: &Settings, latest: &BTreeMap<usize, ShardSample>) -> Disk {
         .flat_map(|s| &s.partitions)
         .map(|p| p.size_bytes)
         .sum();
-    let free_bytes = free_bytes(&settings.data_dir).unwrap_or(u64::MAX);
+    // Unknown (statvfs failed): reported as 0, and not by itself "full".
+    let free = free_bytes(&settings.data_dir);
     Disk {
         used_bytes,
-        free_bytes,
+        free_bytes: free.unwrap_or(0),
         floor_bytes: settings.floor_bytes,
-        full: latest.values().any(|s| s.disk_full) || free_bytes < settings.floor_bytes,
+        full: latest.values().any(|s| s.disk_full)
+            || free.is_some_and(|f| f < settings.floor_bytes),
     }
 }
 
