@@ -143,21 +143,23 @@ fn api_status(http: SocketAddr) -> Option<serde_json::Value> {
     serde_json::from_str(body).ok()
 }
 
-/// One line per broker whose disk is below its free-space floor (the
-/// brokers then refuse appends: followers stop catching up, leaders step
-/// down, new partitions cannot open), from their `/api/status`.
+/// One line per broker with a partition log in the disk-full state (below
+/// its free-space floor the broker refuses appends: followers stop catching
+/// up, leaders step down, new partitions cannot open), from the shards'
+/// `disk_full` in its `/api/status`.
 pub fn disks_full(https: &[SocketAddr]) -> Vec<String> {
     https
         .iter()
         .filter_map(|h| {
             let v = api_status(*h)?;
-            let d = &v["disk"];
-            d["full"].as_bool()?.then(|| {
+            let full = v["shards"]
+                .as_array()?
+                .iter()
+                .any(|s| s["disk_full"].as_bool() == Some(true));
+            full.then(|| {
                 format!(
-                    "broker {} ({h}): disk full, {} MiB free, below the floor of {} MiB",
-                    v["broker"],
-                    d["free_bytes"].as_u64().unwrap_or(0) >> 20,
-                    d["floor_bytes"].as_u64().unwrap_or(0) >> 20
+                    "broker {} ({h}): disk full (appends refused below its free-space floor)",
+                    v["broker"]
                 )
             })
         })
