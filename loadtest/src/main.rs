@@ -533,6 +533,24 @@ struct Case {
     ok: bool,
 }
 
+/// Creates a bench topic; a failure names the brokers whose disk is full.
+fn bench_topic(
+    brokers: &[SocketAddr],
+    https: &[SocketAddr],
+    topic: &str,
+    partitions: u32,
+    rf: u16,
+) -> Result<()> {
+    spawn::ensure_topic(brokers, topic, partitions, rf, BENCH_SEGMENT_BYTES).map_err(|e| {
+        let full = spawn::disks_full(https);
+        if full.is_empty() {
+            e
+        } else {
+            anyhow::anyhow!("{e:#} ({})", full.join("; "))
+        }
+    })
+}
+
 /// Runs one bench case (with an optional fault) and formats its summary line.
 #[allow(clippy::too_many_arguments)]
 fn bench_case(
@@ -571,6 +589,9 @@ fn bench_case(
         let caught_up = l.lock().map(|c| c.wait_caught_up(CATCH_UP_TIMEOUT));
         if !matches!(caught_up, Ok(true)) {
             eprintln!("drmq-loadtest: replicas still catching up after {CATCH_UP_TIMEOUT:?}; running {topic} anyway");
+            for line in spawn::disks_full(https) {
+                eprintln!("drmq-loadtest: {line}");
+            }
         }
     }
     let (w, outcome, fault) = run_with_fault(w, fault, local)?;
@@ -608,6 +629,8 @@ fn bench_case(
         )),
         elections.map_or("-".into(), |e| e.to_string()),
     );
+    // The case's data goes with it: the suite needs the disk of one case.
+    spawn::delete_topic(brokers, local_data_dir(local).as_deref(), topic)?;
     Ok(Case {
         json,
         line,
@@ -643,7 +666,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
                         "bench-rf{rf}-{size}b-{partitions}p-{}",
                         if half { "half" } else { "max" }
                     );
-                    spawn::ensure_topic(&brokers, &topic, partitions, rf, BENCH_SEGMENT_BYTES)?;
+                    bench_topic(&brokers, &https, &topic, partitions, rf)?;
                     let rate = if half {
                         max_rate.map(|r: f64| r / 2.0)
                     } else {
@@ -698,7 +721,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
                 ),
             ] {
                 let topic = format!("bench-rf3-1024b-1p-{name}");
-                spawn::ensure_topic(&brokers, &topic, 1, rf, BENCH_SEGMENT_BYTES)?;
+                bench_topic(&brokers, &https, &topic, 1, rf)?;
                 cases.push(bench_case(
                     &a,
                     &brokers,
@@ -717,7 +740,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
             let mut points = Vec::new();
             for pct in [10u32, 30, 50, 70, 90] {
                 let topic = format!("bench-rf{rf}-1024b-1p-at{pct}");
-                spawn::ensure_topic(&brokers, &topic, 1, rf, BENCH_SEGMENT_BYTES)?;
+                bench_topic(&brokers, &https, &topic, 1, rf)?;
                 let c = bench_case(
                     &a,
                     &brokers,
@@ -818,7 +841,7 @@ fn compare_dashboards(a: &BenchArgs, n: usize) -> Result<bool> {
             let order = if round % 2 == 0 { [0, n] } else { [n, 0] };
             for dashboards in order {
                 let topic = format!("bench-rf{rf}-1024b-1p-dashboards-{round}-{dashboards}");
-                spawn::ensure_topic(&brokers, &topic, 1, rf, BENCH_SEGMENT_BYTES)?;
+                bench_topic(&brokers, &https, &topic, 1, rf)?;
                 let c = bench_case(
                     a,
                     &brokers,

@@ -126,8 +126,8 @@ pub fn counter_deltas(
     out
 }
 
-/// Reads the broker's counters over HTTP (None if it does not answer).
-pub fn broker_counters(http: SocketAddr) -> Option<std::collections::BTreeMap<String, u64>> {
+/// The broker's `GET /api/status` (None if it does not answer).
+fn api_status(http: SocketAddr) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -140,7 +140,94 @@ pub fn broker_counters(http: SocketAddr) -> Option<std::collections::BTreeMap<St
     // Bounded: the server closes after one answer; the read has a timeout.
     s.take(16 << 20).read_to_string(&mut text).ok()?;
     let body = text.split_once("\r\n\r\n")?.1;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    serde_json::from_str(body).ok()
+}
+
+/// One line per broker with a partition log in the disk-full state (below
+/// its free-space floor the broker refuses appends: followers stop catching
+/// up, leaders step down, new partitions cannot open), from the shards'
+/// `disk_full` in its `/api/status`.
+pub fn disks_full(https: &[SocketAddr]) -> Vec<String> {
+    https
+        .iter()
+        .filter_map(|h| {
+            let v = api_status(*h)?;
+            let full = v["shards"]
+                .as_array()?
+                .iter()
+                .any(|s| s["disk_full"].as_bool() == Some(true));
+            full.then(|| {
+                format!(
+                    "broker {} ({h}): disk full (appends refused below its free-space floor)",
+                    v["broker"]
+                )
+            })
+        })
+        .collect()
+}
+
+/// Whether `name` (an entry of a broker's `partitions` directory) belongs
+/// to `topic`: `TOPIC-PARTITION.GROUP`, with a suffix once deleted.
+fn is_partition_dir_of(name: &str, topic: &str) -> bool {
+    name.strip_prefix(topic)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(p, _)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The partition directories of `topic` under a local cluster's data
+/// directory (`broker-N/partitions/TOPIC-P.G`, deleted ones included).
+pub fn topic_dirs(data_dir: &Path, topic: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(brokers) = std::fs::read_dir(data_dir) else {
+        return out;
+    };
+    for b in brokers.flatten() {
+        let Ok(parts) = std::fs::read_dir(b.path().join("partitions")) else {
+            continue;
+        };
+        for p in parts.flatten() {
+            if is_partition_dir_of(&p.file_name().to_string_lossy(), topic) {
+                out.push(p.path());
+            }
+        }
+    }
+    out
+}
+
+/// How long deleting a bench topic may take, its files' removal included.
+const DELETE_TOPIC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Deletes a topic and, on a local cluster (`data_dir`), waits until the
+/// brokers have removed its files: the bench deletes each case's topic
+/// after the case, so the suite needs the disk of one case at a time and
+/// not of all of them (the RF=3 part wrote over 16 GB in all and stopped
+/// at the brokers' free-space floor).
+pub fn delete_topic(brokers: &[SocketAddr], data_dir: Option<&Path>, topic: &str) -> Result<()> {
+    Admin::new(brokers.to_vec(), DELETE_TOPIC_TIMEOUT)
+        .delete_topic(topic)
+        .with_context(|| format!("deleting topic {topic}"))?;
+    let Some(dir) = data_dir else { return Ok(()) };
+    let deadline = std::time::Instant::now() + DELETE_TOPIC_TIMEOUT;
+    // Bounded by the deadline.
+    loop {
+        let left = topic_dirs(dir, topic);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "topic {topic} deleted, but its files are still there after {DELETE_TOPIC_TIMEOUT:?}: {}",
+                left[0].display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Reads the broker's counters over HTTP (None if it does not answer).
+pub fn broker_counters(http: SocketAddr) -> Option<std::collections::BTreeMap<String, u64>> {
+    let v = api_status(http)?;
     let mut out = std::collections::BTreeMap::new();
     for shard in v["shards"].as_array()? {
         for name in BROKER_COUNTERS {
@@ -148,4 +235,27 @@ pub fn broker_counters(http: SocketAddr) -> Option<std::collections::BTreeMap<St
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_partition_dir_of;
+
+    #[test]
+    fn partition_dirs_are_matched_by_their_whole_topic_name() {
+        assert!(is_partition_dir_of("t-0.5", "t"));
+        assert!(is_partition_dir_of("t-12.5.1700000000000.deleted", "t"));
+        assert!(is_partition_dir_of(
+            "bench-rf3-100b-1p-max-0.9",
+            "bench-rf3-100b-1p-max"
+        ));
+        assert!(!is_partition_dir_of("t-x-0.5", "t"));
+        assert!(!is_partition_dir_of("t2-0.5", "t"));
+        assert!(!is_partition_dir_of("t-.5", "t"));
+        assert!(!is_partition_dir_of("t-0", "t"));
+        assert!(!is_partition_dir_of(
+            "bench-rf3-100b-16p-max-0.9",
+            "bench-rf3-100b-1p-max"
+        ));
+    }
 }
