@@ -35,7 +35,7 @@ pub enum Error {
     /// An answer too large for the frame limit.
     #[error("{0}")]
     ResponseTooLarge(WireError),
-    #[error("{kind} is not served on the client port (consumer groups are not built yet)")]
+    #[error("{kind} is not served on the client port")]
     NotServed { kind: &'static str },
     /// A controller command that does not serialise.
     #[error("{0}")]
@@ -67,6 +67,9 @@ pub enum Error {
         high_watermark: u64,
     },
 
+    /// A consumer-group request refused by its coordinator.
+    #[error(transparent)]
+    Group(#[from] crate::groups::GroupError),
     /// An idempotent producer's batch the producer table refuses.
     #[error(transparent)]
     Producer(#[from] crate::producers::Rejection),
@@ -274,6 +277,7 @@ impl Error {
             }
             Error::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             Error::Producer(r) => r.code(),
+            Error::Group(e) => e.code(),
             Error::OtherShard { .. }
             | Error::NotLeader { .. }
             | Error::NotLeaderHere { .. }

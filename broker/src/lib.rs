@@ -9,6 +9,7 @@
 //! | [`counters`]   | a shard's counters: requests, records, errors by code, produce latency, core load |
 //! | [`connection`] | client connections: accept and refuse, reader/writer per connection, limits |
 //! | [`partition`]  | a partition replica: produce, fetch, list offsets, status, retention |
+//! | [`groups`]     | consumer groups: coordinators on the offsets topic's leaders, leases, sticky assignment, offsets |
 //! | [`controller`] | the controller group: topic commands, proposing, applying, admin requests |
 //! | [`cluster`]    | the cluster view: leaders, peers seen, endpoints, metadata and status answers |
 //! | [`raft_group`] | a Raft group over a log (a partition or the controller) and the task driving it |
@@ -24,8 +25,8 @@
 //! | [`dashboard`]  | the dashboard's files, embedded at build time                    |
 //!
 //! Every partition is a Raft group replicated between brokers; topics live
-//! in the controller group. Consumer groups and snapshot catch-up come next
-//! (docs/ARCHITECTURE.md says what exists).
+//! in the controller group; consumer groups in the partitions of the
+//! internal offsets topic (docs/ARCHITECTURE.md says what exists).
 
 pub mod cluster;
 pub mod config;
@@ -34,6 +35,7 @@ pub mod controller;
 pub mod counters;
 pub mod dashboard;
 pub mod error;
+pub mod groups;
 pub mod http;
 pub mod logging;
 pub mod partition;

@@ -95,6 +95,8 @@ pub(crate) struct Shard {
     /// How busy this shard's core was over the sample interval.
     load: CoreLoad,
     pub(crate) connections: Connections,
+    /// The consumer-group coordinators of the offsets partitions here.
+    pub(crate) consumer_groups: Rc<crate::groups::Coordinators>,
 }
 
 /// What a shard needs from the process at start.
@@ -181,6 +183,7 @@ impl Shard {
             counters: ShardCounters::default(),
             load: CoreLoad::new(Instant::now()),
             connections: Connections::default(),
+            consumer_groups: Rc::default(),
         }
     }
 
@@ -280,6 +283,7 @@ impl Shard {
             }
         })
         .detach();
+        glommio::spawn_local(crate::groups::coordinator::lease_loop(self.clone())).detach();
         let retention = self.clone();
         glommio::spawn_local(async move {
             loop {
@@ -451,7 +455,7 @@ impl Shard {
     }
 
     /// The partition if this broker leads it.
-    fn leader_partition(&self, topic: &str, partition: u32) -> Result<Rc<Partition>> {
+    pub(crate) fn leader_partition(&self, topic: &str, partition: u32) -> Result<Rc<Partition>> {
         let p = self.partition(topic, partition)?;
         if let Some(why) = p.stopped_reason() {
             // Retriable and without a hint: clients ask another broker
@@ -527,6 +531,13 @@ impl Shard {
             Message::FetchRequest(req) => self.fetch(req).await,
             Message::ListOffsetsRequest(req) => self.list_offsets(req),
             Message::ClusterStatusRequest(req) => self.cluster_status(req).await,
+            req @ (Message::JoinGroupRequest(_)
+            | Message::GroupHeartbeatRequest(_)
+            | Message::LeaveGroupRequest(_)
+            | Message::OffsetCommitRequest(_)
+            | Message::OffsetFetchRequest(_)
+            | Message::ListGroupsRequest(_)
+            | Message::DescribeGroupRequest(_)) => crate::groups::handle(self, req).await,
             other => Error::NotServed {
                 kind: other.kind().name(),
             }
@@ -566,6 +577,9 @@ impl Shard {
         timeout_ms: u32,
         batch: &[u8],
     ) -> Message {
+        if topic == crate::groups::OFFSETS_TOPIC {
+            return Error::Group(crate::groups::GroupError::InternalTopic).into();
+        }
         let p = match self.leader_partition(topic, partition) {
             Ok(p) => p,
             Err(e) => return e.into(),

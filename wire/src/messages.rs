@@ -303,6 +303,8 @@ wire_structs! {
     }
 
     /// Commits offsets; fenced by `generation` (only the lease holder may).
+    /// An empty `member_id` is an administrative commit (`drmq group
+    /// reset-offsets`), accepted only while the group has no members.
     pub struct OffsetCommitRequest {
         #[cfg_attr(test, proptest(strategy = "arb::group()"))]
         pub group: String,
@@ -339,6 +341,53 @@ wire_structs! {
 
     pub struct OffsetFetchResponse {
         pub offsets: Vec<FetchedOffset>,
+    }
+
+    /// The groups whose coordinator is partition `partition` of the
+    /// internal offsets topic (`__consumer_offsets`); sent to its leader.
+    pub struct ListGroupsRequest {
+        pub partition: u32,
+    }
+
+    pub struct GroupSummary {
+        #[cfg_attr(test, proptest(strategy = "arb::group()"))]
+        pub group: String,
+        pub generation: u64,
+        pub members: u32,
+    }
+
+    pub struct ListGroupsResponse {
+        pub groups: Vec<GroupSummary>,
+    }
+
+    /// A group as its coordinator knows it; sent to the coordinator.
+    pub struct DescribeGroupRequest {
+        #[cfg_attr(test, proptest(strategy = "arb::group()"))]
+        pub group: String,
+    }
+
+    pub struct GroupMember {
+        pub member_id: String,
+        pub client_id: String,
+        #[cfg_attr(test, proptest(strategy = "arb::topics()"))]
+        pub topics: Vec<String>,
+        pub lease_ms: u32,
+        /// Time left on the member's lease, as the coordinator sees it now.
+        pub lease_left_ms: u32,
+        /// The partitions it owns in this generation.
+        pub partitions: Vec<TopicPartition>,
+    }
+
+    pub struct DescribeGroupResponse {
+        #[cfg_attr(test, proptest(strategy = "arb::group()"))]
+        pub group: String,
+        pub generation: u64,
+        pub members: Vec<GroupMember>,
+        /// Every committed offset of the group.
+        pub offsets: Vec<FetchedOffset>,
+        /// Partitions moving between members: revoked from their old owner,
+        /// not yet handed to the new one.
+        pub pending: Vec<TopicPartition>,
     }
 
     pub struct ClusterStatusRequest {
@@ -587,8 +636,26 @@ validate_name_field!(validate_topic_name:
 );
 validate_name_field!(validate_group_name:
     JoinGroupResponse.group, GroupHeartbeatRequest.group, LeaveGroupRequest.group,
-    LeaveGroupResponse.group,
+    LeaveGroupResponse.group, DescribeGroupRequest.group,
 );
+impl Validate for ListGroupsResponse {
+    fn validate(&self) -> Result<()> {
+        self.groups
+            .iter()
+            .try_for_each(|g| validate_group_name(&g.group))
+    }
+}
+impl Validate for DescribeGroupResponse {
+    fn validate(&self) -> Result<()> {
+        validate_group_name(&self.group)?;
+        for m in &self.members {
+            check_topics(&m.topics)?;
+            check_topics(m.partitions.iter().map(|p| &p.topic))?;
+        }
+        check_topics(self.offsets.iter().map(|o| &o.topic))?;
+        check_topics(self.pending.iter().map(|p| &p.topic))
+    }
+}
 impl Validate for ProduceRequest {
     fn validate(&self) -> Result<()> {
         validate_topic_name(&self.topic)?;
@@ -665,6 +732,7 @@ macro_rules! no_field_checks {
 }
 no_field_checks!(
     GroupHeartbeatResponse,
+    ListGroupsRequest,
     ClusterStatusRequest,
     ErrorResponse,
     PeerHello,
@@ -885,6 +953,10 @@ kinds! {
     0x0019 => OffsetFetchResponse,
     0x001A => ClusterStatusRequest,
     0x001B => ClusterStatusResponse,
+    0x001C => ListGroupsRequest,
+    0x001D => ListGroupsResponse,
+    0x001E => DescribeGroupRequest,
+    0x001F => DescribeGroupResponse,
     0x00FF => ErrorResponse,
     0x0101 => PeerHello,
     0x0102 => PeerHelloResponse,

@@ -1,6 +1,7 @@
 //! Protocol rules that clients and brokers must agree on beyond the bytes of
 //! a message: which partition a keyed record goes to, and how many batches
-//! of one producer a broker remembers for idempotence.
+//! of one producer a broker remembers for idempotence, and which partition of
+//! the offsets topic coordinates a consumer group.
 
 /// Recent batches a broker remembers per producer and partition (the
 /// broker's idempotence state keeps 64 × 16 bytes per producer). A client
@@ -15,6 +16,18 @@ pub const IDEMPOTENCE_WINDOW_BATCHES: usize = 64;
 /// processes, builds and platforms (no random hasher seed).
 pub fn partition_for_key(key: &[u8], partitions: usize) -> usize {
     (fnv1a(key.iter().copied()) % partitions.max(1) as u64) as usize
+}
+
+/// The internal topic whose partitions coordinate consumer groups (each
+/// partition's leader is the coordinator of the groups that hash to it).
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Partitions of [`OFFSETS_TOPIC`] when a client creates it.
+pub const OFFSETS_PARTITIONS: u32 = 8;
+
+/// The partition of [`OFFSETS_TOPIC`] that coordinates `group`: FNV-1a of
+/// the name modulo the topic's partition count (0 is taken as 1).
+pub fn coordinator_partition(group: &str, partitions: u32) -> u32 {
+    (fnv1a(group.bytes()) % u64::from(partitions.max(1))) as u32
 }
 
 /// 64-bit FNV-1a: small, stable across processes and builds (no seed).
