@@ -367,6 +367,18 @@ pub fn list_offset(
     partition: u32,
     spec: OffsetSpec,
 ) -> Result<u64, PipelineError> {
+    Ok(list_offset_opt(cfg, topic, routes, partition, spec)?.unwrap_or(0))
+}
+
+/// [`list_offset`], but None when no offset matches (a timestamp after the
+/// last batch).
+pub fn list_offset_opt(
+    cfg: &ClientConfig,
+    topic: &str,
+    routes: &mut [SocketAddr],
+    partition: u32,
+    spec: OffsetSpec,
+) -> Result<Option<u64>, PipelineError> {
     let p = partition as usize;
     let Some(start) = routes.get(p).copied() else {
         return Err(PipelineError::Partition {
@@ -403,7 +415,7 @@ pub fn list_offset(
                 .into(),
             )?;
             match resp {
-                Message::ListOffsetsResponse(r) => Ok(r.offset.unwrap_or(0)),
+                Message::ListOffsetsResponse(r) => Ok(r.offset),
                 other => Err(ClientError::Unexpected(other.kind().name())),
             }
         },

@@ -10,6 +10,7 @@
 //! | `links`        | the pipelined connections: a writer and a reader thread per shard endpoint |
 //! | [`producer`]   | the batching, pipelined, idempotent [`Producer`]                   |
 //! | [`consumer`]   | the [`Consumer`]: one long-poll fetch in flight per partition      |
+//! | [`group`]      | the consumer-group member: join, leases by heartbeat, commits, rebalances |
 //! | [`admin`]      | topics and cluster status through any broker ([`Admin`])           |
 //! | [`local`]      | local clusters of `drmq broker` child processes (dev, load test, tests) |
 //! | [`config`]     | [`ClientConfig`] shared by all of them, [`ClientStats`]            |
@@ -23,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 mod links;
 pub mod local;
 pub mod producer;
@@ -34,6 +36,7 @@ pub use config::{ClientConfig, ClientStats};
 pub use connection::{connect_tcp, parse_brokers, Connection};
 pub use consumer::{Consumer, ConsumerConfig, StartAt};
 pub use error::{ClientError, PipelineError};
+pub use group::{GroupConfig, GroupConsumer, GroupEvent, Reset};
 pub use producer::{
     random_producer_id, Delivery, DeliveryError, Producer, ProducerConfig, IN_FLIGHT_MAX_LIMIT,
 };

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use wire::*;
 
 mod cli;
+mod group;
 mod table;
 
 #[derive(Parser, Debug)]
@@ -62,15 +63,33 @@ enum Command {
         conn: ConnArgs,
         #[arg(long)]
         topic: String,
+        /// Consume as a member of this consumer group: the group's members
+        /// share the topic's partitions, and offsets are committed.
         #[arg(long)]
         group: Option<String>,
+        /// Where to start: earliest, latest or an offset (with --group:
+        /// earliest or latest, for partitions the group never committed).
         #[arg(long, default_value = "earliest")]
         from: String,
         #[arg(long)]
         max_messages: Option<u64>,
         #[arg(long)]
         idle_timeout_ms: Option<u64>,
+        /// With --group: the lease asked for (renewed by heartbeats every
+        /// quarter of it).
+        #[arg(long, default_value_t = 3_000, requires = "group")]
+        lease_ms: u64,
+        /// With --group: commit what was printed this often (0: only when
+        /// leaving or handing partitions over).
+        #[arg(long, default_value_t = 1_000, requires = "group")]
+        auto_commit_ms: u64,
+        /// With --group: the name shown by `group describe`.
+        #[arg(long, requires = "group")]
+        client_id: Option<String>,
     },
+    /// Consumer groups: list, describe, reset offsets.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Cluster-wide views.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -188,6 +207,39 @@ enum TopicCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum GroupCommand {
+    /// Every group, with its generation and member count.
+    List {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// A group's members (partitions, lease left) and, per partition, its
+    /// owner, committed offset, high watermark and lag.
+    Describe {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+        group: String,
+    },
+    /// Sets the group's committed offsets of a topic (only while the group
+    /// has no members).
+    ResetOffsets {
+        #[command(flatten)]
+        conn: ConnArgs,
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// earliest, latest, an offset, or @MS (the first offset at or
+        /// after a time, in ms since the Unix epoch)
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ClusterCommand {
     Status {
         #[command(flatten)]
@@ -243,10 +295,42 @@ fn run(cli: Cli) -> Result<()> {
             from,
             max_messages,
             idle_timeout_ms,
+            lease_ms,
+            auto_commit_ms,
+            client_id,
         } => {
             validate_topic_name(&topic)?;
-            if group.is_some() {
-                bail!("--group: consumer groups are not built yet; consume by offset with --from");
+            if let Some(group) = group {
+                validate_group_name(&group)?;
+                let from = match cli::parse_from(&from)? {
+                    cli::From::Earliest => client::Reset::Earliest,
+                    cli::From::Latest => client::Reset::Latest,
+                    cli::From::Offset(_) => {
+                        bail!("--from with --group: earliest or latest (a group resumes at its committed offsets; see group reset-offsets)")
+                    }
+                };
+                if !(500..=300_000).contains(&lease_ms) {
+                    bail!("--lease-ms must be in 500..=300000");
+                }
+                // SIGINT/SIGTERM: commit and leave, so the partitions move at once.
+                block_stop_signals();
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let flag = stop.clone();
+                std::thread::spawn(move || {
+                    wait_for_stop_signal();
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                });
+                let args = group::MemberArgs {
+                    group,
+                    topic,
+                    from,
+                    lease_ms,
+                    auto_commit_ms,
+                    client_id,
+                    max_messages,
+                    idle_timeout_ms,
+                };
+                return group::consume(client_config(&conn)?, args, stop);
             }
             let from = cli::parse_from(&from)?;
             cli::consume(
@@ -258,6 +342,7 @@ fn run(cli: Cli) -> Result<()> {
                 idle_timeout_ms,
             )
         }
+        Command::Group(cmd) => group_command(cmd),
         Command::Cluster(ClusterCommand::Status { conn, output }) => {
             let s = admin(&conn)?
                 .cluster_status()
@@ -433,6 +518,53 @@ fn admin(conn: &ConnArgs) -> Result<Admin> {
         parse_brokers(&conn.brokers)?,
         Duration::from_millis(conn.timeout_ms),
     ))
+}
+
+/// Client settings for `--brokers` and `--timeout-ms` (connect, each request).
+fn client_config(conn: &ConnArgs) -> Result<client::ClientConfig> {
+    let mut cfg = client::ClientConfig::new(parse_brokers(&conn.brokers)?);
+    let timeout = Duration::from_millis(conn.timeout_ms.max(1));
+    cfg.connect_timeout = timeout;
+    cfg.request_timeout = timeout;
+    Ok(cfg)
+}
+
+fn group_command(cmd: GroupCommand) -> Result<()> {
+    match cmd {
+        GroupCommand::List { conn, output } => {
+            let groups = group::list(&client_config(&conn)?)?;
+            if output.table() {
+                print_text(&table::group_list(&groups));
+            } else {
+                print_json(&Value::Array(groups));
+            }
+        }
+        GroupCommand::Describe {
+            conn,
+            output,
+            group,
+        } => {
+            validate_group_name(&group)?;
+            let d = group::describe(&client_config(&conn)?, &group)?;
+            if output.table() {
+                print_text(&table::group_describe(&d));
+            } else {
+                print_json(&d);
+            }
+        }
+        GroupCommand::ResetOffsets {
+            conn,
+            group,
+            topic,
+            to,
+        } => {
+            validate_group_name(&group)?;
+            validate_topic_name(&topic)?;
+            let to = group::parse_reset_to(&to)?;
+            print_json(&group::reset(&client_config(&conn)?, &group, &topic, to)?);
+        }
+    }
+    Ok(())
 }
 
 fn print_json(v: &Value) {

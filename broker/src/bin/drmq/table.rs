@@ -9,6 +9,8 @@ use wire::{
     ClusterStatusResponse, DescribeTopicResponse, ErrorCode, PartitionStatus, TopicMetadata,
 };
 
+use serde_json::Value;
+
 /// Spaces between two columns.
 const COLUMN_GAP: usize = 2;
 
@@ -427,5 +429,104 @@ mod tests {
             "NAME    PARTITIONS  NO LEADER  ERROR\n\
              orders  2           1          -\n"
         );
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `drmq group list` as a table (from its JSON).
+pub fn group_list(groups: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| vec![cell(&g["group"]), cell(&g["generation"]), cell(&g["members"])])
+        .collect();
+    columns(&["GROUP", "GENERATION", "MEMBERS"], &rows)
+}
+
+/// `drmq group describe` as tables (from its JSON): the members with their
+/// partitions and lease left, then each partition's owner, committed
+/// offset, high watermark and lag.
+pub fn group_describe(d: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "GROUP  {}  GENERATION  {}",
+        cell(&d["group"]),
+        cell(&d["generation"])
+    );
+    out.push('\n');
+    let empty = Vec::new();
+    let members: Vec<Vec<String>> = d["members"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|m| {
+            let parts: Vec<String> = m["partitions"]
+                .as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|tp| format!("{}-{}", cell(&tp["topic"]), cell(&tp["partition"])))
+                .collect();
+            vec![
+                cell(&m["member_id"]),
+                cell(&m["client_id"]),
+                format!("{}/{} ms", cell(&m["lease_left_ms"]), cell(&m["lease_ms"])),
+                if parts.is_empty() { "-".into() } else { parts.join(",") },
+            ]
+        })
+        .collect();
+    out.push_str(&columns(&["MEMBER", "CLIENT", "LEASE LEFT", "PARTITIONS"], &members));
+    out.push('\n');
+    let parts: Vec<Vec<String>> = d["partitions"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|p| {
+            vec![
+                cell(&p["topic"]),
+                cell(&p["partition"]),
+                cell(&p["owner"]),
+                cell(&p["committed"]),
+                cell(&p["high_watermark"]),
+                cell(&p["lag"]),
+            ]
+        })
+        .collect();
+    out.push_str(&columns(
+        &["TOPIC", "PARTITION", "OWNER", "COMMITTED", "HIGH WATERMARK", "LAG"],
+        &parts,
+    ));
+    out
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn group_describe_shows_members_then_partitions_with_lag_and_dashes_for_unknowns() {
+        let d = json!({
+            "group": "g", "generation": 4,
+            "members": [{"member_id": "m-1", "client_id": "c", "lease_ms": 3000, "lease_left_ms": 2500,
+                         "partitions": [{"topic": "t", "partition": 0}, {"topic": "t", "partition": 1}]}],
+            "partitions": [
+                {"topic": "t", "partition": 0, "owner": "m-1", "committed": 10, "high_watermark": 15, "lag": 5},
+                {"topic": "t", "partition": 1, "owner": null, "committed": null, "high_watermark": 3, "lag": null},
+            ],
+        });
+        let t = group_describe(&d);
+        assert!(t.starts_with("GROUP  g  GENERATION  4\n"), "{t}");
+        assert!(t.contains("m-1     c       2500/3000 ms  t-0,t-1"), "{t}");
+        assert!(t.contains("t      0          m-1    10         15              5"), "{t}");
+        assert!(t.contains("t      1          -      -          3               -"), "{t}");
+        assert_eq!(group_list(&[json!({"group": "g", "generation": 4, "members": 1})]),
+                   "GROUP  GENERATION  MEMBERS\ng      4           1\n");
     }
 }

@@ -1,0 +1,701 @@
+//! The consumer-group member: joins a group through its coordinator, reads
+//! the partitions the coordinator grants it with a [`Consumer`], renews its
+//! lease by heartbeat, commits offsets (explicitly and every
+//! `auto_commit_interval`), and follows rebalances.
+//!
+//! # Leases on the client side
+//! The member's lease is counted from the moment it *sent* the heartbeat
+//! (or join) that the coordinator answered, so it ends here no later than
+//! the coordinator's does. Once it has ended the member hands no record to
+//! the application and fetches nothing until a heartbeat is answered again
+//! (or it has joined again, if the coordinator had given its partitions
+//! away): a member stopped past its lease (SIGSTOP, a long GC pause) never
+//! reads a partition that was handed to another member.
+//!
+//! # Rebalances
+//! A heartbeat answered with `rebalance` (the group's generation moved)
+//! makes the member commit what it has delivered and join again with its
+//! member id; the coordinator takes back the partitions meant for others
+//! only then, and grants them to their new owner, who learns it at its next
+//! heartbeat. So no partition is read by two members at once, and a
+//! handover re-delivers nothing (the commit came first). A member that
+//! crashes hands its partitions over when its lease ends; the new owner
+//! starts at the last commit, so what it re-delivers is what the crashed
+//! member read after its last commit.
+//!
+//! `UnknownMember` (the lease ended, or the member left) and
+//! `IllegalGeneration` (fenced) are not retried: the member drops its
+//! partitions and joins again (as a new member after `UnknownMember`).
+//! Everything retriable (no coordinator yet, `NotLeader`, a broken
+//! connection) goes through the client's one [`crate::RetryPolicy`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use wire::{
+    CommittedOffset, CreateTopicRequest, ErrorCode, GroupHeartbeatRequest, JoinGroupRequest,
+    LeaveGroupRequest, Message, OffsetCommitRequest, OffsetFetchRequest, OffsetSpec, Record,
+    TopicConfig, TopicPartition,
+};
+
+use crate::connection::Connection;
+use crate::consumer::list_offset;
+use crate::retry::call;
+use crate::routes::{routes, routes_partial};
+use crate::{Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, PipelineError, StartAt};
+
+pub use wire::rules::{coordinator_partition, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
+
+/// Segment size of the offsets topic: its records are small (a commit is
+/// about 100 bytes), and each partition preallocates one segment.
+const OFFSETS_SEGMENT_BYTES: u64 = 4 << 20;
+
+/// Where a partition with no committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    Earliest,
+    Latest,
+}
+
+/// Group member settings.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub client: ClientConfig,
+    pub group: String,
+    pub topic: String,
+    /// Shown by `drmq group describe`; the start of the member id.
+    pub client_id: String,
+    /// The lease asked for (the coordinator clamps it to 0.5 s..300 s).
+    pub lease: Duration,
+    /// Heartbeats this often (None: a quarter of the lease).
+    pub heartbeat_interval: Option<Duration>,
+    /// Commits what was delivered this often (None: only [`GroupConsumer::commit`]).
+    pub auto_commit_interval: Option<Duration>,
+    pub reset: Reset,
+    pub fetch_bytes_max: u32,
+    pub fetch_wait: Duration,
+}
+
+impl GroupConfig {
+    pub fn new(client: ClientConfig, group: impl Into<String>, topic: impl Into<String>) -> Self {
+        GroupConfig {
+            client,
+            group: group.into(),
+            topic: topic.into(),
+            client_id: format!("drmq-{}", std::process::id()),
+            lease: Duration::from_secs(3),
+            heartbeat_interval: None,
+            auto_commit_interval: Some(Duration::from_secs(1)),
+            reset: Reset::Earliest,
+            fetch_bytes_max: 2 * 1024 * 1024,
+            fetch_wait: Duration::from_millis(200),
+        }
+    }
+
+    fn heartbeat_every(&self, lease: Duration) -> Duration {
+        self.heartbeat_interval
+            .unwrap_or(lease / 4)
+            .max(Duration::from_millis(10))
+    }
+}
+
+/// What happened to the membership, for reports (load test, CLI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// The member holds these partitions from now on.
+    Assigned {
+        generation: u64,
+        partitions: Vec<u32>,
+        at: Instant,
+    },
+    /// A commit was refused (the member was fenced or had expired).
+    CommitRefused { code: ErrorCode, partitions: Vec<u32> },
+    /// The lease ended before a heartbeat renewed it: reading stopped.
+    LeaseLost { at: Instant },
+}
+
+/// The coordinator of one group, found through the offsets topic's
+/// metadata and followed by the retry policy.
+struct CoordinatorLink {
+    cfg: ClientConfig,
+    group: String,
+    conn: Option<Connection>,
+    lookups: usize,
+}
+
+impl CoordinatorLink {
+    fn new(cfg: ClientConfig, group: String) -> Self {
+        CoordinatorLink {
+            cfg,
+            group,
+            conn: None,
+            lookups: 0,
+        }
+    }
+
+    /// The client endpoint of the coordinator (the leader of the group's
+    /// offsets partition); creates the offsets topic if there is none.
+    fn locate(&mut self) -> Result<SocketAddr, ClientError> {
+        self.lookups += 1;
+        let timeout = self.cfg.connect_timeout;
+        let r = match routes_partial(&self.cfg.brokers, self.lookups, timeout, OFFSETS_TOPIC) {
+            Err(
+                PipelineError::NoTopic(_)
+                | PipelineError::Topic {
+                    code: ErrorCode::UnknownTopicOrPartition,
+                    ..
+                },
+            ) => {
+                ensure_offsets_topic(&self.cfg)?;
+                routes_partial(&self.cfg.brokers, self.lookups, timeout, OFFSETS_TOPIC)
+            }
+            other => other,
+        };
+        let unavailable = |message: String| ClientError::Broker {
+            code: ErrorCode::LeaderNotAvailable,
+            message,
+            hint: None,
+        };
+        let r = r.map_err(|e| match e {
+            PipelineError::Client(c) => c,
+            other => unavailable(other.to_string()),
+        })?;
+        let index = coordinator_partition(&self.group, r.len() as u32) as usize;
+        r.get(index).copied().flatten().ok_or_else(|| {
+            unavailable(format!("{OFFSETS_TOPIC}-{index} (the coordinator) has no leader"))
+        })
+    }
+
+    /// One request to the coordinator, retried until `deadline`.
+    fn request(&mut self, msg: &Message, deadline: Instant) -> Result<Message, ClientError> {
+        let policy = self.cfg.retry_policy();
+        let start = self.conn.as_ref().map(|c| c.addr());
+        let this = std::cell::RefCell::new(self);
+        call(
+            &policy,
+            deadline,
+            start,
+            || None,
+            |target| {
+                let mut me = this.borrow_mut();
+                let addr = match target {
+                    Some(a) => a,
+                    None => {
+                        me.conn = None;
+                        me.locate()?
+                    }
+                };
+                if me.conn.as_ref().map(|c| c.addr()) != Some(addr) {
+                    me.conn = Some(Connection::connect(addr, me.cfg.connect_timeout)?);
+                }
+                let conn = me.conn.as_mut().expect("just connected");
+                let r = conn.request(msg);
+                if matches!(
+                    r,
+                    Err(ClientError::Io { .. } | ClientError::Closed { .. })
+                ) {
+                    me.conn = None;
+                }
+                r
+            },
+        )
+    }
+}
+
+/// Creates the offsets topic ([`OFFSETS_PARTITIONS`] partitions, replicated
+/// on up to 3 brokers) unless it exists.
+pub fn ensure_offsets_topic(cfg: &ClientConfig) -> Result<(), ClientError> {
+    let admin = Admin::new(cfg.brokers.clone(), cfg.request_timeout);
+    let brokers = admin.metadata(Some(Vec::new()))?.brokers.len().max(1);
+    let req = CreateTopicRequest {
+        name: OFFSETS_TOPIC.to_owned(),
+        partitions: OFFSETS_PARTITIONS,
+        replication: brokers.min(3) as u16,
+        config: TopicConfig {
+            retention_bytes: None,
+            retention_ms: None,
+            segment_bytes: Some(OFFSETS_SEGMENT_BYTES),
+            segment_ms: None,
+            cleanup: wire::CleanupPolicy::Delete,
+            durability: wire::Durability::EveryBatch,
+            tombstone_retention_ms: None,
+        },
+        timeout_ms: admin.timeout_ms(),
+    };
+    admin.ensure_topic(req).map_err(|e| match e {
+        PipelineError::Client(c) => c,
+        other => ClientError::Broker {
+            code: ErrorCode::InvalidRequest,
+            message: other.to_string(),
+            hint: None,
+        },
+    })
+}
+
+/// One request to the coordinator of `group` (for admin commands: list,
+/// describe, reset), retried within the client's request timeout.
+pub fn coordinator_request(
+    cfg: &ClientConfig,
+    group: &str,
+    msg: &Message,
+) -> Result<Message, ClientError> {
+    let mut link = CoordinatorLink::new(cfg.clone(), group.to_owned());
+    link.request(msg, Instant::now() + cfg.request_timeout)
+}
+
+/// A request to the leader of offsets partition `index` (ListGroups).
+pub fn offsets_partition_request(
+    cfg: &ClientConfig,
+    index: u32,
+    msg: &Message,
+) -> Result<Message, ClientError> {
+    let mut routes = match routes(cfg, OFFSETS_TOPIC) {
+        Ok(r) => r,
+        Err(PipelineError::Client(c)) => return Err(c),
+        Err(e) => {
+            return Err(ClientError::Broker {
+                code: ErrorCode::LeaderNotAvailable,
+                message: e.to_string(),
+                hint: None,
+            })
+        }
+    };
+    let start = routes.get(index as usize).copied();
+    let latest = std::cell::Cell::new(start);
+    call(
+        &cfg.retry_policy(),
+        Instant::now() + cfg.request_timeout,
+        start,
+        || {
+            let r = routes_partial(&cfg.brokers, 1, cfg.connect_timeout, OFFSETS_TOPIC).ok()?;
+            r.get(index as usize).copied().flatten()
+        },
+        |target| {
+            let addr = target.or(latest.get()).ok_or(ClientError::Broker {
+                code: ErrorCode::LeaderNotAvailable,
+                message: format!("{OFFSETS_TOPIC}-{index} has no leader"),
+                hint: None,
+            })?;
+            latest.set(Some(addr));
+            Connection::connect(addr, cfg.connect_timeout)?.request(msg)
+        },
+    )
+    .inspect(|_| {
+        if let Some(a) = latest.get() {
+            if let Some(slot) = routes.get_mut(index as usize) {
+                *slot = a;
+            }
+        }
+    })
+}
+
+/// Where this member stands with its coordinator.
+struct Membership {
+    member_id: String,
+    generation: u64,
+    lease: Duration,
+}
+
+/// A member of a consumer group reading one topic. See the module docs.
+pub struct GroupConsumer {
+    cfg: GroupConfig,
+    link: CoordinatorLink,
+    membership: Option<Membership>,
+    consumer: Option<Consumer>,
+    partitions: Vec<u32>,
+    /// The next offset after what was handed to the application.
+    delivered: BTreeMap<u32, u64>,
+    /// What this member last committed.
+    committed: BTreeMap<u32, u64>,
+    lease_until: Instant,
+    next_heartbeat: Instant,
+    next_commit: Instant,
+    lease_lost_reported: bool,
+    events: Vec<GroupEvent>,
+}
+
+impl GroupConsumer {
+    /// Joins the group (creating the offsets topic if needed) and takes the
+    /// partitions the coordinator grants.
+    pub fn new(cfg: GroupConfig) -> Result<GroupConsumer, PipelineError> {
+        wire::validate_group_name(&cfg.group).map_err(|e| PipelineError::Config {
+            field: "group",
+            reason: e.to_string(),
+        })?;
+        let now = Instant::now();
+        let mut g = GroupConsumer {
+            link: CoordinatorLink::new(cfg.client.clone(), cfg.group.clone()),
+            cfg,
+            membership: None,
+            consumer: None,
+            partitions: Vec::new(),
+            delivered: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            lease_until: now,
+            next_heartbeat: now,
+            next_commit: now,
+            lease_lost_reported: false,
+            events: Vec::new(),
+        };
+        g.join()?;
+        Ok(g)
+    }
+
+    pub fn member_id(&self) -> Option<&str> {
+        self.membership.as_ref().map(|m| m.member_id.as_str())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.membership.as_ref().map_or(0, |m| m.generation)
+    }
+
+    /// The partitions this member reads now.
+    pub fn partitions(&self) -> &[u32] {
+        &self.partitions
+    }
+
+    /// Membership events since the last call.
+    pub fn take_events(&mut self) -> Vec<GroupEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The next offset to deliver, by owned partition.
+    pub fn positions(&self) -> BTreeMap<u32, u64> {
+        self.delivered.clone()
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.cfg.client.request_timeout
+    }
+
+    fn fatal(&self, e: ClientError) -> PipelineError {
+        PipelineError::Client(e)
+    }
+
+    /// Joins (again, with the member id if there is one) and rebuilds the
+    /// consumer for the partitions granted.
+    fn join(&mut self) -> Result<(), PipelineError> {
+        let sent = Instant::now();
+        let req = JoinGroupRequest {
+            group: self.cfg.group.clone(),
+            member_id: self.membership.as_ref().map(|m| m.member_id.clone()),
+            client_id: self.cfg.client_id.clone(),
+            topics: vec![self.cfg.topic.clone()],
+            lease_ms: self.cfg.lease.as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        let r = match self.link.request(&req.into(), self.deadline()) {
+            Ok(Message::JoinGroupResponse(r)) => r,
+            Ok(other) => return Err(self.fatal(ClientError::Unexpected(other.kind().name()))),
+            Err(ClientError::Broker {
+                code: ErrorCode::UnknownMember,
+                ..
+            }) if self.membership.is_some() => {
+                // Expired meanwhile: join as a new member.
+                self.drop_partitions();
+                self.membership = None;
+                return self.join();
+            }
+            Err(e) => return Err(self.fatal(e)),
+        };
+        let lease = Duration::from_millis(u64::from(r.lease_ms));
+        self.lease_until = sent + lease;
+        self.lease_lost_reported = false;
+        self.next_heartbeat = Instant::now() + self.cfg.heartbeat_every(lease);
+        self.membership = Some(Membership {
+            member_id: r.member_id,
+            generation: r.generation,
+            lease,
+        });
+        let mut mine: Vec<u32> = r
+            .assignment
+            .iter()
+            .filter(|tp| tp.topic == self.cfg.topic)
+            .map(|tp| tp.partition)
+            .collect();
+        mine.sort_unstable();
+        if mine != self.partitions || self.consumer.is_none() {
+            self.assign(mine, r.generation)?;
+        }
+        Ok(())
+    }
+
+    /// Starts reading `partitions`: where this member already was for the
+    /// ones it kept, else the committed offset, else the reset policy.
+    fn assign(&mut self, partitions: Vec<u32>, generation: u64) -> Result<(), PipelineError> {
+        self.consumer = None;
+        let kept: BTreeMap<u32, u64> = self
+            .delivered
+            .iter()
+            .filter(|(p, _)| partitions.contains(p))
+            .map(|(p, o)| (*p, *o))
+            .collect();
+        let missing: Vec<TopicPartition> = partitions
+            .iter()
+            .filter(|p| !kept.contains_key(p))
+            .map(|&partition| TopicPartition {
+                topic: self.cfg.topic.clone(),
+                partition,
+            })
+            .collect();
+        let mut start = kept;
+        if !missing.is_empty() {
+            let req = OffsetFetchRequest {
+                group: self.cfg.group.clone(),
+                partitions: missing.clone(),
+            };
+            let fetched = match self.link.request(&req.into(), self.deadline()) {
+                Ok(Message::OffsetFetchResponse(r)) => r.offsets,
+                Ok(other) => return Err(self.fatal(ClientError::Unexpected(other.kind().name()))),
+                Err(e) => return Err(self.fatal(e)),
+            };
+            let mut routes_cache = None;
+            for tp in missing {
+                let committed = fetched
+                    .iter()
+                    .find(|f| f.topic == tp.topic && f.partition == tp.partition)
+                    .and_then(|f| f.offset);
+                let offset = match committed {
+                    Some(o) => o,
+                    None => {
+                        if routes_cache.is_none() {
+                            routes_cache = Some(routes(&self.cfg.client, &self.cfg.topic)?);
+                        }
+                        let spec = match self.cfg.reset {
+                            Reset::Earliest => OffsetSpec::Earliest,
+                            Reset::Latest => OffsetSpec::Latest,
+                        };
+                        let r = routes_cache.as_mut().expect("set above");
+                        list_offset(&self.cfg.client, &self.cfg.topic, r, tp.partition, spec)?
+                    }
+                };
+                if committed.is_some() {
+                    self.committed.insert(tp.partition, offset);
+                }
+                start.insert(tp.partition, offset);
+            }
+        }
+        self.delivered = start.clone();
+        self.committed.retain(|p, _| partitions.contains(p));
+        if !partitions.is_empty() {
+            let mut c = ConsumerConfig::new(self.cfg.client.clone(), self.cfg.topic.clone());
+            c.partitions = Some(partitions.clone());
+            c.start = StartAt::Offsets(start);
+            c.fetch_bytes_max = self.cfg.fetch_bytes_max;
+            c.fetch_wait = self.cfg.fetch_wait;
+            self.consumer = Some(Consumer::new(c)?);
+        }
+        self.partitions = partitions.clone();
+        self.events.push(GroupEvent::Assigned {
+            generation,
+            partitions,
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Stops reading everything (nothing is committed).
+    fn drop_partitions(&mut self) {
+        self.consumer = None;
+        self.partitions.clear();
+        self.delivered.clear();
+        self.committed.clear();
+    }
+
+    /// Commits what was delivered and not yet committed. A refusal
+    /// (fenced, expired) is not an error of the caller's: it is reported as
+    /// an event and the member joins again; `Ok(false)` then.
+    pub fn commit(&mut self) -> Result<bool, PipelineError> {
+        let Some(m) = self.membership.as_ref() else {
+            return Ok(false);
+        };
+        let offsets: Vec<CommittedOffset> = self
+            .delivered
+            .iter()
+            .filter(|(p, o)| self.committed.get(p) != Some(o))
+            .map(|(&partition, &offset)| CommittedOffset {
+                topic: self.cfg.topic.clone(),
+                partition,
+                offset,
+                metadata: String::new(),
+            })
+            .collect();
+        if offsets.is_empty() {
+            return Ok(true);
+        }
+        let req = OffsetCommitRequest {
+            group: self.cfg.group.clone(),
+            member_id: m.member_id.clone(),
+            generation: m.generation,
+            offsets: offsets.clone(),
+        };
+        let results = match self.link.request(&req.into(), self.deadline()) {
+            Ok(Message::OffsetCommitResponse(r)) => r.results,
+            Ok(other) => return Err(self.fatal(ClientError::Unexpected(other.kind().name()))),
+            Err(ClientError::Broker { code, .. })
+                if matches!(code, ErrorCode::UnknownMember | ErrorCode::IllegalGeneration) =>
+            {
+                self.refused(code, offsets.iter().map(|o| o.partition).collect());
+                return Ok(false);
+            }
+            Err(e) => return Err(self.fatal(e)),
+        };
+        let mut refused = Vec::new();
+        let mut code = ErrorCode::None;
+        for (o, r) in offsets.iter().zip(&results) {
+            if r.error == 0 {
+                self.committed.insert(o.partition, o.offset);
+            } else {
+                code = ErrorCode::from_u16(r.error);
+                refused.push(o.partition);
+            }
+        }
+        if refused.is_empty() {
+            Ok(true)
+        } else {
+            self.refused(code, refused);
+            Ok(false)
+        }
+    }
+
+    fn refused(&mut self, code: ErrorCode, partitions: Vec<u32>) {
+        self.events.push(GroupEvent::CommitRefused { code, partitions });
+        // Fenced: what it holds may be someone else's now. Start over.
+        self.drop_partitions();
+        if code == ErrorCode::UnknownMember {
+            self.membership = None;
+        }
+        self.next_heartbeat = Instant::now();
+    }
+
+    /// Renews the lease; follows a rebalance.
+    fn heartbeat(&mut self) -> Result<(), PipelineError> {
+        let Some(m) = self.membership.as_ref() else {
+            return self.join();
+        };
+        let every = self.cfg.heartbeat_every(m.lease);
+        let sent = Instant::now();
+        let req = GroupHeartbeatRequest {
+            group: self.cfg.group.clone(),
+            member_id: m.member_id.clone(),
+            generation: m.generation,
+        };
+        // A heartbeat that cannot get through is tried again at the next
+        // one; meanwhile the lease runs down and reading stops with it.
+        let deadline = sent + every;
+        self.next_heartbeat = sent + every;
+        match self.link.request(&req.into(), deadline) {
+            Ok(Message::GroupHeartbeatResponse(r)) => {
+                self.lease_until = sent + Duration::from_millis(u64::from(r.lease_ms));
+                self.lease_lost_reported = false;
+                if r.rebalance {
+                    self.commit()?;
+                    self.join()?;
+                } else if self.consumer.is_none() && !self.partitions.is_empty() {
+                    // Reading stopped when the lease ran out; it is back.
+                    let p = self.partitions.clone();
+                    self.assign(p, r.generation)?;
+                }
+                Ok(())
+            }
+            Ok(other) => Err(self.fatal(ClientError::Unexpected(other.kind().name()))),
+            Err(ClientError::Broker { code, .. })
+                if matches!(code, ErrorCode::UnknownMember | ErrorCode::IllegalGeneration) =>
+            {
+                self.drop_partitions();
+                if code == ErrorCode::UnknownMember {
+                    self.membership = None;
+                }
+                self.join()
+            }
+            Err(e) if crate::RetryCause::of_error(&e).is_some() => Ok(()),
+            Err(e) => Err(self.fatal(e)),
+        }
+    }
+
+    /// Heartbeats and commits when due, then fetches from the partitions
+    /// held (while the lease lasts) for up to `wait`, handing each record
+    /// to `on_record(partition, record, received_at)`. Returns how many.
+    pub fn poll(
+        &mut self,
+        wait: Duration,
+        mut on_record: impl FnMut(u32, &Record<'_>, Instant),
+    ) -> Result<usize, PipelineError> {
+        let now = Instant::now();
+        // A commit first: a member that wakes up late learns from the
+        // refusal that its partitions are gone.
+        if self
+            .cfg
+            .auto_commit_interval
+            .is_some_and(|_| now >= self.next_commit)
+        {
+            self.commit()?;
+            let every = self.cfg.auto_commit_interval.unwrap_or_default();
+            self.next_commit = Instant::now() + every;
+        }
+        if self.membership.is_none() || Instant::now() >= self.next_heartbeat {
+            self.heartbeat()?;
+        }
+        let now = Instant::now();
+        if now >= self.lease_until {
+            if !self.lease_lost_reported {
+                self.lease_lost_reported = true;
+                self.events.push(GroupEvent::LeaseLost { at: now });
+            }
+            // Positions are kept (delivered); reading resumes when a
+            // heartbeat renews the lease, from what was delivered.
+            self.consumer = None;
+            std::thread::sleep(wait.min(self.next_heartbeat.saturating_duration_since(now)));
+            return Ok(0);
+        }
+        let Some(consumer) = self.consumer.as_mut() else {
+            std::thread::sleep(wait.min(self.next_heartbeat.saturating_duration_since(now)));
+            return Ok(0);
+        };
+        let wait = wait
+            .min(self.lease_until.saturating_duration_since(now))
+            .min(self.next_heartbeat.saturating_duration_since(now));
+        let lease_until = self.lease_until;
+        let mut dropped = false;
+        let mut n = 0;
+        let delivered = &mut self.delivered;
+        consumer.poll(wait, |p, rec, at| {
+            if Instant::now() >= lease_until {
+                dropped = true;
+                return;
+            }
+            on_record(p, rec, at);
+            delivered.insert(p, rec.offset + 1);
+            n += 1;
+        })?;
+        if dropped {
+            // The lease ended during the poll: read again from what was
+            // delivered once it is renewed.
+            self.consumer = None;
+        } else {
+            // Control batches skipped count as read.
+            for (p, pos) in consumer.positions() {
+                let d = self.delivered.entry(p).or_insert(pos);
+                *d = (*d).max(pos);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Commits what was delivered and leaves the group: its partitions go
+    /// to the other members at once.
+    pub fn close(mut self) -> Result<(), PipelineError> {
+        let committed = self.commit();
+        if let Some(m) = self.membership.take() {
+            let req = LeaveGroupRequest {
+                group: self.cfg.group.clone(),
+                member_id: m.member_id,
+            };
+            let deadline = self.deadline();
+            self.link
+                .request(&req.into(), deadline)
+                .map_err(PipelineError::Client)?;
+        }
+        committed.map(|_| ())
+    }
+}
