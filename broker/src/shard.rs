@@ -413,6 +413,8 @@ impl Shard {
                     controller_term: g.term(),
                     brokers: self.cluster.broker_samples(),
                 }),
+            group_leases: crate::groups::coordinator::lease_samples(&self.consumer_groups),
+            group_offsets: crate::groups::coordinator::offsets_samples(&self.consumer_groups),
         }
     }
 

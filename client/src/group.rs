@@ -110,7 +110,10 @@ pub enum GroupEvent {
         at: Instant,
     },
     /// A commit was refused (the member was fenced or had expired).
-    CommitRefused { code: ErrorCode, partitions: Vec<u32> },
+    CommitRefused {
+        code: ErrorCode,
+        partitions: Vec<u32>,
+    },
     /// The lease ended before a heartbeat renewed it: reading stopped.
     LeaseLost { at: Instant },
 }
@@ -163,7 +166,9 @@ impl CoordinatorLink {
         })?;
         let index = coordinator_partition(&self.group, r.len() as u32) as usize;
         r.get(index).copied().flatten().ok_or_else(|| {
-            unavailable(format!("{OFFSETS_TOPIC}-{index} (the coordinator) has no leader"))
+            unavailable(format!(
+                "{OFFSETS_TOPIC}-{index} (the coordinator) has no leader"
+            ))
         })
     }
 
@@ -191,10 +196,7 @@ impl CoordinatorLink {
                 }
                 let conn = me.conn.as_mut().expect("just connected");
                 let r = conn.request(msg);
-                if matches!(
-                    r,
-                    Err(ClientError::Io { .. } | ClientError::Closed { .. })
-                ) {
+                if matches!(r, Err(ClientError::Io { .. } | ClientError::Closed { .. })) {
                     me.conn = None;
                 }
                 r
@@ -242,6 +244,15 @@ pub fn coordinator_request(
 ) -> Result<Message, ClientError> {
     let mut link = CoordinatorLink::new(cfg.clone(), group.to_owned());
     link.request(msg, Instant::now() + cfg.request_timeout)
+}
+
+/// A retriable failure (no coordinator reachable now) is not the caller's:
+/// the member tries again at its next heartbeat.
+fn soft(r: Result<(), PipelineError>) -> Result<(), PipelineError> {
+    match r {
+        Err(e) if e.retry_cause().is_some() => Ok(()),
+        other => other,
+    }
 }
 
 /// A request to the leader of offsets partition `index` (ListGroups).
@@ -533,11 +544,17 @@ impl GroupConsumer {
             Ok(Message::OffsetCommitResponse(r)) => r.results,
             Ok(other) => return Err(self.fatal(ClientError::Unexpected(other.kind().name()))),
             Err(ClientError::Broker { code, .. })
-                if matches!(code, ErrorCode::UnknownMember | ErrorCode::IllegalGeneration) =>
+                if matches!(
+                    code,
+                    ErrorCode::UnknownMember | ErrorCode::IllegalGeneration
+                ) =>
             {
                 self.refused(code, offsets.iter().map(|o| o.partition).collect());
                 return Ok(false);
             }
+            // No coordinator within the deadline: the next commit carries
+            // the same offsets.
+            Err(e) if crate::RetryCause::of_error(&e).is_some() => return Ok(false),
             Err(e) => return Err(self.fatal(e)),
         };
         let mut refused = Vec::new();
@@ -559,7 +576,8 @@ impl GroupConsumer {
     }
 
     fn refused(&mut self, code: ErrorCode, partitions: Vec<u32>) {
-        self.events.push(GroupEvent::CommitRefused { code, partitions });
+        self.events
+            .push(GroupEvent::CommitRefused { code, partitions });
         // Fenced: what it holds may be someone else's now. Start over.
         self.drop_partitions();
         if code == ErrorCode::UnknownMember {
@@ -571,7 +589,8 @@ impl GroupConsumer {
     /// Renews the lease; follows a rebalance.
     fn heartbeat(&mut self) -> Result<(), PipelineError> {
         let Some(m) = self.membership.as_ref() else {
-            return self.join();
+            self.next_heartbeat = Instant::now() + self.cfg.heartbeat_every(self.cfg.lease);
+            return soft(self.join());
         };
         let every = self.cfg.heartbeat_every(m.lease);
         let sent = Instant::now();
@@ -590,7 +609,9 @@ impl GroupConsumer {
                 self.lease_lost_reported = false;
                 if r.rebalance {
                     self.commit()?;
-                    self.join()?;
+                    // A coordinator that cannot be reached now is tried
+                    // again at the next heartbeat (still a rebalance).
+                    soft(self.join())?;
                 } else if self.consumer.is_none() && !self.partitions.is_empty() {
                     // Reading stopped when the lease ran out; it is back.
                     let p = self.partitions.clone();
@@ -600,13 +621,16 @@ impl GroupConsumer {
             }
             Ok(other) => Err(self.fatal(ClientError::Unexpected(other.kind().name()))),
             Err(ClientError::Broker { code, .. })
-                if matches!(code, ErrorCode::UnknownMember | ErrorCode::IllegalGeneration) =>
+                if matches!(
+                    code,
+                    ErrorCode::UnknownMember | ErrorCode::IllegalGeneration
+                ) =>
             {
                 self.drop_partitions();
                 if code == ErrorCode::UnknownMember {
                     self.membership = None;
                 }
-                self.join()
+                soft(self.join())
             }
             Err(e) if crate::RetryCause::of_error(&e).is_some() => Ok(()),
             Err(e) => Err(self.fatal(e)),
@@ -622,13 +646,16 @@ impl GroupConsumer {
         mut on_record: impl FnMut(u32, &Record<'_>, Instant),
     ) -> Result<usize, PipelineError> {
         let now = Instant::now();
-        // A commit first: a member that wakes up late learns from the
-        // refusal that its partitions are gone.
-        if self
+        // A commit first when one is due, or when the lease has run out
+        // here (the member may have lost its partitions: what it read is
+        // saved if it still may, and a member that wakes up late learns
+        // from the refusal that its partitions are gone).
+        let lapsed = self.membership.is_some() && now >= self.lease_until;
+        let due = self
             .cfg
             .auto_commit_interval
-            .is_some_and(|_| now >= self.next_commit)
-        {
+            .is_some_and(|_| now >= self.next_commit);
+        if due || lapsed {
             self.commit()?;
             let every = self.cfg.auto_commit_interval.unwrap_or_default();
             self.next_commit = Instant::now() + every;

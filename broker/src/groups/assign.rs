@@ -91,7 +91,12 @@ mod tests {
 
     fn members(ids: &[&str], topics: &[&str]) -> BTreeMap<String, Vec<String>> {
         ids.iter()
-            .map(|id| (id.to_string(), topics.iter().map(|t| t.to_string()).collect()))
+            .map(|id| {
+                (
+                    id.to_string(),
+                    topics.iter().map(|t| t.to_string()).collect(),
+                )
+            })
             .collect()
     }
 
@@ -113,7 +118,11 @@ mod tests {
 
     #[test]
     fn three_members_on_six_partitions_get_two_each() {
-        let a = sticky(&members(&["a", "b", "c"], &["t"]), &parts("t", 6), &BTreeMap::new());
+        let a = sticky(
+            &members(&["a", "b", "c"], &["t"]),
+            &parts("t", 6),
+            &BTreeMap::new(),
+        );
         assert_eq!(a.len(), 6);
         assert!(counts(&a).values().all(|&c| c == 2), "{a:?}");
     }
@@ -162,7 +171,11 @@ mod tests {
     #[test]
     fn no_members_assign_nothing_and_more_members_than_partitions_leave_some_idle() {
         assert!(sticky(&BTreeMap::new(), &parts("t", 3), &BTreeMap::new()).is_empty());
-        let a = sticky(&members(&["a", "b", "c"], &["t"]), &parts("t", 2), &BTreeMap::new());
+        let a = sticky(
+            &members(&["a", "b", "c"], &["t"]),
+            &parts("t", 2),
+            &BTreeMap::new(),
+        );
         assert_eq!(a.len(), 2);
         assert_eq!(counts(&a).len(), 2);
     }

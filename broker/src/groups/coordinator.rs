@@ -31,6 +31,7 @@ use super::{GroupError, LEASE_MS_DEFAULT, LEASE_MS_MAX, LEASE_MS_MIN, OFFSETS_TO
 use crate::error::{Error, Result};
 use crate::partition::{Partition, FETCH_BYTES_MAX};
 use crate::shard::Shard;
+use crate::telemetry::{GroupLeaseSample, GroupOffsetsSample};
 
 /// How often each shard looks for expired leases: the delay it adds to a
 /// crashed member's lease before its partitions move.
@@ -92,26 +93,6 @@ struct Loaded {
     leases: HashMap<(String, String), Instant>,
 }
 
-/// One active lease, for telemetry and `describe`.
-#[derive(Debug, Clone)]
-pub struct LeaseView {
-    pub group: String,
-    pub member: String,
-    pub generation: u64,
-    pub partitions: Vec<(String, u32)>,
-    pub left_ms: u64,
-}
-
-/// A group's committed offsets, for telemetry (lag is computed where the
-/// partitions' high watermarks are known).
-#[derive(Debug, Clone)]
-pub struct OffsetsView {
-    pub group: String,
-    pub generation: u64,
-    pub members: usize,
-    pub offsets: Vec<(String, u32, u64)>,
-}
-
 pub(crate) struct Coordinator {
     index: u32,
     partition: Rc<Partition>,
@@ -145,7 +126,12 @@ impl Coordinator {
                 leader: self.partition.leader(),
             });
         }
-        if self.loaded.borrow().as_ref().is_some_and(|l| l.term == term) {
+        if self
+            .loaded
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.term == term)
+        {
             return Ok(());
         }
         *self.loaded.borrow_mut() = None;
@@ -285,7 +271,11 @@ impl Coordinator {
     }
 
     /// Answers one group request.
-    pub(crate) async fn handle(&self, msg: Message, topics: &TopicPartitions<'_>) -> Result<Message> {
+    pub(crate) async fn handle(
+        &self,
+        msg: Message,
+        topics: &TopicPartitions<'_>,
+    ) -> Result<Message> {
         let Ok(_permit) = self.lock.acquire_permit(1).await else {
             return Err(Error::ShuttingDown);
         };
@@ -546,7 +536,10 @@ impl Coordinator {
                     .iter()
                     .filter(|((g, _), _)| g == group)
                     .map(|((_, m), until)| {
-                        (m.clone(), until.saturating_duration_since(now).as_millis() as u64)
+                        (
+                            m.clone(),
+                            until.saturating_duration_since(now).as_millis() as u64,
+                        )
                     })
                     .collect()
             })
@@ -629,39 +622,41 @@ impl Coordinator {
             self.forget(&group, &member);
         }
     }
+}
 
-    /// The active leases, for telemetry.
-    pub fn lease_views(&self) -> Vec<LeaseView> {
-        let now = Instant::now();
-        let loaded = self.loaded.borrow();
+/// The active leases of this shard's coordinators, for telemetry.
+pub(crate) fn lease_samples(cs: &Coordinators) -> Vec<GroupLeaseSample> {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for c in cs.all() {
+        let loaded = c.loaded.borrow();
         let Some(l) = loaded.as_ref() else {
-            return Vec::new();
+            continue;
         };
-        l.leases
-            .iter()
-            .map(|((group, member), until)| {
-                let g = l.groups.groups.get(group);
-                LeaseView {
-                    group: group.clone(),
-                    member: member.clone(),
-                    generation: g.map_or(0, |g| g.generation),
-                    partitions: g.map(|g| g.assignment(member)).unwrap_or_default(),
-                    left_ms: until.saturating_duration_since(now).as_millis() as u64,
-                }
-            })
-            .collect()
+        for ((group, member), until) in &l.leases {
+            let g = l.groups.groups.get(group);
+            out.push(GroupLeaseSample {
+                group: group.clone(),
+                member: member.clone(),
+                generation: g.map_or(0, |g| g.generation),
+                partitions: g.map(|g| g.assignment(member)).unwrap_or_default(),
+                lease_left_ms: until.saturating_duration_since(now).as_millis() as u64,
+            });
+        }
     }
+    out
+}
 
-    /// Each group's committed offsets, for telemetry.
-    pub fn offsets_views(&self) -> Vec<OffsetsView> {
-        let loaded = self.loaded.borrow();
+/// Each group's committed offsets, for telemetry.
+pub(crate) fn offsets_samples(cs: &Coordinators) -> Vec<GroupOffsetsSample> {
+    let mut out = Vec::new();
+    for c in cs.all() {
+        let loaded = c.loaded.borrow();
         let Some(l) = loaded.as_ref() else {
-            return Vec::new();
+            continue;
         };
-        l.groups
-            .groups
-            .iter()
-            .map(|(name, g)| OffsetsView {
+        for (name, g) in &l.groups.groups {
+            out.push(GroupOffsetsSample {
                 group: name.clone(),
                 generation: g.generation,
                 members: g.members.len(),
@@ -670,9 +665,10 @@ impl Coordinator {
                     .iter()
                     .map(|((t, p), c)| (t.clone(), *p, c.offset))
                     .collect(),
-            })
-            .collect()
+            });
+        }
     }
+    out
 }
 
 fn tps(v: Vec<(String, u32)>) -> Vec<TopicPartition> {

@@ -366,7 +366,9 @@ mod tests {
     #[test]
     fn no_partition_is_believed_owned_by_two_members_at_any_step() {
         for seed in 0..200u64 {
-            let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let mut rng = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let mut next = |n: u64| {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
@@ -409,7 +411,11 @@ mod tests {
                         assert!(seen.insert(tp.clone()), "seed {seed}: {tp:?} twice ({id})");
                         // What a member believes it holds, the state says it owns.
                         let owner = gs.groups.get("g").and_then(|g| g.owners.get(tp));
-                        assert_eq!(owner.map(|o| o.member.as_str()), Some(id.as_str()), "seed {seed}");
+                        assert_eq!(
+                            owner.map(|o| o.member.as_str()),
+                            Some(id.as_str()),
+                            "seed {seed}"
+                        );
                     }
                 }
             }

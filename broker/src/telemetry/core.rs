@@ -417,8 +417,65 @@ fn sample_frame(v: &View, ts_ms: u64) -> Value {
             "budget_bytes": null,
             "full": v.disk.full,
         },
-        "groups": [],
+        "groups": group_leases(v, ts_ms),
+        "group_lag": group_lag(v),
     })
+}
+
+/// Every member lease this broker coordinates (docs/TELEMETRY.md, `groups`).
+fn group_leases(v: &View, ts_ms: u64) -> Vec<Value> {
+    let mut out: Vec<&super::GroupLeaseSample> =
+        v.latest.values().flat_map(|s| &s.group_leases).collect();
+    out.sort_by(|a, b| (&a.group, &a.member).cmp(&(&b.group, &b.member)));
+    out.into_iter()
+        .map(|l| {
+            json!({
+                "group": l.group,
+                "member": l.member,
+                "generation": l.generation,
+                "partitions": l.partitions.iter().map(|(t, p)| json!({"topic": t, "partition": p})).collect::<Vec<_>>(),
+                "lease_expires_ms": ts_ms + l.lease_left_ms,
+            })
+        })
+        .collect()
+}
+
+/// Each group this broker coordinates with its committed offsets and lag:
+/// the high watermark of a partition is the highest this broker's replicas
+/// know (its leader's when it leads it), `null` if it holds no replica.
+fn group_lag(v: &View) -> Vec<Value> {
+    let mut hw: BTreeMap<(&str, u32), u64> = BTreeMap::new();
+    for p in v.latest.values().flat_map(|s| &s.partitions) {
+        let e = hw.entry((p.topic.as_str(), p.partition)).or_default();
+        *e = (*e).max(p.high_watermark);
+    }
+    let mut groups: Vec<&super::GroupOffsetsSample> =
+        v.latest.values().flat_map(|s| &s.group_offsets).collect();
+    groups.sort_by(|a, b| a.group.cmp(&b.group));
+    groups
+        .into_iter()
+        .map(|g| {
+            let mut total = Some(0u64);
+            let partitions: Vec<Value> = g
+                .offsets
+                .iter()
+                .map(|(t, p, committed)| {
+                    let high = hw.get(&(t.as_str(), *p)).copied();
+                    let lag = high.map(|h| h.saturating_sub(*committed));
+                    total = total.zip(lag).map(|(a, b)| a + b);
+                    json!({"topic": t, "partition": p, "committed": committed,
+                           "high_watermark": high, "lag": lag})
+                })
+                .collect();
+            json!({
+                "group": g.group,
+                "generation": g.generation,
+                "members": g.members,
+                "partitions": partitions,
+                "lag": total,
+            })
+        })
+        .collect()
 }
 
 /// `GET /api/cluster`.
@@ -605,6 +662,36 @@ mod tests {
         assert_eq!(f["partitions"][1]["snapshot_transfer"], Value::Null);
         assert_eq!(f["disk"]["used_bytes"], 8192);
         assert_eq!(f["groups"], json!([]));
+        assert_eq!(f["group_lag"], json!([]));
+        // A coordinating shard's leases and offsets: expiry in epoch ms,
+        // lag against the high watermark this broker knows (8 for b-1),
+        // null for a partition it holds no replica of.
+        let mut s2 = shard(2, vec![]);
+        s2.group_leases.push(super::super::GroupLeaseSample {
+            group: "g".into(),
+            member: "m-1".into(),
+            generation: 4,
+            partitions: vec![("b".into(), 1)],
+            lease_left_ms: 2500,
+        });
+        s2.group_offsets.push(super::super::GroupOffsetsSample {
+            group: "g".into(),
+            generation: 4,
+            members: 1,
+            offsets: vec![("b".into(), 1, 5), ("zz".into(), 0, 3)],
+        });
+        v.latest.insert(2, s2);
+        let f = sample_frame(&v, 1000);
+        assert_eq!(
+            f["groups"],
+            json!([{"group": "g", "member": "m-1", "generation": 4,
+                    "partitions": [{"topic": "b", "partition": 1}], "lease_expires_ms": 3500}])
+        );
+        let lag = &f["group_lag"][0];
+        assert_eq!(lag["partitions"][0]["lag"], 3);
+        assert_eq!(lag["partitions"][0]["high_watermark"], 8);
+        assert!(lag["partitions"][1]["lag"].is_null());
+        assert!(lag["lag"].is_null(), "unknown when a partition's is: {lag}");
         // Before shard 0 has a cluster view, the broker knows only itself.
         let c = cluster_answer(&v);
         assert_eq!(c["brokers"].as_array().unwrap().len(), 3);

@@ -114,6 +114,28 @@ pub struct ClusterSample {
     pub brokers: Vec<BrokerSample>,
 }
 
+/// A consumer-group member's lease, on the shard coordinating its group.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GroupLeaseSample {
+    pub group: String,
+    pub member: String,
+    pub generation: u64,
+    pub partitions: Vec<(String, u32)>,
+    /// Time left on the lease when the sample was taken.
+    pub lease_left_ms: u64,
+}
+
+/// A group's committed offsets, on the shard coordinating it (lag is
+/// worked out by the core, against the high watermarks it knows).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GroupOffsetsSample {
+    pub group: String,
+    pub generation: u64,
+    pub members: usize,
+    /// (topic, partition, committed offset)
+    pub offsets: Vec<(String, u32, u64)>,
+}
+
 /// What a shard reports once a second. Counters are totals since the
 /// process started; the interval figures cover the last sample interval.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
@@ -157,6 +179,10 @@ pub struct ShardSample {
     pub disk_full: bool,
     /// Shard 0 only.
     pub cluster: Option<ClusterSample>,
+    /// Leases of the consumer groups this shard coordinates.
+    pub group_leases: Vec<GroupLeaseSample>,
+    /// Committed offsets of the consumer groups this shard coordinates.
+    pub group_offsets: Vec<GroupOffsetsSample>,
 }
 
 /// Things that happen, sent by the shard where they happen (the core adds

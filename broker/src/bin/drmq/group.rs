@@ -40,7 +40,8 @@ pub struct MemberArgs {
 pub fn consume(cfg: ClientConfig, a: MemberArgs, stop: Arc<AtomicBool>) -> Result<()> {
     let mut g = GroupConfig::new(cfg, a.group.clone(), a.topic.clone());
     g.lease = Duration::from_millis(a.lease_ms);
-    g.auto_commit_interval = (a.auto_commit_ms > 0).then(|| Duration::from_millis(a.auto_commit_ms));
+    g.auto_commit_interval =
+        (a.auto_commit_ms > 0).then(|| Duration::from_millis(a.auto_commit_ms));
     g.reset = a.from;
     g.fetch_wait = FETCH_WAIT;
     g.fetch_bytes_max = 1 << 20;
@@ -138,8 +139,11 @@ pub fn list(cfg: &ClientConfig) -> Result<Vec<Value>> {
         .map_or(0, |t| t.partitions.len() as u32);
     let mut out = Vec::new();
     for index in 0..partitions {
-        let r = offsets_partition_request(cfg, index, &ListGroupsRequest { partition: index }.into())
-            .with_context(|| format!("ListGroupsRequest to the leader of {OFFSETS_TOPIC}-{index}"))?;
+        let r =
+            offsets_partition_request(cfg, index, &ListGroupsRequest { partition: index }.into())
+                .with_context(|| {
+                format!("ListGroupsRequest to the leader of {OFFSETS_TOPIC}-{index}")
+            })?;
         let Message::ListGroupsResponse(r) = r else {
             bail!("unexpected answer {}", r.kind().name());
         };

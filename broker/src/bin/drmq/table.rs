@@ -444,7 +444,13 @@ fn cell(v: &Value) -> String {
 pub fn group_list(groups: &[Value]) -> String {
     let rows: Vec<Vec<String>> = groups
         .iter()
-        .map(|g| vec![cell(&g["group"]), cell(&g["generation"]), cell(&g["members"])])
+        .map(|g| {
+            vec![
+                cell(&g["group"]),
+                cell(&g["generation"]),
+                cell(&g["members"]),
+            ]
+        })
         .collect();
     columns(&["GROUP", "GENERATION", "MEMBERS"], &rows)
 }
@@ -477,11 +483,18 @@ pub fn group_describe(d: &Value) -> String {
                 cell(&m["member_id"]),
                 cell(&m["client_id"]),
                 format!("{}/{} ms", cell(&m["lease_left_ms"]), cell(&m["lease_ms"])),
-                if parts.is_empty() { "-".into() } else { parts.join(",") },
+                if parts.is_empty() {
+                    "-".into()
+                } else {
+                    parts.join(",")
+                },
             ]
         })
         .collect();
-    out.push_str(&columns(&["MEMBER", "CLIENT", "LEASE LEFT", "PARTITIONS"], &members));
+    out.push_str(&columns(
+        &["MEMBER", "CLIENT", "LEASE LEFT", "PARTITIONS"],
+        &members,
+    ));
     out.push('\n');
     let parts: Vec<Vec<String>> = d["partitions"]
         .as_array()
@@ -499,7 +512,14 @@ pub fn group_describe(d: &Value) -> String {
         })
         .collect();
     out.push_str(&columns(
-        &["TOPIC", "PARTITION", "OWNER", "COMMITTED", "HIGH WATERMARK", "LAG"],
+        &[
+            "TOPIC",
+            "PARTITION",
+            "OWNER",
+            "COMMITTED",
+            "HIGH WATERMARK",
+            "LAG",
+        ],
         &parts,
     ));
     out
@@ -524,9 +544,17 @@ mod group_tests {
         let t = group_describe(&d);
         assert!(t.starts_with("GROUP  g  GENERATION  4\n"), "{t}");
         assert!(t.contains("m-1     c       2500/3000 ms  t-0,t-1"), "{t}");
-        assert!(t.contains("t      0          m-1    10         15              5"), "{t}");
-        assert!(t.contains("t      1          -      -          3               -"), "{t}");
-        assert_eq!(group_list(&[json!({"group": "g", "generation": 4, "members": 1})]),
-                   "GROUP  GENERATION  MEMBERS\ng      4           1\n");
+        assert!(
+            t.contains("t      0          m-1    10         15              5"),
+            "{t}"
+        );
+        assert!(
+            t.contains("t      1          -      -          3               -"),
+            "{t}"
+        );
+        assert_eq!(
+            group_list(&[json!({"group": "g", "generation": 4, "members": 1})]),
+            "GROUP  GENERATION  MEMBERS\ng      4           1\n"
+        );
     }
 }
