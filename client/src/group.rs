@@ -334,6 +334,9 @@ impl GroupConsumer {
             field: "group",
             reason: e.to_string(),
         })?;
+        // A topic that does not exist is an error at once (the join would
+        // retry it as "not created yet" until the timeout).
+        routes(&cfg.client, &cfg.topic)?;
         let now = Instant::now();
         let mut g = GroupConsumer {
             link: CoordinatorLink::new(cfg.client.clone(), cfg.group.clone()),

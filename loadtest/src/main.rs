@@ -16,6 +16,7 @@
 mod baseline;
 mod dashboards;
 mod fault;
+mod group;
 mod plot;
 mod report;
 mod run;
@@ -172,6 +173,23 @@ struct RunArgs {
     /// --http addresses (known with --spawn-broker).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=dashboards::CLIENTS_PER_BROKER_MAX as i64))]
     dashboards: u16,
+    /// The consumers are members of this consumer group (its offsets are
+    /// set to the log ends first; it must have no members); reports the
+    /// time of each rebalance.
+    #[arg(long)]
+    group: Option<String>,
+    /// With --group: during the window one member leaves and one crashes
+    /// (stops heartbeating), each replaced by a new member; every rebalance
+    /// is timed (needs --consumers 2 or more).
+    #[arg(long, requires = "group")]
+    group_churn: bool,
+    /// With --group: the members start once the producers are done, so the
+    /// consume rate is the group's throughput on a backlog.
+    #[arg(long, requires = "group", conflicts_with = "group_churn")]
+    group_after_produce: bool,
+    /// With --group: the members' lease.
+    #[arg(long, default_value_t = 3000, requires = "group", value_parser = clap::value_parser!(u64).range(500..=300_000))]
+    lease_ms: u64,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -452,6 +470,21 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
         https,
         dashboards: usize::from(a.dashboards),
         started: None,
+        group: match &a.group {
+            Some(g) => {
+                wire::validate_group_name(g)?;
+                if a.group_churn && a.consumers < 2 {
+                    anyhow::bail!("--group-churn needs --consumers 2 or more");
+                }
+                Some(group::GroupPlan {
+                    group: g.clone(),
+                    churn: a.group_churn,
+                    after_produce: a.group_after_produce,
+                    lease: Duration::from_millis(a.lease_ms),
+                })
+            }
+            None => None,
+        },
     };
     let (w, outcome, fault) = run_with_fault(w, a.fault, local.as_ref())?;
     let base = measure_baselines(&a.broker, local_data_dir(local.as_ref()), w.batch_bytes);
@@ -584,6 +617,7 @@ fn bench_case(
         https: https.to_vec(),
         dashboards,
         started: None,
+        group: None,
     };
     if let Some(l) = local {
         let caught_up = l.lock().map(|c| c.wait_caught_up(CATCH_UP_TIMEOUT));

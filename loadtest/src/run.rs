@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use client::{
-    ClientConfig, ClientStats, Consumer, ConsumerConfig, Producer, ProducerConfig, StartAt,
+    ClientConfig, ClientStats, Consumer, ConsumerConfig, GroupConsumer, PipelineError, Producer,
+    ProducerConfig, StartAt,
 };
 use hdrhistogram::Histogram;
 use wire::{Acks, OffsetSpec};
@@ -133,6 +134,8 @@ pub struct Workload {
     pub dashboards: usize,
     /// Told the run's start time (a fault thread times itself from it).
     pub started: Option<std::sync::mpsc::Sender<Instant>>,
+    /// Consumers as members of one consumer group (`--group`).
+    pub group: Option<crate::group::GroupPlan>,
 }
 
 /// Acknowledgements per [`TIMELINE_BUCKET_US`] of the run, by the time they
@@ -186,13 +189,13 @@ impl Bits {
 
 /// Counters the progress line reads while the run goes.
 #[derive(Default)]
-struct Live {
+pub(crate) struct Live {
     sent: AtomicU64,
     acked: AtomicU64,
     failed: AtomicU64,
     consumed: AtomicU64,
     in_flight: AtomicU64,
-    producers_done: AtomicBool,
+    pub(crate) producers_done: AtomicBool,
     abort: AtomicBool,
 }
 
@@ -213,7 +216,7 @@ struct ProducerOut {
 }
 
 #[derive(Debug)]
-struct ConsumerOut {
+pub(crate) struct ConsumerOut {
     consumed: u64,
     consumed_in_window: u64,
     seen: Vec<Bits>,
@@ -259,6 +262,8 @@ pub struct Outcome {
     pub broker_counters: Option<BTreeMap<String, u64>>,
     /// What the dashboard clients received (None without `--dashboards`).
     pub dashboards: Option<crate::dashboards::DashboardStats>,
+    /// Rebalance times of a `--group` run.
+    pub group: Option<crate::group::RebalanceReport>,
     /// When the run started (timeline times are µs since then).
     pub started_at: Instant,
     pub ack_timeline: Vec<Bucket>,
@@ -309,7 +314,30 @@ pub fn run(w: &Workload) -> Result<Outcome> {
 
     // Consumers first, positioned at the log ends, so they see every message.
     let mut consumer_threads = Vec::new();
-    for c in 0..w.consumers {
+    let mut group_thread = None;
+    if let Some(plan) = &w.group {
+        crate::group::reset(w, &plan.group, &start_offsets)?;
+        let ctx = crate::group::Ctx {
+            w: w.clone(),
+            plan: plan.clone(),
+            partitions,
+            t0,
+            warmup_us,
+            window_end_us,
+            live: live.clone(),
+            end_marks: end_marks.clone(),
+            positions: Arc::default(),
+            script_done: Arc::default(),
+        };
+        let (go, ready) = std::sync::mpsc::channel();
+        group_thread = Some(std::thread::spawn(move || {
+            crate::group::orchestrate(ctx, go)
+        }));
+        // The members are in (their joins timed) before producers start;
+        // bounded by the orchestrator's own settle timeouts.
+        let _ = ready.recv_timeout(Duration::from_secs(300));
+    }
+    for c in (0..w.consumers).filter(|_| w.group.is_none()) {
         let assigned: Vec<u32> = (0..partitions)
             .filter(|p| *p as usize % w.consumers == c)
             .collect();
@@ -319,19 +347,20 @@ pub fn run(w: &Workload) -> Result<Outcome> {
         let mut cfg = ConsumerConfig::new(client.clone(), w.topic.clone());
         cfg.start = StartAt::Offsets(assigned.iter().map(|p| (*p, start_offsets[p])).collect());
         cfg.partitions = Some(assigned);
-        let consumer = Consumer::new(cfg)?;
+        let mut consumer = Consumer::new(cfg)?;
         let live = live.clone();
         let end_marks = end_marks.clone();
         let w = w.clone();
         consumer_threads.push(std::thread::spawn(move || {
             consume(
-                consumer,
+                &mut consumer,
                 &w,
                 t0,
                 warmup_us,
                 window_end_us,
                 &live,
                 &end_marks,
+                None,
             )
         }));
     }
@@ -372,12 +401,22 @@ pub fn run(w: &Workload) -> Result<Outcome> {
     *end_marks.lock().expect("not poisoned") = Some(final_offsets.clone());
     live.producers_done.store(true, Ordering::Relaxed);
     // Bounded: consumers stop at the end offsets or their drain timeout.
-    while consumer_threads.iter().any(|t| !t.is_finished()) {
+    while consumer_threads.iter().any(|t| !t.is_finished())
+        || group_thread.as_ref().is_some_and(|t| !t.is_finished())
+    {
         std::thread::sleep(Duration::from_millis(100));
         progress.tick(&live, t0, warmup_us);
     }
     progress.finish();
     let mut couts = Vec::new();
+    let mut group = None;
+    if let Some(t) = group_thread {
+        let (outs, report) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("the group thread panicked"))?;
+        couts.extend(outs);
+        group = Some(report);
+    }
     for t in consumer_threads {
         couts.push(
             t.join()
@@ -490,6 +529,7 @@ pub fn run(w: &Workload) -> Result<Outcome> {
         fatal,
         broker_counters,
         dashboards,
+        group,
         started_at: t0,
         ack_timeline: pouts.iter().fold(Vec::new(), |mut all, p| {
             if all.len() < p.timeline.len() {
@@ -628,33 +668,108 @@ fn produce(
     out
 }
 
-fn consume(
-    mut consumer: Consumer,
+/// What a consumer thread reads from: a plain consumer or a group member.
+pub(crate) trait Reader {
+    fn poll_records(
+        &mut self,
+        wait: Duration,
+        on_record: &mut dyn FnMut(u32, &wire::Record<'_>, Instant),
+    ) -> Result<usize, PipelineError>;
+    /// The next offset to read, by partition it holds.
+    fn read_positions(&self) -> BTreeMap<u32, u64>;
+    fn read_stats(&self) -> ClientStats;
+}
+
+impl Reader for Consumer {
+    fn poll_records(
+        &mut self,
+        wait: Duration,
+        on_record: &mut dyn FnMut(u32, &wire::Record<'_>, Instant),
+    ) -> Result<usize, PipelineError> {
+        self.poll(wait, on_record)
+    }
+    fn read_positions(&self) -> BTreeMap<u32, u64> {
+        self.positions()
+    }
+    fn read_stats(&self) -> ClientStats {
+        self.stats().clone()
+    }
+}
+
+impl Reader for GroupConsumer {
+    fn poll_records(
+        &mut self,
+        wait: Duration,
+        on_record: &mut dyn FnMut(u32, &wire::Record<'_>, Instant),
+    ) -> Result<usize, PipelineError> {
+        self.poll(wait, on_record)
+    }
+    fn read_positions(&self) -> BTreeMap<u32, u64> {
+        self.positions()
+    }
+    fn read_stats(&self) -> ClientStats {
+        ClientStats::default()
+    }
+}
+
+impl ConsumerOut {
+    fn new(w: &Workload) -> ConsumerOut {
+        ConsumerOut {
+            consumed: 0,
+            consumed_in_window: 0,
+            seen: vec![Bits::default(); w.producers],
+            duplicates: 0,
+            malformed: 0,
+            e2e_us: new_hist(),
+            drained_after_end: 0,
+            last_receipt_us: 0,
+            stats: ClientStats::default(),
+            fatal: None,
+        }
+    }
+
+    /// A consumer that could not start.
+    pub(crate) fn failed(w: &Workload, reason: String) -> ConsumerOut {
+        ConsumerOut {
+            fatal: Some(reason),
+            ..ConsumerOut::new(w)
+        }
+    }
+}
+
+/// A group member's stop flag, the positions all members share, and
+/// whether the churn script is over.
+pub(crate) type MemberShared<'a> = (
+    &'a AtomicBool,
+    &'a Mutex<BTreeMap<u32, u64>>,
+    &'a AtomicBool,
+);
+
+/// Reads until the producers' end offsets (or the drain timeout). A group
+/// member (`group`: its stop flag, the positions all members share, and
+/// whether the churn script is over) also stops when told to, and is
+/// caught up when the group is and the script is over.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn consume<R: Reader>(
+    consumer: &mut R,
     w: &Workload,
     t0: Instant,
     warmup_us: u64,
     window_end_us: Option<u64>,
     live: &Live,
     end_marks: &Mutex<Option<BTreeMap<u32, u64>>>,
+    group: Option<MemberShared<'_>>,
 ) -> ConsumerOut {
-    let mut out = ConsumerOut {
-        consumed: 0,
-        consumed_in_window: 0,
-        seen: vec![Bits::default(); w.producers],
-        duplicates: 0,
-        malformed: 0,
-        e2e_us: new_hist(),
-        drained_after_end: 0,
-        last_receipt_us: 0,
-        stats: ClientStats::default(),
-        fatal: None,
-    };
+    let mut out = ConsumerOut::new(w);
     let window_end = window_end_us.unwrap_or(u64::MAX);
     let mut drain_deadline: Option<Instant> = None;
     // Bounded: ends at the producers' final offsets or the drain timeout.
     loop {
         let done = live.producers_done.load(Ordering::Relaxed);
-        let r = consumer.poll(Duration::from_millis(20), |_, rec, received_at| {
+        if group.is_some_and(|(stop, _, _)| stop.load(Ordering::SeqCst)) {
+            break;
+        }
+        let r = consumer.poll_records(Duration::from_millis(20), &mut |_, rec, received_at| {
             out.consumed += 1;
             let got_us = elapsed_us(t0, received_at);
             out.last_receipt_us = got_us;
@@ -695,14 +810,29 @@ fn consume(
             }
         };
         live.consumed.fetch_add(n as u64, Ordering::Relaxed);
+        let mut positions = consumer.read_positions();
+        if let Some((_, shared, _)) = group {
+            let mut all = shared.lock().expect("not poisoned");
+            for (p, pos) in positions {
+                let e = all.entry(p).or_insert(pos);
+                *e = (*e).max(pos);
+            }
+            positions = all.clone();
+        }
         if done {
             let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + w.drain_timeout);
             let marks = end_marks.lock().expect("not poisoned").clone();
             if let Some(marks) = marks {
-                let caught_up = consumer
-                    .positions()
-                    .iter()
-                    .all(|(p, pos)| *pos >= marks.get(p).copied().unwrap_or(0));
+                let caught_up = if let Some((_, _, script_done)) = group {
+                    script_done.load(Ordering::SeqCst)
+                        && marks
+                            .iter()
+                            .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end))
+                } else {
+                    positions
+                        .iter()
+                        .all(|(p, pos)| *pos >= marks.get(p).copied().unwrap_or(0))
+                };
                 if caught_up {
                     break;
                 }
@@ -716,7 +846,7 @@ fn consume(
             }
         }
     }
-    out.stats = consumer.stats().clone();
+    out.stats = consumer.read_stats();
     out
 }
 

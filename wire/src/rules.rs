@@ -42,6 +42,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_group_has_one_coordinator_partition_stable_across_builds() {
+        // FNV-1a of "orders" is fixed: a change here moves every group's
+        // coordinator, and its committed offsets with it.
+        assert_eq!(fnv1a("orders".bytes()), 0x0012_5d92_50be_8b4c);
+        assert_eq!(coordinator_partition("orders", 8), 4);
+        for g in ["a", "b", "group-1", "g"] {
+            assert!(coordinator_partition(g, OFFSETS_PARTITIONS) < OFFSETS_PARTITIONS);
+        }
+        assert_eq!(coordinator_partition("x", 0), 0);
+    }
+
+    #[test]
     fn keys_map_to_the_partitions_they_always_did() {
         // FNV-1a test vectors (offset basis for "", the published value for "a").
         assert_eq!(fnv1a([]), 0xcbf2_9ce4_8422_2325);
