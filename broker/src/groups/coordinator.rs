@@ -45,6 +45,12 @@ const PROPOSE_TIMEOUT_MS: u32 = 10_000;
 /// Most members one group may have: a member list of 1,000 is a record
 /// of about 100 KiB, far inside a segment.
 const MEMBERS_MAX: usize = 1_000;
+/// Longest client id kept (it is replicated with every generation).
+const CLIENT_ID_BYTES_MAX: usize = 255;
+/// Most topics one member may subscribe to.
+const TOPICS_PER_MEMBER_MAX: usize = 100;
+/// Longest metadata string of a committed offset (replicated with it).
+const COMMIT_METADATA_BYTES_MAX: usize = 1024;
 
 /// Partition counts of topics, as this broker knows them.
 pub type TopicPartitions<'a> = dyn Fn(&str) -> Option<u32> + 'a;
@@ -285,6 +291,16 @@ impl Coordinator {
                 if r.topics.is_empty() {
                     return Err(GroupError::NoTopics.into());
                 }
+                if r.topics.len() > TOPICS_PER_MEMBER_MAX || r.client_id.len() > CLIENT_ID_BYTES_MAX
+                {
+                    return Err(GroupError::TooLarge {
+                        what: "a join",
+                        limit: format!(
+                            "at most {TOPICS_PER_MEMBER_MAX} topics and a {CLIENT_ID_BYTES_MAX}-byte client id"
+                        ),
+                    }
+                    .into());
+                }
                 for t in &r.topics {
                     if topics(t).is_none() {
                         return Err(Error::UnknownTopic { name: t.clone() });
@@ -386,6 +402,16 @@ impl Coordinator {
                 Ok(LeaveGroupResponse { group: r.group }.into())
             }
             Message::OffsetCommitRequest(r) => {
+                if r.offsets
+                    .iter()
+                    .any(|o| o.metadata.len() > COMMIT_METADATA_BYTES_MAX)
+                {
+                    return Err(GroupError::TooLarge {
+                        what: "a commit",
+                        limit: format!("metadata of at most {COMMIT_METADATA_BYTES_MAX} bytes"),
+                    }
+                    .into());
+                }
                 let g = self.group(&r.group);
                 let mut results = Vec::with_capacity(r.offsets.len());
                 let mut accepted = Vec::new();

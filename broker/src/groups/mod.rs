@@ -75,6 +75,8 @@ pub enum GroupError {
     InternalTopic,
     #[error("a join names no topic")]
     NoTopics,
+    #[error("{what} is too large: {limit}")]
+    TooLarge { what: &'static str, limit: String },
     #[error("group {group}: {topic}-{partition} does not exist")]
     UnknownPartition {
         group: String,
@@ -91,6 +93,7 @@ impl GroupError {
             GroupError::NotEmpty { .. } | GroupError::InternalTopic | GroupError::NoTopics => {
                 ErrorCode::InvalidRequest
             }
+            GroupError::TooLarge { .. } => ErrorCode::RequestTooLarge,
             GroupError::Loading { .. } => ErrorCode::LeaderNotAvailable,
             GroupError::NoOffsetsTopic | GroupError::UnknownPartition { .. } => {
                 ErrorCode::UnknownTopicOrPartition

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { LeaderTracker, clusterTotals, mergeController, mergeGroups, mergePartitions, type BrokerInput } from './cluster';
+import { LeaderTracker, clusterTotals, mergeController, mergeGroupLag, mergeGroups, mergePartitions, type BrokerInput } from './cluster';
 import { emptyRates } from './rates';
 import type { SampleFrame } from './protocol';
 import { part, sample } from './testkit/fakes';
@@ -90,6 +90,32 @@ describe('controller, totals and groups', () => {
     expect(t.records_in_total).toBe(150);
     expect(t.bytes_in_total).toBe(1500);
     expect(t.records_out_total).toBeNull();
+  });
+
+  it('takes each group from its newest coordinator and its lag against the leader high watermark', () => {
+    const lagOf = (generation: number, committed: number, hw: number | null) => ({
+      group: 'g',
+      generation,
+      members: 2,
+      partitions: [{ topic: 't', partition: 0, committed, high_watermark: hw, lag: hw === null ? null : hw - committed }],
+      lag: hw === null ? null : hw - committed,
+    });
+    const inputs = [
+      input(1, sample(1, { group_lag: [lagOf(3, 10, 12)], partitions: [part('t', 0, { role: 'leader', leader: 1, term: 2, high_watermark: 40 })] })),
+      input(2, sample(2, { group_lag: [lagOf(2, 5, 12)] })),
+    ];
+    const merged = mergePartitions(inputs);
+    const lag = mergeGroupLag(inputs, merged);
+    expect(lag).toHaveLength(1);
+    expect(lag[0].coordinator).toBe(1);
+    expect(lag[0].partitions[0].high_watermark).toBe(40);
+    expect(lag[0].partitions[0].lag).toBe(30);
+    expect(lag[0].lag).toBe(30);
+    // Without a leader report and with none from the coordinator: unknown.
+    const unknown = mergeGroupLag([input(2, sample(2, { group_lag: [lagOf(2, 5, null)] }))], []);
+    expect(unknown[0].lag).toBeNull();
+    // Brokers older than issue 14 send no group_lag.
+    expect(mergeGroupLag([input(3, sample(3, {}))], [])).toEqual([]);
   });
 
   it('keeps one lease per member, the latest', () => {

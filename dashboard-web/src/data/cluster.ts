@@ -1,7 +1,7 @@
 // Merging the brokers' streams into one cluster model. Pure functions: the
 // store (store.ts) feeds them the latest sample of every broker whose socket
 // is up; a down broker's last sample is stale and takes no part.
-import type { BrokerId, GroupLease, PartitionSample, SampleFrame, SnapshotTransfer } from './protocol';
+import type { BrokerId, GroupLag, GroupLease, PartitionSample, SampleFrame, SnapshotTransfer } from './protocol';
 import type { LinkState } from './connection';
 import { emptyRates, type Rates } from './rates';
 
@@ -176,6 +176,33 @@ export function mergeGroups(inputs: BrokerInput[]): (GroupLease & { coordinator:
     }
   }
   return [...m.values()].sort((a, b) => (a.group === b.group ? (a.member < b.member ? -1 : 1) : a.group < b.group ? -1 : 1));
+}
+
+/**
+ * Lag per group: each group from the coordinator reporting the highest
+ * generation (after a failover the old coordinator may still report it a
+ * moment). A partition's lag is recomputed against the high watermark merged
+ * from its leader's report when there is one (the coordinator may hold no
+ * replica, or a follower's that lags); the group's lag is the sum, null if
+ * any partition's is unknown.
+ */
+export function mergeGroupLag(inputs: BrokerInput[], partitions: MergedPartition[]): (GroupLag & { coordinator: BrokerId })[] {
+  const hw = new Map<string, number>();
+  for (const p of partitions) if (p.source !== null) hw.set(partitionKey(p.topic, p.partition), p.high_watermark);
+  const m = new Map<string, GroupLag & { coordinator: BrokerId }>();
+  for (const { broker, sample } of reporting(inputs)) {
+    for (const g of sample.group_lag ?? []) {
+      const prev = m.get(g.group);
+      if (prev && prev.generation >= g.generation) continue;
+      const parts = g.partitions.map((p) => {
+        const high = hw.get(partitionKey(p.topic, p.partition)) ?? p.high_watermark;
+        return { ...p, high_watermark: high, lag: high === null ? null : Math.max(0, high - p.committed) };
+      });
+      const lag = parts.reduce<number | null>((sum, p) => (sum === null || p.lag === null ? null : sum + p.lag), 0);
+      m.set(g.group, { ...g, partitions: parts, lag, coordinator: broker });
+    }
+  }
+  return [...m.values()].sort((a, b) => (a.group < b.group ? -1 : a.group > b.group ? 1 : 0));
 }
 
 export interface LeaderChange {

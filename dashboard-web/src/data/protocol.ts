@@ -94,6 +94,24 @@ export interface GroupLease {
   lease_expires_ms: number;
 }
 
+export interface GroupLagPartition {
+  topic: string;
+  partition: number;
+  committed: number;
+  /** As the coordinator's replicas know it; null if it holds no replica. */
+  high_watermark: number | null;
+  lag: number | null;
+}
+
+/** A group's committed offsets and lag, from its coordinator (issue 14). */
+export interface GroupLag {
+  group: string;
+  generation: number;
+  members: number;
+  partitions: GroupLagPartition[];
+  lag: number | null;
+}
+
 export interface SampleFrame {
   v: number;
   type: 'sample';
@@ -107,6 +125,8 @@ export interface SampleFrame {
   partitions: PartitionSample[];
   disk: DiskSample;
   groups: GroupLease[];
+  /** Absent from brokers older than issue 14. */
+  group_lag?: GroupLag[];
 }
 
 export type EventKind =

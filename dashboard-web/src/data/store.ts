@@ -13,6 +13,7 @@ import {
   LeaderTracker,
   clusterTotals,
   mergeController,
+  mergeGroupLag,
   mergeGroups,
   mergePartitions,
   type BrokerInput,
@@ -89,6 +90,7 @@ export interface ClusterView {
   partitions: PartitionView[];
   totals: Totals;
   groups: ReturnType<typeof mergeGroups>;
+  group_lag: ReturnType<typeof mergeGroupLag>;
   events: FeedEvent[];
   throughput: SeriesBuffer;
   /** Per broker: busy fraction per shard over time (series `shard <n>`). */
@@ -392,6 +394,7 @@ export class ClusterClient {
       partitions,
       totals: clusterTotals(inputs),
       groups: mergeGroups(inputs),
+      group_lag: mergeGroupLag(inputs, merged),
       events: this.events.slice(),
       throughput: this.throughput,
       busy: this.busy,

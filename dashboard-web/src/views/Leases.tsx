@@ -40,6 +40,36 @@ export function Leases({ view }: { view: ClusterView }) {
           </table>
         </div>
       )}
+      {view.group_lag.length > 0 && (
+        <div className="table-wrap">
+          <table className="grid" data-testid="group-lag-table">
+            <thead>
+              <tr>
+                <th>group</th>
+                <th>generation</th>
+                <th>members</th>
+                <th>lag</th>
+                <th>lag per partition (topic/partition: committed → high watermark)</th>
+              </tr>
+            </thead>
+            <tbody>
+              {view.group_lag.map((g) => (
+                <tr key={g.group}>
+                  <td>{g.group}</td>
+                  <td className="num">{g.generation}</td>
+                  <td className="num">{g.members}</td>
+                  <td className="num">{g.lag ?? '-'}</td>
+                  <td className="mono">
+                    {g.partitions
+                      .map((p) => `${p.topic}/${p.partition}: ${p.committed} → ${p.high_watermark ?? '?'} (${p.lag ?? '-'})`)
+                      .join('  ')}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
     </section>
   );
 }
