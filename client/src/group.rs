@@ -323,6 +323,8 @@ pub struct GroupConsumer {
     next_heartbeat: Instant,
     next_commit: Instant,
     lease_lost_reported: bool,
+    /// Heartbeats and commits go on, records are not fetched.
+    paused: bool,
     events: Vec<GroupEvent>,
 }
 
@@ -350,6 +352,7 @@ impl GroupConsumer {
             next_heartbeat: now,
             next_commit: now,
             lease_lost_reported: false,
+            paused: false,
             events: Vec::new(),
         };
         g.join()?;
@@ -367,6 +370,13 @@ impl GroupConsumer {
     /// The partitions this member reads now.
     pub fn partitions(&self) -> &[u32] {
         &self.partitions
+    }
+
+    /// Stops (or resumes) fetching: while paused, [`GroupConsumer::poll`]
+    /// keeps the membership alive (heartbeats, commits, rebalances) and
+    /// delivers nothing.
+    pub fn pause(&mut self, paused: bool) {
+        self.paused = paused;
     }
 
     /// Membership events since the last call.
@@ -678,7 +688,7 @@ impl GroupConsumer {
             std::thread::sleep(wait.min(self.next_heartbeat.saturating_duration_since(now)));
             return Ok(0);
         }
-        let Some(consumer) = self.consumer.as_mut() else {
+        let Some(consumer) = self.consumer.as_mut().filter(|_| !self.paused) else {
             std::thread::sleep(wait.min(self.next_heartbeat.saturating_duration_since(now)));
             return Ok(0);
         };

@@ -39,10 +39,12 @@ pub struct GroupPlan {
     pub group: String,
     /// Leave, join, crash and join during the window (needs 2+ consumers).
     pub churn: bool,
-    /// Consumers start once the producers are done: the consume rate is the
-    /// group's throughput on a backlog.
+    /// The members join (and settle) first, then read nothing until the
+    /// producers are done: the read rate is the group's on a backlog.
     pub after_produce: bool,
     pub lease: Duration,
+    /// Heartbeat interval (None: the client's default, a quarter of the lease).
+    pub heartbeat: Option<Duration>,
 }
 
 /// Rebalance times, in ms.
@@ -55,6 +57,12 @@ pub struct RebalanceReport {
     pub leave_ms: Vec<f64>,
     /// A member's crash → all owned by the others (includes the lease).
     pub crash_ms: Vec<f64>,
+    /// `--group-after-produce`: from starting every member at once to the
+    /// group settled (every partition owned, nothing pending).
+    pub start_ms: Option<f64>,
+    /// `--group-after-produce`: the backlog's read rate, from the producers'
+    /// end (the settled group starts reading) to the last record, msgs/s.
+    pub settled_msgs_per_s: Option<f64>,
     pub errors: Vec<String>,
 }
 
@@ -65,6 +73,8 @@ impl RebalanceReport {
             "join_ms": self.join_ms,
             "leave_ms": self.leave_ms,
             "crash_ms": self.crash_ms,
+            "start_ms": self.start_ms,
+            "settled_msgs_per_s": self.settled_msgs_per_s,
             "errors": self.errors,
         })
     }
@@ -88,6 +98,11 @@ impl RebalanceReport {
             self.lease_ms,
             duplicates
         );
+        if let (Some(start), Some(rate)) = (self.start_ms, self.settled_msgs_per_s) {
+            println!(
+                "  group    backlog read at {rate:.0} msgs/s by the settled group (it settled {start:.0} ms after its members started)"
+            );
+        }
         for e in &self.errors {
             println!("  group    error: {e}");
         }
@@ -119,6 +134,9 @@ pub struct Ctx {
     pub positions: Arc<Mutex<BTreeMap<u32, u64>>>,
     /// Set when the churn script is over: members may stop once caught up.
     pub script_done: Arc<AtomicBool>,
+    /// `--group-after-produce`: the members hold off reading until the
+    /// producers are done.
+    pub paused: Arc<AtomicBool>,
 }
 
 fn client(w: &Workload) -> ClientConfig {
@@ -160,6 +178,7 @@ fn spawn_member(ctx: &Ctx, index: usize) -> MemberThread {
         let mut g = GroupConfig::new(client(&ctx.w), ctx.plan.group.clone(), ctx.w.topic.clone());
         g.client_id = format!("loadtest-{index}");
         g.lease = ctx.plan.lease;
+        g.heartbeat_interval = ctx.plan.heartbeat;
         g.reset = Reset::Latest;
         let mut member = match GroupConsumer::new(g) {
             Ok(m) => m,
@@ -173,7 +192,12 @@ fn spawn_member(ctx: &Ctx, index: usize) -> MemberThread {
             ctx.window_end_us,
             &ctx.live,
             &ctx.end_marks,
-            Some((&s, &ctx.positions, &ctx.script_done)),
+            Some(crate::run::MemberShared {
+                stop: &s,
+                positions: &ctx.positions,
+                script_done: &ctx.script_done,
+                paused: &ctx.paused,
+            }),
         );
         if h.load(Ordering::SeqCst) == CRASH {
             // No leave, no commit: as after kill -9.
@@ -237,15 +261,32 @@ pub fn orchestrate(
     let mut members: Vec<MemberThread> = Vec::new();
     let mut outs = Vec::new();
     let n = ctx.w.consumers.max(1);
+    let mut next_index = 0;
+    let mut settled_at = None;
     if ctx.plan.after_produce {
+        // All at once, timed as one start, paused; they read the backlog
+        // once the producers are done, and the rate counts from then.
+        let t = Instant::now();
+        for _ in 0..n {
+            members.push(spawn_member(&ctx, next_index));
+            next_index += 1;
+        }
+        match settled(&ctx, n, t) {
+            Ok(ms) => report.start_ms = Some(ms),
+            Err(e) => report.errors.push(e.to_string()),
+        }
         let _ = go.send(());
         // Bounded: the producers stop by count or time.
         while !ctx.live.producers_done.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(10));
         }
+        settled_at = Some((
+            crate::run::elapsed_us(ctx.t0, Instant::now()),
+            ctx.live.consumed.load(Ordering::Relaxed),
+        ));
+        ctx.paused.store(false, Ordering::SeqCst);
     }
-    let mut next_index = 0;
-    for i in 0..n {
+    for i in (0..n).filter(|_| !ctx.plan.after_produce) {
         let t = Instant::now();
         members.push(spawn_member(&ctx, next_index));
         next_index += 1;
@@ -294,6 +335,14 @@ pub fn orchestrate(
         match m.thread.join() {
             Ok(out) => outs.push(out),
             Err(_) => report.errors.push("a member thread panicked".into()),
+        }
+    }
+    if let Some((at_us, consumed)) = settled_at {
+        let end_us = outs.iter().map(|o| o.last_receipt_us).max().unwrap_or(0);
+        let total: u64 = outs.iter().map(|o| o.consumed).sum();
+        if end_us > at_us {
+            report.settled_msgs_per_s =
+                Some(total.saturating_sub(consumed) as f64 / ((end_us - at_us) as f64 / 1e6));
         }
     }
     (outs, report)

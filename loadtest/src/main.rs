@@ -183,13 +183,17 @@ struct RunArgs {
     /// is timed (needs --consumers 2 or more).
     #[arg(long, requires = "group")]
     group_churn: bool,
-    /// With --group: the members start once the producers are done, so the
-    /// consume rate is the group's throughput on a backlog.
+    /// With --group: the members join first but read nothing until the
+    /// producers are done; reports the group's read rate on that backlog.
     #[arg(long, requires = "group", conflicts_with = "group_churn")]
     group_after_produce: bool,
     /// With --group: the members' lease.
     #[arg(long, default_value_t = 3000, requires = "group", value_parser = clap::value_parser!(u64).range(500..=300_000))]
     lease_ms: u64,
+    /// With --group: the members' heartbeat interval (default: a quarter of
+    /// the lease). A rebalance waits for the members' next heartbeats.
+    #[arg(long, requires = "group", value_parser = clap::value_parser!(u64).range(10..=300_000))]
+    heartbeat_ms: Option<u64>,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -481,6 +485,7 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
                     churn: a.group_churn,
                     after_produce: a.group_after_produce,
                     lease: Duration::from_millis(a.lease_ms),
+                    heartbeat: a.heartbeat_ms.map(Duration::from_millis),
                 })
             }
             None => None,

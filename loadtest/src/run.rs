@@ -193,7 +193,7 @@ pub(crate) struct Live {
     sent: AtomicU64,
     acked: AtomicU64,
     failed: AtomicU64,
-    consumed: AtomicU64,
+    pub(crate) consumed: AtomicU64,
     in_flight: AtomicU64,
     pub(crate) producers_done: AtomicBool,
     abort: AtomicBool,
@@ -217,7 +217,7 @@ struct ProducerOut {
 
 #[derive(Debug)]
 pub(crate) struct ConsumerOut {
-    consumed: u64,
+    pub(crate) consumed: u64,
     consumed_in_window: u64,
     seen: Vec<Bits>,
     duplicates: u64,
@@ -225,7 +225,7 @@ pub(crate) struct ConsumerOut {
     e2e_us: Histogram<u64>,
     /// (µs since start, count) of consumption after the producers finished.
     drained_after_end: u64,
-    last_receipt_us: u64,
+    pub(crate) last_receipt_us: u64,
     stats: ClientStats,
     fatal: Option<String>,
 }
@@ -269,7 +269,7 @@ pub struct Outcome {
     pub ack_timeline: Vec<Bucket>,
 }
 
-fn elapsed_us(t0: Instant, t: Instant) -> u64 {
+pub(crate) fn elapsed_us(t0: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(t0).as_micros() as u64
 }
 
@@ -328,6 +328,7 @@ pub fn run(w: &Workload) -> Result<Outcome> {
             end_marks: end_marks.clone(),
             positions: Arc::default(),
             script_done: Arc::default(),
+            paused: Arc::new(AtomicBool::new(plan.after_produce)),
         };
         let (go, ready) = std::sync::mpsc::channel();
         group_thread = Some(std::thread::spawn(move || {
@@ -678,6 +679,8 @@ pub(crate) trait Reader {
     /// The next offset to read, by partition it holds.
     fn read_positions(&self) -> BTreeMap<u32, u64>;
     fn read_stats(&self) -> ClientStats;
+    /// Keep the membership alive without reading (a group member).
+    fn pause(&mut self, _paused: bool) {}
 }
 
 impl Reader for Consumer {
@@ -710,6 +713,9 @@ impl Reader for GroupConsumer {
     fn read_stats(&self) -> ClientStats {
         ClientStats::default()
     }
+    fn pause(&mut self, paused: bool) {
+        GroupConsumer::pause(self, paused);
+    }
 }
 
 impl ConsumerOut {
@@ -737,13 +743,18 @@ impl ConsumerOut {
     }
 }
 
-/// A group member's stop flag, the positions all members share, and
-/// whether the churn script is over.
-pub(crate) type MemberShared<'a> = (
-    &'a AtomicBool,
-    &'a Mutex<BTreeMap<u32, u64>>,
-    &'a AtomicBool,
-);
+/// What a group member's thread shares with the run.
+#[derive(Clone, Copy)]
+pub(crate) struct MemberShared<'a> {
+    /// Stop now (leave or crash).
+    pub stop: &'a AtomicBool,
+    /// The positions of all members (the highest each partition reached).
+    pub positions: &'a Mutex<BTreeMap<u32, u64>>,
+    /// The churn script is over: caught up means done.
+    pub script_done: &'a AtomicBool,
+    /// Hold off reading (members join before the backlog is read).
+    pub paused: &'a AtomicBool,
+}
 
 /// Reads until the producers' end offsets (or the drain timeout). A group
 /// member (`group`: its stop flag, the positions all members share, and
@@ -766,8 +777,11 @@ pub(crate) fn consume<R: Reader>(
     // Bounded: ends at the producers' final offsets or the drain timeout.
     loop {
         let done = live.producers_done.load(Ordering::Relaxed);
-        if group.is_some_and(|(stop, _, _)| stop.load(Ordering::SeqCst)) {
-            break;
+        if let Some(g) = group {
+            if g.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            consumer.pause(g.paused.load(Ordering::SeqCst));
         }
         let r = consumer.poll_records(Duration::from_millis(20), &mut |_, rec, received_at| {
             out.consumed += 1;
@@ -811,8 +825,8 @@ pub(crate) fn consume<R: Reader>(
         };
         live.consumed.fetch_add(n as u64, Ordering::Relaxed);
         let mut positions = consumer.read_positions();
-        if let Some((_, shared, _)) = group {
-            let mut all = shared.lock().expect("not poisoned");
+        if let Some(g) = group {
+            let mut all = g.positions.lock().expect("not poisoned");
             for (p, pos) in positions {
                 let e = all.entry(p).or_insert(pos);
                 *e = (*e).max(pos);
@@ -823,8 +837,8 @@ pub(crate) fn consume<R: Reader>(
             let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + w.drain_timeout);
             let marks = end_marks.lock().expect("not poisoned").clone();
             if let Some(marks) = marks {
-                let caught_up = if let Some((_, _, script_done)) = group {
-                    script_done.load(Ordering::SeqCst)
+                let caught_up = if let Some(g) = group {
+                    g.script_done.load(Ordering::SeqCst)
                         && marks
                             .iter()
                             .all(|(p, end)| positions.get(p).is_some_and(|pos| pos >= end))
