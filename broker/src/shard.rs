@@ -489,6 +489,9 @@ impl Shard {
                 }
                 .into()
             }
+            Message::DeleteTopicRequest(r) if r.name == crate::groups::OFFSETS_TOPIC => {
+                Error::Group(crate::groups::GroupError::InternalTopic).into()
+            }
             req @ (Message::CreateTopicRequest(_) | Message::DeleteTopicRequest(_)) => {
                 if self.id == 0 {
                     return self.admin(req).await;

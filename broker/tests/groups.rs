@@ -767,6 +767,13 @@ fn the_protocol_fences_stale_generations_and_expired_members_and_reset_needs_an_
     // Users cannot write the offsets topic; bad input is refused clearly.
     let o = c.cli(&["produce", "--topic", OFFSETS_TOPIC], Some("x\n"));
     assert!(!o.status.success());
+    let o = c.cli(&["topic", "delete", OFFSETS_TOPIC], None);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("internal"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = c.cli(
         &[
             "group",

@@ -71,7 +71,7 @@ pub enum GroupError {
     /// No offsets topic yet: the client creates it. Retriable.
     #[error("no {OFFSETS_TOPIC} topic yet (the first group client creates it); retry")]
     NoOffsetsTopic,
-    #[error("{OFFSETS_TOPIC} is written by group coordinators only")]
+    #[error("{OFFSETS_TOPIC} is internal: written by group coordinators only, and never deleted (it holds every group's offsets)")]
     InternalTopic,
     #[error("a join names no topic")]
     NoTopics,
