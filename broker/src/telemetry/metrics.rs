@@ -283,6 +283,37 @@ pub fn prometheus(broker: u64, latest: &BTreeMap<usize, ShardSample>, disk: Disk
             }
         }
     }
+    // Consumer groups this broker coordinates: members, committed offsets
+    // (lag = drmq_partition_high_watermark of the partition's leader minus
+    // this).
+    head(
+        &mut out,
+        "drmq_group_members",
+        "gauge",
+        "Members of a consumer group this broker coordinates",
+    );
+    head(
+        &mut out,
+        "drmq_group_committed_offset",
+        "gauge",
+        "A consumer group's committed offset (the next offset it reads)",
+    );
+    for s in latest.values() {
+        for g in &s.group_offsets {
+            let _ = writeln!(
+                out,
+                "drmq_group_members{{broker=\"{b}\",group=\"{}\"}} {}",
+                g.group, g.members
+            );
+            for (t, p, o) in &g.offsets {
+                let _ = writeln!(
+                    out,
+                    "drmq_group_committed_offset{{broker=\"{b}\",group=\"{}\",topic=\"{t}\",partition=\"{p}\"}} {o}",
+                    g.group
+                );
+            }
+        }
+    }
     for (name, help, v) in [
         (
             "drmq_disk_used_bytes",
@@ -356,6 +387,12 @@ mod tests {
             size_bytes: 100,
             snapshot_transfer: None,
         });
+        s.group_offsets.push(super::super::GroupOffsetsSample {
+            group: "g".into(),
+            generation: 2,
+            members: 3,
+            offsets: vec![("t".into(), 3, 40)],
+        });
         let mut latest = BTreeMap::new();
         latest.insert(1, s);
         let text = prometheus(9, &latest, Disk::default());
@@ -372,6 +409,8 @@ mod tests {
             "drmq_partition_leader{broker=\"9\",topic=\"t\",partition=\"3\"} 1",
             "drmq_partition_replica_lag_entries{broker=\"9\",topic=\"t\",partition=\"3\",replica=\"2\"} 2",
             "drmq_disk_full{broker=\"9\"} 0",
+            "drmq_group_members{broker=\"9\",group=\"g\"} 3",
+            "drmq_group_committed_offset{broker=\"9\",group=\"g\",topic=\"t\",partition=\"3\"} 40",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
