@@ -224,16 +224,27 @@ impl Coordinator {
         Ok(groups)
     }
 
-    /// Writes `c` to the log and applies it once committed (lock held).
+    /// Writes `c` to the log and applies it once committed (lock held). A
+    /// commit of several partitions is one record per partition (each keyed
+    /// by its group, topic and partition: the log stays ready for key
+    /// compaction), all in one batch, so they commit together.
     async fn commit(&self, c: Command) -> Result<()> {
-        let value = serde_json::to_vec(&c).map_err(Error::Command)?;
+        let parts = c.split();
+        let values = parts
+            .iter()
+            .map(|c| serde_json::to_vec(c).map(|v| (c.key(), v)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::Command)?;
         let mut b = wire::RecordBatchBuilder::new();
-        b.push(wire::NewRecord {
-            timestamp_ms: crate::replica::now_ms(),
-            key: Some(c.group().as_bytes()),
-            value: Some(&value),
-            headers: &[],
-        });
+        let now = crate::replica::now_ms();
+        for (key, value) in &values {
+            b.push(wire::NewRecord {
+                timestamp_ms: now,
+                key: Some(key.as_bytes()),
+                value: Some(value),
+                headers: &[],
+            });
+        }
         let batch = b.finish();
         match self
             .partition
@@ -242,7 +253,9 @@ impl Coordinator {
         {
             Ok(_) => {
                 if let Some(l) = self.loaded.borrow_mut().as_mut() {
-                    l.groups.apply(c);
+                    for c in parts {
+                        l.groups.apply(c);
+                    }
                 }
                 Ok(())
             }

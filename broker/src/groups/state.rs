@@ -84,6 +84,34 @@ impl Command {
             Command::Members { group, .. } | Command::Commit { group, .. } => group,
         }
     }
+
+    /// The record key: `members/GROUP`, or `offset/GROUP/TOPIC/PARTITION`
+    /// for a commit of one partition (names cannot hold `/`). Key
+    /// compaction of the offsets log would keep exactly the latest of each.
+    pub fn key(&self) -> String {
+        match self {
+            Command::Members { group, .. } => format!("members/{group}"),
+            Command::Commit { group, offsets } => match offsets.as_slice() {
+                [(t, p, _, _)] => format!("offset/{group}/{t}/{p}"),
+                _ => format!("offsets/{group}"),
+            },
+        }
+    }
+
+    /// A commit of several partitions as one command per partition (what
+    /// the log holds); any other command as it is.
+    pub fn split(self) -> Vec<Command> {
+        match self {
+            Command::Commit { group, offsets } if offsets.len() > 1 => offsets
+                .into_iter()
+                .map(|o| Command::Commit {
+                    group: group.clone(),
+                    offsets: vec![o],
+                })
+                .collect(),
+            other => vec![other],
+        }
+    }
 }
 
 /// Every group of one coordinator.
@@ -291,6 +319,36 @@ mod tests {
 
     fn group(gs: &Groups) -> &Group {
         &gs.groups["g"]
+    }
+
+    #[test]
+    fn a_commit_is_written_one_record_per_partition_each_with_its_own_key() {
+        let c = Command::Commit {
+            group: "g".into(),
+            offsets: vec![
+                ("t".into(), 0, 5, String::new()),
+                ("t".into(), 3, 9, String::new()),
+            ],
+        };
+        let parts = c.clone().split();
+        let keys: Vec<String> = parts.iter().map(Command::key).collect();
+        assert_eq!(keys, ["offset/g/t/0", "offset/g/t/3"]);
+        // Applying the parts is applying the whole.
+        let (mut a, mut b) = (Groups::default(), Groups::default());
+        a.apply(c);
+        for p in parts {
+            b.apply(p);
+        }
+        assert_eq!(a.groups["g"], b.groups["g"]);
+        let m = Command::Members {
+            group: "g".into(),
+            generation: 1,
+            members: vec![],
+            owners: vec![],
+            targets: vec![],
+        };
+        assert_eq!(m.key(), "members/g");
+        assert_eq!(m.clone().split(), vec![m]);
     }
 
     #[test]
