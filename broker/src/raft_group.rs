@@ -122,6 +122,10 @@ pub struct RaftGroup {
     stopped: Cell<bool>,
     /// Serialises writes of `raft.state`.
     save_lock: glommio::sync::Semaphore,
+    /// Held by whatever rewrites or links sealed segments off the shard
+    /// (background compaction, taking a snapshot archive, installing one),
+    /// so an archive never links a segment halfway through its swap.
+    pub maintenance: glommio::sync::Semaphore,
     /// Ticks left in which a preferred leader campaigns again while no
     /// leader is known (see [`RaftGroup::tick`]).
     first_campaigns: Cell<u32>,
@@ -230,6 +234,7 @@ impl RaftGroup {
             failed: RefCell::new(None),
             stopped: Cell::new(false),
             save_lock: glommio::sync::Semaphore::new(1),
+            maintenance: glommio::sync::Semaphore::new(1),
             first_campaigns: Cell::new(0),
             producers_term: Cell::new(0),
             producers_version: Cell::new(0),

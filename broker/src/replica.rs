@@ -240,13 +240,19 @@ impl raft::Storage for LogStore {
         })
     }
 
+    /// The first entry Raft may read: past the saved start point (the
+    /// entry before the log start after retention, the last entry of a
+    /// compacted range, or an installed snapshot's last entry), and never
+    /// before the log's own first entry.
     fn first_index(&self) -> u64 {
         let log = self.part.log();
-        if log.last_entry_index() == 0 || log.first_entry_index() >= log.next_entry_index() {
-            log.next_entry_index().max(self.start_prev.get().0 + 1)
-        } else {
-            log.first_entry_index()
-        }
+        let from_log =
+            if log.last_entry_index() == 0 || log.first_entry_index() >= log.next_entry_index() {
+                log.next_entry_index()
+            } else {
+                log.first_entry_index()
+            };
+        from_log.max(self.start_prev.get().0 + 1)
     }
 
     fn last_index(&self) -> u64 {
