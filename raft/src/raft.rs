@@ -375,6 +375,32 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
+    /// Starts (or restarts with a newer one) streaming the storage's
+    /// current snapshot to follower `to`, even though its log could still be
+    /// replayed: the driver decides that copying the snapshot is cheaper
+    /// (the follower is far behind). Nothing happens unless this node leads,
+    /// `to` is a peer, and the snapshot reaches past what `to` holds and
+    /// past the one already being sent to it. Returns whether it started.
+    pub fn request_snapshot(&mut self, to: NodeId) -> Result<bool, Error> {
+        if self.role != Role::Leader || to == self.cfg.id {
+            return Ok(false);
+        }
+        let meta = self.log.storage.snapshot_meta();
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return Ok(false);
+        };
+        let sending = pr.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        if meta.index <= pr.match_index
+            || meta.index <= sending
+            || meta.index + 1 < self.log.first_index()
+        {
+            return Ok(false);
+        }
+        pr.become_snapshot(meta);
+        self.send_snapshot_chunk(to)?;
+        Ok(true)
+    }
+
     /// Feeds one message from a peer.
     pub fn step(&mut self, m: Message) -> Result<(), Error> {
         assert_eq!(m.group_id, self.cfg.group_id, "message for another group");
