@@ -237,6 +237,11 @@ impl<S: Storage> Raft<S> {
             .map_or(&self.base_membership, |(_, m)| m)
     }
     /// The leader's view of `id` (leaders only).
+    /// A snapshot received from the leader waits for the driver to install
+    /// it (it came out, or will come out, in a Ready).
+    pub fn has_pending_snapshot(&self) -> bool {
+        self.log.has_pending_snapshot()
+    }
     pub fn progress(&self, id: NodeId) -> Option<&Progress> {
         self.progress.get(&id)
     }

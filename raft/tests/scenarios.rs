@@ -716,7 +716,10 @@ fn a_leader_asked_to_snapshot_a_far_behind_follower_sends_it_even_though_the_log
     );
     // Asked again while it is being sent: not restarted.
     assert!(!cluster.node_mut(1).request_snapshot(3).unwrap());
-    assert!(!cluster.node_mut(2).request_snapshot(3).unwrap(), "not the leader");
+    assert!(
+        !cluster.node_mut(2).request_snapshot(3).unwrap(),
+        "not the leader"
+    );
     cluster.tick_all(40);
     assert_eq!(cluster.applied[&3], cluster.applied[&1]);
     cluster.propose(1, b"after");

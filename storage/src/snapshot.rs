@@ -297,13 +297,14 @@ impl Log {
         upto_offset: u64,
         extra: Vec<u8>,
     ) -> Result<SnapshotMeta> {
-        self.plan_snapshot(snapshot_dir, upto_offset)?.take(extra)
+        self.plan_snapshot(upto_offset)?.take(snapshot_dir, extra)
     }
 
     /// What [`Log::take_snapshot`] would archive, decided from memory only
     /// (no I/O): the sealed segments that end at or below `upto_offset`
     /// (capped at the durable offset) and the archive's metadata.
-    pub fn plan_snapshot(&self, snapshot_dir: &Path, upto_offset: u64) -> Result<SnapshotPlan> {
+    pub fn plan_snapshot(&self, upto_offset: u64) -> Result<SnapshotPlan> {
+        let snapshot_dir = self.dir.as_path();
         let upto = upto_offset.min(self.durable_offset());
         let n = self.segments.len() - 1;
         let included: Vec<_> = self.segments[..n]
@@ -320,7 +321,6 @@ impl Log {
             return Err(bad(snapshot_dir, "the sealed segments hold no entry"));
         };
         Ok(SnapshotPlan {
-            dir: snapshot_dir.to_path_buf(),
             partition_dir: self.dir.clone(),
             bases: included.iter().map(|s| s.base_offset).collect(),
             last_included_offset: last.next_offset - 1,
@@ -445,7 +445,6 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
 /// the take (the caller plans again).
 #[derive(Debug, Clone)]
 pub struct SnapshotPlan {
-    dir: PathBuf,
     partition_dir: PathBuf,
     bases: Vec<u64>,
     pub last_included_offset: u64,
@@ -459,19 +458,21 @@ impl SnapshotPlan {
     /// Hard-links the planned segments into the archive directory, fsyncs
     /// them, computes their CRCs and writes `snapshot.meta`. Blocking. On
     /// an error the partial directory is removed.
-    pub fn take(self, extra: Vec<u8>) -> Result<SnapshotMeta> {
+    /// `snapshot_dir` must not exist and be on the partition's file system.
+    pub fn take(self, snapshot_dir: &Path, extra: Vec<u8>) -> Result<SnapshotMeta> {
         if extra.len() > SNAPSHOT_EXTRA_BYTES_MAX {
-            return Err(bad(&self.dir, format!("extra of {} bytes", extra.len())));
+            return Err(bad(snapshot_dir, format!("extra of {} bytes", extra.len())));
         }
-        std::fs::create_dir(&self.dir).map_err(|e| StorageError::io("create dir", &self.dir, e))?;
-        let r = self.link_all(extra);
+        std::fs::create_dir(snapshot_dir)
+            .map_err(|e| StorageError::io("create dir", snapshot_dir, e))?;
+        let r = self.link_all(snapshot_dir, extra);
         if r.is_err() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_dir_all(snapshot_dir);
         }
         r
     }
 
-    fn link_all(&self, extra: Vec<u8>) -> Result<SnapshotMeta> {
+    fn link_all(&self, dir: &Path, extra: Vec<u8>) -> Result<SnapshotMeta> {
         let meta = SnapshotMeta {
             last_included_offset: self.last_included_offset,
             last_included_term: self.last_included_term,
@@ -485,7 +486,7 @@ impl SnapshotPlan {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let dst = self.dir.join(&name);
+                let dst = dir.join(&name);
                 std::fs::hard_link(&src, &dst)
                     .map_err(|e| StorageError::io("hard link", &src, e))?;
                 // The sealed files may still wait for their first sync round.
@@ -496,7 +497,7 @@ impl SnapshotPlan {
                 files.push(FileEntry { name, bytes, crc });
             }
         }
-        write_atomic(&self.dir, SNAPSHOT_META_FILE, &encode(&meta, &files))?;
+        write_atomic(dir, SNAPSHOT_META_FILE, &encode(&meta, &files))?;
         Ok(meta)
     }
 }
@@ -735,6 +736,11 @@ impl SnapshotInstaller {
 
     pub fn is_complete(&self) -> bool {
         self.finished().is_some()
+    }
+
+    /// The archive's metadata (its `extra` included), once complete.
+    pub fn meta(&self) -> Option<&SnapshotMeta> {
+        self.finished().map(|(m, _)| m)
     }
 
     fn finished(&self) -> Option<(&SnapshotMeta, &[u8])> {

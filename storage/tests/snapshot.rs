@@ -275,11 +275,10 @@ fn a_transfer_resumes_after_a_restart_of_the_receiver_from_its_durable_bytes() {
     let snap = tmp.path().join("snap");
     let (src, want) = source(&tmp.path().join("src"), &snap, b"extra");
     // Planned on one thread, taken on another: the same archive.
-    let plan = src
-        .plan_snapshot(&tmp.path().join("snap2"), u64::MAX)
-        .unwrap();
+    let plan = src.plan_snapshot(u64::MAX).unwrap();
     assert_eq!(plan.last_entry_index, src.last_entry_index());
-    let taken = std::thread::spawn(move || plan.take(b"extra".to_vec()))
+    let snap2 = tmp.path().join("snap2");
+    let taken = std::thread::spawn(move || plan.take(&snap2, b"extra".to_vec()))
         .join()
         .unwrap()
         .unwrap();

@@ -1,0 +1,262 @@
+//! Catch-up by snapshot with real brokers: a follower stopped (or killed)
+//! while the leader writes several times its retention comes back below
+//! the leader's log start, is sent an archive of the leader's segments on
+//! a connection of its own, installs it in place and replicates again; it
+//! then leads and serves every acknowledged message. Transfers interrupted
+//! by a kill -9 of either side resume or start over cleanly.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{http_json, Cluster};
+use serde_json::Value;
+
+const TOPIC_ARGS: &[&str] = &[
+    "--partitions",
+    "1",
+    "--replication",
+    "3",
+    "--segment-bytes",
+    "262144",
+    "--retention-bytes",
+    "1048576",
+];
+
+fn create(c: &Cluster, topic: &str) {
+    let o = c.cli(
+        &[&["topic", "create", topic][..], TOPIC_ARGS].concat(),
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "create {topic}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Produces `n` values of about 1 KiB; returns the acknowledged values.
+fn produce(c: &Cluster, topic: &str, tag: &str, n: usize) -> Vec<String> {
+    let pad = "x".repeat(1000);
+    let values: Vec<String> = (0..n).map(|i| format!("{tag}-{i:06}-{pad}")).collect();
+    let o = c.cli(
+        &[
+            "produce",
+            "--topic",
+            topic,
+            "--idempotent",
+            "--batch-bytes",
+            "65536",
+        ],
+        Some(&(values.join("\n") + "\n")),
+    );
+    assert!(
+        o.status.success(),
+        "produce: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let acked = String::from_utf8(o.stdout).unwrap().lines().count();
+    assert_eq!(acked, n, "every line is acknowledged");
+    values
+}
+
+/// The partition's entry in `cluster status` as the leader reports it.
+fn status(c: &Cluster, topic: &str) -> Value {
+    let o = c.cli(&["cluster", "status", "--json"], None);
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    s["partitions"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| {
+                    p["topic"] == topic && p["replicas"].as_array().is_some_and(|r| !r.is_empty())
+                })
+                .cloned()
+        })
+        .unwrap_or(Value::Null)
+}
+
+fn replica<'a>(p: &'a Value, broker: u64) -> &'a Value {
+    p["replicas"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["broker"] == broker))
+        .unwrap_or(&Value::Null)
+}
+
+/// Waits (bounded) until `broker`'s match index reaches the leader's commit
+/// index, the leader still leading; returns the last status seen.
+fn wait_caught_up(c: &Cluster, topic: &str, broker: u64, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let p = status(c, topic);
+        let r = replica(&p, broker);
+        if r["lag"] == 0 && r["match_index"].as_u64() == p["commit_index"].as_u64() {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker {broker} did not catch up: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A broker's total of a shard counter, from its telemetry.
+fn counter(c: &Cluster, i: usize, field: &str) -> u64 {
+    http_json(c.http_port(i), "/api/status")
+        .and_then(|s| s["shards"].as_array().cloned())
+        .map(|shards| shards.iter().filter_map(|s| s[field].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// Whether a broker's counter reaches `min` (bounded wait: telemetry
+/// samples come once a second).
+fn counter_reaches(c: &Cluster, i: usize, field: &str, min: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if counter(c, i, field) >= min {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every value of `topic` with its count, read from the cluster.
+fn consume_all(c: &Cluster, topic: &str) -> BTreeMap<String, usize> {
+    let o = c.cli(
+        &["consume", "--topic", topic, "--idle-timeout-ms", "3000"],
+        None,
+    );
+    assert!(
+        o.status.success(),
+        "consume: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut seen = BTreeMap::new();
+    for line in String::from_utf8(o.stdout).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        *seen
+            .entry(v["value"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Waits (bounded) until the leader's log start passes `offset`.
+fn wait_log_start_past(c: &Cluster, topic: &str, offset: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = status(c, topic);
+        if let Some(s) = p["log_start_offset"].as_u64().filter(|&s| s > offset) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never moved the log start past {offset}: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// These tests each run a cluster under load: one at a time, so a loaded
+/// 2-core machine does not turn them into election tests.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Absence {
+    Stopped,
+    Killed,
+}
+
+/// The follower is away while the leader writes several retention sizes;
+/// back, it catches up by snapshot, then leads, and every acknowledged
+/// message is read from it exactly once.
+fn follower_away_comes_back_by_snapshot_and_leads(absence: Absence) {
+    let _one_at_a_time = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3);
+    create(&c, "snap");
+    let mut acked = produce(&c, "snap", "before", 200);
+    let (first_leader, _) = c.leader("snap", 0);
+    let follower = (1..=3u64).find(|&b| b != first_leader).unwrap();
+    wait_caught_up(&c, "snap", follower, Duration::from_secs(20));
+    let fi = follower as usize - 1;
+    match absence {
+        Absence::Stopped => c.pause(fi),
+        Absence::Killed => c.kill(fi),
+    }
+    // Many times the 1 MiB retention, in 256 KiB segments, and more than
+    // the sockets to the away follower can buffer (else a stopped follower
+    // would find it all in its socket when it resumes).
+    for round in 0..8 {
+        acked.extend(produce(&c, "snap", &format!("away{round}"), 4000));
+    }
+    // The follower holds the first 200 records (offsets, plus a few
+    // control records): the log start must pass them.
+    let start = wait_log_start_past(&c, "snap", 260);
+    // Counted from zero: a stopped broker does not answer before, a
+    // restarted one starts again.
+    let installs_before = 0;
+    match absence {
+        Absence::Stopped => c.resume(fi),
+        Absence::Killed => c.restart(fi),
+    }
+    let p = wait_caught_up(&c, "snap", follower, Duration::from_secs(60));
+    assert!(
+        p["log_start_offset"].as_u64().unwrap() >= start,
+        "retention stays bounded by the leader's policy"
+    );
+    assert!(
+        counter_reaches(&c, fi, "snapshot_installs", installs_before + 1),
+        "the follower came back by snapshot: {p} (log start was {start})"
+    );
+    // The leader now (an election under load may have moved it).
+    let (leader, _) = c.leader("snap", 0);
+    let other = (1..=3u64).find(|&b| b != leader && b != follower).unwrap();
+    let (oi, li) = (other as usize - 1, leader as usize - 1);
+    assert!(counter_reaches(&c, li, "snapshot_transfers_finished", 1));
+    // It replicates again after the install.
+    acked.extend(produce(&c, "snap", "after", 100));
+    wait_caught_up(&c, "snap", follower, Duration::from_secs(20));
+    // Leadership moves to it: the other follower is down (so it is the
+    // only replica as far along), then the leader stops gracefully.
+    c.kill(oi);
+    acked.extend(produce(&c, "snap", "last", 20));
+    c.terminate(li);
+    c.restart(oi);
+    let (new_leader, _) = c.leader("snap", 0);
+    assert_eq!(
+        new_leader, follower,
+        "leadership moved to the caught-up follower"
+    );
+    let seen = consume_all(&c, "snap");
+    let retained: Vec<&String> = acked.iter().filter(|v| seen.contains_key(*v)).collect();
+    // Everything above the log start is there once; what retention removed
+    // is the oldest prefix only.
+    assert!(seen.values().all(|&n| n == 1), "duplicates: {absence:?}");
+    let first_kept = acked.iter().position(|v| seen.contains_key(v)).unwrap();
+    assert_eq!(
+        retained.len(),
+        acked.len() - first_kept,
+        "{absence:?}: a hole among the retained messages"
+    );
+    assert!(seen.contains_key(acked.last().unwrap()));
+    c.restart(li);
+}
+
+#[test]
+fn a_stopped_follower_below_the_log_start_catches_up_by_snapshot_and_then_leads() {
+    follower_away_comes_back_by_snapshot_and_leads(Absence::Stopped);
+}
+
+#[test]
+fn a_killed_follower_below_the_log_start_catches_up_by_snapshot_and_then_leads() {
+    follower_away_comes_back_by_snapshot_and_leads(Absence::Killed);
+}
