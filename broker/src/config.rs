@@ -281,7 +281,27 @@ mod tests {
             cluster_secret: None,
             max_connections: None,
             max_inflight_bytes: None,
+            ..FileConfig::default()
         }
+    }
+
+    #[test]
+    fn snapshot_settings_have_defaults_and_bounds() {
+        let c = BrokerConfig::resolve(FileConfig::default(), flags(), 2).unwrap();
+        assert_eq!(c.snapshot_rate_mb, SNAPSHOT_RATE_MB_DEFAULT);
+        assert_eq!(c.snapshot_catch_up_mib, SNAPSHOT_CATCH_UP_MIB_DEFAULT);
+        let zero = FileConfig {
+            snapshot_rate_mb: Some(0),
+            ..flags()
+        };
+        let e = BrokerConfig::resolve(FileConfig::default(), zero, 2).unwrap_err();
+        assert!(e.to_string().contains("snapshot-rate-mb"), "{e}");
+        let off = FileConfig {
+            snapshot_catch_up_mib: Some(0),
+            ..flags()
+        };
+        let c = BrokerConfig::resolve(FileConfig::default(), off, 2).unwrap();
+        assert_eq!(c.snapshot_catch_up_mib, 0, "0 turns the threshold off");
     }
 
     #[test]

@@ -169,7 +169,8 @@ pub struct SnapshotCounters {
 /// that each reservation advances by `bytes / rate`.
 pub struct RateLimiter {
     bytes_per_sec: f64,
-    next_free: Mutex<Instant>,
+    /// When the budget is free again (`None`: never used).
+    next_free: Mutex<Option<Instant>>,
 }
 
 /// Up to this much sending may be saved up while idle.
@@ -179,7 +180,7 @@ impl RateLimiter {
     pub fn new(mb_per_sec: u64) -> RateLimiter {
         RateLimiter {
             bytes_per_sec: (mb_per_sec.max(1) * 1_000_000) as f64,
-            next_free: Mutex::new(Instant::now()),
+            next_free: Mutex::new(None),
         }
     }
 
@@ -195,8 +196,9 @@ impl RateLimiter {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let start = (*next).max(now.checked_sub(RATE_BURST).unwrap_or(now));
-        *next = start + cost;
+        let floor = now.checked_sub(RATE_BURST).unwrap_or(now);
+        let start = next.map_or(now, |n| n.max(floor));
+        *next = Some(start + cost);
         start.saturating_duration_since(now)
     }
 }
