@@ -20,13 +20,17 @@ const TOPIC_ARGS: &[&str] = &[
     "3",
     "--segment-bytes",
     "262144",
-    "--retention-bytes",
-    "1048576",
 ];
 
+/// A topic with 256 KiB segments and 1 MiB retention.
 fn create(c: &Cluster, topic: &str) {
+    create_with(c, topic, &["--retention-bytes", "1048576"]);
+}
+
+/// A topic with 256 KiB segments and more flags.
+fn create_with(c: &Cluster, topic: &str, more: &[&str]) {
     let o = c.cli(
-        &[&["topic", "create", topic][..], TOPIC_ARGS].concat(),
+        &[&["topic", "create", topic][..], TOPIC_ARGS, more].concat(),
         None,
     );
     assert!(
@@ -61,7 +65,9 @@ fn produce(c: &Cluster, topic: &str, tag: &str, n: usize) -> Vec<String> {
     values
 }
 
-/// The partition's entry in `cluster status` as the leader reports it.
+/// The partition's entry in `cluster status` as its leader reports it
+/// (`Null` while it has none: a broker without a leader reports its own
+/// view, which knows no follower's progress).
 fn status(c: &Cluster, topic: &str) -> Value {
     let o = c.cli(&["cluster", "status", "--json"], None);
     let s: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
@@ -69,9 +75,7 @@ fn status(c: &Cluster, topic: &str) -> Value {
         .as_array()
         .and_then(|ps| {
             ps.iter()
-                .find(|p| {
-                    p["topic"] == topic && p["replicas"].as_array().is_some_and(|r| !r.is_empty())
-                })
+                .find(|p| p["topic"] == topic && p["leader"].is_u64())
                 .cloned()
         })
         .unwrap_or(Value::Null)
@@ -259,4 +263,84 @@ fn a_stopped_follower_below_the_log_start_catches_up_by_snapshot_and_then_leads(
 #[test]
 fn a_killed_follower_below_the_log_start_catches_up_by_snapshot_and_then_leads() {
     follower_away_comes_back_by_snapshot_and_leads(Absence::Killed);
+}
+
+/// Waits (bounded) until the leader reports a snapshot transfer to `broker`
+/// with more than `beyond` bytes sent; returns them.
+fn wait_transfer_under_way(c: &Cluster, topic: &str, broker: u64, beyond: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = status(c, topic);
+        let sent = replica(&p, broker)["snapshot"]["bytes_sent"].as_u64();
+        if let Some(sent) = sent.filter(|&s| s > beyond) {
+            return sent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot transfer to broker {broker}: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_transfer_interrupted_by_kill_9_of_either_side_resumes_or_restarts_cleanly() {
+    let _one_at_a_time = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // 1 MB/s: an archive of a few MiB takes seconds, time to kill.
+    let mut c = Cluster::start_with(dir.path(), 3, &["--snapshot-rate-mb", "1"]);
+    create_with(&c, "cut", &["--retention-bytes", "6291456"]);
+    let mut acked = produce(&c, "cut", "before", 200);
+    let (first_leader, _) = c.leader("cut", 0);
+    let follower = (1..=3u64).find(|&b| b != first_leader).unwrap();
+    let fi = follower as usize - 1;
+    wait_caught_up(&c, "cut", follower, Duration::from_secs(20));
+    c.kill(fi);
+    for round in 0..8 {
+        acked.extend(produce(&c, "cut", &format!("away{round}"), 4000));
+    }
+    wait_log_start_past(&c, "cut", 260);
+
+    // The follower is killed mid-transfer, and resumes from what it staged.
+    c.restart(fi);
+    let sent = wait_transfer_under_way(&c, "cut", follower, 0);
+    c.kill(fi);
+    c.restart(fi);
+    // The resumed transfer runs; now the leader is killed mid-transfer: a
+    // new one (never this follower, its log is too short) sends its own
+    // archive, and the follower starts over.
+    let (leader, _) = c.leader("cut", 0);
+    assert_ne!(leader, follower);
+    // Past what the first run sent: this is the resumed transfer.
+    wait_transfer_under_way(&c, "cut", follower, sent);
+    c.kill(leader as usize - 1);
+    assert!(
+        counter_reaches(&c, fi, "snapshot_transfers_resumed", 1),
+        "the restarted follower resumed its staged bytes (the first run had sent {sent})"
+    );
+    let p = wait_caught_up(&c, "cut", follower, Duration::from_secs(90));
+    assert_ne!(p["leader"].as_u64(), Some(leader), "{p}");
+    assert!(counter_reaches(&c, fi, "snapshot_installs", 1));
+    c.restart(leader as usize - 1);
+    acked.extend(produce(&c, "cut", "after", 100));
+    wait_caught_up(&c, "cut", follower, Duration::from_secs(30));
+
+    let seen = consume_all(&c, "cut");
+    assert!(seen.values().all(|&n| n == 1), "duplicates");
+    let first_kept = acked.iter().position(|v| seen.contains_key(v)).unwrap();
+    assert_eq!(
+        seen.len(),
+        acked.len() - first_kept,
+        "a hole among the retained messages"
+    );
+    assert!(seen.contains_key(acked.last().unwrap()));
+    // The follower's partition is whole: no staging directory was left in
+    // place of it, and it serves what it holds when it leads.
+    let staged: Vec<_> = std::fs::read_dir(c.dirs[fi].join("partitions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".staging"))
+        .collect();
+    assert!(staged.is_empty(), "left behind: {staged:?}");
 }

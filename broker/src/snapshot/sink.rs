@@ -201,6 +201,16 @@ impl RaftGroup {
         if resumed {
             bump(&env.counters.resumed, 1);
         }
+        tracing::info!(
+            broker = env.broker,
+            group = self.id,
+            leader = job.leader,
+            index = job.index,
+            from_offset = inst.next_offset(),
+            total = job.ticket.total_bytes,
+            resumed,
+            "fetching a snapshot"
+        );
         let addr = env
             .peer_addr(job.leader)
             .ok_or_else(|| format!("no address for broker {}", job.leader))?;

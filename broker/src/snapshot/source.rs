@@ -277,7 +277,14 @@ pub async fn serve(
     let result = stream_chunks(&mut stream, &archive, start, &g, &env, &progress).await;
     archive.sends.set(archive.sends.get() - 1);
     archive.last_used.set(Instant::now());
-    g.archives.sending.borrow_mut().remove(&from);
+    {
+        // Only this transfer's entry: a newer connection from the same
+        // follower may have replaced it.
+        let mut sending = g.archives.sending.borrow_mut();
+        if sending.get(&from).is_some_and(|p| Rc::ptr_eq(p, &progress)) {
+            sending.remove(&from);
+        }
+    }
     let ok = result.is_ok();
     match result {
         Ok(()) => bump(&c.finished, 1),
