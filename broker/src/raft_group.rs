@@ -548,6 +548,11 @@ impl RaftGroup {
         Ok(())
     }
 
+    /// See `raft::Config::snapshot_catch_up_bytes`.
+    pub fn set_snapshot_catch_up_bytes(&self, bytes: u64) {
+        self.raft.borrow_mut().set_snapshot_catch_up_bytes(bytes);
+    }
+
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.get()
     }

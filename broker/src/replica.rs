@@ -300,6 +300,13 @@ impl raft::Storage for LogStore {
             .collect()
     }
 
+    /// Bytes of the segments from the one holding entry `index` on.
+    fn bytes_from(&self, index: u64) -> u64 {
+        let log = self.part.log();
+        log.entry_base_offset(index)
+            .map_or(0, |offset| log.bytes_from(offset))
+    }
+
     /// The current archive if one reaches the log start point; otherwise
     /// the start point itself, which has no payload yet (Raft waits, and
     /// the shard takes an archive: `RaftGroup::manage_snapshots`).

@@ -257,7 +257,6 @@ impl Shard {
             peers: self.config.peers.clone(),
             limiter: self.snapshot_limiter.clone(),
             counters: self.snapshot_counters.clone(),
-            catch_up_bytes: self.config.snapshot_catch_up_mib << 20,
             janitor: self.janitor.clone(),
             telemetry: self.telemetry.clone(),
         }));

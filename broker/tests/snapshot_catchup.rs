@@ -344,3 +344,41 @@ fn a_transfer_interrupted_by_kill_9_of_either_side_resumes_or_restarts_cleanly()
         .collect();
     assert!(staged.is_empty(), "left behind: {staged:?}");
 }
+
+#[test]
+fn a_follower_far_behind_gets_a_snapshot_although_the_leader_still_holds_its_entries() {
+    let _one_at_a_time = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // Replaying more than 1 MiB of sealed log costs more than copying it.
+    let mut c = Cluster::start_with(dir.path(), 3, &["--snapshot-catch-up-mib", "1"]);
+    create_with(&c, "far", &[]); // no retention: every entry stays
+    let mut acked = produce(&c, "far", "before", 200);
+    let (first_leader, _) = c.leader("far", 0);
+    let follower = (1..=3u64).find(|&b| b != first_leader).unwrap();
+    let fi = follower as usize - 1;
+    wait_caught_up(&c, "far", follower, Duration::from_secs(20));
+    c.kill(fi);
+    for round in 0..8 {
+        acked.extend(produce(&c, "far", &format!("away{round}"), 4000));
+    }
+    let p = status(&c, "far");
+    assert_eq!(p["log_start_offset"], 0, "nothing was removed: {p}");
+    c.restart(fi);
+    wait_caught_up(&c, "far", follower, Duration::from_secs(60));
+    assert!(
+        counter_reaches(&c, fi, "snapshot_installs", 1),
+        "caught up by snapshot, not by replaying 32 MB"
+    );
+    // Then it leads, and serves everything.
+    let (leader, _) = c.leader("far", 0);
+    let other = (1..=3u64).find(|&b| b != leader && b != follower).unwrap();
+    c.kill(other as usize - 1);
+    acked.extend(produce(&c, "far", "last", 20));
+    c.terminate(leader as usize - 1);
+    c.restart(other as usize - 1);
+    assert_eq!(c.leader("far", 0).0, follower);
+    let seen = consume_all(&c, "far");
+    assert_eq!(seen.len(), acked.len(), "every message, once");
+    assert!(seen.values().all(|&n| n == 1));
+    c.restart(leader as usize - 1);
+}

@@ -212,9 +212,6 @@ pub struct SnapshotEnv {
     pub peers: std::collections::BTreeMap<u64, std::net::SocketAddr>,
     pub limiter: Arc<RateLimiter>,
     pub counters: Rc<SnapshotCounters>,
-    /// Sealed bytes behind at which a follower gets a snapshot (0: never
-    /// for that reason alone).
-    pub catch_up_bytes: u64,
     pub janitor: flume::Sender<crate::runtime::Chore>,
     pub telemetry: crate::telemetry::Telemetry,
 }

@@ -28,28 +28,23 @@ pub struct Need {
 }
 
 impl RaftGroup {
-    /// Followers that need a snapshot: below the log start (Raft already
-    /// streams, or waits for, one), or further behind than
-    /// `catch_up_bytes` of sealed log. Empty unless this replica leads.
-    pub(crate) fn snapshot_needs(&self, catch_up_bytes: u64) -> Vec<Need> {
+    /// Followers Raft is streaming a snapshot to, or must: below the log
+    /// start, or far behind (`raft::Config::snapshot_catch_up_bytes`; Raft
+    /// then waits in snapshot state for an archive). Only followers heard
+    /// from lately: an archive for a dead one would pin disk for nothing,
+    /// and be stale when it returns. Empty unless this replica leads.
+    pub(crate) fn snapshot_needs(&self) -> Vec<Need> {
         let raft = self.raft.borrow();
         if raft.role() != Role::Leader || self.kind == RaftGroupKind::Controller {
             return Vec::new();
         }
         let first = raft::Storage::first_index(raft.storage());
-        let log = self.part.log();
         let mut out = Vec::new();
         for &r in self.replicas.iter().filter(|&&r| r != raft.id()) {
-            let Some(pr) = raft.progress(r) else {
+            let Some(pr) = raft.progress(r).filter(|p| p.recent_active) else {
                 continue;
             };
-            let below_start = pr.state == ProgressState::Snapshot || pr.next_index < first;
-            let far = catch_up_bytes > 0
-                && !below_start
-                && log
-                    .entry_base_offset(pr.match_index + 1)
-                    .is_ok_and(|off| log.bytes_from(off) > catch_up_bytes);
-            if below_start || far {
+            if pr.state == ProgressState::Snapshot || pr.next_index < first {
                 out.push(Need {
                     follower: r,
                     match_index: pr.match_index,
@@ -66,7 +61,7 @@ impl RaftGroup {
         if self.failed.borrow().is_some() {
             return;
         }
-        let needs = self.snapshot_needs(env.catch_up_bytes);
+        let needs = self.snapshot_needs();
         let start_prev = self.start_prev.get().0;
         let usable = self.archives.usable(start_prev);
         let first = raft::Storage::first_index(self.raft.borrow().storage());
