@@ -433,6 +433,7 @@ impl Partition {
             dir: g.dir.clone(),
             source,
         })?;
+        g.forget_snapshots();
         Ok(gone)
     }
 }

@@ -77,7 +77,15 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
     if let Ok(dir) = std::fs::read_dir(config.data_dir.join("partitions")) {
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(DELETED_SUFFIX) || name.contains(crate::snapshot::ARCHIVE_SUFFIX) {
+            // A staged transfer is kept for its partition to resume, unless
+            // the partition is gone.
+            let orphan = name
+                .strip_suffix(".staging")
+                .is_some_and(|p| !e.path().with_file_name(p).exists());
+            if name.ends_with(DELETED_SUFFIX)
+                || name.contains(crate::snapshot::ARCHIVE_SUFFIX)
+                || orphan
+            {
                 let _ = janitor.send(Chore::RemoveDir(e.path()));
             }
         }

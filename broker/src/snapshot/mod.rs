@@ -40,6 +40,9 @@ pub const TRANSFER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An archive no transfer used for this long is removed (it pins the
 /// disk space of segments retention has since deleted).
 pub const ARCHIVE_IDLE: Duration = Duration::from_secs(30);
+/// After a failed attempt to take an archive (a full disk, a segment
+/// removed by retention meanwhile), the leader waits this long.
+pub const ARCHIVE_RETRY: Duration = Duration::from_secs(5);
 /// After a failed fetch, the follower waits this long before the next.
 pub const FETCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -102,6 +105,8 @@ pub struct Archives {
     pub retired: RefCell<Vec<Rc<Archive>>>,
     /// An archive is being taken.
     pub taking: Cell<bool>,
+    /// When taking one last failed (the next try waits [`ARCHIVE_RETRY`]).
+    pub failed_at: Cell<Option<Instant>>,
     /// Transfers being sent, by follower: for telemetry and status.
     pub sending: RefCell<std::collections::BTreeMap<u64, Rc<SendProgress>>>,
 }

@@ -14,7 +14,10 @@ use wire::{
     ErrorCode, ErrorResponse, FrameLimits, InstallSnapshotChunk, Message, SnapshotFetchRequest,
 };
 
-use super::{archive_dir, Archive, SendProgress, SnapshotEnv, Ticket, ARCHIVE_IDLE, CHUNK_BYTES};
+use super::{
+    archive_dir, Archive, SendProgress, SnapshotEnv, Ticket, ARCHIVE_IDLE, ARCHIVE_RETRY,
+    CHUNK_BYTES,
+};
 use crate::counters::bump;
 use crate::producers::ProducerSnapshot;
 use crate::raft_group::{RaftGroup, RaftGroupKind};
@@ -83,15 +86,23 @@ impl RaftGroup {
                 }
             }
             _ if !needs.is_empty() && !self.archives.taking.get() => {
-                self.archives.taking.set(true);
-                let (g, env) = (self.clone(), env.clone());
-                glommio::spawn_local(async move {
-                    if let Err(e) = g.take_archive(&env).await {
-                        tracing::warn!(broker = env.broker, group = g.id, error = %e, "taking a snapshot archive");
-                    }
-                    g.archives.taking.set(false);
-                })
-                .detach();
+                let waiting = self
+                    .archives
+                    .failed_at
+                    .get()
+                    .is_some_and(|t| t.elapsed() < ARCHIVE_RETRY);
+                if !waiting {
+                    self.archives.taking.set(true);
+                    let (g, env) = (self.clone(), env.clone());
+                    glommio::spawn_local(async move {
+                        if let Err(e) = g.take_archive(&env).await {
+                            tracing::warn!(broker = env.broker, group = g.id, error = %e, "taking a snapshot archive; trying again in 5 s");
+                            g.archives.failed_at.set(Some(Instant::now()));
+                        }
+                        g.archives.taking.set(false);
+                    })
+                    .detach();
+                }
             }
             _ => {}
         }
@@ -134,9 +145,12 @@ impl RaftGroup {
             .map_err(|e| e.to_string())?;
         let rolled_end = {
             let mut log = self.part.log_mut();
-            log.roll()
-                .map_err(|e| format!("rolling the active segment: {e}"))?;
-            log.next_offset()
+            // Without the roll (a full disk) the archive holds what is
+            // sealed already, which may still be enough.
+            if let Err(e) = log.roll() {
+                tracing::info!(group = self.id, error = %e, "not rolling for the snapshot archive");
+            }
+            log.active_base_offset()
         };
         // Bounded: 100 × 20 ms; a partition that commits nothing for two
         // seconds gets the archive of what is committed.
@@ -202,6 +216,21 @@ impl RaftGroup {
             self.archives.retired.borrow_mut().push(old);
         }
         Ok(())
+    }
+
+    /// The group is going away (its topic was deleted): removes its
+    /// archives and any staged transfer (a fetch still running stops at
+    /// its next chunk: the group is stopped).
+    pub(crate) fn forget_snapshots(&self) {
+        let Some(env) = self.snapshot_env() else {
+            return;
+        };
+        let current = self.archives.current.borrow_mut().take();
+        let retired = std::mem::take(&mut *self.archives.retired.borrow_mut());
+        for a in current.into_iter().chain(retired) {
+            env.remove_dir(a.dir.clone());
+        }
+        env.remove_dir(storage::SnapshotInstaller::staging_path(&self.dir));
     }
 
     fn poke_driver(&self) {
