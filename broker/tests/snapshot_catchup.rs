@@ -81,7 +81,7 @@ fn status(c: &Cluster, topic: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn replica<'a>(p: &'a Value, broker: u64) -> &'a Value {
+fn replica(p: &Value, broker: u64) -> &Value {
     p["replicas"]
         .as_array()
         .and_then(|rs| rs.iter().find(|r| r["broker"] == broker))
