@@ -21,6 +21,14 @@ pub const CONNECTIONS_DEFAULT: usize = 4096;
 /// pipelining producer's window of 64 × 64 KiB batches with room to spare;
 /// beyond it the broker stops reading that socket until answers go out.
 pub const INFLIGHT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Default snapshot send budget per broker, in MB/s (all transfers of all
+/// shards together). See docs/BENCHMARKS.md ("Snapshot catch-up") for its
+/// effect on the leader's produce latency.
+pub const SNAPSHOT_RATE_MB_DEFAULT: u64 = 100;
+/// Default catch-up threshold, in MiB: a follower further behind than this
+/// (in sealed bytes the leader would replay) gets a snapshot even though the
+/// leader still holds every entry it needs. See docs/BENCHMARKS.md.
+pub const SNAPSHOT_CATCH_UP_MIB_DEFAULT: u64 = 256;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -60,6 +68,11 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Request bytes one client connection may have in flight.
     pub max_inflight_bytes: Option<u64>,
+    /// Snapshot send budget of the whole broker, MB/s.
+    pub snapshot_rate_mb: Option<u64>,
+    /// A follower this many MiB behind catches up by snapshot (0: only a
+    /// follower below the leader's log start does).
+    pub snapshot_catch_up_mib: Option<u64>,
 }
 
 /// A complete, validated broker configuration.
@@ -76,6 +89,8 @@ pub struct BrokerConfig {
     pub cluster_secret: Option<String>,
     pub max_connections: usize,
     pub max_inflight_bytes: u64,
+    pub snapshot_rate_mb: u64,
+    pub snapshot_catch_up_mib: u64,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT,...`.
@@ -160,6 +175,14 @@ impl BrokerConfig {
                 .max_inflight_bytes
                 .or(file.max_inflight_bytes)
                 .unwrap_or(INFLIGHT_BYTES_DEFAULT),
+            snapshot_rate_mb: overrides
+                .snapshot_rate_mb
+                .or(file.snapshot_rate_mb)
+                .unwrap_or(SNAPSHOT_RATE_MB_DEFAULT),
+            snapshot_catch_up_mib: overrides
+                .snapshot_catch_up_mib
+                .or(file.snapshot_catch_up_mib)
+                .unwrap_or(SNAPSHOT_CATCH_UP_MIB_DEFAULT),
         };
         config.validate()?;
         Ok(config)
@@ -222,6 +245,18 @@ impl BrokerConfig {
                 ),
             );
         }
+        if self.snapshot_rate_mb == 0 || self.snapshot_rate_mb > 100_000 {
+            return invalid(
+                "snapshot-rate-mb",
+                format!("{} is outside 1..=100000 MB/s", self.snapshot_rate_mb),
+            );
+        }
+        if self.snapshot_catch_up_mib > 1 << 30 {
+            return invalid(
+                "snapshot-catch-up-mib",
+                format!("{} MiB is more than any log", self.snapshot_catch_up_mib),
+            );
+        }
         let ports = [self.listen, self.peer_listen, self.http];
         if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
             return invalid("listen", "listen, peer-listen and http must differ".into());
@@ -246,7 +281,27 @@ mod tests {
             cluster_secret: None,
             max_connections: None,
             max_inflight_bytes: None,
+            ..FileConfig::default()
         }
+    }
+
+    #[test]
+    fn snapshot_settings_have_defaults_and_bounds() {
+        let c = BrokerConfig::resolve(FileConfig::default(), flags(), 2).unwrap();
+        assert_eq!(c.snapshot_rate_mb, SNAPSHOT_RATE_MB_DEFAULT);
+        assert_eq!(c.snapshot_catch_up_mib, SNAPSHOT_CATCH_UP_MIB_DEFAULT);
+        let zero = FileConfig {
+            snapshot_rate_mb: Some(0),
+            ..flags()
+        };
+        let e = BrokerConfig::resolve(FileConfig::default(), zero, 2).unwrap_err();
+        assert!(e.to_string().contains("snapshot-rate-mb"), "{e}");
+        let off = FileConfig {
+            snapshot_catch_up_mib: Some(0),
+            ..flags()
+        };
+        let c = BrokerConfig::resolve(FileConfig::default(), off, 2).unwrap();
+        assert_eq!(c.snapshot_catch_up_mib, 0, "0 turns the threshold off");
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::partition::Partition;
 use crate::peer::{self, Inbound, Outbox};
 use crate::raft_group::{self, LeaderChange, RaftGroup, RaftGroupHooks};
 use crate::runtime::Chore;
+use crate::snapshot::SnapshotEnv;
 use crate::telemetry::{ClusterSample, Event, ShardSample, Telemetry};
 use crate::topics::{shard_for, TopicRecord};
 
@@ -43,6 +44,8 @@ use crate::topics::{shard_for, TopicRecord};
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 /// How often each shard sends its counters to the telemetry thread.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a leader looks for followers that need a snapshot.
+const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a stopping broker waits for its groups' leadership to move.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -97,6 +100,10 @@ pub(crate) struct Shard {
     pub(crate) connections: Connections,
     /// The consumer-group coordinators of the offsets partitions here.
     pub(crate) consumer_groups: Rc<crate::groups::Coordinators>,
+    /// Set when the shard starts serving (it needs the peer identity).
+    pub(crate) snapshot_env: RefCell<Option<Rc<SnapshotEnv>>>,
+    snapshot_limiter: std::sync::Arc<crate::snapshot::RateLimiter>,
+    pub(crate) snapshot_counters: Rc<crate::snapshot::SnapshotCounters>,
 }
 
 /// What a shard needs from the process at start.
@@ -109,6 +116,8 @@ pub(crate) struct ShardStart {
     pub(crate) inboxes: Vec<flume::Sender<ShardMsg>>,
     pub(crate) telemetry: Telemetry,
     pub(crate) janitor: flume::Sender<Chore>,
+    /// The broker's snapshot send budget, shared by its shards.
+    pub(crate) snapshot_limiter: std::sync::Arc<crate::snapshot::RateLimiter>,
 }
 
 /// Peer messages reach the shard's groups through this.
@@ -132,6 +141,31 @@ impl Inbound for ShardInbound {
                 g.step(m);
             }
         }
+    }
+
+    fn serve_snapshot(
+        &self,
+        from: u64,
+        request: wire::SnapshotFetchRequest,
+        stream: glommio::net::TcpStream,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let group = self.0.groups.borrow().get(&request.group).cloned();
+        let env = self.0.snapshot_env.borrow().clone();
+        Box::pin(async move {
+            match (group, env) {
+                (Some(g), Some(env)) => {
+                    crate::snapshot::source::serve(stream, request, from, g, env).await
+                }
+                _ => {
+                    let e = wire::ErrorResponse::new(
+                        wire::ErrorCode::UnknownTopicOrPartition,
+                        format!("no group {} here", request.group),
+                    );
+                    let mut stream = stream;
+                    let _ = crate::snapshot::source::write(&mut stream, e.into()).await;
+                }
+            }
+        })
     }
 }
 
@@ -161,6 +195,10 @@ impl RaftGroupHooks for Hooks {
             shard.telemetry.event(event);
         }
     }
+
+    fn snapshot_env(&self) -> Option<Rc<SnapshotEnv>> {
+        self.0.upgrade()?.snapshot_env.borrow().clone()
+    }
 }
 
 impl Shard {
@@ -184,6 +222,9 @@ impl Shard {
             load: CoreLoad::new(Instant::now()),
             connections: Connections::default(),
             consumer_groups: Rc::default(),
+            snapshot_env: RefCell::new(None),
+            snapshot_limiter: start.snapshot_limiter,
+            snapshot_counters: Rc::default(),
         }
     }
 
@@ -212,6 +253,16 @@ impl Shard {
         inbox: flume::Receiver<ShardMsg>,
         ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
     ) -> Result<()> {
+        *self.snapshot_env.borrow_mut() = Some(Rc::new(SnapshotEnv {
+            broker: self.config.id,
+            shard: self.id,
+            identity: identity.clone(),
+            peers: self.config.peers.clone(),
+            limiter: self.snapshot_limiter.clone(),
+            counters: self.snapshot_counters.clone(),
+            janitor: self.janitor.clone(),
+            telemetry: self.telemetry.clone(),
+        }));
         let control = self.clone();
         glommio::spawn_local(async move {
             while let Ok(msg) = inbox.recv_async().await {
@@ -238,6 +289,20 @@ impl Shard {
         if self.id == 0 {
             self.clone().start_controller()?;
         }
+        let snapshots = self.clone();
+        self.spawn_raft(async move {
+            loop {
+                glommio::timer::sleep(SNAPSHOT_CHECK_INTERVAL).await;
+                let Some(env) = snapshots.snapshot_env.borrow().clone() else {
+                    continue;
+                };
+                let groups: Vec<Rc<RaftGroup>> =
+                    snapshots.groups.borrow().values().cloned().collect();
+                for g in groups {
+                    g.manage_snapshots(&env);
+                }
+            }
+        });
         let ticker = self.clone();
         self.spawn_raft(async move {
             loop {
@@ -386,6 +451,14 @@ impl Shard {
             errors: c.errors.get(),
             errors_by_code: c.errors_by_code(),
             segments_deleted: c.segments_deleted.get(),
+            snapshot_transfers_started: self.snapshot_counters.started.get(),
+            snapshot_transfers_finished: self.snapshot_counters.finished.get(),
+            snapshot_transfers_resumed: self.snapshot_counters.resumed.get(),
+            snapshot_transfers_failed: self.snapshot_counters.failed.get(),
+            snapshot_bytes_sent: self.snapshot_counters.bytes_sent.get(),
+            snapshot_bytes_received: self.snapshot_counters.bytes_received.get(),
+            snapshot_installs: self.snapshot_counters.installs.get(),
+            snapshot_archives: self.snapshot_counters.archives.get(),
             leader_changes: c.leader_changes.get(),
             elections: c.elections.get(),
             peer_frames_sent: self.outbox.counters.frames_sent.get(),

@@ -393,6 +393,13 @@ fn sample_frame(v: &View, ts_ms: u64) -> Value {
                 "produce_latency_us_p99": p.map(|p| p.p99),
                 "produce_latency_us_p999": p.map(|p| p.p999),
                 "peer_lanes": s.peer_lanes,
+                "snapshot_transfers_started_total": s.snapshot_transfers_started,
+                "snapshot_transfers_finished_total": s.snapshot_transfers_finished,
+                "snapshot_transfers_resumed_total": s.snapshot_transfers_resumed,
+                "snapshot_transfers_failed_total": s.snapshot_transfers_failed,
+                "snapshot_bytes_sent_total": s.snapshot_bytes_sent,
+                "snapshot_bytes_received_total": s.snapshot_bytes_received,
+                "snapshot_installs_total": s.snapshot_installs,
             })
         })
         .collect();

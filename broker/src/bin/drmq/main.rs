@@ -56,6 +56,10 @@ enum Command {
         key_separator: Option<char>,
         #[arg(long)]
         idempotent: bool,
+        /// Largest record batch, in bytes: keep it under the topic's
+        /// segment size (a batch never spans segments).
+        #[arg(long, default_value_t = 1 << 20)]
+        batch_bytes: usize,
     },
     /// Consume messages as JSON lines.
     Consume {
@@ -125,6 +129,15 @@ struct BrokerArgs {
     /// until answers go out.
     #[arg(long)]
     max_inflight_bytes: Option<u64>,
+    /// Snapshot send budget of this broker in MB/s, all transfers together
+    /// (default 100).
+    #[arg(long)]
+    snapshot_rate_mb: Option<u64>,
+    /// A follower more than this many MiB behind catches up by snapshot
+    /// instead of replaying entries (default 256; 0: only one below the
+    /// leader's log start does).
+    #[arg(long)]
+    snapshot_catch_up_mib: Option<u64>,
     /// A TOML file with the same settings; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -278,6 +291,7 @@ fn run(cli: Cli) -> Result<()> {
             topic,
             key_separator,
             idempotent,
+            batch_bytes,
         } => {
             validate_topic_name(&topic)?;
             cli::produce(
@@ -286,6 +300,7 @@ fn run(cli: Cli) -> Result<()> {
                 &topic,
                 key_separator,
                 idempotent,
+                batch_bytes,
             )
         }
         Command::Consume {
@@ -382,6 +397,8 @@ fn broker(args: BrokerArgs) -> Result<()> {
         cluster_secret: args.cluster_secret,
         max_connections: args.max_connections,
         max_inflight_bytes: args.max_inflight_bytes,
+        snapshot_rate_mb: args.snapshot_rate_mb,
+        snapshot_catch_up_mib: args.snapshot_catch_up_mib,
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -694,6 +711,11 @@ fn cluster_status_json(s: &ClusterStatusResponse) -> Value {
             "log_start_offset": p.log_start_offset,
             "replicas": p.replicas.iter().map(|r| json!({
                 "broker": r.broker, "match_index": r.match_index, "lag": r.lag,
+                "snapshot": r.snapshot.as_ref().map(|t| json!({
+                    "bytes_sent": t.bytes_sent,
+                    "bytes_total": t.bytes_total,
+                    "bytes_per_sec": t.bytes_per_sec,
+                })),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
