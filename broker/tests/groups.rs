@@ -741,6 +741,41 @@ fn the_protocol_fences_stale_generations_and_expired_members_and_reset_needs_an_
     for p in 0..6 {
         assert_eq!(fetched(&cfg, p), Some(0));
     }
+    // To a time: each partition's first offset written at or after it.
+    produce(&c, "t6", &wave("before", 30));
+    std::thread::sleep(Duration::from_millis(50));
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    std::thread::sleep(Duration::from_millis(50));
+    let input = wave("after", 30).join("\n") + "\n";
+    let o = c.cli(&["produce", "--topic", "t6"], Some(&input));
+    assert!(o.status.success());
+    let mut first_after: BTreeMap<u64, u64> = BTreeMap::new();
+    for l in String::from_utf8(o.stdout).unwrap().lines() {
+        let a: Value = serde_json::from_str(l).unwrap();
+        let (p, off) = (
+            a["partition"].as_u64().unwrap(),
+            a["offset"].as_u64().unwrap(),
+        );
+        let e = first_after.entry(p).or_insert(off);
+        *e = (*e).min(off);
+    }
+    assert_eq!(first_after.len(), 6);
+    let at = format!("@{t}");
+    let o = c.cli(
+        &["group", "reset-offsets", "p", "--topic", "t6", "--to", &at],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (p, off) in &first_after {
+        assert_eq!(
+            fetched(&cfg, *p as u32),
+            Some(*off),
+            "partition {p} reset to {at}"
+        );
+    }
     let o = c.cli(
         &[
             "group",
