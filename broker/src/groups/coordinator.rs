@@ -81,13 +81,24 @@ impl Coordinators {
     }
 }
 
-/// Expires leases every [`LEASE_CHECK_INTERVAL`], forever (a shard task).
+/// Looks for expired leases every [`LEASE_CHECK_INTERVAL`], forever (a
+/// shard task). Each coordinator's expiry runs as a task of its own, so one
+/// whose change waits on a slow quorum holds up no other.
 pub(crate) async fn lease_loop(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(LEASE_CHECK_INTERVAL).await;
         for c in shard.consumer_groups.all() {
-            let topics = |t: &str| shard.topics.borrow().get(t).map(|r| r.partitions);
-            c.expire_leases(&topics).await;
+            if c.expiring.get() || !c.expiry_due() {
+                continue;
+            }
+            c.expiring.set(true);
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let topics = |t: &str| shard.topics.borrow().get(t).map(|r| r.partitions);
+                c.expire_leases(&topics).await;
+                c.expiring.set(false);
+            })
+            .detach();
         }
     }
 }
@@ -106,6 +117,8 @@ pub(crate) struct Coordinator {
     lock: glommio::sync::Semaphore,
     loaded: RefCell<Option<Loaded>>,
     ids: std::cell::Cell<u64>,
+    /// An expiry task runs.
+    expiring: std::cell::Cell<bool>,
 }
 
 impl Coordinator {
@@ -116,6 +129,7 @@ impl Coordinator {
             lock: glommio::sync::Semaphore::new(1),
             loaded: RefCell::new(None),
             ids: std::cell::Cell::new(0),
+            expiring: std::cell::Cell::new(false),
         }
     }
 
@@ -611,15 +625,24 @@ impl Coordinator {
         format!("{prefix}-{h:016x}")
     }
 
-    /// Removes the members whose lease ran out; drops the state of a
-    /// partition this broker no longer leads.
-    async fn expire_leases(&self, topics: &TopicPartitions<'_>) {
+    /// Whether a lease has run out; drops the state of a partition this
+    /// broker no longer leads (so nobody reports its leases).
+    fn expiry_due(&self) -> bool {
         if !self.is_leading() {
             if self.lock.available() > 0 {
                 *self.loaded.borrow_mut() = None;
             }
-            return;
+            return false;
         }
+        let now = Instant::now();
+        self.loaded
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.leases.values().any(|&until| until <= now))
+    }
+
+    /// Removes the members whose lease ran out, one change each.
+    async fn expire_leases(&self, topics: &TopicPartitions<'_>) {
         let now = Instant::now();
         let expired: Vec<(String, String)> = match self.loaded.borrow().as_ref() {
             Some(l) => l
