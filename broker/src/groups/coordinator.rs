@@ -309,6 +309,10 @@ impl Coordinator {
         msg: Message,
         topics: &TopicPartitions<'_>,
     ) -> Result<Message> {
+        // Heartbeats take the lock too, though they change nothing
+        // replicated: a heartbeat answered while an expiry of the same
+        // member is being committed would promise a lease over partitions
+        // that are being handed to someone else.
         let Ok(_permit) = self.lock.acquire_permit(1).await else {
             return Err(Error::ShuttingDown);
         };
