@@ -11,8 +11,9 @@
 //! reads the log again rather than trust a guess.
 //!
 //! Leases are not replicated (a heartbeat is not a write): a coordinator
-//! that loads the log gives every member a full lease from that moment, so
-//! a failover can only lengthen a lease, never cut it short.
+//! that loads the log gives every member a full lease from that moment, plus
+//! [`FAILOVER_GRACE`] for renewals a deposed coordinator may still have
+//! given, so a failover can only lengthen a lease, never cut it short.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -36,6 +37,16 @@ use crate::telemetry::{GroupLeaseSample, GroupOffsetsSample};
 /// How often each shard looks for expired leases: the delay it adds to a
 /// crashed member's lease before its partitions move.
 pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// What a new coordinator adds to every member's lease when it loads the
+/// log. The coordinator it replaces may not know yet that it was deposed
+/// and may go on renewing leases until check-quorum steps it down: within
+/// two election timeouts (2 s) of losing its quorum, while the new leader
+/// cannot be elected before the voters have not heard from it for one
+/// election timeout. Granting this much more means no member is expired
+/// while an old coordinator's renewal may still be valid on the member.
+const FAILOVER_GRACE: Duration = Duration::from_millis(
+    crate::raft_group::TICK.as_millis() as u64 * 2 * crate::raft_group::ELECTION_TICKS as u64,
+);
 /// How long a new leader waits for its first entry to commit before it
 /// answers `Loading` (an election settles well within this).
 const LOAD_WAIT: Duration = Duration::from_secs(5);
@@ -161,7 +172,7 @@ impl Coordinator {
         for (name, g) in &groups.groups {
             for m in g.members.values() {
                 let lease = Duration::from_millis(u64::from(m.lease_ms));
-                leases.insert((name.clone(), m.id.clone()), now + lease);
+                leases.insert((name.clone(), m.id.clone()), now + lease + FAILOVER_GRACE);
             }
         }
         *self.loaded.borrow_mut() = Some(Loaded {
