@@ -131,10 +131,12 @@ impl Connection {
                 }
                 Some(_) => continue, // a late answer to an earlier request
                 None => {
-                    let n = self
-                        .stream
-                        .read(&mut chunk)
-                        .map_err(|source| ClientError::Io { addr, source })?;
+                    let n = match self.stream.read(&mut chunk) {
+                        Ok(n) => n,
+                        // A signal, not a failure: read on.
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(source) => return Err(ClientError::Io { addr, source }),
+                    };
                     if n == 0 {
                         return Err(ClientError::Closed { addr });
                     }
@@ -189,6 +191,49 @@ mod tests {
             s.write_all(&answer(corr)).unwrap();
         });
         addr
+    }
+
+    extern "C" fn ignore_signal(_: libc::c_int) {}
+
+    /// A signal delivered while the request waits for its answer (a
+    /// handler installed without SA_RESTART: read(2) fails with EINTR) is
+    /// not a failed request: the read goes on.
+    #[test]
+    fn a_signal_while_waiting_for_the_answer_does_not_fail_the_request() {
+        // SAFETY: installs a handler that does nothing, for SIGUSR1 only
+        // (no other test of this binary uses it), without SA_RESTART.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0;
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+        }
+        let limits = FrameLimits::default();
+        let addr = serve_once(move |corr| {
+            // Answer late, after the signal.
+            std::thread::sleep(Duration::from_millis(300));
+            let resp = MetadataResponse {
+                brokers: vec![],
+                controller: Some(7),
+                topics: vec![],
+            };
+            wire::encode(&resp, corr, limits).unwrap().to_vec()
+        });
+        // SAFETY: this thread's own id, signalled while it is alive (it
+        // joins the signalling thread before returning).
+        let me = unsafe { libc::pthread_self() } as usize;
+        let kicker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
+        });
+        let mut c = Connection::connect(addr, Duration::from_secs(5)).unwrap();
+        let got = c.request(&MetadataRequest { topics: None }.into());
+        kicker.join().unwrap();
+        assert!(
+            matches!(got, Ok(Message::MetadataResponse(ref m)) if m.controller == Some(7)),
+            "{got:?}"
+        );
     }
 
     #[test]
