@@ -401,6 +401,7 @@ impl GroupConsumer {
     /// consumer for the partitions granted.
     fn join(&mut self) -> Result<(), PipelineError> {
         let sent = Instant::now();
+        let first = self.membership.is_none();
         let req = JoinGroupRequest {
             group: self.cfg.group.clone(),
             member_id: self.membership.as_ref().map(|m| m.member_id.clone()),
@@ -438,7 +439,7 @@ impl GroupConsumer {
             .map(|tp| tp.partition)
             .collect();
         mine.sort_unstable();
-        if mine != self.partitions || self.consumer.is_none() {
+        if first || mine != self.partitions || (self.consumer.is_none() && !mine.is_empty()) {
             self.assign(mine, r.generation)?;
         }
         Ok(())
@@ -446,14 +447,16 @@ impl GroupConsumer {
 
     /// Starts reading `partitions`: where this member already was for the
     /// ones it kept, else the committed offset, else the reset policy.
+    /// The partitions are this member's from the start of the call: if a
+    /// step fails (no coordinator for the offsets, no leader for a reset),
+    /// the next heartbeat starts reading them again, never older ones.
     fn assign(&mut self, partitions: Vec<u32>, generation: u64) -> Result<(), PipelineError> {
         self.consumer = None;
-        let kept: BTreeMap<u32, u64> = self
-            .delivered
-            .iter()
-            .filter(|(p, _)| partitions.contains(p))
-            .map(|(p, o)| (*p, *o))
-            .collect();
+        self.partitions = partitions.clone();
+        // Nothing of a partition given up is committed again.
+        self.delivered.retain(|p, _| partitions.contains(p));
+        self.committed.retain(|p, _| partitions.contains(p));
+        let kept = self.delivered.clone();
         let missing: Vec<TopicPartition> = partitions
             .iter()
             .filter(|p| !kept.contains_key(p))
@@ -500,7 +503,6 @@ impl GroupConsumer {
             }
         }
         self.delivered = start.clone();
-        self.committed.retain(|p, _| partitions.contains(p));
         if !partitions.is_empty() {
             let mut c = ConsumerConfig::new(self.cfg.client.clone(), self.cfg.topic.clone());
             c.partitions = Some(partitions.clone());
@@ -509,7 +511,6 @@ impl GroupConsumer {
             c.fetch_wait = self.cfg.fetch_wait;
             self.consumer = Some(Consumer::new(c)?);
         }
-        self.partitions = partitions.clone();
         self.events.push(GroupEvent::Assigned {
             generation,
             partitions,
