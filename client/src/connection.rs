@@ -220,11 +220,11 @@ mod tests {
             };
             wire::encode(&resp, corr, limits).unwrap().to_vec()
         });
-        // SAFETY: this thread's own id, signalled while it is alive (it
-        // joins the signalling thread before returning).
+        // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() } as usize;
         let kicker = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: the test thread outlives this one (it joins it).
             unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
         });
         let mut c = Connection::connect(addr, Duration::from_secs(5)).unwrap();
