@@ -405,28 +405,35 @@ impl Coordinator {
                 .into())
             }
             Message::GroupHeartbeatRequest(r) => {
-                let g = self.group(&r.group);
-                let Some(m) = g.members.get(&r.member_id) else {
+                // Read in place: a heartbeat is the most frequent request
+                // and needs the generation and one member, not a copy of
+                // the group.
+                let seen = self.loaded.borrow().as_ref().and_then(|l| {
+                    let g = l.groups.groups.get(&r.group)?;
+                    let m = g.members.get(&r.member_id)?;
+                    Some((g.generation, m.lease_ms))
+                });
+                let Some((generation, lease_ms)) = seen else {
                     return Err(GroupError::UnknownMember {
                         group: r.group,
                         member: r.member_id,
                     }
                     .into());
                 };
-                if r.generation > g.generation {
+                if r.generation > generation {
                     return Err(GroupError::IllegalGeneration {
                         group: r.group,
                         member: r.member_id,
                         generation: r.generation,
-                        current: g.generation,
+                        current: generation,
                     }
                     .into());
                 }
-                self.renew(&r.group, &r.member_id, m.lease_ms);
+                self.renew(&r.group, &r.member_id, lease_ms);
                 Ok(GroupHeartbeatResponse {
-                    generation: g.generation,
-                    lease_ms: m.lease_ms,
-                    rebalance: r.generation != g.generation,
+                    generation,
+                    lease_ms,
+                    rebalance: r.generation != generation,
                 }
                 .into())
             }
