@@ -370,3 +370,49 @@ fn bench_removes_each_cases_data_after_it() {
         .collect();
     assert!(left.is_empty(), "bench topics' data left behind: {left:?}");
 }
+
+/// `--group` with churn: every rebalance is timed, nothing is missing, and
+/// a crashed member is not expired before its lease (a lower bound: its
+/// last heartbeat was at most one heartbeat interval before the crash).
+#[test]
+fn a_group_run_with_churn_times_every_rebalance_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_json(
+        &[
+            "--partitions",
+            "4",
+            "--consumers",
+            "2",
+            "--group",
+            "lt",
+            "--group-churn",
+            "--lease-ms",
+            "1000",
+            "--heartbeat-ms",
+            "100",
+            "--rate",
+            "500",
+            "--duration-s",
+            "3",
+            "--warmup-s",
+            "0.5",
+            "--message-bytes",
+            "100",
+            "--no-baselines",
+        ],
+        dir.path(),
+    );
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["consume"]["missing"], 0, "{r:#}");
+    let g = &r["group"];
+    assert!(g["errors"].as_array().unwrap().is_empty(), "{g:#}");
+    // The second member's join, then a replacement after the leave and
+    // after the crash.
+    assert_eq!(g["join_ms"].as_array().unwrap().len(), 3, "{g:#}");
+    assert_eq!(g["leave_ms"].as_array().unwrap().len(), 1, "{g:#}");
+    let crash = g["crash_ms"][0].as_f64().unwrap();
+    assert!(
+        crash >= 1000.0 - 100.0 - 50.0,
+        "expired before its lease: {g:#}"
+    );
+}
