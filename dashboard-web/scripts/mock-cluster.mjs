@@ -194,8 +194,31 @@ function sample(id) {
     }),
     partitions: partitions.filter((p) => p.replicas.includes(id)).map((p) => partitionView(id, p)),
     disk: { ...b.disk },
-    groups: [],
+    ...mockGroups(id, now),
   };
+}
+
+// Broker 1 coordinates one consumer group of two members sharing the first
+// topic's partitions; their leases renew every second, and the group commits
+// a little behind the log end.
+function mockGroups(id, now) {
+  if (id !== 1 || !brokers.get(1).alive) return { groups: [], group_lag: [] };
+  const first = partitions.filter((p) => p.topic === partitions[0].topic);
+  const members = ['billing-7-3f0c2a9e', 'billing-9-81d2a7c4'];
+  const groups = members.map((member, i) => ({
+    group: 'billing',
+    member,
+    generation: 4,
+    partitions: first.filter((_, k) => k % members.length === i).map((p) => ({ topic: p.topic, partition: p.partition })),
+    lease_expires_ms: now + 3000 - (now % 1000),
+  }));
+  const parts = first.map((p) => {
+    const high = Math.max(...Object.values(p.log_end));
+    const committed = Math.max(0, high - 40 - 20 * p.partition);
+    return { topic: p.topic, partition: p.partition, committed, high_watermark: high, lag: high - committed };
+  });
+  const lag = parts.reduce((a, p) => a + p.lag, 0);
+  return { groups, group_lag: [{ group: 'billing', generation: 4, members: members.length, partitions: parts, lag }] };
 }
 
 // ---------------------------------------------------------------- load
