@@ -32,7 +32,7 @@ use super::{GroupError, LEASE_MS_DEFAULT, LEASE_MS_MAX, LEASE_MS_MIN, OFFSETS_TO
 use crate::error::{Error, Result};
 use crate::partition::{Partition, FETCH_BYTES_MAX};
 use crate::shard::Shard;
-use crate::telemetry::{GroupLeaseSample, GroupOffsetsSample};
+use crate::telemetry::{Event, GroupLeaseSample, GroupOffsetsSample, Telemetry};
 
 /// How often each shard looks for expired leases: the delay it adds to a
 /// crashed member's lease before its partitions move.
@@ -75,12 +75,17 @@ pub(crate) struct Coordinators {
 impl Coordinators {
     /// The coordinator of `index` over `partition` (a new one if the
     /// partition replica is not the one it had: the topic was recreated).
-    pub(crate) fn get(&self, index: u32, partition: Rc<Partition>) -> Rc<Coordinator> {
+    pub(crate) fn get(
+        &self,
+        index: u32,
+        partition: Rc<Partition>,
+        telemetry: &Telemetry,
+    ) -> Rc<Coordinator> {
         let mut map = self.by_partition.borrow_mut();
         match map.get(&index) {
             Some(c) if Rc::ptr_eq(&c.partition, &partition) => c.clone(),
             _ => {
-                let c = Rc::new(Coordinator::new(index, partition));
+                let c = Rc::new(Coordinator::new(index, partition, telemetry.clone()));
                 map.insert(index, c.clone());
                 c
             }
@@ -130,10 +135,12 @@ pub(crate) struct Coordinator {
     ids: std::cell::Cell<u64>,
     /// An expiry task runs.
     expiring: std::cell::Cell<bool>,
+    /// Membership changes go to the event feed.
+    telemetry: Telemetry,
 }
 
 impl Coordinator {
-    fn new(index: u32, partition: Rc<Partition>) -> Coordinator {
+    fn new(index: u32, partition: Rc<Partition>, telemetry: Telemetry) -> Coordinator {
         Coordinator {
             index,
             partition,
@@ -141,6 +148,7 @@ impl Coordinator {
             loaded: RefCell::new(None),
             ids: std::cell::Cell::new(0),
             expiring: std::cell::Cell::new(false),
+            telemetry,
         }
     }
 
@@ -292,6 +300,18 @@ impl Coordinator {
         }
     }
 
+    /// Reports a committed membership change to the event feed.
+    fn rebalanced(&self, group: &str, member: &str, why: &'static str) {
+        let g = self.group(group);
+        self.telemetry.event(Event::GroupRebalanced {
+            group: group.to_owned(),
+            generation: g.generation,
+            members: g.members.len(),
+            member: member.to_owned(),
+            why,
+        });
+    }
+
     fn group(&self, name: &str) -> Group {
         self.loaded
             .borrow()
@@ -389,8 +409,12 @@ impl Coordinator {
                         (id, Change::Join(m))
                     }
                 };
+                let joined = matches!(change, Change::Join(_));
                 if let Some(c) = g.decide(&r.group, change, topics) {
                     self.commit(c).await?;
+                    if joined {
+                        self.rebalanced(&r.group, &member, "joined");
+                    }
                 }
                 let g = self.group(&r.group);
                 let lease_ms = g.members.get(&member).map_or(lease_ms, |m| m.lease_ms);
@@ -445,6 +469,7 @@ impl Coordinator {
                     };
                     if let Some(c) = g.decide(&r.group, change, topics) {
                         self.commit(c).await?;
+                        self.rebalanced(&r.group, &r.member_id, "left");
                     }
                 }
                 self.forget(&r.group, &r.member_id);
@@ -702,6 +727,7 @@ impl Coordinator {
                     tracing::warn!(partition = self.index, group = %group, error = %e, "expiring a lease");
                     return;
                 }
+                self.rebalanced(&group, &member, "expired");
             }
             self.forget(&group, &member);
         }

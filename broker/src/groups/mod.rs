@@ -139,7 +139,7 @@ pub(crate) async fn handle(shard: &Rc<Shard>, msg: Message) -> Message {
         Ok(p) => p,
         Err(e) => return e.into(),
     };
-    let c = shard.consumer_groups.get(index, p);
+    let c = shard.consumer_groups.get(index, p, &shard.telemetry);
     let topics = |t: &str| shard.topics.borrow().get(t).map(|r| r.partitions);
     match c.handle(msg, &topics).await {
         Ok(m) => m,

@@ -342,6 +342,17 @@ pub fn event_frame(broker: u64, seq: u64, ts_ms: u64, e: &Event) -> Arc<str> {
             json!({ "topic": topic, "partition": partition, "to": to, "bytes_total": bytes_total,
                     "ok": ok, "duration_ms": duration_ms }),
         ),
+        Event::GroupRebalanced {
+            group,
+            generation,
+            members,
+            member,
+            why,
+        } => (
+            "group_rebalanced",
+            json!({ "group": group, "generation": generation, "members": members,
+                    "member": member, "why": why }),
+        ),
     };
     finish(event_base(broker, seq, ts_ms, kind), fields)
 }
@@ -723,6 +734,24 @@ mod tests {
         );
         assert!(e["topic"].is_null());
         assert_eq!(e["previous_leader"], 2);
+        let e: Value = serde_json::from_str(&event_frame(
+            1,
+            6,
+            43,
+            &Event::GroupRebalanced {
+                group: "g".into(),
+                generation: 7,
+                members: 2,
+                member: "m-1".into(),
+                why: "expired",
+            },
+        ))
+        .unwrap();
+        assert_eq!(e["kind"], "group_rebalanced");
+        assert_eq!(
+            (&e["group"], &e["generation"], &e["members"], &e["member"], &e["why"]),
+            (&json!("g"), &json!(7), &json!(2), &json!("m-1"), &json!("expired"))
+        );
     }
 
     #[test]

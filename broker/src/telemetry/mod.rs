@@ -237,6 +237,15 @@ pub enum Event {
         ok: bool,
         duration_ms: u64,
     },
+    /// A consumer group's membership changed (by its coordinator, once the
+    /// change committed): `why` is `joined`, `left` or `expired`.
+    GroupRebalanced {
+        group: String,
+        generation: u64,
+        members: usize,
+        member: String,
+        why: &'static str,
+    },
 }
 
 /// Where shards send to; cheap to clone, never blocks.

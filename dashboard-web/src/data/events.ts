@@ -40,6 +40,10 @@ export function describeEvent(f: EventFrame): string {
       return `topic ${String(f.topic)} created: ${String(f.partitions)} partitions × ${String(f.replication_factor)} replicas`;
     case 'topic_deleted':
       return `topic ${String(f.topic)} deleted`;
+    case 'group_rebalanced': {
+      const why = f.why === 'expired' ? 'lease expired' : String(f.why);
+      return `group ${String(f.group)}: member ${String(f.member)} ${why}; generation ${String(f.generation)}, ${String(f.members)} member(s)`;
+    }
     default:
       return `${f.kind}: ${JSON.stringify(f)}`;
   }

@@ -139,7 +139,8 @@ export type EventKind =
   | 'snapshot_started'
   | 'snapshot_finished'
   | 'topic_created'
-  | 'topic_deleted';
+  | 'topic_deleted'
+  | 'group_rebalanced';
 
 export interface EventFrame {
   v: number;

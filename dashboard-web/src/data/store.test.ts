@@ -173,9 +173,11 @@ describe('cluster client', () => {
     const ev = (seq: number, kind: string, fields: object) => ({ v: 1, type: 'event', broker: 2, ts_ms: Date.now(), seq, kind, ...fields });
     net.latest(WS[2]).send(ev(0, 'election_started', { topic: 't', partition: 0, term: 2, candidate: 2 }));
     net.latest(WS[2]).send(ev(1, 'leader_changed', { topic: 't', partition: 0, term: 2, leader: 2, previous_leader: 1 }));
+    net.latest(WS[2]).send(ev(2, 'group_rebalanced', { group: 'g', generation: 5, members: 2, member: 'm-1', why: 'expired' }));
     const feed = client.getSnapshot().events.filter((e) => e.source === 'broker');
-    expect(feed.map((e) => e.kind)).toEqual(['leader_changed', 'election_started']);
-    expect(feed[0].text).toBe('t/0: leader 1 → 2 (term 2)');
+    expect(feed.map((e) => e.kind)).toEqual(['group_rebalanced', 'leader_changed', 'election_started']);
+    expect(feed[0].text).toBe('group g: member m-1 lease expired; generation 5, 2 member(s)');
+    expect(feed[1].text).toBe('t/0: leader 1 → 2 (term 2)');
     client.stop();
   });
 
