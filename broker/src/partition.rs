@@ -1,22 +1,25 @@
 //! A partition replica on this shard: its Raft group (which drives the
 //! partition log), the idempotent-producer table and the high watermark the
 //! group keeps, and what clients ask of a partition: produce, fetch, list
-//! offsets. Also its status, its telemetry sample and retention.
+//! offsets. Also its status, its telemetry sample, retention and key
+//! compaction.
 //!
 //! The shard finds the partition and checks that this broker leads it;
 //! everything that reads or writes the log goes through here.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use raft::Role;
-use storage::{Cleanup, LogConfig, Retired, SyncPolicy};
+use storage::{Cleanup, CompactReport, LogConfig, Retired, SyncPolicy};
 use wire::{
     Acks, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetSpec,
     PartitionStatus, ProduceResponse, RecordBatch, ReplicaStatus, WireError,
 };
 
+use crate::compaction::Compactor;
 use crate::error::{Error, Result};
 use crate::producers::{BatchId, Verdict};
 use crate::raft_group::{RaftGroup, RaftGroupKind, WaitResult};
@@ -42,6 +45,18 @@ pub struct Partition {
     /// The Raft group over the partition log (the shard ticks it and steps
     /// peer messages into it).
     pub group: Rc<RaftGroup>,
+    /// Compacted topics: every segment ending at or below this offset was
+    /// compacted by a round of this process (0 after a start, so the first
+    /// check compacts a dirty log again).
+    clean_offset: Cell<u64>,
+}
+
+/// What one compaction round left for the shard: its report (`None` if it
+/// failed, which it logged) and the replaced segments' maps to release off
+/// the shard.
+pub(crate) struct Compacted {
+    pub report: Option<CompactReport>,
+    pub retired: Retired,
 }
 
 impl Partition {
@@ -78,6 +93,7 @@ impl Partition {
             topic: record.name.clone(),
             partition,
             group,
+            clean_offset: Cell::new(0),
         }))
     }
 
@@ -317,6 +333,7 @@ impl Partition {
             log_end_offset: log.next_offset(),
             size_bytes: log.data_bytes(),
             snapshot_transfer: None,
+            clean_offset: self.compaction_dirt().map(|_| self.clean_offset.get()),
         }
     }
 
@@ -370,9 +387,14 @@ impl Partition {
             })
         };
         let (cut, entry, term) = plan?;
-        if let Err(e) = g.save_start_prev(entry, term).await {
-            tracing::warn!(broker, shard, group = g.id, error = %e, "retention: saving the log-start point");
-            return None;
+        // Compaction may have saved a later point already: never lowered
+        // (entries below it may have gaps).
+        let raise = entry > g.start_prev().0;
+        if raise {
+            if let Err(e) = g.save_start_prev(entry, term).await {
+                tracing::warn!(broker, shard, group = g.id, error = %e, "retention: saving the log-start point");
+                return None;
+            }
         }
         // `entry-start` (two fsyncs) is written off the shard.
         let plan = g.part.log().plan_move_start(cut);
@@ -396,11 +418,76 @@ impl Partition {
                 tracing::warn!(broker, shard, group = g.id, error = %e, "retention")
             }
         }
-        if log.log_start_offset() == cut {
+        if raise && log.log_start_offset() == cut {
             g.use_start_prev(entry, term);
         }
         let retired = log.take_retired();
         Some((segments, retired))
+    }
+
+    /// How dirty this replica's log is for compaction: (bytes of sealed
+    /// segments above the last clean offset, all sealed bytes); `None`
+    /// unless the topic is compacted.
+    pub fn compaction_dirt(&self) -> Option<(u64, u64)> {
+        let log = self.group.part.log();
+        matches!(log.config().cleanup, Cleanup::Compact { .. })
+            .then(|| log.compaction_dirt(self.clean_offset.get()))
+    }
+
+    /// One compaction round of this replica's log below its commit point
+    /// (leader or follower), if the broker's compaction slot and the
+    /// group's maintenance lock are free and there is something new to
+    /// compact; `None` if it did not run. The rewriting runs on the
+    /// compactor thread; the shard only plans and swaps the segments in,
+    /// and reads keep using the old segments until then. Raft's start
+    /// point is raised to the last entry of the range first (durably:
+    /// batches below it may lose entries, so a follower needing them gets a
+    /// snapshot). `broker` and `shard` name the log lines.
+    pub(crate) async fn compact(
+        &self,
+        compactor: &Compactor,
+        broker: u64,
+        shard: usize,
+    ) -> Option<Compacted> {
+        let g = &self.group;
+        // Held through the round, so a snapshot never links a segment
+        // halfway through its swap; taken by one: try at the next check.
+        let _maintenance = g.maintenance.try_acquire_permit(1).ok()?;
+        let slot = compactor.claim()?;
+        let job = match g.part.log().plan_compaction(g.high_watermark.get()) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::warn!(broker, shard, group = g.id, error = %e, "compaction: planning");
+                return None;
+            }
+        };
+        if job.reach_offset() <= self.clean_offset.get() {
+            return None;
+        }
+        let (entry, term) = job.last_entry()?;
+        if entry > g.start_prev().0 {
+            if let Err(e) = g.save_start_prev(entry, term).await {
+                tracing::warn!(broker, shard, group = g.id, error = %e, "compaction: saving the log-start point");
+                return None;
+            }
+            g.use_start_prev(entry, term);
+        }
+        let done = compactor.run(&slot, job).await?;
+        let mut log = g.part.log_mut();
+        let finished = log.finish_compaction(done);
+        let retired = log.take_retired();
+        drop(log);
+        let report = match finished {
+            Ok(r) => {
+                self.clean_offset.set(self.clean_offset.get().max(r.clean_offset));
+                Some(r)
+            }
+            Err(e) => {
+                tracing::warn!(broker, shard, group = g.id, error = %e, "compaction");
+                None
+            }
+        };
+        Some(Compacted { report, retired })
     }
 
     /// Stops the replica of a deleted topic and renames its directory to

@@ -817,6 +817,11 @@ impl RaftGroup {
         .await
     }
 
+    /// The log-start point Raft reads: (entry index, term).
+    pub fn start_prev(&self) -> (u64, u64) {
+        self.start_prev.get()
+    }
+
     /// Makes the saved log-start point the one Raft reads (once the cut is
     /// done).
     pub fn use_start_prev(&self, index: u64, term: u64) {

@@ -2,7 +2,8 @@
 //! `Shard` that owns its Raft groups (partitions),
 //! their logs, its client listener and its peer connections; the signal
 //! thread that stops them; the janitor thread that removes files off the
-//! shards.
+//! shards; the compactor thread that rewrites compacted topics' segments
+//! ([`crate::compaction`]).
 //!
 //! Shard `s` serves clients on `listen.port + s` and peers on
 //! `peer_listen.port + s`. Shard 0 also runs the controller group
@@ -17,6 +18,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use storage::Retired;
 
 use crate::cluster::{broker_ids, Cluster, ClusterView};
+use crate::compaction::Compactor;
 use crate::config::BrokerConfig;
 use crate::error::{chain, Error, Result};
 use crate::peer::{self, Outbox};
@@ -72,6 +74,11 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         name: "janitor",
         source,
     })?;
+    let compactor =
+        Compactor::start(config.compact_io_mb_per_sec).map_err(|source| Error::Thread {
+            name: "compactor",
+            source,
+        })?;
     // Partition directories of deleted topics that a stop interrupted.
     if let Ok(dir) = std::fs::read_dir(config.data_dir.join("partitions")) {
         for e in dir.flatten() {
@@ -97,6 +104,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         let senders = senders.clone();
         let telemetry = telemetry.clone();
         let janitor = janitor.clone();
+        let compactor = compactor.clone();
         let ready = ready_tx.clone();
         let view = view.clone();
         let secret = secret.clone();
@@ -133,6 +141,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     inboxes: senders,
                     telemetry,
                     janitor,
+                    compactor,
                 }));
                 if let Err(e) = shard.clone().serve(identity, inbox, ready.clone()).await {
                     let _ = ready.send(Err(format!("shard {id}: {}", chain(&e))));

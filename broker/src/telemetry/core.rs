@@ -393,6 +393,10 @@ fn sample_frame(v: &View, ts_ms: u64) -> Value {
                 "produce_latency_us_p99": p.map(|p| p.p99),
                 "produce_latency_us_p999": p.map(|p| p.p999),
                 "peer_lanes": s.peer_lanes,
+                "compactions_total": s.compactions,
+                "compaction_segments_rewritten_total": s.compaction_segments_rewritten,
+                "compaction_bytes_before_total": s.compaction_bytes_before,
+                "compaction_bytes_after_total": s.compaction_bytes_after,
             })
         })
         .collect();
@@ -581,6 +585,7 @@ mod tests {
             log_end_offset: 8,
             size_bytes: 4096,
             snapshot_transfer: None,
+            clean_offset: None,
         });
         let mut a = s.partitions[0].clone();
         a.topic = "a".into();
@@ -603,6 +608,8 @@ mod tests {
         // Partitions of all shards, sorted by topic then partition.
         assert_eq!(f["partitions"][0]["topic"], "a");
         assert_eq!(f["partitions"][1]["snapshot_transfer"], Value::Null);
+        assert_eq!(f["partitions"][1]["clean_offset"], Value::Null);
+        assert_eq!(f["shards"][0]["compactions_total"], 0);
         assert_eq!(f["disk"]["used_bytes"], 8192);
         assert_eq!(f["groups"], json!([]));
         // Before shard 0 has a cluster view, the broker knows only itself.
