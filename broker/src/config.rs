@@ -281,7 +281,10 @@ impl BrokerConfig {
         if self.compact_io_mb_per_sec > 1_000_000 {
             return invalid(
                 "compact-io-mb-per-sec",
-                format!("{} is above 1000000 (0 is no limit)", self.compact_io_mb_per_sec),
+                format!(
+                    "{} is above 1000000 (0 is no limit)",
+                    self.compact_io_mb_per_sec
+                ),
             );
         }
         let ports = [self.listen, self.peer_listen, self.http];

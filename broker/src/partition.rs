@@ -479,7 +479,8 @@ impl Partition {
         drop(log);
         let report = match finished {
             Ok(r) => {
-                self.clean_offset.set(self.clean_offset.get().max(r.clean_offset));
+                self.clean_offset
+                    .set(self.clean_offset.get().max(r.clean_offset));
                 Some(r)
             }
             Err(e) => {

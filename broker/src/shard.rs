@@ -403,7 +403,10 @@ impl Shard {
             if let Some(r) = done.report {
                 let c = &self.counters;
                 bump(&c.compactions, 1);
-                bump(&c.compaction_segments_rewritten, r.segments_rewritten as u64);
+                bump(
+                    &c.compaction_segments_rewritten,
+                    r.segments_rewritten as u64,
+                );
                 bump(&c.compaction_bytes_before, r.bytes_before);
                 bump(&c.compaction_bytes_after, r.bytes_after);
             }

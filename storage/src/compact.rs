@@ -390,8 +390,15 @@ impl CompactJob {
     ) -> Result<bool, JobFailure> {
         let base = old.base_offset;
         let interval = self.index_interval_bytes;
-        let mut new = write_swap(&self.dir, old, newest, self.expire_before_ms, interval, pacer)
-            .map_err(|e| (e, false))?;
+        let mut new = write_swap(
+            &self.dir,
+            old,
+            newest,
+            self.expire_before_ms,
+            interval,
+            pacer,
+        )
+        .map_err(|e| (e, false))?;
         let swap_log = new.log_path.clone();
         let renamed = (|| {
             hook(false, &swap_log)?;

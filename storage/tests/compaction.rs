@@ -450,7 +450,10 @@ fn the_job_run_on_another_thread_gives_what_compact_gives() {
     drop(log);
     let (log, report) = Log::open(b.path(), config(&clock, &none)).unwrap();
     assert!(report.truncations.is_empty(), "{report:?}");
-    assert_eq!(report.segments_scanned, 1, "only the active segment: {report:?}");
+    assert_eq!(
+        report.segments_scanned, 1,
+        "only the active segment: {report:?}"
+    );
     assert!(read_all(&log) == read_all(&inline));
 }
 
