@@ -30,6 +30,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,8 +149,10 @@ fn write_swap(
     let written = (|| {
         let end = old.data_bytes as usize;
         let mut pos = 0;
+        let mut written_back = 0u32;
         while pos < end {
             let (h, bytes) = old.batch_at(pos)?;
+            pacer.note(bytes.len());
             let last = pos + bytes.len() == end;
             pos += h.batch_bytes as usize;
             let rebuilt;
@@ -161,10 +164,17 @@ fn write_swap(
                     &rebuilt
                 }
             };
-            pacer.note(bytes.len() + out.len());
+            pacer.note(out.len());
             let oh = batch::header(out)?;
             new.append(out, &oh, interval, false)
                 .map_err(|e| StorageError::io("compact write", &new.log_path, e))?;
+            if new.data_bytes - written_back >= WRITEBACK_CHUNK_BYTES {
+                let file = new
+                    .handle()
+                    .map_err(|e| StorageError::io("open", &new.log_path, e))?;
+                start_writeback(&file, written_back, new.data_bytes - written_back);
+                written_back = new.data_bytes;
+            }
         }
         // The segment keeps its span even if its last records went.
         new.next_offset = old.next_offset;
@@ -175,6 +185,26 @@ fn write_swap(
         return Err(e);
     }
     Ok(new)
+}
+
+/// Bytes of a rewritten segment handed to the kernel's writeback at a time
+/// (`sync_file_range`), so that its fdatasync finds little left and the
+/// disk sees a steady trickle rather than a segment-sized burst competing
+/// with produce fdatasyncs: 1 MiB is ~30 ms of the default 32 MB/s budget.
+const WRITEBACK_CHUNK_BYTES: u32 = 1 << 20;
+
+/// Starts writing `[from, from + len)` of `file` back to disk without
+/// waiting. Advisory: the fdatasync after it reports any error.
+fn start_writeback(file: &File, from: u32, len: u32) {
+    // SAFETY: a plain syscall on a descriptor we own.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            i64::from(from),
+            i64::from(len),
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
 
 fn sync_swap(new: &mut Segment) -> io::Result<()> {
