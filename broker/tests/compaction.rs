@@ -2,7 +2,9 @@
 //! factor 3, a compacted topic and a delete topic fed the same keyed
 //! updates. Every replica's log of the compacted topic shrinks on disk (the
 //! followers compact their own logs), a consumer reads every key's newest
-//! value from it, and the telemetry counts the rounds.
+//! value from it, the telemetry counts the rounds, Raft's saved start point
+//! is past the compacted range, and a follower restarted on its compacted
+//! log replicates new updates.
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use broker::replica::RaftState;
 use common::{http_json, shard_sum, Cluster};
 use serde_json::Value;
 
@@ -174,6 +177,19 @@ fn a_compacted_topic_shrinks_on_every_replica_and_serves_each_keys_newest_value(
         assert!(kv["clean_offset"].as_u64().unwrap() > 0, "{kv}");
         let plain = parts.iter().find(|p| p["topic"] == "plain").unwrap();
         assert!(plain["clean_offset"].is_null(), "{plain}");
+        // Raft's start point moved past the compacted range (durably), so
+        // no follower is replicated from below it; never past the commit.
+        let d = &c.dirs[i];
+        let state = RaftState::load(&partition_dir(d, "kv")).unwrap();
+        let commit = kv["commit_index"].as_u64().unwrap();
+        assert!(
+            state.start_prev_index > 0 && state.start_prev_index <= commit,
+            "broker {}: {state:?}, commit {commit}",
+            i + 1
+        );
+        assert!(state.start_prev_term > 0, "broker {}: {state:?}", i + 1);
+        let state = RaftState::load(&partition_dir(d, "plain")).unwrap();
+        assert_eq!(state.start_prev_index, 0, "nothing removed from 'plain'");
     }
 
     // A follower restarts on its compacted log (gaps in entry indexes, the
