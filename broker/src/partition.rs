@@ -450,6 +450,10 @@ impl Partition {
         shard: usize,
     ) -> Option<Compacted> {
         let g = &self.group;
+        if g.failed.borrow().is_some() {
+            // Stopped on a persistence failure: its log is left as it is.
+            return None;
+        }
         // Held through the round, so a snapshot never links a segment
         // halfway through its swap; taken by one: try at the next check.
         let _maintenance = g.maintenance.try_acquire_permit(1).ok()?;
