@@ -475,32 +475,16 @@ impl CompactJob {
     }
 }
 
-/// Puts `from` where `to` is, only if `to` still exists: `renameat2` with
-/// `RENAME_EXCHANGE` fails when retention removed `to` meanwhile, so a
-/// removed segment is never brought back. The old file is left at `from`.
-/// `Ok(false)`: `to` is gone. Where the file system lacks the flag, a check
-/// and a plain rename (retention and compaction of one log are then kept
-/// apart by the caller's lock only).
+/// Puts `from` where `to` is, only if `to` still exists: an exchange fails
+/// when retention removed `to` meanwhile, so a removed segment is never
+/// brought back. The old file is left at `from`. `Ok(false)`: `to` is
+/// gone. Where the file system lacks the exchange, a check and a plain
+/// rename (retention and compaction of one log are then kept apart by the
+/// caller's lock only).
 fn replace_existing(from: &Path, to: &Path) -> io::Result<bool> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    let (f, t) = (c(from)?, c(to)?);
-    // SAFETY: two valid C strings; a plain syscall.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
+    let Err(e) = rename_exchange(from, to) else {
         return Ok(true);
-    }
-    let e = io::Error::last_os_error();
+    };
     match e.raw_os_error() {
         Some(libc::ENOENT) if from.exists() => Ok(false),
         Some(libc::EINVAL) | Some(libc::ENOSYS) => {
@@ -511,6 +495,30 @@ fn replace_existing(from: &Path, to: &Path) -> io::Result<bool> {
             Ok(true)
         }
         _ => Err(e),
+    }
+}
+
+/// Swaps two names atomically (`renameat2` with `RENAME_EXCHANGE`; both
+/// must exist, on one file system).
+pub(crate) fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    let flags = libc::RENAME_EXCHANGE;
+    // SAFETY: two valid C strings; a plain syscall.
+    match unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 
