@@ -86,9 +86,28 @@ impl Compactor {
     }
 }
 
+/// How dirty a log is, in parts per million of its sealed bytes, if that
+/// reaches `min_percent`; `None` below it or with nothing sealed.
+pub fn dirty_enough(dirty_bytes: u64, sealed_bytes: u64, min_percent: u8) -> Option<u64> {
+    // In u128: bytes times 10^6 passes u64 from 18 TB on.
+    let ppm = (u128::from(dirty_bytes) * 1_000_000).checked_div(u128::from(sealed_bytes))?;
+    let ppm = u64::try_from(ppm).unwrap_or(u64::MAX);
+    (ppm >= u64::from(min_percent) * 10_000).then_some(ppm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_is_compacted_from_its_minimum_dirty_share_on() {
+        assert_eq!(dirty_enough(0, 0, 50), None, "nothing sealed");
+        assert_eq!(dirty_enough(49, 100, 50), None);
+        assert_eq!(dirty_enough(50, 100, 50), Some(500_000));
+        assert_eq!(dirty_enough(100, 100, 100), Some(1_000_000));
+        assert_eq!(dirty_enough(1, 100, 1), Some(10_000));
+        assert_eq!(dirty_enough(u64::MAX, u64::MAX, 100), Some(1_000_000));
+    }
 
     #[test]
     fn one_slot_per_broker_given_back_when_dropped() {

@@ -24,7 +24,7 @@ use wire::{
 };
 
 use crate::cluster::Cluster;
-use crate::compaction::Compactor;
+use crate::compaction::{dirty_enough, Compactor};
 use crate::config::BrokerConfig;
 use crate::connection::{self, Connections};
 use crate::controller::{Controller, CONTROLLER_GROUP};
@@ -382,16 +382,14 @@ impl Shard {
     /// another shard's round holds the broker's slot. Replaced segment maps
     /// go to the janitor.
     async fn compact_dirtiest(&self) {
-        let min = u64::from(self.config.compact_dirty_percent_min);
+        let min = self.config.compact_dirty_percent_min;
         let mut dirty: Vec<(u64, Rc<Partition>)> = self
             .partitions
             .borrow()
             .values()
             .filter_map(|p| {
-                let (dirty, all) = p.compaction_dirt()?;
-                // Parts per million; bytes stay far below u64::MAX / 10^6.
-                let ppm = dirty.saturating_mul(1_000_000).checked_div(all)?;
-                (ppm >= min * 10_000).then(|| (ppm, p.clone()))
+                let (dirty, sealed) = p.compaction_dirt()?;
+                Some((dirty_enough(dirty, sealed, min)?, p.clone()))
             })
             .collect();
         dirty.sort_by_key(|d| std::cmp::Reverse(d.0));
