@@ -7,9 +7,11 @@
 //! The shard finds the partition and checks that this broker leads it;
 //! everything that reads or writes the log goes through here.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::Role;
@@ -49,6 +51,8 @@ pub struct Partition {
     /// compacted by a round of this process (0 after a start, so the first
     /// check compacts a dirty log again).
     clean_offset: Cell<u64>,
+    /// The running compaction round's stop flag, if one runs.
+    compaction_stop: RefCell<Option<Arc<AtomicBool>>>,
 }
 
 /// What one compaction round left for the shard: its report (`None` if it
@@ -94,6 +98,7 @@ impl Partition {
             partition,
             group,
             clean_offset: Cell::new(0),
+            compaction_stop: RefCell::new(None),
         }))
     }
 
@@ -476,7 +481,10 @@ impl Partition {
             }
             g.use_start_prev(entry, term);
         }
-        let done = compactor.run(&slot, job).await?;
+        *self.compaction_stop.borrow_mut() = Some(job.stopper());
+        let done = compactor.run(&slot, job).await;
+        self.compaction_stop.borrow_mut().take();
+        let done = done?;
         let mut log = g.part.log_mut();
         let finished = log.finish_compaction(done);
         let retired = log.take_retired();
@@ -495,11 +503,22 @@ impl Partition {
         Some(Compacted { report, retired })
     }
 
+    /// Asks the running compaction round of this replica, if any, to stop
+    /// at its next segment (it still swaps in what it finished; the
+    /// `maintenance` permit is free soon after): for work that must not
+    /// wait out a long round, such as a snapshot or a deletion.
+    pub fn stop_compaction(&self) {
+        if let Some(stop) = &*self.compaction_stop.borrow() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Stops the replica of a deleted topic and renames its directory to
     /// `*.deleted` (one metadata update, so a restart never mistakes it for
     /// live data); returns the new name, for the janitor to remove.
     pub(crate) fn delete(&self) -> Result<PathBuf> {
         let g = &self.group;
+        self.stop_compaction();
         g.stop();
         // Unique: a restart replays the controller log and deletes the
         // same topic again while an older copy may still be being removed.

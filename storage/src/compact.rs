@@ -32,6 +32,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -282,6 +283,8 @@ pub struct CompactJob {
     /// (entry index, term) of that segment's last batch.
     last_entry: Option<(u64, u64)>,
     bytes_per_sec_max: u64,
+    /// Set from outside: stop at the next segment (see [`CompactJob::stopper`]).
+    stop: Arc<AtomicBool>,
 }
 
 /// One segment renamed into place by a [`CompactJob`].
@@ -305,6 +308,14 @@ impl CompactJob {
     /// Caps the bytes the job reads and writes per second (0: no cap).
     pub fn pace(&mut self, bytes_per_sec_max: u64) {
         self.bytes_per_sec_max = bytes_per_sec_max;
+    }
+
+    /// A flag that, once set (from any thread), makes the job stop at the
+    /// next segment it reads or rewrites, before touching that segment's
+    /// files: a snapshot or a deletion need not wait out a long round.
+    /// Segments swapped before are reported as usual.
+    pub fn stopper(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     /// The last entry (index, term) of the range this round may rewrite,
@@ -349,9 +360,13 @@ impl CompactJob {
     ) -> Result<(), JobFailure> {
         let before = |e| (e, false);
         let (segments, bound) = self.open_segments().map_err(before)?;
-        let (newest, map_end) = key_map(&segments, bound, pacer).map_err(before)?;
+        let stop = &*self.stop;
+        let (newest, map_end) = key_map(&segments, bound, pacer, stop).map_err(before)?;
         // Bounded by the segment count; oldest first (see the module doc).
         for s in segments.iter().take_while(|s| s.next_offset <= map_end) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
             let (records, batches) =
                 removals(s, &newest, self.expire_before_ms, pacer).map_err(before)?;
             if records > 0 && self.rewrite(s, &newest, pacer, hook)? {
@@ -524,13 +539,22 @@ pub(crate) fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
 
 /// The newest offset per key among the records below `bound` in
 /// `segments` (sealed, oldest first), and the offset up to which the map
-/// is complete (short of `bound` when it hit its limits).
-fn key_map(segments: &[Segment], bound: u64, pacer: &mut Pacer) -> Result<(KeyMap, u64)> {
+/// is complete (short of `bound` when it hit its limits or was stopped).
+fn key_map(
+    segments: &[Segment],
+    bound: u64,
+    pacer: &mut Pacer,
+    stop: &AtomicBool,
+) -> Result<(KeyMap, u64)> {
     let mut newest = KeyMap::new();
     let mut key_bytes = 0usize;
     for s in segments {
         if s.base_offset >= bound {
             break;
+        }
+        if stop.load(Ordering::Relaxed) {
+            // Complete below this segment only; the caller stops anyway.
+            return Ok((newest, s.base_offset));
         }
         let end = s.data_bytes as usize;
         let mut pos = 0;
@@ -623,6 +647,7 @@ impl Log {
             reach_offset: last.map_or(first_offset, |s| s.next_offset),
             last_entry: last.and_then(|s| Some((s.last_entry_index?, s.last_term))),
             bytes_per_sec_max: 0,
+            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 

@@ -507,6 +507,25 @@ fn a_segment_retention_removes_while_the_job_runs_is_skipped_and_not_brought_bac
 }
 
 #[test]
+fn a_stopped_job_stops_at_a_segment_boundary_and_the_log_stays_whole() {
+    let clock = Rc::new(Cell::new(1_000_000i64));
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path(), &clock);
+    let (mut log, _) = Log::open(d.path(), config(&clock, &FaultInjector::new())).unwrap();
+    let before = read_all(&log);
+    let job = log.plan_compaction(u64::MAX).unwrap();
+    job.stopper()
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let rep = log.finish_compaction(job.run()).unwrap();
+    assert_eq!(rep.segments_rewritten, 0, "{rep:?}");
+    assert_eq!(rep.clean_offset, log.segment_bases()[0], "{rep:?}");
+    assert!(read_all(&log) == before);
+    assert!(files_ending(d.path(), ".swap").is_empty());
+    // The next round does the work.
+    assert!(log.compact(u64::MAX).unwrap().segments_rewritten > 0);
+}
+
+#[test]
 fn a_paced_job_takes_at_least_its_bytes_over_the_rate() {
     let clock = Rc::new(Cell::new(1_000_000i64));
     let d = tempfile::tempdir().unwrap();
