@@ -48,6 +48,16 @@ status() { curl -sf "http://127.0.0.1:$HTTP/api/status"; }
 counter() { status | jq "[.shards[].$1] | add"; }
 kv_dir_bytes() { du -sb "$DIR"/data/partitions/kv-0.* | cut -f1; }
 elapsed() { echo $(($(date +%s) - T0)); }
+# Share of the machine's time some task waited on I/O over the last 10 s
+# (PSI): I/O of other processes shows here.
+io_pressure() { awk '/^some/ { sub("avg10=", "", $2); print $2 "%" }' /proc/pressure/io 2>/dev/null || echo "n/a"; }
+# Share of the compacted topic's bytes in the page cache (the round reads
+# them; misses go to the disk the produce fdatasyncs use).
+kv_cached() {
+    fincore --bytes --noheadings --raw --output RES,SIZE "$DIR"/data/partitions/kv-0.*/*.log 2>/dev/null |
+        awk '{ r += $1; s += $2 } END { if (s > 0) printf "%.0f%%\n", 100 * r / s; else print "n/a" }'
+}
+declare -A PRESSURE
 
 "$BIN/drmq" broker --id 1 --data-dir "$DIR/data" --listen "$BROKERS" \
     --peer-listen 127.0.0.1:$PEER --http 127.0.0.1:$HTTP --shards 1 \
@@ -68,9 +78,11 @@ echo "fill: ${KV_MB} MB of 1 KiB updates over $KEYS keys"
     --message-bytes 1024 --messages $((KV_MB * 1000)) --warmup-s 0 --quiet \
     --json "$DIR/fill.json" >/dev/null
 run_phase() {
+    PRESSURE[$1]="$(io_pressure) before, "
     "$BIN/drmq-loadtest" run --brokers "$BROKERS" --topic lat --rate "$RATE" \
         --message-bytes 1024 --duration-s "$PHASE_S" --warmup-s 1 --quiet \
         --json "$DIR/$1.json" >/dev/null
+    PRESSURE[$1]+="$(io_pressure) after"
 }
 echo "idle phase: $RATE msgs/s to 'lat' for ${PHASE_S} s, no compaction"
 run_phase idle
@@ -79,6 +91,7 @@ if [ "$(elapsed)" -ge "$CHECK_S" ] || [ "$(counter compaction_bytes_before)" != 
     exit 1
 fi
 BEFORE=$(kv_dir_bytes)
+CACHED=$(kv_cached)
 sleep $((CHECK_S + 1 - $(elapsed)))
 echo "busy phase: the same, while the round started at ${CHECK_S} s runs"
 run_phase busy
@@ -99,8 +112,9 @@ run_phase idle_after
 echo
 echo "(a) compacted topic 'kv': partition directory $BEFORE bytes before, $AFTER after;"
 status | jq -r '.shards[0] | "    rewritten segments: \(.compaction_segments_rewritten), their data bytes \(.compaction_bytes_before) -> \(.compaction_bytes_after)"'
-echo "    the round ran from ${CHECK_S} s to about ${ROUND_END} s (busy phase ended at ${BUSY_END} s)"
+echo "    the round ran from ${CHECK_S} s to about ${ROUND_END} s (busy phase ended at ${BUSY_END} s);"
+echo "    ${CACHED} of its log bytes were in the page cache when it started"
 echo "(b) produce latency of 'lat' (same shard), µs, $RATE msgs/s of 1 KiB:"
 for phase in idle busy idle_after; do
-    jq -r --arg p "$phase" '.publish.ack_latency_us as $l | "    \($p): p50 \($l.p50) p99 \($l.p99) p99.9 \($l["p99.9"]) max \($l.max); acked \(.publish.acked), ok \(.ok)"' "$DIR/$phase.json"
+    jq -r --arg p "$phase" --arg io "${PRESSURE[$phase]}" '.publish.ack_latency_us as $l | "    \($p): p50 \($l.p50) p99 \($l.p99) p99.9 \($l["p99.9"]) max \($l.max); acked \(.publish.acked), ok \(.ok); I/O pressure \($io)"' "$DIR/$phase.json"
 done
