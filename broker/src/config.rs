@@ -40,6 +40,14 @@ pub const COMPACT_DIRTY_PERCENT_MIN_DEFAULT: u8 = 50;
 /// NVMe drive's, so produce fdatasyncs keep their bandwidth (the effect is
 /// measured in docs/BENCHMARKS.md). 0: no limit.
 pub const COMPACT_IO_MB_PER_SEC_DEFAULT: u64 = 32;
+/// Default snapshot send budget per broker, in MB/s (all transfers of all
+/// shards together). See docs/BENCHMARKS.md ("Snapshot catch-up") for its
+/// effect on the leader's produce latency.
+pub const SNAPSHOT_RATE_MB_DEFAULT: u64 = 100;
+/// Default catch-up threshold, in MiB: a follower further behind than this
+/// (in sealed bytes the leader would replay) gets a snapshot even though the
+/// leader still holds every entry it needs. See docs/BENCHMARKS.md.
+pub const SNAPSHOT_CATCH_UP_MIB_DEFAULT: u64 = 256;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -85,6 +93,11 @@ pub struct FileConfig {
     pub compact_dirty_percent_min: Option<u8>,
     /// Compaction's I/O budget per broker, MB/s read plus written (0: none).
     pub compact_io_mb_per_sec: Option<u64>,
+    /// Snapshot send budget of the whole broker, MB/s.
+    pub snapshot_rate_mb: Option<u64>,
+    /// A follower this many MiB behind catches up by snapshot (0: only a
+    /// follower below the leader's log start does).
+    pub snapshot_catch_up_mib: Option<u64>,
 }
 
 /// A complete, validated broker configuration.
@@ -104,6 +117,8 @@ pub struct BrokerConfig {
     pub compact_interval_ms: u64,
     pub compact_dirty_percent_min: u8,
     pub compact_io_mb_per_sec: u64,
+    pub snapshot_rate_mb: u64,
+    pub snapshot_catch_up_mib: u64,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT,...`.
@@ -200,6 +215,14 @@ impl BrokerConfig {
                 .compact_io_mb_per_sec
                 .or(file.compact_io_mb_per_sec)
                 .unwrap_or(COMPACT_IO_MB_PER_SEC_DEFAULT),
+            snapshot_rate_mb: overrides
+                .snapshot_rate_mb
+                .or(file.snapshot_rate_mb)
+                .unwrap_or(SNAPSHOT_RATE_MB_DEFAULT),
+            snapshot_catch_up_mib: overrides
+                .snapshot_catch_up_mib
+                .or(file.snapshot_catch_up_mib)
+                .unwrap_or(SNAPSHOT_CATCH_UP_MIB_DEFAULT),
         };
         config.validate()?;
         Ok(config)
@@ -287,6 +310,18 @@ impl BrokerConfig {
                 ),
             );
         }
+        if self.snapshot_rate_mb == 0 || self.snapshot_rate_mb > 100_000 {
+            return invalid(
+                "snapshot-rate-mb",
+                format!("{} is outside 1..=100000 MB/s", self.snapshot_rate_mb),
+            );
+        }
+        if self.snapshot_catch_up_mib > 1 << 30 {
+            return invalid(
+                "snapshot-catch-up-mib",
+                format!("{} MiB is more than any log", self.snapshot_catch_up_mib),
+            );
+        }
         let ports = [self.listen, self.peer_listen, self.http];
         if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
             return invalid("listen", "listen, peer-listen and http must differ".into());
@@ -311,9 +346,7 @@ mod tests {
             cluster_secret: None,
             max_connections: None,
             max_inflight_bytes: None,
-            compact_interval_ms: None,
-            compact_dirty_percent_min: None,
-            compact_io_mb_per_sec: None,
+            ..FileConfig::default()
         }
     }
 
@@ -356,6 +389,25 @@ mod tests {
             let e = BrokerConfig::resolve(FileConfig::default(), f, 1).unwrap_err();
             assert!(e.to_string().contains(field), "{e}");
         }
+    }
+
+    #[test]
+    fn snapshot_settings_have_defaults_and_bounds() {
+        let c = BrokerConfig::resolve(FileConfig::default(), flags(), 2).unwrap();
+        assert_eq!(c.snapshot_rate_mb, SNAPSHOT_RATE_MB_DEFAULT);
+        assert_eq!(c.snapshot_catch_up_mib, SNAPSHOT_CATCH_UP_MIB_DEFAULT);
+        let zero = FileConfig {
+            snapshot_rate_mb: Some(0),
+            ..flags()
+        };
+        let e = BrokerConfig::resolve(FileConfig::default(), zero, 2).unwrap_err();
+        assert!(e.to_string().contains("snapshot-rate-mb"), "{e}");
+        let off = FileConfig {
+            snapshot_catch_up_mib: Some(0),
+            ..flags()
+        };
+        let c = BrokerConfig::resolve(FileConfig::default(), off, 2).unwrap();
+        assert_eq!(c.snapshot_catch_up_mib, 0, "0 turns the threshold off");
     }
 
     #[test]

@@ -257,6 +257,7 @@ impl Shard {
                 }
             };
             let group = partition.group.clone();
+            group.set_snapshot_catch_up_bytes(self.config.snapshot_catch_up_mib << 20);
             // The preferred leader (first replica) of a brand-new group
             // campaigns at once, so leaders land where the controller
             // spread them instead of wherever a timer fires first.

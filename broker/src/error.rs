@@ -58,7 +58,7 @@ pub enum Error {
         "the command is {bytes} bytes, more than the controller log's {segment_bytes}-byte segments"
     )]
     CommandTooLarge { bytes: usize, segment_bytes: u32 },
-    #[error("batch of {bytes} bytes exceeds the topic's segment size ({segment_bytes} bytes)")]
+    #[error("batch of {bytes} bytes exceeds the topic's segment size ({segment_bytes} bytes): send smaller batches (drmq produce --batch-bytes)")]
     BatchTooLarge { bytes: usize, segment_bytes: usize },
     #[error("offset {offset} outside [{start}, {high_watermark}]")]
     OffsetOutOfRange {
@@ -154,8 +154,8 @@ pub enum Error {
     /// An entry's offsets could not be read back.
     #[error("{0}")]
     EntryLookup(StorageError),
-    #[error("snapshot install is not supported yet")]
-    SnapshotUnsupported,
+    #[error("Raft asked to install snapshot {index}, which is not staged here")]
+    SnapshotMissing { index: u64 },
     #[error("stopped while the disk was full")]
     StoppedWhileDiskFull,
     #[error("saving raft.state")]

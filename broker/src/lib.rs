@@ -45,6 +45,7 @@ pub mod raft_group;
 pub mod replica;
 pub mod runtime;
 pub mod shard;
+pub mod snapshot;
 pub mod telemetry;
 pub mod topics;
 

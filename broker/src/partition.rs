@@ -27,7 +27,7 @@ use crate::producers::{BatchId, Verdict};
 use crate::raft_group::{RaftGroup, RaftGroupKind, WaitResult};
 use crate::replica;
 use crate::runtime::DELETED_SUFFIX;
-use crate::telemetry::{PartitionSample, ReplicaSample};
+use crate::telemetry::{PartitionSample, ReplicaSample, SnapshotTransferSample};
 use crate::topics::TopicRecord;
 
 /// Longest long poll a fetch may ask for.
@@ -337,8 +337,16 @@ impl Partition {
             log_start_offset: log.log_start_offset(),
             log_end_offset: log.next_offset(),
             size_bytes: log.data_bytes(),
-            snapshot_transfer: None,
             clean_offset: self.compaction_dirt().map(|_| self.clean_offset.get()),
+            // One at a time is shown: the first follower's by id.
+            snapshot_transfer: g.archives.sending.borrow().values().next().map(|t| {
+                SnapshotTransferSample {
+                    to: t.to,
+                    bytes_sent: t.bytes_sent.get(),
+                    bytes_total: t.bytes_total,
+                    bytes_per_sec: t.sample_rate(),
+                }
+            }),
         }
     }
 
@@ -360,6 +368,13 @@ impl Partition {
                     broker,
                     match_index,
                     lag: commit.saturating_sub(match_index),
+                    snapshot: g.archives.sending.borrow().get(&broker).map(|t| {
+                        wire::SnapshotProgress {
+                            bytes_sent: t.bytes_sent.get(),
+                            bytes_total: t.bytes_total,
+                            bytes_per_sec: t.bytes_per_sec.get(),
+                        }
+                    }),
                 })
                 .collect(),
         }
@@ -529,6 +544,7 @@ impl Partition {
             dir: g.dir.clone(),
             source,
         })?;
+        g.forget_snapshots();
         Ok(gone)
     }
 }

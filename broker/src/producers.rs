@@ -345,7 +345,7 @@ const SNAPSHOT_MAGIC: u32 = 0x4452_5031; // "DRP1"
 const SNAPSHOT_BYTES_MAX: u64 = 16 << 20;
 
 impl ProducerSnapshot {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let table = self.table.encode();
         let mut b = Vec::with_capacity(24 + table.len() + 4);
         b.extend_from_slice(&SNAPSHOT_MAGIC.to_le_bytes());
@@ -357,7 +357,7 @@ impl ProducerSnapshot {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<ProducerSnapshot, String> {
+    pub(crate) fn decode(b: &[u8]) -> Result<ProducerSnapshot, String> {
         if b.len() < 24 {
             return Err(format!("{} bytes, too short", b.len()));
         }

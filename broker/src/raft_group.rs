@@ -83,11 +83,15 @@ pub trait RaftGroupHooks {
     /// replica starts a real vote, [`Event::LeaderChanged`] when it becomes
     /// leader (never from the other replicas). Never blocks.
     fn event(&self, _event: Event) {}
+    /// The shard's snapshot context (transfer connections, counters).
+    fn snapshot_env(&self) -> Option<Rc<crate::snapshot::SnapshotEnv>> {
+        None
+    }
 }
 
 impl RaftGroupKind {
     /// Topic and partition as telemetry names them (`None` for the controller).
-    fn names(&self) -> (Option<String>, Option<u32>) {
+    pub(crate) fn telemetry_names(&self) -> (Option<String>, Option<u32>) {
         match self {
             RaftGroupKind::Controller => (None, None),
             RaftGroupKind::Partition { topic, partition } => {
@@ -103,9 +107,9 @@ pub struct RaftGroup {
     pub dir: PathBuf,
     pub part: Rc<Partition>,
     pub replicas: Vec<u64>,
-    raft: RefCell<Raft<LogStore>>,
-    start_prev: Rc<Cell<(u64, u64)>>,
-    saved: Cell<RaftState>,
+    pub(crate) raft: RefCell<Raft<LogStore>>,
+    pub(crate) start_prev: Rc<Cell<(u64, u64)>>,
+    pub(crate) saved: Cell<RaftState>,
     dirty: Cell<bool>,
     wake: Notify,
     waiters: RefCell<BTreeMap<u64, Vec<Waiter>>>,
@@ -141,6 +145,10 @@ pub struct RaftGroup {
     pub entries_read: Rc<Cell<u64>>,
     /// The shard's hooks, once the driver runs (for reporting a failure).
     hooks: RefCell<Option<Rc<dyn RaftGroupHooks>>>,
+    /// Archives this replica offers as leader (shared with its `LogStore`).
+    pub(crate) archives: Rc<crate::snapshot::Archives>,
+    /// The snapshot this replica receives as follower.
+    pub(crate) inbox: crate::snapshot::sink::Inbox,
     /// The last leader this replica learnt of (any term, itself included):
     /// the `previous_leader` of its next leadership.
     known_leader: Cell<Option<u64>>,
@@ -182,7 +190,9 @@ impl RaftGroup {
         let part = Partition::new(log);
         let entries_read = Rc::new(Cell::new(0));
         let start_prev = Rc::new(Cell::new((state.start_prev_index, state.start_prev_term)));
+        let archives = Rc::new(crate::snapshot::Archives::default());
         let store = LogStore {
+            archives: archives.clone(),
             part: part.clone(),
             entries_read: entries_read.clone(),
             membership: Membership::with_voters(replicas.iter().copied()),
@@ -192,6 +202,7 @@ impl RaftGroup {
                 // Only term and vote are saved on every change; commit is
                 // learnt again from the leader (a lower commit is safe).
                 commit: state.commit.min(raft::Storage::last_index(&LogStore {
+                    archives: archives.clone(),
                     part: part.clone(),
                     entries_read: entries_read.clone(),
                     membership: Membership::default(),
@@ -241,6 +252,8 @@ impl RaftGroup {
             producers_saved: Cell::new((0, 0)),
             entries_read,
             hooks: RefCell::new(None),
+            archives,
+            inbox: Default::default(),
             known_leader: Cell::new(None),
             election_term: Cell::new(0),
             leader_term: Cell::new(0),
@@ -283,7 +296,7 @@ impl RaftGroup {
             .collect()
     }
 
-    fn poke(&self) {
+    pub(crate) fn poke(&self) {
         self.dirty.set(true);
         self.wake.notify_all();
     }
@@ -312,11 +325,18 @@ impl RaftGroup {
         }
     }
 
-    pub fn step(&self, m: raft::Message) {
+    pub fn step(self: &Rc<Self>, mut m: raft::Message) {
         if self.stopped.get() {
             return;
         }
+        let ticket = matches!(m.body, raft::MessageBody::InstallSnapshot { .. });
+        if ticket && !self.snapshot_gate(&mut m) {
+            return;
+        }
         let stepped = self.raft.borrow_mut().step(m);
+        if ticket {
+            self.snapshot_stepped();
+        }
         match stepped {
             Ok(()) => {}
             // This replica's log contradicts the leader: stop the group (it
@@ -528,6 +548,32 @@ impl RaftGroup {
         Ok(())
     }
 
+    /// See `raft::Config::snapshot_catch_up_bytes`.
+    pub fn set_snapshot_catch_up_bytes(&self, bytes: u64) {
+        self.raft.borrow_mut().set_snapshot_catch_up_bytes(bytes);
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
+    pub(crate) fn snapshot_env(&self) -> Option<Rc<crate::snapshot::SnapshotEnv>> {
+        self.hooks.borrow().as_ref().and_then(|h| h.snapshot_env())
+    }
+
+    pub(crate) fn note_producers_changed(&self) {
+        self.producers_version.set(self.producers_version.get() + 1);
+    }
+
+    /// After a snapshot install: the high watermark covers the snapshot.
+    pub(crate) fn after_install(&self, index: u64) {
+        let hw = high_watermark(&self.part.log(), index).max(self.high_watermark.get());
+        if hw != self.high_watermark.get() {
+            self.high_watermark.set(hw);
+            self.committed.notify_all();
+        }
+    }
+
     /// Stops the driver (the partition was deleted or the broker stops).
     pub fn stop(&self) {
         self.stopped.set(true);
@@ -588,8 +634,10 @@ impl RaftGroup {
             self.producers_version.set(self.producers_version.get() + 1);
             self.producers_term.set(term);
         }
-        if rd.snapshot.is_some() || !rd.snapshot_chunks.is_empty() {
-            return Err(Error::SnapshotUnsupported);
+        // A snapshot's chunks are its ticket only (see `crate::snapshot`):
+        // the archive is staged already.
+        if let Some(meta) = &rd.snapshot {
+            self.install_snapshot(meta).await?;
         }
         if let Some(ss) = rd.soft_state {
             if ss.role != Role::Leader {
@@ -696,7 +744,7 @@ impl RaftGroup {
         let term = self.term();
         if matches!(role, Role::Candidate | Role::Leader) && self.election_term.get() != term {
             self.election_term.set(term);
-            let (topic, partition) = self.kind.names();
+            let (topic, partition) = self.kind.telemetry_names();
             hooks.event(Event::ElectionStarted {
                 topic,
                 partition,
@@ -706,7 +754,7 @@ impl RaftGroup {
         }
         if role == Role::Leader && self.leader_term.get() != term {
             self.leader_term.set(term);
-            let (topic, partition) = self.kind.names();
+            let (topic, partition) = self.kind.telemetry_names();
             hooks.event(Event::LeaderChanged {
                 topic,
                 partition,

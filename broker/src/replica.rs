@@ -215,6 +215,8 @@ pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
 /// `raft::Storage` over a partition log.
 pub struct LogStore {
     pub part: Rc<Partition>,
+    /// The leader's snapshot archives (see `crate::snapshot`).
+    pub archives: Rc<crate::snapshot::Archives>,
     /// Counts the entries read back from the log.
     pub entries_read: Rc<Cell<u64>>,
     /// The membership the group was created with (membership changes of
@@ -298,8 +300,26 @@ impl raft::Storage for LogStore {
             .collect()
     }
 
+    /// Bytes of the segments from the one holding entry `index` on.
+    fn bytes_from(&self, index: u64) -> u64 {
+        let log = self.part.log();
+        log.entry_base_offset(index)
+            .map_or(0, |offset| log.bytes_from(offset))
+    }
+
+    /// The current archive if one reaches the log start point; otherwise
+    /// the start point itself, which has no payload yet (Raft waits, and
+    /// the shard takes an archive: `RaftGroup::manage_snapshots`).
     fn snapshot_meta(&self) -> SnapshotMeta {
         let (index, term) = self.start_prev.get();
+        if let Some(a) = self.archives.usable(index) {
+            return SnapshotMeta {
+                index: a.index,
+                term: a.term,
+                membership: self.membership.clone(),
+                size_bytes: crate::snapshot::TICKET_BYTES as u64,
+            };
+        }
         SnapshotMeta {
             index,
             term,
@@ -308,15 +328,24 @@ impl raft::Storage for LogStore {
         }
     }
 
+    /// The payload of a snapshot is its archive's ticket: the archive
+    /// streams on a connection of its own.
     fn snapshot_chunk(
         &self,
-        _index: u64,
-        _offset: u64,
-        _max_bytes: u64,
+        index: u64,
+        offset: u64,
+        max_bytes: u64,
     ) -> Result<Vec<u8>, raft::StorageError> {
-        // Snapshot catch-up (streaming sealed segments) is the next step; a
-        // follower below the leader's log start waits for it.
-        Err(raft::StorageError::SnapshotUnavailable)
+        match self.archives.usable(self.start_prev.get().0) {
+            Some(a) if a.index == index => {
+                let t = a.ticket.encode();
+                let from = (offset as usize).min(t.len());
+                let to = from.saturating_add(max_bytes as usize).min(t.len());
+                Ok(t[from..to].to_vec())
+            }
+            Some(a) if a.index > index => Err(raft::StorageError::SnapshotOutOfDate(index)),
+            _ => Err(raft::StorageError::SnapshotUnavailable),
+        }
     }
 }
 

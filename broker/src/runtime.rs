@@ -79,14 +79,25 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
             name: "compactor",
             source,
         })?;
-    // Partition directories of deleted topics that a stop interrupted.
+    // Partition directories of deleted topics that a stop interrupted, and
+    // snapshot archives (a restart takes new ones when needed).
     if let Ok(dir) = std::fs::read_dir(config.data_dir.join("partitions")) {
         for e in dir.flatten() {
-            if e.file_name().to_string_lossy().ends_with(DELETED_SUFFIX) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // A staged transfer is kept for its partition to resume, unless
+            // the partition is gone.
+            let orphan = name
+                .strip_suffix(".staging")
+                .is_some_and(|p| !e.path().with_file_name(p).exists());
+            if name.ends_with(DELETED_SUFFIX)
+                || name.contains(crate::snapshot::ARCHIVE_SUFFIX)
+                || orphan
+            {
                 let _ = janitor.send(Chore::RemoveDir(e.path()));
             }
         }
     }
+    let snapshot_limiter = Arc::new(crate::snapshot::RateLimiter::new(config.snapshot_rate_mb));
     let view = Arc::new(RwLock::new(ClusterView::new(config.id, config.listen)));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let cpus = std::thread::available_parallelism()
@@ -109,6 +120,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         let view = view.clone();
         let secret = secret.clone();
         let voters = voters.clone();
+        let snapshot_limiter = snapshot_limiter.clone();
         let builder =
             LocalExecutorBuilder::new(Placement::Fixed(id % cpus)).name(&format!("shard-{id}"));
         let handle = builder
@@ -142,6 +154,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     telemetry,
                     janitor,
                     compactor,
+                    snapshot_limiter,
                 }));
                 if let Err(e) = shard.clone().serve(identity, inbox, ready.clone()).await {
                     let _ = ready.send(Err(format!("shard {id}: {}", chain(&e))));

@@ -36,6 +36,7 @@ use crate::partition::Partition;
 use crate::peer::{self, Inbound, Outbox};
 use crate::raft_group::{self, LeaderChange, RaftGroup, RaftGroupHooks};
 use crate::runtime::Chore;
+use crate::snapshot::SnapshotEnv;
 use crate::telemetry::{ClusterSample, Event, ShardSample, Telemetry};
 use crate::topics::{shard_for, TopicRecord};
 
@@ -44,6 +45,8 @@ use crate::topics::{shard_for, TopicRecord};
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 /// How often each shard sends its counters to the telemetry thread.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a leader looks for followers that need a snapshot.
+const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a stopping broker waits for its groups' leadership to move.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -98,6 +101,10 @@ pub(crate) struct Shard {
     /// How busy this shard's core was over the sample interval.
     load: CoreLoad,
     pub(crate) connections: Connections,
+    /// Set when the shard starts serving (it needs the peer identity).
+    pub(crate) snapshot_env: RefCell<Option<Rc<SnapshotEnv>>>,
+    snapshot_limiter: std::sync::Arc<crate::snapshot::RateLimiter>,
+    pub(crate) snapshot_counters: Rc<crate::snapshot::SnapshotCounters>,
 }
 
 /// What a shard needs from the process at start.
@@ -111,6 +118,8 @@ pub(crate) struct ShardStart {
     pub(crate) telemetry: Telemetry,
     pub(crate) janitor: flume::Sender<Chore>,
     pub(crate) compactor: Compactor,
+    /// The broker's snapshot send budget, shared by its shards.
+    pub(crate) snapshot_limiter: std::sync::Arc<crate::snapshot::RateLimiter>,
 }
 
 /// Peer messages reach the shard's groups through this.
@@ -134,6 +143,31 @@ impl Inbound for ShardInbound {
                 g.step(m);
             }
         }
+    }
+
+    fn serve_snapshot(
+        &self,
+        from: u64,
+        request: wire::SnapshotFetchRequest,
+        stream: glommio::net::TcpStream,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let group = self.0.groups.borrow().get(&request.group).cloned();
+        let env = self.0.snapshot_env.borrow().clone();
+        Box::pin(async move {
+            match (group, env) {
+                (Some(g), Some(env)) => {
+                    crate::snapshot::source::serve(stream, request, from, g, env).await
+                }
+                _ => {
+                    let e = wire::ErrorResponse::new(
+                        wire::ErrorCode::UnknownTopicOrPartition,
+                        format!("no group {} here", request.group),
+                    );
+                    let mut stream = stream;
+                    let _ = crate::snapshot::source::write(&mut stream, e.into()).await;
+                }
+            }
+        })
     }
 }
 
@@ -163,6 +197,10 @@ impl RaftGroupHooks for Hooks {
             shard.telemetry.event(event);
         }
     }
+
+    fn snapshot_env(&self) -> Option<Rc<SnapshotEnv>> {
+        self.0.upgrade()?.snapshot_env.borrow().clone()
+    }
 }
 
 impl Shard {
@@ -186,6 +224,9 @@ impl Shard {
             counters: ShardCounters::default(),
             load: CoreLoad::new(Instant::now()),
             connections: Connections::default(),
+            snapshot_env: RefCell::new(None),
+            snapshot_limiter: start.snapshot_limiter,
+            snapshot_counters: Rc::default(),
         }
     }
 
@@ -214,6 +255,16 @@ impl Shard {
         inbox: flume::Receiver<ShardMsg>,
         ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
     ) -> Result<()> {
+        *self.snapshot_env.borrow_mut() = Some(Rc::new(SnapshotEnv {
+            broker: self.config.id,
+            shard: self.id,
+            identity: identity.clone(),
+            peers: self.config.peers.clone(),
+            limiter: self.snapshot_limiter.clone(),
+            counters: self.snapshot_counters.clone(),
+            janitor: self.janitor.clone(),
+            telemetry: self.telemetry.clone(),
+        }));
         let control = self.clone();
         glommio::spawn_local(async move {
             while let Ok(msg) = inbox.recv_async().await {
@@ -240,6 +291,20 @@ impl Shard {
         if self.id == 0 {
             self.clone().start_controller()?;
         }
+        let snapshots = self.clone();
+        self.spawn_raft(async move {
+            loop {
+                glommio::timer::sleep(SNAPSHOT_CHECK_INTERVAL).await;
+                let Some(env) = snapshots.snapshot_env.borrow().clone() else {
+                    continue;
+                };
+                let groups: Vec<Rc<RaftGroup>> =
+                    snapshots.groups.borrow().values().cloned().collect();
+                for g in groups {
+                    g.manage_snapshots(&env);
+                }
+            }
+        });
         let ticker = self.clone();
         self.spawn_raft(async move {
             loop {
@@ -436,6 +501,14 @@ impl Shard {
             errors: c.errors.get(),
             errors_by_code: c.errors_by_code(),
             segments_deleted: c.segments_deleted.get(),
+            snapshot_transfers_started: self.snapshot_counters.started.get(),
+            snapshot_transfers_finished: self.snapshot_counters.finished.get(),
+            snapshot_transfers_resumed: self.snapshot_counters.resumed.get(),
+            snapshot_transfers_failed: self.snapshot_counters.failed.get(),
+            snapshot_bytes_sent: self.snapshot_counters.bytes_sent.get(),
+            snapshot_bytes_received: self.snapshot_counters.bytes_received.get(),
+            snapshot_installs: self.snapshot_counters.installs.get(),
+            snapshot_archives: self.snapshot_counters.archives.get(),
             leader_changes: c.leader_changes.get(),
             elections: c.elections.get(),
             compactions: c.compactions.get(),

@@ -80,6 +80,11 @@ pub struct Config {
     pub committed_bytes_per_ready_max: u64,
     /// Snapshot payload bytes per InstallSnapshot message.
     pub snapshot_chunk_bytes: u64,
+    /// A follower being probed (it came back, or rejected an append) that
+    /// lacks more than this many bytes of log ([`crate::Storage::bytes_from`])
+    /// is sent the snapshot instead of the entries: copying the storage's
+    /// snapshot beats replaying that much. 0: only below the log start.
+    pub snapshot_catch_up_bytes: u64,
     /// The index the driver's state machine has applied (on restart).
     pub applied_index: u64,
     /// Whether `Ready::committed_entries` carries the committed entries.
@@ -108,6 +113,7 @@ impl Config {
             uncommitted_bytes_max: 256 << 20,
             committed_bytes_per_ready_max: 16 << 20,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT,
+            snapshot_catch_up_bytes: 0,
             applied_index: 0,
             deliver_committed_entries: true,
             seed: id,

@@ -237,6 +237,16 @@ impl<S: Storage> Raft<S> {
             .map_or(&self.base_membership, |(_, m)| m)
     }
     /// The leader's view of `id` (leaders only).
+    /// See [`Config::snapshot_catch_up_bytes`].
+    pub fn set_snapshot_catch_up_bytes(&mut self, bytes: u64) {
+        self.cfg.snapshot_catch_up_bytes = bytes;
+    }
+
+    /// A snapshot received from the leader waits for the driver to install
+    /// it (it came out, or will come out, in a Ready).
+    pub fn has_pending_snapshot(&self) -> bool {
+        self.log.has_pending_snapshot()
+    }
     pub fn progress(&self, id: NodeId) -> Option<&Progress> {
         self.progress.get(&id)
     }
@@ -373,6 +383,32 @@ impl<S: Storage> Raft<S> {
             self.send_append(to, true)?;
         }
         Ok(())
+    }
+
+    /// Starts (or restarts with a newer one) streaming the storage's
+    /// current snapshot to follower `to`, even though its log could still be
+    /// replayed: the driver decides that copying the snapshot is cheaper
+    /// (the follower is far behind). Nothing happens unless this node leads,
+    /// `to` is a peer, and the snapshot reaches past what `to` holds and
+    /// past the one already being sent to it. Returns whether it started.
+    pub fn request_snapshot(&mut self, to: NodeId) -> Result<bool, Error> {
+        if self.role != Role::Leader || to == self.cfg.id {
+            return Ok(false);
+        }
+        let meta = self.log.storage.snapshot_meta();
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return Ok(false);
+        };
+        let sending = pr.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        if meta.index <= pr.match_index
+            || meta.index <= sending
+            || meta.index + 1 < self.log.first_index()
+        {
+            return Ok(false);
+        }
+        pr.become_snapshot(meta);
+        self.send_snapshot_chunk(to)?;
+        Ok(true)
     }
 
     /// Feeds one message from a peer.
@@ -1099,6 +1135,25 @@ impl<S: Storage> Raft<S> {
             return Ok(false);
         }
         let next_index = pr.next_index;
+        let probing = pr.state == ProgressState::Probe;
+        let catch_up = self.cfg.snapshot_catch_up_bytes;
+        if probing && catch_up > 0 && self.log.storage.bytes_from(next_index) > catch_up {
+            // Far behind: the snapshot is cheaper than the replay. One that
+            // does not reach past what the follower has is not sent: the
+            // follower waits in snapshot state for the driver to take a
+            // newer one ([`Raft::request_snapshot`]); a stalled transfer
+            // is retried on heartbeats meanwhile.
+            let meta = self.log.storage.snapshot_meta();
+            if meta.index + 1 >= self.log.first_index() {
+                let fresh = meta.index > pr.match_index;
+                let pr = self.progress.get_mut(&to).expect("looked up above");
+                pr.become_snapshot(meta);
+                if fresh {
+                    self.send_snapshot_chunk(to)?;
+                }
+                return Ok(true);
+            }
+        }
         let prev_index = next_index - 1;
         let prev_term = match self.log.term(prev_index) {
             Ok(term) => term,

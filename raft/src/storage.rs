@@ -43,6 +43,12 @@ pub trait Storage {
     fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
     /// The latest snapshot (index 0 when there is none).
     fn snapshot_meta(&self) -> SnapshotMeta;
+    /// About how many bytes of log entries from `index` on (an estimate is
+    /// enough: it only decides between replay and snapshot, see
+    /// [`crate::Config::snapshot_catch_up_bytes`]). 0 by default.
+    fn bytes_from(&self, _index: u64) -> u64 {
+        0
+    }
     /// Up to `max_bytes` of the payload of the snapshot at `index`, from
     /// `offset`. `SnapshotOutOfDate` if that snapshot was replaced.
     fn snapshot_chunk(
@@ -190,6 +196,11 @@ impl Storage for MemStorage {
 
     fn snapshot_meta(&self) -> SnapshotMeta {
         self.snapshot.clone()
+    }
+
+    fn bytes_from(&self, index: u64) -> u64 {
+        let skip = index.saturating_sub(self.snapshot.index + 1) as usize;
+        self.entries.iter().skip(skip).map(Entry::size_bytes).sum()
     }
 
     fn snapshot_chunk(

@@ -694,6 +694,39 @@ fn a_follower_behind_the_log_start_receives_the_snapshot_in_resumable_chunks() {
 }
 
 #[test]
+fn a_leader_asked_to_snapshot_a_far_behind_follower_sends_it_even_though_the_log_still_reaches() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.isolate(3);
+    for i in 0..20u8 {
+        cluster.propose(1, &[i; 3]);
+    }
+    // Follower 2 is up to date, so nothing newer than its match index:
+    // nothing to do.
+    assert!(!cluster.node_mut(1).request_snapshot(2).unwrap());
+    // A snapshot without dropping the log start below follower 3's need.
+    let before = cluster.node(1).first_index();
+    cluster.compact(1);
+    assert!(cluster.node(1).first_index() > before);
+    cluster.heal();
+    assert!(cluster.node_mut(1).request_snapshot(3).unwrap());
+    assert_eq!(
+        cluster.node(1).progress(3).unwrap().state,
+        ProgressState::Snapshot
+    );
+    // Asked again while it is being sent: not restarted.
+    assert!(!cluster.node_mut(1).request_snapshot(3).unwrap());
+    assert!(
+        !cluster.node_mut(2).request_snapshot(3).unwrap(),
+        "not the leader"
+    );
+    cluster.tick_all(40);
+    assert_eq!(cluster.applied[&3], cluster.applied[&1]);
+    cluster.propose(1, b"after");
+    assert_eq!(cluster.applied[&3].last().unwrap(), b"after");
+}
+
+#[test]
 fn thesis_4_2_1_a_learner_catches_up_before_it_may_vote() {
     let mut cluster = Cluster::new(3);
     cluster.campaign(1);

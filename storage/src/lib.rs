@@ -50,6 +50,6 @@ pub use log::{
 };
 pub use segment::Retired;
 pub use snapshot::{
-    Chunk, SnapshotInstaller, SnapshotMeta, SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX,
+    Chunk, SnapshotInstaller, SnapshotMeta, SnapshotPlan, SnapshotReader, SNAPSHOT_CHUNK_BYTES_MAX,
 };
 pub use syncer::{OsSyncer, Syncer};

@@ -42,6 +42,9 @@ pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 2 << 20;
 pub const SNAPSHOT_EXTRA_BYTES_MAX: usize = 64 << 20;
 /// Name of the metadata file in an archive and in an installed partition.
 pub const SNAPSHOT_META_FILE: &str = "snapshot.meta";
+/// The archive header as received, in a staging directory: present while
+/// a transfer is under way, so it can resume after a restart.
+const TRANSFER_HEADER_FILE: &str = "transfer.header";
 const MAGIC: u32 = u32::from_le_bytes(*b"DRSA");
 const VERSION: u32 = 1;
 /// Three files per segment.
@@ -226,6 +229,15 @@ fn decode(h: &[u8], path: &Path) -> Result<(SnapshotMeta, Vec<FileEntry>)> {
     Ok((meta, files))
 }
 
+/// The CRC that ends a complete header.
+fn manifest_crc(header: &[u8]) -> u32 {
+    let n = header.len();
+    if n < 4 {
+        return 0;
+    }
+    u32::from_le_bytes([header[n - 4], header[n - 3], header[n - 2], header[n - 1]])
+}
+
 fn file_crc(path: &Path) -> Result<(u64, u32)> {
     let mut f = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
     let mut buf = vec![0u8; CRC_BUFFER_BYTES];
@@ -277,15 +289,22 @@ impl Log {
     /// indexes) that ends at or below `upto_offset` (the commit index),
     /// capped at the durable offset, plus `snapshot.meta`. Roll first to
     /// include the active segment's data. Everything is fsync'ed.
+    /// Blocking: [`Log::plan_snapshot`] and [`SnapshotPlan::take`] split it
+    /// for a caller that must not block (a shard).
     pub fn take_snapshot(
         &self,
         snapshot_dir: &Path,
         upto_offset: u64,
         extra: Vec<u8>,
     ) -> Result<SnapshotMeta> {
-        if extra.len() > SNAPSHOT_EXTRA_BYTES_MAX {
-            return Err(bad(snapshot_dir, format!("extra of {} bytes", extra.len())));
-        }
+        self.plan_snapshot(upto_offset)?.take(snapshot_dir, extra)
+    }
+
+    /// What [`Log::take_snapshot`] would archive, decided from memory only
+    /// (no I/O): the sealed segments that end at or below `upto_offset`
+    /// (capped at the durable offset) and the archive's metadata.
+    pub fn plan_snapshot(&self, upto_offset: u64) -> Result<SnapshotPlan> {
+        let snapshot_dir = self.dir.as_path();
         let upto = upto_offset.min(self.durable_offset());
         let n = self.segments.len() - 1;
         let included: Vec<_> = self.segments[..n]
@@ -298,34 +317,17 @@ impl Log {
                 format!("no sealed segment ends at or below {upto}"),
             ));
         };
-        let meta = SnapshotMeta {
+        let Some(last_entry_index) = included.iter().rev().find_map(|s| s.last_entry_index) else {
+            return Err(bad(snapshot_dir, "the sealed segments hold no entry"));
+        };
+        Ok(SnapshotPlan {
+            partition_dir: self.dir.clone(),
+            bases: included.iter().map(|s| s.base_offset).collect(),
             last_included_offset: last.next_offset - 1,
             last_included_term: last.last_term,
+            last_entry_index,
             log_start_offset: self.log_start_offset(),
-            extra,
-        };
-        std::fs::create_dir(snapshot_dir)
-            .map_err(|e| StorageError::io("create dir", snapshot_dir, e))?;
-        let mut files = Vec::with_capacity(included.len() * 3);
-        for s in &included {
-            for src in segment::paths(&self.dir, s.base_offset) {
-                let name = src
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let dst = snapshot_dir.join(&name);
-                std::fs::hard_link(&src, &dst)
-                    .map_err(|e| StorageError::io("hard link", &src, e))?;
-                // The sealed files may still wait for their first sync round.
-                File::open(&dst)
-                    .and_then(|f| f.sync_data())
-                    .map_err(|e| StorageError::io("fdatasync", &dst, e))?;
-                let (bytes, crc) = file_crc(&dst)?;
-                files.push(FileEntry { name, bytes, crc });
-            }
-        }
-        write_atomic(snapshot_dir, SNAPSHOT_META_FILE, &encode(&meta, &files))?;
-        Ok(meta)
+        })
     }
 
     /// Replaces this partition with a completely received archive: the
@@ -338,6 +340,21 @@ impl Log {
     /// after it, the new one. Fault point `install`: hit before and after
     /// the exchange.
     pub fn install_snapshot(&mut self, inst: SnapshotInstaller) -> Result<SnapshotMeta> {
+        let (meta, old) = self.install_snapshot_keeping_old(inst)?;
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            tracing::warn!(dir = %old.display(), error = %e, "could not remove the replaced partition");
+        }
+        Ok(meta)
+    }
+
+    /// [`Log::install_snapshot`] without removing the replaced partition:
+    /// returns the directory that now holds it (the staging name), for
+    /// the caller to remove off its thread (a later installer also wipes
+    /// it).
+    pub fn install_snapshot_keeping_old(
+        &mut self,
+        inst: SnapshotInstaller,
+    ) -> Result<(SnapshotMeta, PathBuf)> {
         self.writable()?;
         let Some((meta, header)) = inst.finished() else {
             return Err(bad(&inst.staging, "archive not completely received"));
@@ -353,6 +370,8 @@ impl Log {
         ls[8..].copy_from_slice(&crc.to_le_bytes());
         write_atomic(&staging, crate::log::LOG_START_FILE, &ls)?;
         write_atomic(&staging, SNAPSHOT_META_FILE, header)?;
+        let progress = staging.join(TRANSFER_HEADER_FILE);
+        std::fs::remove_file(&progress).map_err(|e| StorageError::io("remove", &progress, e))?;
         self.install_fault()?;
         exchange(&staging, &self.dir)?;
         if let Some(parent) = self.dir.parent() {
@@ -360,9 +379,6 @@ impl Log {
         }
         self.install_fault()?;
         // The old partition is now under the staging name.
-        if let Err(e) = std::fs::remove_dir_all(&staging) {
-            tracing::warn!(dir = %staging.display(), error = %e, "could not remove the replaced partition");
-        }
         if let Some(b) = &self.config.disk_budget {
             b.give(self.segments.iter().map(|s| s.disk_bytes()).sum());
         }
@@ -383,7 +399,7 @@ impl Log {
             }
         };
         *self = log;
-        Ok(meta.clone())
+        Ok((meta.clone(), staging))
     }
 
     fn install_fault(&mut self) -> Result<()> {
@@ -419,6 +435,71 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// An archive decided on a shard ([`Log::plan_snapshot`]) and taken
+/// anywhere ([`SnapshotPlan::take`]): it names files only. Sealed segment
+/// files are never written again; compaction replaces them (by rename) and
+/// retention unlinks them, so a caller that takes the plan off the shard
+/// keeps compaction out meanwhile, and a segment unlinked in between fails
+/// the take (the caller plans again).
+#[derive(Debug, Clone)]
+pub struct SnapshotPlan {
+    partition_dir: PathBuf,
+    bases: Vec<u64>,
+    pub last_included_offset: u64,
+    pub last_included_term: u64,
+    /// The Raft entry index of the last batch in the archive.
+    pub last_entry_index: u64,
+    pub log_start_offset: u64,
+}
+
+impl SnapshotPlan {
+    /// Hard-links the planned segments into the archive directory, fsyncs
+    /// them, computes their CRCs and writes `snapshot.meta`. Blocking. On
+    /// an error the partial directory is removed.
+    /// `snapshot_dir` must not exist and be on the partition's file system.
+    pub fn take(self, snapshot_dir: &Path, extra: Vec<u8>) -> Result<SnapshotMeta> {
+        if extra.len() > SNAPSHOT_EXTRA_BYTES_MAX {
+            return Err(bad(snapshot_dir, format!("extra of {} bytes", extra.len())));
+        }
+        std::fs::create_dir(snapshot_dir)
+            .map_err(|e| StorageError::io("create dir", snapshot_dir, e))?;
+        let r = self.link_all(snapshot_dir, extra);
+        if r.is_err() {
+            let _ = std::fs::remove_dir_all(snapshot_dir);
+        }
+        r
+    }
+
+    fn link_all(&self, dir: &Path, extra: Vec<u8>) -> Result<SnapshotMeta> {
+        let meta = SnapshotMeta {
+            last_included_offset: self.last_included_offset,
+            last_included_term: self.last_included_term,
+            log_start_offset: self.log_start_offset,
+            extra,
+        };
+        let mut files = Vec::with_capacity(self.bases.len() * 3);
+        for &base in &self.bases {
+            for src in segment::paths(&self.partition_dir, base) {
+                let name = src
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let dst = dir.join(&name);
+                std::fs::hard_link(&src, &dst)
+                    .map_err(|e| StorageError::io("hard link", &src, e))?;
+                // The sealed files may still wait for their first sync round.
+                File::open(&dst)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| StorageError::io("fdatasync", &dst, e))?;
+                let (bytes, crc) = file_crc(&dst)?;
+                files.push(FileEntry { name, bytes, crc });
+            }
+        }
+        write_atomic(dir, SNAPSHOT_META_FILE, &encode(&meta, &files))?;
+        Ok(meta)
+    }
 }
 
 /// Reads an archive directory out as a byte stream, in chunks, from any
@@ -459,6 +540,12 @@ impl SnapshotReader {
 
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
+    }
+
+    /// The archive's identity: its manifest CRC (which covers every file's
+    /// CRC). A resumed transfer continues only into the same archive.
+    pub fn archive_id(&self) -> u32 {
+        manifest_crc(&self.header)
     }
 
     /// The chunk at `offset`: at most `bytes_max` (capped at
@@ -536,12 +623,90 @@ pub struct SnapshotInstaller {
 }
 
 impl SnapshotInstaller {
+    /// The staging directory of `partition_dir`.
+    pub fn staging_path(partition_dir: &Path) -> PathBuf {
+        let mut s = partition_dir.as_os_str().to_owned();
+        s.push(".staging");
+        PathBuf::from(s)
+    }
+
+    /// Continues the transfer staged beside `partition_dir` by an earlier
+    /// installer (this process or one before a restart): the header it
+    /// received, every file that is complete and matches its CRC, and the
+    /// durable part of the file it was writing (each chunk is fdatasync'ed
+    /// before the next is taken). `None` when nothing resumable is there
+    /// (then [`SnapshotInstaller::new`] starts over). Bytes that were
+    /// damaged in the partial file fail that file's CRC at its end, which
+    /// fails the install: never a mix. Blocking (reads the staged files).
+    pub fn resume(partition_dir: &Path) -> Result<Option<Self>> {
+        let staging = Self::staging_path(partition_dir);
+        let hp = staging.join(TRANSFER_HEADER_FILE);
+        let header = match std::fs::read(&hp) {
+            Ok(h) => h,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::io("read", &hp, e)),
+        };
+        let Ok(parsed) = decode(&header, &hp) else {
+            return Ok(None);
+        };
+        let mut received = header.len() as u64;
+        let mut file_index = 0;
+        let mut file = None;
+        for f in &parsed.1 {
+            let p = staging.join(&f.name);
+            let len = match std::fs::metadata(&p) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(StorageError::io("stat", &p, e)),
+            };
+            let (bytes, crc) = file_crc(&p)?;
+            if bytes != len || bytes > f.bytes || (bytes == f.bytes && crc != f.crc) {
+                return Ok(None);
+            }
+            received += bytes;
+            if bytes < f.bytes {
+                let h = OpenOptions::new()
+                    .append(true)
+                    .open(&p)
+                    .map_err(|e| StorageError::io("open", &p, e))?;
+                file = Some((h, bytes, crc));
+                break;
+            }
+            file_index += 1;
+        }
+        // Files past the resume point were never made durable: start them again.
+        let next_file = file_index + usize::from(file.is_some());
+        for f in parsed.1.iter().skip(next_file) {
+            let p = staging.join(&f.name);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove", &p, e)),
+            }
+        }
+        let need_header = header.len();
+        Ok(Some(SnapshotInstaller {
+            staging,
+            received,
+            header,
+            need_header,
+            parsed: Some(parsed),
+            file_index,
+            file,
+            failed: None,
+        }))
+    }
+
+    /// The identity of the archive being received ([`SnapshotReader::archive_id`]),
+    /// once its header is in.
+    pub fn archive_id(&self) -> Option<u32> {
+        self.parsed.as_ref().map(|_| manifest_crc(&self.header))
+    }
+
     /// Starts a fresh staging directory beside `partition_dir` (removing
     /// one left by an earlier, interrupted install).
     pub fn new(partition_dir: &Path) -> Result<Self> {
-        let mut s = partition_dir.as_os_str().to_owned();
-        s.push(".staging");
-        let staging = PathBuf::from(s);
+        let staging = Self::staging_path(partition_dir);
         match std::fs::remove_dir_all(&staging) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -571,6 +736,11 @@ impl SnapshotInstaller {
 
     pub fn is_complete(&self) -> bool {
         self.finished().is_some()
+    }
+
+    /// The archive's metadata (its `extra` included), once complete.
+    pub fn meta(&self) -> Option<&SnapshotMeta> {
+        self.finished().map(|(m, _)| m)
     }
 
     fn finished(&self) -> Option<(&SnapshotMeta, &[u8])> {
@@ -610,6 +780,7 @@ impl SnapshotInstaller {
     }
 
     fn take(&mut self, mut data: &[u8]) -> Result<()> {
+        let files_before = self.file_index + usize::from(self.file.is_some());
         // Bounded: every pass consumes bytes or fails.
         while !data.is_empty() || (self.parsed.is_some() && self.file.is_none() && !self.all_done())
         {
@@ -623,6 +794,7 @@ impl SnapshotInstaller {
                 }
                 if self.header.len() == self.need_header && self.need_header > 12 {
                     self.parsed = Some(decode(&self.header, &self.staging)?);
+                    write_atomic(&self.staging, TRANSFER_HEADER_FILE, &self.header)?;
                 }
                 continue;
             }
@@ -665,7 +837,13 @@ impl SnapshotInstaller {
                 self.file_index += 1;
             }
         }
-        if self.all_done() {
+        if let Some((f, _, _)) = &self.file {
+            // What `next_offset` reports is durable: a resume starts there.
+            f.sync_data()
+                .map_err(|e| StorageError::io("fdatasync", &self.staging, e))?;
+        }
+        // New files' names must survive a crash too.
+        if self.file_index + usize::from(self.file.is_some()) != files_before || self.all_done() {
             fsync_dir(&self.staging)?;
         }
         Ok(())

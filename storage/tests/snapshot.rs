@@ -268,3 +268,81 @@ fn crash_during_install_leaves_the_old_or_the_new_partition() {
     let inst = SnapshotInstaller::new(&dst_dir).unwrap();
     assert_eq!(std::fs::read_dir(inst.staging_dir()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_transfer_resumes_after_a_restart_of_the_receiver_from_its_durable_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp.path().join("snap");
+    let (src, want) = source(&tmp.path().join("src"), &snap, b"extra");
+    // Planned on one thread, taken on another: the same archive.
+    let plan = src.plan_snapshot(u64::MAX).unwrap();
+    assert_eq!(plan.last_entry_index, src.last_entry_index());
+    let snap2 = tmp.path().join("snap2");
+    let taken = std::thread::spawn(move || plan.take(&snap2, b"extra".to_vec()))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_snapshot_meta(&snap).unwrap().unwrap(), taken);
+    let reader = SnapshotReader::open(&snap).unwrap();
+    assert_eq!(
+        SnapshotReader::open(&tmp.path().join("snap2"))
+            .unwrap()
+            .archive_id(),
+        reader.archive_id()
+    );
+
+    let dst_dir = tmp.path().join("dst");
+    let faults = FaultInjector::new();
+    let (mut dst, _) = old_partition(&dst_dir, &faults);
+    assert!(SnapshotInstaller::resume(&dst_dir).unwrap().is_none());
+    let mut inst = SnapshotInstaller::new(&dst_dir).unwrap();
+    // Odd chunk sizes: the cut falls inside a file.
+    for c in reader.chunks(0, 3001).take(7) {
+        let c = c.unwrap();
+        inst.write_chunk(c.offset, &c.data, c.crc).unwrap();
+    }
+    let durable = inst.next_offset();
+    assert_eq!(inst.archive_id(), Some(reader.archive_id()));
+    drop(inst); // the receiver stops
+
+    let mut inst = SnapshotInstaller::resume(&dst_dir).unwrap().unwrap();
+    assert_eq!(inst.next_offset(), durable);
+    assert_eq!(inst.archive_id(), Some(reader.archive_id()));
+    receive_all(&reader, &mut inst);
+    dst.install_snapshot(inst).unwrap();
+    assert!(read_all(&dst) == want, "resumed install differs");
+
+    // A byte of the partial file damaged while the receiver was down: the
+    // resume goes on, and the file's CRC fails the install at its end.
+    let dst2_dir = tmp.path().join("dst2");
+    let (mut dst2, old) = old_partition(&dst2_dir, &faults);
+    let mut inst = SnapshotInstaller::new(&dst2_dir).unwrap();
+    for c in reader.chunks(0, 3001).take(7) {
+        let c = c.unwrap();
+        inst.write_chunk(c.offset, &c.data, c.crc).unwrap();
+    }
+    let staging = inst.staging_dir().to_path_buf();
+    drop(inst);
+    let partial = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&partial).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&partial, &bytes).unwrap();
+    let mut inst = SnapshotInstaller::resume(&dst2_dir).unwrap().unwrap();
+    let mut failed = false;
+    for c in reader.chunks(inst.next_offset(), SNAPSHOT_CHUNK_BYTES_MAX) {
+        let c = c.unwrap();
+        if inst.write_chunk(c.offset, &c.data, c.crc).is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "a damaged staged file went unnoticed");
+    assert!(dst2.install_snapshot(inst).is_err());
+    assert!(read_all(&dst2) == old, "the old partition must stay whole");
+}

@@ -356,6 +356,15 @@ wire_structs! {
         pub broker: u64,
         pub match_index: u64,
         pub lag: u64,
+        /// A snapshot the leader is streaming to this replica:
+        /// `(bytes sent, bytes total, bytes per second)`.
+        pub snapshot: Option<SnapshotProgress>,
+    }
+
+    pub struct SnapshotProgress {
+        pub bytes_sent: u64,
+        pub bytes_total: u64,
+        pub bytes_per_sec: u64,
     }
 
     pub struct PartitionStatus {
@@ -495,9 +504,27 @@ wire_structs! {
         pub group: u64,
         pub term: u64,
         pub from: u64,
+        /// The snapshot this answers (a late answer about an older one is
+        /// ignored).
+        pub snapshot_index: u64,
         /// The offset the follower wants next (resume point).
         pub next_offset: u64,
         pub done: bool,
+    }
+
+    /// Opens a snapshot transfer connection (its own, never a Raft lane):
+    /// the follower asks the leader's shard for the archive of `group`
+    /// that ends at `snapshot_index`/`snapshot_term`, from `offset`. The
+    /// leader answers with [`InstallSnapshotChunk`]s to the end (from 0 if
+    /// `archive_id` is not the archive it serves), or an `ErrorResponse`.
+    pub struct SnapshotFetchRequest {
+        pub group: u64,
+        pub from: u64,
+        pub snapshot_index: u64,
+        pub snapshot_term: u64,
+        /// The archive the follower has staged bytes of (0: none).
+        pub archive_id: u32,
+        pub offset: u64,
     }
 
     /// Leadership transfer: the receiver campaigns at once.
@@ -676,6 +703,7 @@ no_field_checks!(
     HeartbeatBatchRequest,
     HeartbeatBatchResponse,
     InstallSnapshotResponse,
+    SnapshotFetchRequest,
     TimeoutNow,
 );
 
@@ -897,4 +925,5 @@ kinds! {
     0x0109 => InstallSnapshotChunk,
     0x010A => InstallSnapshotResponse,
     0x010B => TimeoutNow,
+    0x010C => SnapshotFetchRequest,
 }

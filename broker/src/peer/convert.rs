@@ -5,13 +5,16 @@
 
 use raft::{Entry, MessageBody, NodeId};
 use wire::{
-    AppendEntriesRequest, AppendEntriesResponse, Message, TimeoutNow, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotChunk, InstallSnapshotResponse,
+    Message, TimeoutNow, VoteRequest, VoteResponse,
 };
 
 use crate::replica;
 
-/// A Raft message as a wire message (`None` for snapshot transfer, which is
-/// not carried yet).
+/// A Raft message as a wire message (`None` for heartbeats, which
+/// `Outbox::send` coalesces). A snapshot's Raft-level payload is a small
+/// ticket (see `crate::snapshot`): the archive itself streams on a
+/// connection of its own.
 pub fn to_wire(m: raft::Message) -> Option<Message> {
     let group = m.group_id;
     Some(match m.body {
@@ -99,11 +102,40 @@ pub fn to_wire(m: raft::Message) -> Option<Message> {
             from: m.from,
         }
         .into(),
-        // Coalesced by `Outbox::send`; snapshots are not streamed yet.
-        MessageBody::Heartbeat { .. }
-        | MessageBody::HeartbeatResponse
-        | MessageBody::InstallSnapshot { .. }
-        | MessageBody::SnapshotResponse { .. } => return None,
+        MessageBody::InstallSnapshot {
+            meta,
+            offset,
+            data,
+            done,
+        } => InstallSnapshotChunk {
+            group,
+            term: m.term,
+            leader: m.from,
+            snapshot_index: meta.index,
+            snapshot_term: meta.term,
+            offset,
+            total_bytes: meta.size_bytes,
+            data,
+            chunk_crc: 0,
+            done,
+        }
+        .seal()
+        .into(),
+        MessageBody::SnapshotResponse {
+            snapshot_index,
+            next_offset,
+            done,
+        } => InstallSnapshotResponse {
+            group,
+            term: m.term,
+            from: m.from,
+            snapshot_index,
+            next_offset,
+            done,
+        }
+        .into(),
+        // Coalesced by `Outbox::send`.
+        MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse => return None,
     })
 }
 
@@ -239,6 +271,38 @@ pub fn from_wire(msg: Message, from: NodeId, to: NodeId) -> Result<Vec<raft::Mes
         Message::TimeoutNow(t) => {
             claims(t.from)?;
             one(t.group, t.term, MessageBody::TimeoutNow)
+        }
+        // The membership is the receiving group's own (partition groups do
+        // not change theirs): `RaftGroup::step` fills it in.
+        Message::InstallSnapshotChunk(c) => {
+            claims(c.leader)?;
+            one(
+                c.group,
+                c.term,
+                MessageBody::InstallSnapshot {
+                    meta: raft::SnapshotMeta {
+                        index: c.snapshot_index,
+                        term: c.snapshot_term,
+                        membership: raft::Membership::default(),
+                        size_bytes: c.total_bytes,
+                    },
+                    offset: c.offset,
+                    data: c.data,
+                    done: c.done,
+                },
+            )
+        }
+        Message::InstallSnapshotResponse(r) => {
+            claims(r.from)?;
+            one(
+                r.group,
+                r.term,
+                MessageBody::SnapshotResponse {
+                    snapshot_index: r.snapshot_index,
+                    next_offset: r.next_offset,
+                    done: r.done,
+                },
+            )
         }
         other => Err(format!("{} is not a Raft message", other.kind().name())),
     }

@@ -117,7 +117,7 @@ async fn deadline<T>(d: Duration, f: impl std::future::Future<Output = Result<T>
     .await
 }
 
-pub(super) async fn read_frame(
+pub(crate) async fn read_frame(
     stream: &mut TcpStream,
     decoder: &mut FrameDecoder,
     chunk: &mut [u8],

@@ -39,7 +39,8 @@ mod convert;
 mod handshake;
 
 pub use convert::{from_wire, to_wire};
-use handshake::{connect, read_frame};
+use handshake::connect;
+pub(crate) use handshake::read_frame;
 pub use handshake::{Identity, PeerAddresses, HELLO_FRAME_BYTES_MAX};
 
 /// Largest peer frame: an append carries at most the Raft message budget
@@ -362,6 +363,27 @@ pub trait Inbound {
     fn peer_up(&self, node: NodeId, addresses: &PeerAddresses);
     /// Raft messages from an authenticated peer.
     fn deliver(&self, msgs: Vec<raft::Message>);
+    /// An authenticated peer opened a snapshot transfer connection: serve
+    /// it (the connection is the transfer's alone). The default closes it.
+    fn serve_snapshot(
+        &self,
+        _from: NodeId,
+        _request: wire::SnapshotFetchRequest,
+        _stream: TcpStream,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        Box::pin(async {})
+    }
+}
+
+/// Opens a snapshot transfer connection to `peer`'s shard at `addr`:
+/// authenticated like a lane, but carrying one transfer only (the caller
+/// sends its `SnapshotFetchRequest` first).
+pub async fn connect_transfer(
+    identity: &Identity,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<TcpStream, Error> {
+    connect(identity, peer, addr).await
 }
 
 /// Accepts peer connections on `addr` until `stop` resolves.
@@ -472,6 +494,19 @@ async fn serve_peer<I: Inbound>(
             }
         };
         bump(&counters.frames_received);
+        if let Message::SnapshotFetchRequest(req) = msg {
+            // A transfer connection: it carries this one transfer only.
+            if req.from != node {
+                tracing::warn!(
+                    broker = identity.node_id,
+                    shard = identity.shard,
+                    peer = node,
+                    "a snapshot request in another node's name; closing"
+                );
+                return;
+            }
+            return inbound.serve_snapshot(node, req, stream).await;
+        }
         match from_wire(msg, node, identity.node_id) {
             Ok(msgs) => inbound.deliver(msgs),
             Err(e) => {
@@ -528,6 +563,22 @@ mod tests {
                 hint_term: 1,
             },
             MessageBody::TimeoutNow,
+            MessageBody::InstallSnapshot {
+                meta: raft::SnapshotMeta {
+                    index: 90,
+                    term: 4,
+                    membership: raft::Membership::default(),
+                    size_bytes: 28,
+                },
+                offset: 0,
+                data: vec![7; 28],
+                done: true,
+            },
+            MessageBody::SnapshotResponse {
+                snapshot_index: 90,
+                next_offset: 28,
+                done: true,
+            },
         ];
         for body in bodies {
             let m = raft::Message {

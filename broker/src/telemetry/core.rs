@@ -397,6 +397,13 @@ fn sample_frame(v: &View, ts_ms: u64) -> Value {
                 "compaction_segments_rewritten_total": s.compaction_segments_rewritten,
                 "compaction_bytes_before_total": s.compaction_bytes_before,
                 "compaction_bytes_after_total": s.compaction_bytes_after,
+                "snapshot_transfers_started_total": s.snapshot_transfers_started,
+                "snapshot_transfers_finished_total": s.snapshot_transfers_finished,
+                "snapshot_transfers_resumed_total": s.snapshot_transfers_resumed,
+                "snapshot_transfers_failed_total": s.snapshot_transfers_failed,
+                "snapshot_bytes_sent_total": s.snapshot_bytes_sent,
+                "snapshot_bytes_received_total": s.snapshot_bytes_received,
+                "snapshot_installs_total": s.snapshot_installs,
             })
         })
         .collect();

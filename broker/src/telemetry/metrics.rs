@@ -11,7 +11,7 @@ use super::{ShardSample, LATENCY_BUCKETS_US};
 /// A per-shard counter: name, help, how to read it.
 type Counter = (&'static str, &'static str, fn(&ShardSample) -> u64);
 
-const SHARD_COUNTERS: [Counter; 16] = [
+const SHARD_COUNTERS: [Counter; 23] = [
     (
         "drmq_produce_requests_total",
         "Produce requests answered",
@@ -69,6 +69,41 @@ const SHARD_COUNTERS: [Counter; 16] = [
         "drmq_compaction_bytes_after_total",
         "Data bytes of the segments compaction rewrote, after",
         |s| s.compaction_bytes_after,
+    ),
+    (
+        "drmq_snapshot_transfers_started_total",
+        "Snapshot transfers this broker began sending (a resumed one counts again)",
+        |s| s.snapshot_transfers_started,
+    ),
+    (
+        "drmq_snapshot_transfers_finished_total",
+        "Snapshot transfers that sent their last chunk",
+        |s| s.snapshot_transfers_finished,
+    ),
+    (
+        "drmq_snapshot_transfers_resumed_total",
+        "Snapshot transfers that continued from bytes the follower had staged",
+        |s| s.snapshot_transfers_resumed,
+    ),
+    (
+        "drmq_snapshot_transfers_failed_total",
+        "Snapshot transfers that ended early (either side)",
+        |s| s.snapshot_transfers_failed,
+    ),
+    (
+        "drmq_snapshot_bytes_sent_total",
+        "Snapshot archive bytes sent",
+        |s| s.snapshot_bytes_sent,
+    ),
+    (
+        "drmq_snapshot_bytes_received_total",
+        "Snapshot archive bytes received and staged",
+        |s| s.snapshot_bytes_received,
+    ),
+    (
+        "drmq_snapshot_installs_total",
+        "Snapshots installed in place of a partition",
+        |s| s.snapshot_installs,
     ),
     (
         "drmq_leader_changes_total",

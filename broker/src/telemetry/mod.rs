@@ -137,6 +137,15 @@ pub struct ShardSample {
     /// Error responses by wire code name (`ErrorCode::name`).
     pub errors_by_code: BTreeMap<&'static str, u64>,
     pub segments_deleted: u64,
+    /// Snapshot catch-up, totals since start (see `crate::snapshot`).
+    pub snapshot_transfers_started: u64,
+    pub snapshot_transfers_finished: u64,
+    pub snapshot_transfers_resumed: u64,
+    pub snapshot_transfers_failed: u64,
+    pub snapshot_bytes_sent: u64,
+    pub snapshot_bytes_received: u64,
+    pub snapshot_installs: u64,
+    pub snapshot_archives: u64,
     pub leader_changes: u64,
     pub elections: u64,
     /// Compaction rounds completed, segments they rewrote, and those

@@ -206,6 +206,22 @@ impl Log {
     }
 
     /// Whether writes are refused until reopen, and why.
+    /// The base offset of the active segment: everything below it is sealed.
+    pub fn active_base_offset(&self) -> u64 {
+        self.active().base_offset
+    }
+
+    /// Data bytes of the segments that hold offsets at or after `offset`
+    /// (the segment holding it counts whole): about what a replica that
+    /// has everything below `offset` would have to replay.
+    pub fn bytes_from(&self, offset: u64) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| s.next_offset > offset)
+            .map(|s| u64::from(s.data_bytes))
+            .sum()
+    }
+
     pub fn poisoned(&self) -> Option<&str> {
         self.poisoned.as_deref()
     }

@@ -19,8 +19,6 @@ use wire::Acks;
 const LINES_QUEUED_MAX: usize = 4_000;
 /// Lines taken from stdin between looks at the producer's answers.
 const LINES_PER_ROUND_MAX: usize = 1_000;
-/// Bytes per produce batch (1 MiB), well under the 4 MiB frame limit.
-const BATCH_BYTES_MAX: usize = 1 << 20;
 /// How long a batch waits for more stdin lines before it is sent.
 const LINGER: Duration = Duration::from_millis(5);
 /// How long the producer waits for answers while stdin has nothing new.
@@ -70,11 +68,12 @@ pub fn produce(
     topic: &str,
     key_separator: Option<char>,
     idempotent: bool,
+    batch_bytes: usize,
 ) -> Result<()> {
     let timeout = Duration::from_millis(timeout_ms.max(1));
     let mut cfg = ProducerConfig::new(client_config(brokers, timeout)?, topic);
     cfg.acks = Acks::Quorum;
-    cfg.batch_bytes_max = BATCH_BYTES_MAX;
+    cfg.batch_bytes_max = batch_bytes;
     cfg.linger = LINGER;
     cfg.delivery_timeout = timeout;
     // A random 63-bit producer id and a record sequence per partition; a

@@ -55,6 +55,10 @@ enum Command {
         key_separator: Option<char>,
         #[arg(long)]
         idempotent: bool,
+        /// Largest record batch, in bytes: keep it under the topic's
+        /// segment size (a batch never spans segments).
+        #[arg(long, default_value_t = 1 << 20)]
+        batch_bytes: usize,
     },
     /// Consume messages as JSON lines.
     Consume {
@@ -118,6 +122,15 @@ struct BrokerArgs {
     /// (default 32; 0: no limit).
     #[arg(long)]
     compact_io_mb_per_sec: Option<u64>,
+    /// Snapshot send budget of this broker in MB/s, all transfers together
+    /// (default 100).
+    #[arg(long)]
+    snapshot_rate_mb: Option<u64>,
+    /// A follower more than this many MiB behind catches up by snapshot
+    /// instead of replaying entries (default 256; 0: only one below the
+    /// leader's log start does).
+    #[arg(long)]
+    snapshot_catch_up_mib: Option<u64>,
     /// A TOML file with the same settings; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -238,6 +251,7 @@ fn run(cli: Cli) -> Result<()> {
             topic,
             key_separator,
             idempotent,
+            batch_bytes,
         } => {
             validate_topic_name(&topic)?;
             cli::produce(
@@ -246,6 +260,7 @@ fn run(cli: Cli) -> Result<()> {
                 &topic,
                 key_separator,
                 idempotent,
+                batch_bytes,
             )
         }
         Command::Consume {
@@ -312,6 +327,8 @@ fn broker(args: BrokerArgs) -> Result<()> {
         compact_interval_ms: args.compact_interval_ms,
         compact_dirty_percent_min: args.compact_dirty_percent_min,
         compact_io_mb_per_sec: args.compact_io_mb_per_sec,
+        snapshot_rate_mb: args.snapshot_rate_mb,
+        snapshot_catch_up_mib: args.snapshot_catch_up_mib,
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -577,6 +594,11 @@ fn cluster_status_json(s: &ClusterStatusResponse) -> Value {
             "log_start_offset": p.log_start_offset,
             "replicas": p.replicas.iter().map(|r| json!({
                 "broker": r.broker, "match_index": r.match_index, "lag": r.lag,
+                "snapshot": r.snapshot.as_ref().map(|t| json!({
+                    "bytes_sent": t.bytes_sent,
+                    "bytes_total": t.bytes_total,
+                    "bytes_per_sec": t.bytes_per_sec,
+                })),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })

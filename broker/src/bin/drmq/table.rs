@@ -61,7 +61,18 @@ fn lag(p: &PartitionStatus) -> String {
     }
     p.replicas
         .iter()
-        .map(|r| format!("{}:{}", r.broker, r.lag))
+        .map(|r| match &r.snapshot {
+            // In snapshot catch-up: how far the transfer is.
+            Some(t) => format!(
+                "{}:{} (snapshot {}/{} MiB, {} MB/s)",
+                r.broker,
+                r.lag,
+                t.bytes_sent >> 20,
+                t.bytes_total >> 20,
+                t.bytes_per_sec / 1_000_000
+            ),
+            None => format!("{}:{}", r.broker, r.lag),
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -246,6 +257,7 @@ mod tests {
                     broker: i as u64 + 1,
                     match_index: 5120 - lag,
                     lag,
+                    snapshot: None,
                 })
                 .collect()
         };
