@@ -4,7 +4,9 @@
 //! followers compact their own logs), a consumer reads every key's newest
 //! value from it, the telemetry counts the rounds, Raft's saved start point
 //! is past the compacted range, and a follower restarted on its compacted
-//! log replicates new updates.
+//! log replicates new updates. A follower stopped while the leader
+//! compacts past everything it holds comes back by snapshot, leads, and
+//! serves every key's newest value.
 
 mod common;
 
@@ -263,4 +265,121 @@ fn consume_newest(c: &Cluster) -> (BTreeMap<String, String>, usize) {
         );
     }
     (newest, records)
+}
+
+/// A broker's total of a shard counter, from its telemetry (0 if it does
+/// not answer).
+fn counter(c: &Cluster, i: usize, field: &str) -> u64 {
+    http_json(c.http_port(i), "/api/status")
+        .and_then(|s| s["shards"].as_array().cloned())
+        .map(|shards| shard_sum(&shards, field))
+        .unwrap_or(0)
+}
+
+/// The `kv` partition in `cluster status`, waiting (bounded) until
+/// `broker`'s match index reaches the commit index.
+fn wait_caught_up(c: &Cluster, broker: u64, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let o = c.cli(&["cluster", "status"], None);
+        let s: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        let p = s["partitions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["topic"] == "kv").cloned())
+            .unwrap_or(Value::Null);
+        let caught_up = p["replicas"].as_array().is_some_and(|rs| {
+            rs.iter().any(|r| {
+                r["broker"] == broker && r["lag"] == 0 && r["match_index"] == p["commit_index"]
+            })
+        });
+        if caught_up {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker {broker} did not catch up: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_follower_behind_the_compacted_range_catches_up_by_snapshot_and_serves_the_newest_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start_with(dir.path(), 3, &["--compact-interval-ms", "200"]);
+    create(&c, "kv", "compact");
+    // Update rounds `us` of every key, ~1 KB values, in 64 KiB batches.
+    let value = |k: usize, u: usize| format!("k{k:02}-u{u:04}-{}", "y".repeat(1000));
+    let produce_rounds = |c: &Cluster, us: std::ops::Range<usize>| {
+        let lines: Vec<String> = us
+            .flat_map(|u| (0..KEYS).map(move |k| (k, u)))
+            .map(|(k, u)| format!("k{k:02}={}", value(k, u)))
+            .collect();
+        let o = c.cli(
+            &[
+                "produce",
+                "--topic",
+                "kv",
+                "--key-separator",
+                "=",
+                "--idempotent",
+                "--batch-bytes",
+                "65536",
+            ],
+            Some(&(lines.join("\n") + "\n")),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    produce_rounds(&c, 0..5);
+    let (first_leader, _) = c.leader("kv", 0);
+    let follower = (1..=3u64).find(|&b| b != first_leader).unwrap();
+    let fi = follower as usize - 1;
+    wait_caught_up(&c, follower, Duration::from_secs(20));
+    c.pause(fi);
+    // Far more than Raft keeps in flight to the stopped follower and its
+    // sockets buffer (~32 MB in 256 KiB segments), compacted by the leader
+    // meanwhile: Raft's start point passes everything the follower holds.
+    const ROUNDS: usize = 805;
+    for first in (5..ROUNDS).step_by(20) {
+        produce_rounds(&c, first..(first + 20).min(ROUNDS));
+    }
+    let li = first_leader as usize - 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter(&c, li, "compactions") == 0 {
+        assert!(Instant::now() < deadline, "the leader never compacted");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    c.resume(fi);
+    wait_caught_up(&c, follower, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(&c, fi, "snapshot_installs") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not come back by snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Leadership moves to it (the other follower down, the leader stopped
+    // gracefully), and a consumer reads every key's newest value from it.
+    let (leader, _) = c.leader("kv", 0);
+    let other = (1..=3u64).find(|&b| b != leader && b != follower).unwrap();
+    let (oi, li) = (other as usize - 1, leader as usize - 1);
+    c.kill(oi);
+    c.terminate(li);
+    c.restart(oi);
+    let (new_leader, _) = c.leader("kv", 0);
+    assert_eq!(
+        new_leader, follower,
+        "leadership moved to the caught-up follower"
+    );
+    let (newest, _) = consume_newest(&c);
+    assert_eq!(newest.len(), KEYS);
+    for k in 0..KEYS {
+        assert_eq!(
+            newest[&format!("k{k:02}")],
+            value(k, ROUNDS - 1),
+            "key {k}: not its newest value"
+        );
+    }
+    c.restart(li);
 }
