@@ -7,11 +7,8 @@
 //! The shard finds the partition and checks that this broker leads it;
 //! everything that reads or writes the log goes through here.
 
-use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::Role;
@@ -47,12 +44,6 @@ pub struct Partition {
     /// The Raft group over the partition log (the shard ticks it and steps
     /// peer messages into it).
     pub group: Rc<RaftGroup>,
-    /// Compacted topics: every segment ending at or below this offset was
-    /// compacted by a round of this process (0 after a start, so the first
-    /// check compacts a dirty log again).
-    clean_offset: Cell<u64>,
-    /// The running compaction round's stop flag, if one runs.
-    compaction_stop: RefCell<Option<Arc<AtomicBool>>>,
 }
 
 /// What one compaction round left for the shard: its report (`None` if it
@@ -97,8 +88,6 @@ impl Partition {
             topic: record.name.clone(),
             partition,
             group,
-            clean_offset: Cell::new(0),
-            compaction_stop: RefCell::new(None),
         }))
     }
 
@@ -337,7 +326,9 @@ impl Partition {
             log_start_offset: log.log_start_offset(),
             log_end_offset: log.next_offset(),
             size_bytes: log.data_bytes(),
-            clean_offset: self.compaction_dirt().map(|_| self.clean_offset.get()),
+            clean_offset: self
+                .compaction_dirt()
+                .map(|_| self.group.clean_offset.get()),
             // One at a time is shown: the first follower's by id.
             snapshot_transfer: g.archives.sending.borrow().values().next().map(|t| {
                 SnapshotTransferSample {
@@ -451,7 +442,7 @@ impl Partition {
     pub fn compaction_dirt(&self) -> Option<(u64, u64)> {
         let log = self.group.part.log();
         matches!(log.config().cleanup, Cleanup::Compact { .. })
-            .then(|| log.compaction_dirt(self.clean_offset.get()))
+            .then(|| log.compaction_dirt(self.group.clean_offset.get()))
     }
 
     /// One compaction round of this replica's log below its commit point
@@ -485,7 +476,7 @@ impl Partition {
                 return None;
             }
         };
-        if job.reach_offset() <= self.clean_offset.get() {
+        if job.reach_offset() <= self.group.clean_offset.get() {
             return None;
         }
         let (entry, term) = job.last_entry()?;
@@ -496,9 +487,9 @@ impl Partition {
             }
             g.use_start_prev(entry, term);
         }
-        *self.compaction_stop.borrow_mut() = Some(job.stopper());
+        *self.group.compaction_stop.borrow_mut() = Some(job.stopper());
         let done = compactor.run(&slot, job).await;
-        self.compaction_stop.borrow_mut().take();
+        self.group.compaction_stop.borrow_mut().take();
         let done = done?;
         let mut log = g.part.log_mut();
         let finished = log.finish_compaction(done);
@@ -506,8 +497,9 @@ impl Partition {
         drop(log);
         let report = match finished {
             Ok(r) => {
-                self.clean_offset
-                    .set(self.clean_offset.get().max(r.clean_offset));
+                self.group
+                    .clean_offset
+                    .set(self.group.clean_offset.get().max(r.clean_offset));
                 Some(r)
             }
             Err(e) => {
@@ -523,9 +515,7 @@ impl Partition {
     /// `maintenance` permit is free soon after): for work that must not
     /// wait out a long round, such as a snapshot or a deletion.
     pub fn stop_compaction(&self) {
-        if let Some(stop) = &*self.compaction_stop.borrow() {
-            stop.store(true, Ordering::Relaxed);
-        }
+        self.group.stop_compaction();
     }
 
     /// Stops the replica of a deleted topic and renames its directory to

@@ -27,7 +27,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -413,28 +412,7 @@ impl Log {
 
 /// Atomically exchanges two directories (same file system).
 fn exchange(a: &Path, b: &Path) -> Result<()> {
-    let ca =
-        std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(|_| bad(a, "path with NUL"))?;
-    let cb =
-        std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(|_| bad(b, "path with NUL"))?;
-    // SAFETY: two valid C strings; plain syscall.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc != 0 {
-        return Err(StorageError::io(
-            "renameat2 exchange",
-            b,
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    crate::compact::rename_exchange(a, b).map_err(|e| StorageError::io("renameat2 exchange", b, e))
 }
 
 /// An archive decided on a shard ([`Log::plan_snapshot`]) and taken

@@ -307,6 +307,7 @@ impl RaftGroup {
         let Some(inst) = staged else {
             return Err(Error::SnapshotMissing { index: meta.index });
         };
+        self.stop_compaction();
         let _permit = self
             .maintenance
             .acquire_permit(1)
@@ -347,6 +348,7 @@ impl RaftGroup {
             })?;
         self.saved.set(state);
         self.start_prev.set((meta.index, meta.term));
+        self.clean_offset.set(0);
         let table = load_producers(&self.dir, &self.part.log());
         *self.producers.borrow_mut() = table;
         self.note_producers_changed();

@@ -138,6 +138,9 @@ impl RaftGroup {
     /// checksums on the blocking pool. Holds `maintenance` (no compaction
     /// swaps a segment meanwhile).
     async fn take_archive(self: &Rc<Self>, env: &SnapshotEnv) -> Result<(), String> {
+        // A long compaction round would hold the follower back: it stops at
+        // its next segment (a snapshot of what it swapped in is consistent).
+        self.stop_compaction();
         let _permit = self
             .maintenance
             .acquire_permit(1)
