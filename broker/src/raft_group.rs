@@ -125,7 +125,7 @@ pub struct RaftGroup {
     pub failed: RefCell<Option<String>>,
     stopped: Cell<bool>,
     /// Serialises writes of `raft.state`.
-    save_lock: glommio::sync::Semaphore,
+    pub(crate) save_lock: glommio::sync::Semaphore,
     /// Held by whatever rewrites or links sealed segments off the shard
     /// (background compaction, taking a snapshot archive, installing one),
     /// so an archive never links a segment halfway through its swap.

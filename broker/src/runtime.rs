@@ -89,10 +89,25 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
             let orphan = name
                 .strip_suffix(".staging")
                 .is_some_and(|p| !e.path().with_file_name(p).exists());
-            if name.ends_with(DELETED_SUFFIX)
-                || name.contains(crate::snapshot::ARCHIVE_SUFFIX)
-                || orphan
-            {
+            if name.ends_with(DELETED_SUFFIX) || orphan {
+                let _ = janitor.send(Chore::RemoveDir(e.path()));
+            }
+        }
+    }
+    // Snapshot archives: a restart takes new ones when needed. Renamed
+    // first (at once), so the janitor never races a new archive.
+    let archives = config.data_dir.join(crate::snapshot::ARCHIVES_DIR);
+    let old = config.data_dir.join(format!(
+        "{}.{}{DELETED_SUFFIX}",
+        crate::snapshot::ARCHIVES_DIR,
+        crate::replica::now_ms()
+    ));
+    let _ = std::fs::rename(&archives, &old);
+    // This one, and any an earlier start renamed but did not remove.
+    if let Ok(dir) = std::fs::read_dir(&config.data_dir) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(crate::snapshot::ARCHIVES_DIR) && name.ends_with(DELETED_SUFFIX) {
                 let _ = janitor.send(Chore::RemoveDir(e.path()));
             }
         }
