@@ -117,6 +117,10 @@ pub struct CatchUpArgs {
     /// MiB of 1 KiB messages written while the follower is down.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub behind_mib: u64,
+    /// MiB written before the kill (all three replicas hold it): the
+    /// follower then holds that much log and misses --behind-mib of it.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub prefill_mib: u64,
     /// The brokers' `--snapshot-rate-mb` (default: the broker's, 100).
     #[arg(long)]
     pub snapshot_rate_mb: Option<u64>,
@@ -139,6 +143,11 @@ pub struct CatchUpArgs {
     /// the rejoin).
     #[arg(long, default_value_t = 10.0)]
     pub quiet_s: f64,
+    /// Rounds: the modes run this many times, interleaved (snapshot,
+    /// replay, snapshot, ...), each on a fresh cluster; medians are printed
+    /// after the rows.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// Seconds the follower may take to rejoin (and the bulk write to
     /// finish) before the mode is given up.
     #[arg(long, default_value_t = 600.0)]
@@ -200,8 +209,8 @@ pub fn validate(a: &CatchUpArgs) -> Result<(), String> {
 /// Disk a mode needs: the log on three brokers (records carry ~4 % of
 /// framing on 1 KiB values), a staged snapshot beside the follower's log,
 /// the probes' writes and preallocated segments, plus the floor to keep.
-pub fn disk_needed_bytes(behind_mib: u64, segment_mib: u64, probe_partitions: u32) -> u64 {
-    let log = (behind_mib << 20) * 105 / 100;
+pub fn disk_needed_bytes(log_mib: u64, segment_mib: u64, probe_partitions: u32) -> u64 {
+    let log = (log_mib << 20) * 105 / 100;
     let segments = (u64::from(probe_partitions) * PROBE_SEGMENT_BYTES + 2 * (segment_mib << 20)) * 3;
     log * 4 + segments + DISK_FLOOR_BYTES
 }
@@ -270,6 +279,46 @@ pub fn window_stats(samples: &[Sample], failures: &[u64], from_us: u64, to_us: u
         p999_us: q(0.999),
         max_us: if h.is_empty() { 0 } else { h.max() },
     }
+}
+
+/// Width of a [`timeline`] bucket.
+pub const TIMELINE_BUCKET_US: u64 = 250_000;
+
+/// One bucket of a probe's timeline: by intended send time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bucket {
+    pub from_s: f64,
+    pub acked: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// The samples in [`TIMELINE_BUCKET_US`] buckets of intended send time,
+/// from the first bucket with a sample to the last (empty ones included).
+pub fn timeline(samples: &[Sample]) -> Vec<Bucket> {
+    let mut hists: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
+    for s in samples {
+        hists
+            .entry(s.intended_us / TIMELINE_BUCKET_US)
+            .or_insert_with(|| {
+                Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("constant bounds")
+            })
+            .saturating_record(s.latency_us.max(1));
+    }
+    let (Some(&first), Some(&last)) = (hists.keys().next(), hists.keys().next_back()) else {
+        return Vec::new();
+    };
+    (first..=last)
+        .map(|i| {
+            let h = hists.get(&i);
+            Bucket {
+                from_s: (i * TIMELINE_BUCKET_US) as f64 / 1e6,
+                acked: h.map_or(0, |h| h.len()),
+                p99_us: h.map_or(0, |h| h.value_at_quantile(0.99)),
+                max_us: h.map_or(0, |h| h.max()),
+            }
+        })
+        .collect()
 }
 
 /// `during / before`, None without a baseline.
@@ -525,6 +574,9 @@ struct ModeResult {
     follower: u64,
     shard: u32,
     behind_bytes: u64,
+    prefill_bytes: u64,
+    /// Snapshot bytes sent per byte the follower missed.
+    snapshot_sent_per_behind: f64,
     bulk_write_s: f64,
     bulk_failed: u64,
     /// The partition's size on the leader when the follower restarted
@@ -766,6 +818,29 @@ fn run_mode(a: &CatchUpArgs, mode: Mode, drmq: &Path, base_dir: &Path) -> Result
         ),
     );
 
+    if a.prefill_mib > 0 {
+        let t = Instant::now();
+        let failed = bulk_write(
+            &brokers,
+            &topic,
+            a.prefill_mib * 1024,
+            Duration::from_secs_f64(a.timeout_s),
+        )?;
+        if failed > 0 {
+            notes.push(format!("{failed} messages of the prefill failed"));
+        }
+        say(
+            a.quiet,
+            format!(
+                "prefilled {} MiB in {:.1} s; waiting for every replica to hold it",
+                a.prefill_mib,
+                t.elapsed().as_secs_f64()
+            ),
+        );
+        if !cluster.wait_caught_up(SETTLE_TIMEOUT) {
+            bail!("the replicas did not catch up with the prefill within {SETTLE_TIMEOUT:?}");
+        }
+    }
     let t0 = Instant::now();
     let mut probes = Vec::new();
     if a.probe_rate > 0.0 {
@@ -992,6 +1067,7 @@ fn run_mode(a: &CatchUpArgs, mode: Mode, drmq: &Path, base_dir: &Path) -> Result
             "p99_ratio_catch_up_to_before": r_catch,
             "p99_ratio_transfer_to_before": r_transfer,
             "p99_ratio_after_to_before": r_after,
+            "timeline": timeline(&out.samples),
         }));
     }
     let snapshot_expected = mode == Mode::Snapshot;
@@ -1017,6 +1093,8 @@ fn run_mode(a: &CatchUpArgs, mode: Mode, drmq: &Path, base_dir: &Path) -> Result
         follower,
         shard,
         behind_bytes: a.behind_mib << 20,
+        prefill_bytes: a.prefill_mib << 20,
+        snapshot_sent_per_behind: snapshot_bytes_sent as f64 / (a.behind_mib << 20) as f64,
         bulk_write_s,
         bulk_failed,
         leader_log_bytes,
@@ -1122,6 +1200,133 @@ fn print_table(results: &[ModeResult], tcp: Option<f64>, fsync: Option<f64>) {
     }
 }
 
+/// The middle value (the mean of the middle two for an even count); None
+/// for none. NaNs are left out.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| !x.is_nan());
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Medians over the rounds of one mode.
+#[derive(Debug, Serialize)]
+struct Summary {
+    mode: Mode,
+    rounds: usize,
+    rejoin_s: Option<f64>,
+    rejoin_s_all: Vec<Option<f64>>,
+    transfer_mb_per_s: Option<f64>,
+    transfer_to_tcp: Option<f64>,
+    transfer_to_fsync: Option<f64>,
+    catch_up_mb_per_s: Option<f64>,
+    /// Per probe: median p99 (µs) before / during the catch-up / during the
+    /// transfer / after, and the median of each round's during/before ratio.
+    probes: Vec<Value>,
+}
+
+fn summarize(
+    modes: &[Mode],
+    results: &[ModeResult],
+    tcp: Option<f64>,
+    fsync: Option<f64>,
+) -> Vec<Summary> {
+    let mut out = Vec::new();
+    for &mode in modes {
+        let rs: Vec<&ModeResult> = results.iter().filter(|r| r.mode == mode).collect();
+        if rs.is_empty() {
+            continue;
+        }
+        let med = |f: &dyn Fn(&ModeResult) -> Option<f64>| median(rs.iter().filter_map(|r| f(r)).collect());
+        let transfer = med(&|r| r.transfer_mb_per_s);
+        let mut probes = Vec::new();
+        for name in ["same-shard", "catch-up-partition"] {
+            let ps: Vec<&Value> = rs
+                .iter()
+                .flat_map(|r| r.probes.iter())
+                .filter(|p| p["probe"] == name)
+                .collect();
+            if ps.is_empty() {
+                continue;
+            }
+            let p99 = |w: &str| {
+                median(
+                    ps.iter()
+                        .filter_map(|p| p["windows"][w]["p99_us"].as_u64())
+                        .map(|v| v as f64)
+                        .collect(),
+                )
+            };
+            let r = |k: &str| median(ps.iter().filter_map(|p| p[k].as_f64()).collect());
+            probes.push(json!({
+                "probe": name,
+                "p99_us_before": p99("before"),
+                "p99_us_catch_up": p99("catch_up"),
+                "p99_us_transfer": p99("transfer"),
+                "p99_us_after": p99("after"),
+                "p99_ratio_catch_up_to_before": r("p99_ratio_catch_up_to_before"),
+                "p99_ratio_transfer_to_before": r("p99_ratio_transfer_to_before"),
+                "p99_ratio_after_to_before": r("p99_ratio_after_to_before"),
+            }));
+        }
+        out.push(Summary {
+            mode,
+            rounds: rs.len(),
+            rejoin_s: med(&|r| r.rejoin_s),
+            rejoin_s_all: rs.iter().map(|r| r.rejoin_s).collect(),
+            transfer_mb_per_s: transfer,
+            transfer_to_tcp: transfer.zip(tcp).map(|(r, t)| r / t),
+            transfer_to_fsync: transfer.zip(fsync).map(|(r, f)| r / f),
+            catch_up_mb_per_s: med(&|r| r.catch_up_mb_per_s),
+            probes,
+        });
+    }
+    out
+}
+
+fn print_summary(summary: &[Summary]) {
+    if summary.iter().all(|s| s.rounds < 2) {
+        return;
+    }
+    println!();
+    println!("medians over the rounds:");
+    for s in summary {
+        println!(
+            "{:<9} rounds {}  rejoin {} s {:?}  transfer {} MB/s (/tcp {}, /fsync {})  rejoin MB/s {}",
+            s.mode.name(),
+            s.rounds,
+            fmt_opt(s.rejoin_s, 2),
+            s.rejoin_s_all
+                .iter()
+                .map(|v| fmt_opt(*v, 2))
+                .collect::<Vec<_>>(),
+            fmt_opt(s.transfer_mb_per_s, 1),
+            fmt_opt(s.transfer_to_tcp, 3),
+            fmt_opt(s.transfer_to_fsync, 3),
+            fmt_opt(s.catch_up_mb_per_s, 1),
+        );
+        for p in &s.probes {
+            let ms = |k: &str| fmt_opt(p[k].as_f64().map(|v| v / 1e3), 1);
+            let x = |k: &str| fmt_opt(p[k].as_f64(), 2);
+            println!(
+                "  {:<19} p99 ms before {} catch-up {} transfer {} after {};  ratio to before (median of rounds): catch-up {} transfer {} after {}",
+                p["probe"].as_str().unwrap_or("?"),
+                ms("p99_us_before"),
+                ms("p99_us_catch_up"),
+                ms("p99_us_transfer"),
+                ms("p99_us_after"),
+                x("p99_ratio_catch_up_to_before"),
+                x("p99_ratio_transfer_to_before"),
+                x("p99_ratio_after_to_before"),
+            );
+        }
+    }
+}
+
 /// The subcommand. Returns whether every mode rejoined as it should.
 pub fn cmd(a: CatchUpArgs) -> Result<bool> {
     let drmq = find_drmq(a.drmq.as_deref()).context(
@@ -1130,7 +1335,11 @@ pub fn cmd(a: CatchUpArgs) -> Result<bool> {
     let base_dir = a.data_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base_dir)
         .with_context(|| format!("creating {}", base_dir.display()))?;
-    let need = disk_needed_bytes(a.behind_mib, a.segment_mib, a.probe_partitions);
+    let need = disk_needed_bytes(
+        a.behind_mib + a.prefill_mib,
+        a.segment_mib,
+        a.probe_partitions,
+    );
     if let Some(free) = free_bytes(&base_dir) {
         if free < need {
             bail!(
@@ -1162,28 +1371,36 @@ pub fn cmd(a: CatchUpArgs) -> Result<bool> {
     };
     let mut results = Vec::new();
     let mut errors = Vec::new();
-    for &mode in &a.modes {
-        match run_mode(&a, mode, &drmq, &base_dir) {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                eprintln!("drmq-loadtest catch-up: {}: {e:#}", mode.name());
-                errors.push(json!({ "mode": mode, "error": format!("{e:#}") }));
+    for round in 0..a.rounds {
+        for &mode in &a.modes {
+            say(a.quiet, format!("round {} of {}: {}", round + 1, a.rounds, mode.name()));
+            match run_mode(&a, mode, &drmq, &base_dir) {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    eprintln!("drmq-loadtest catch-up: {}: {e:#}", mode.name());
+                    errors.push(json!({ "mode": mode, "round": round, "error": format!("{e:#}") }));
+                }
             }
         }
     }
     let tcp_mb = tcp.as_ref().map(|t| t.bytes_per_s / 1e6);
     let fsync_mb = fsync.as_ref().map(|f| f.bytes_per_s / 1e6);
     print_table(&results, tcp_mb, fsync_mb);
+    let summary = summarize(&a.modes, &results, tcp_mb, fsync_mb);
+    print_summary(&summary);
     if let Some(path) = &a.json {
         let v = json!({
             "behind_mib": a.behind_mib,
+            "prefill_mib": a.prefill_mib,
             "segment_mib": a.segment_mib,
             "snapshot_rate_mb": a.snapshot_rate_mb,
             "catch_up_mib": a.catch_up_mib,
             "probe_rate": a.probe_rate,
             "quiet_s": a.quiet_s,
             "shards": a.shards,
+            "rounds": a.rounds,
             "baselines": { "tcp": tcp, "fsync": fsync },
+            "summary": summary,
             "modes": results,
             "errors": errors,
         });
@@ -1228,6 +1445,28 @@ mod tests {
         assert_eq!((e.acked, e.p99_us, e.max_us), (0, 0, 0));
         assert_eq!(ratio(30, 10), Some(3.0));
         assert_eq!(ratio(30, 0), None);
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(vec![f64::NAN, 5.0]), Some(5.0));
+    }
+
+    #[test]
+    fn the_timeline_has_every_bucket_from_the_first_sample_to_the_last() {
+        let b = TIMELINE_BUCKET_US;
+        let samples = [s(b + 1, 10), s(b + 2, 30), s(3 * b, 5_000)];
+        let t = timeline(&samples);
+        assert_eq!(t.len(), 3);
+        assert_eq!((t[0].acked, t[0].max_us), (2, 30));
+        assert_eq!(t[0].from_s, b as f64 / 1e6);
+        assert_eq!((t[1].acked, t[1].p99_us), (0, 0));
+        assert_eq!(t[2].acked, 1);
+        assert!(t[2].max_us.abs_diff(5_000) <= 50);
+        assert!(timeline(&[]).is_empty());
     }
 
     fn status_with(leader: Option<u64>, commit: u64, matched: u64, snap: bool) -> ClusterStatusResponse {
