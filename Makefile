@@ -67,17 +67,18 @@ bench:
 
 # Catch-up by snapshot (issue 12), figures in docs/BENCHMARKS.md: on fresh
 # local 3-broker clusters, a follower killed while 1 GiB is written rejoins
-# by snapshot, then by replay; rejoin time, transfer MB/s against loopback
-# TCP and write+fdatasync, produce p99 to the leader's shard during the
-# transfer vs before. A few minutes; needs about 10 GB free in $$TMPDIR (it
-# refuses to start with less) and removes its data afterwards. More flags:
+# by snapshot, then by replay (3 rounds, interleaved); rejoin time, transfer
+# MB/s against loopback TCP and write+fdatasync, produce latency to the
+# leader's shard during the transfer vs before. About 5 minutes on 2 cores;
+# needs about 10 GB free in the temporary directory (it refuses to start
+# with less) and removes its data afterwards. More flags, e.g.
 # make bench-catchup CATCHUP_ARGS="--snapshot-rate-mb 400 --modes snapshot"
 CATCHUP_ARGS ?=
 BIN_DIR = $(or $(CARGO_TARGET_DIR),target)/release
 bench-catchup:
 	$(CARGO) build --release -p broker -p loadtest
 	mkdir -p target
-	$(BIN_DIR)/drmq-loadtest catch-up --behind-mib 1024 --json target/bench-catchup.json $(CATCHUP_ARGS)
+	$(BIN_DIR)/drmq-loadtest catch-up --behind-mib 1024 --rounds 3 --json target/bench-catchup.json $(CATCHUP_ARGS)
 
 # Coverage-guided fuzzing of the wire decoder (cargo install cargo-fuzz).
 # cargo-fuzz needs nightly-only rustc flags; RUSTC_BOOTSTRAP lets the stable

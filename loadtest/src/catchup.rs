@@ -32,6 +32,10 @@
 //!
 //! Latency percentiles are computed afterwards from every acknowledged
 //! probe message, by the window its intended send time falls in.
+//!
+//! `--rounds N` repeats the modes, interleaved, each on a fresh cluster, and
+//! prints medians; `--prefill-mib` writes that much with all three replicas
+//! up first (a follower that holds a long log and misses part of it).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -211,7 +215,8 @@ pub fn validate(a: &CatchUpArgs) -> Result<(), String> {
 /// the probes' writes and preallocated segments, plus the floor to keep.
 pub fn disk_needed_bytes(log_mib: u64, segment_mib: u64, probe_partitions: u32) -> u64 {
     let log = (log_mib << 20) * 105 / 100;
-    let segments = (u64::from(probe_partitions) * PROBE_SEGMENT_BYTES + 2 * (segment_mib << 20)) * 3;
+    let segments =
+        (u64::from(probe_partitions) * PROBE_SEGMENT_BYTES + 2 * (segment_mib << 20)) * 3;
     log * 4 + segments + DISK_FLOOR_BYTES
 }
 
@@ -221,13 +226,13 @@ const PROBE_SEGMENT_BYTES: u64 = 8 << 20;
 fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut s: libc::statvfs = unsafe_zeroed_statvfs();
+    let mut s: libc::statvfs = zeroed_statvfs();
     // SAFETY: `c` is a NUL-terminated path and `s` a valid statvfs to fill.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    (rc == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
+    (rc == 0).then_some(s.f_bavail * s.f_frsize)
 }
 
-fn unsafe_zeroed_statvfs() -> libc::statvfs {
+fn zeroed_statvfs() -> libc::statvfs {
     // SAFETY: statvfs is plain old data; all-zero is a valid value.
     unsafe { std::mem::zeroed() }
 }
@@ -268,7 +273,13 @@ pub fn window_stats(samples: &[Sample], failures: &[u64], from_us: u64, to_us: u
         .iter()
         .filter(|t| (from_us..to_us).contains(*t))
         .count() as u64;
-    let q = |q| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+    let q = |q| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    };
     WindowStats {
         from_s: from_us as f64 / 1e6,
         to_s: to_us as f64 / 1e6,
@@ -773,14 +784,22 @@ fn run_mode(a: &CatchUpArgs, mode: Mode, drmq: &Path, base_dir: &Path) -> Result
     let segment = a.segment_mib << 20;
     create_topic(&brokers, &topic, 1, segment)?;
     // Probe partitions: small segments (they are preallocated).
-    create_topic(&brokers, &probe_topic, a.probe_partitions, PROBE_SEGMENT_BYTES)?;
+    create_topic(
+        &brokers,
+        &probe_topic,
+        a.probe_partitions,
+        PROBE_SEGMENT_BYTES,
+    )?;
     if !cluster.wait_caught_up(SETTLE_TIMEOUT) {
         bail!("the topics' replicas did not settle within {SETTLE_TIMEOUT:?}");
     }
     let admin = Admin::new(brokers.clone(), ADMIN_TIMEOUT);
     let d = admin.describe_topic(&topic)?;
     let part = d.topic.partitions.first().context("no partition 0")?;
-    let (leader, shard) = (part.leader.context("partition 0 has no leader")?, part.shard);
+    let (leader, shard) = (
+        part.leader.context("partition 0 has no leader")?,
+        part.shard,
+    );
     let follower = *part
         .replicas
         .iter()
@@ -873,10 +892,7 @@ fn run_mode(a: &CatchUpArgs, mode: Mode, drmq: &Path, base_dir: &Path) -> Result
     let fi = follower as usize - 1;
     let kill_us = us_since(t0, Instant::now());
     cluster.kill(fi);
-    let live: Vec<SocketAddr> = (0..3)
-        .filter(|&i| i != fi)
-        .map(|i| brokers[i])
-        .collect();
+    let live: Vec<SocketAddr> = (0..3).filter(|&i| i != fi).map(|i| brokers[i]).collect();
     say(
         a.quiet,
         format!(
@@ -902,8 +918,13 @@ fn run_mode(a: &CatchUpArgs, mode: Mode, drmq: &Path, base_dir: &Path) -> Result
         let o = observe(&s, &topic, 0, other)?;
         o.caught_up().then_some(())
     })?;
-    let leader_now = observe(&status(&live).context("cluster status")?, &topic, 0, follower)
-        .map_or(leader, |o| o.leader);
+    let leader_now = observe(
+        &status(&live).context("cluster status")?,
+        &topic,
+        0,
+        follower,
+    )
+    .map_or(leader, |o| o.leader);
     if leader_now != leader {
         notes.push(format!(
             "leadership of {topic}-0 moved from {leader} to {leader_now} while the follower was down"
@@ -912,10 +933,8 @@ fn run_mode(a: &CatchUpArgs, mode: Mode, drmq: &Path, base_dir: &Path) -> Result
     // Telemetry samples are a second old at most.
     std::thread::sleep(Duration::from_millis(1100));
     let leader_log_bytes = partition_size(https[leader_now as usize - 1], &topic, 0);
-    let live_https: Vec<(usize, SocketAddr)> = (0..3)
-        .filter(|&i| i != fi)
-        .map(|i| (i, https[i]))
-        .collect();
+    let live_https: Vec<(usize, SocketAddr)> =
+        (0..3).filter(|&i| i != fi).map(|i| (i, https[i])).collect();
     let before_counters: Vec<_> = live_https.iter().map(|(_, h)| counters(*h)).collect();
 
     // Back: restart and poll until it has every committed entry.
@@ -1187,7 +1206,12 @@ fn print_table(results: &[ModeResult], tcp: Option<f64>, fsync: Option<f64>) {
                     p["probe"].as_str().unwrap_or("?"),
                     w,
                     g("acked"),
-                    format!("{} / {} / {}", ms(g("p50_us")), ms(g("p99_us")), ms(g("p999_us"))),
+                    format!(
+                        "{} / {} / {}",
+                        ms(g("p50_us")),
+                        ms(g("p99_us")),
+                        ms(g("p999_us"))
+                    ),
                     fmt_opt(ratio(g("p99_us"), before), 2),
                 );
             }
@@ -1241,7 +1265,9 @@ fn summarize(
         if rs.is_empty() {
             continue;
         }
-        let med = |f: &dyn Fn(&ModeResult) -> Option<f64>| median(rs.iter().filter_map(|r| f(r)).collect());
+        let med = |f: &dyn Fn(&ModeResult) -> Option<f64>| {
+            median(rs.iter().filter_map(|r| f(r)).collect())
+        };
         let transfer = med(&|r| r.transfer_mb_per_s);
         let mut probes = Vec::new();
         for name in ["same-shard", "catch-up-partition"] {
@@ -1373,7 +1399,10 @@ pub fn cmd(a: CatchUpArgs) -> Result<bool> {
     let mut errors = Vec::new();
     for round in 0..a.rounds {
         for &mode in &a.modes {
-            say(a.quiet, format!("round {} of {}: {}", round + 1, a.rounds, mode.name()));
+            say(
+                a.quiet,
+                format!("round {} of {}: {}", round + 1, a.rounds, mode.name()),
+            );
             match run_mode(&a, mode, &drmq, &base_dir) {
                 Ok(r) => results.push(r),
                 Err(e) => {
@@ -1469,7 +1498,12 @@ mod tests {
         assert!(timeline(&[]).is_empty());
     }
 
-    fn status_with(leader: Option<u64>, commit: u64, matched: u64, snap: bool) -> ClusterStatusResponse {
+    fn status_with(
+        leader: Option<u64>,
+        commit: u64,
+        matched: u64,
+        snap: bool,
+    ) -> ClusterStatusResponse {
         ClusterStatusResponse {
             controller: Some(1),
             brokers: Vec::new(),
@@ -1548,7 +1582,11 @@ mod tests {
         assert_eq!(t.window_us(), None);
         t.add(200, Some((0, 1000, 0)));
         t.add(300, Some((500, 1000, 50)));
-        assert_eq!(t.window_us(), Some((200, 300)), "closed at the last sighting");
+        assert_eq!(
+            t.window_us(),
+            Some((200, 300)),
+            "closed at the last sighting"
+        );
         t.add(400, None);
         t.add(500, None);
         assert_eq!(t.window_us(), Some((200, 400)));
