@@ -389,9 +389,7 @@ impl Partition {
         }
         // Not while a snapshot is taken or installed, or a compaction round
         // runs (they hold `maintenance`): the next round of retention cuts.
-        let Some(_maintenance) = g.maintenance.try_acquire_permit(1).ok() else {
-            return None;
-        };
+        let _maintenance = g.maintenance.try_acquire_permit(1).ok()?;
         let bound = g.high_watermark.get();
         // Where retention would cut, and the entry just before the cut
         // with its term: saved before anything is removed.
