@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEEDS ?= 20000
 FUZZ_SECONDS ?= 600
 
-.PHONY: all build dashboard dashboard-test e2e chromium run test lint fmt bench fuzz sim clean
+.PHONY: all build dashboard dashboard-test e2e chromium run test lint fmt bench bench-catchup fuzz sim clean
 
 all: build
 
@@ -64,6 +64,21 @@ bench:
 	$(CARGO) bench -p storage --bench storage
 	$(CARGO) build --release -p broker -p loadtest
 	./target/release/drmq-loadtest bench --duration-s 5 --warmup-s 1 --quiet --json target/loadtest-bench.json --plot docs/latency-throughput.svg
+
+# Catch-up by snapshot (issue 12), figures in docs/BENCHMARKS.md: on fresh
+# local 3-broker clusters, a follower killed while 1 GiB is written rejoins
+# by snapshot, then by replay (3 rounds, interleaved); rejoin time, transfer
+# MB/s against loopback TCP and write+fdatasync, produce latency to the
+# leader's shard during the transfer vs before. About 5 minutes on 2 cores;
+# needs about 10 GB free in the temporary directory (it refuses to start
+# with less) and removes its data afterwards. More flags, e.g.
+# make bench-catchup CATCHUP_ARGS="--snapshot-rate-mb 400 --modes snapshot"
+CATCHUP_ARGS ?=
+BIN_DIR = $(or $(CARGO_TARGET_DIR),target)/release
+bench-catchup:
+	$(CARGO) build --release -p broker -p loadtest
+	mkdir -p target
+	$(BIN_DIR)/drmq-loadtest catch-up --behind-mib 1024 --rounds 3 --json target/bench-catchup.json $(CATCHUP_ARGS)
 
 # Coverage-guided fuzzing of the wire decoder (cargo install cargo-fuzz).
 # cargo-fuzz needs nightly-only rustc flags; RUSTC_BOOTSTRAP lets the stable

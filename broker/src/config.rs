@@ -21,6 +21,25 @@ pub const CONNECTIONS_DEFAULT: usize = 4096;
 /// pipelining producer's window of 64 × 64 KiB batches with room to spare;
 /// beyond it the broker stops reading that socket until answers go out.
 pub const INFLIGHT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Default interval between checks for a compacted partition to compact.
+/// A check is a sum over each compacted partition's segments in memory, so
+/// its cost is no concern; dirt grows only when a segment seals, and one
+/// round over a default 128 MiB segment at the default budget takes
+/// ~12 s (read twice, written once: 384 MiB at 32 MB/s): checking more
+/// often would mostly find the broker's one compaction slot taken.
+pub const COMPACT_INTERVAL_MS_DEFAULT: u64 = 10_000;
+/// Checks no more often than this: 100 ms is ten sums a second.
+pub const COMPACT_INTERVAL_MS_MIN: u64 = 100;
+/// Default dirty share (bytes of sealed segments above the last clean
+/// offset, in percent of all sealed bytes) at which a partition is
+/// compacted: at 50 % a round at most doubles the bytes it reads per byte
+/// it can free, and the log stays within about twice its compacted size.
+pub const COMPACT_DIRTY_PERCENT_MIN_DEFAULT: u8 = 50;
+/// Default I/O budget of compaction, per broker, in MB (10^6 bytes) a
+/// second read plus written: ~6 % of a SATA SSD's 500 MB/s and less of an
+/// NVMe drive's, so produce fdatasyncs keep their bandwidth (the effect is
+/// measured in docs/BENCHMARKS.md). 0: no limit.
+pub const COMPACT_IO_MB_PER_SEC_DEFAULT: u64 = 32;
 /// Default snapshot send budget per broker, in MB/s (all transfers of all
 /// shards together). See docs/BENCHMARKS.md ("Snapshot catch-up") for its
 /// effect on the leader's produce latency.
@@ -68,6 +87,12 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Request bytes one client connection may have in flight.
     pub max_inflight_bytes: Option<u64>,
+    /// How often each shard looks for a compacted partition to compact.
+    pub compact_interval_ms: Option<u64>,
+    /// Dirty share, in percent, at which a compacted partition is compacted.
+    pub compact_dirty_percent_min: Option<u8>,
+    /// Compaction's I/O budget per broker, MB/s read plus written (0: none).
+    pub compact_io_mb_per_sec: Option<u64>,
     /// Snapshot send budget of the whole broker, MB/s.
     pub snapshot_rate_mb: Option<u64>,
     /// A follower this many MiB behind catches up by snapshot (0: only a
@@ -89,6 +114,9 @@ pub struct BrokerConfig {
     pub cluster_secret: Option<String>,
     pub max_connections: usize,
     pub max_inflight_bytes: u64,
+    pub compact_interval_ms: u64,
+    pub compact_dirty_percent_min: u8,
+    pub compact_io_mb_per_sec: u64,
     pub snapshot_rate_mb: u64,
     pub snapshot_catch_up_mib: u64,
 }
@@ -175,6 +203,18 @@ impl BrokerConfig {
                 .max_inflight_bytes
                 .or(file.max_inflight_bytes)
                 .unwrap_or(INFLIGHT_BYTES_DEFAULT),
+            compact_interval_ms: overrides
+                .compact_interval_ms
+                .or(file.compact_interval_ms)
+                .unwrap_or(COMPACT_INTERVAL_MS_DEFAULT),
+            compact_dirty_percent_min: overrides
+                .compact_dirty_percent_min
+                .or(file.compact_dirty_percent_min)
+                .unwrap_or(COMPACT_DIRTY_PERCENT_MIN_DEFAULT),
+            compact_io_mb_per_sec: overrides
+                .compact_io_mb_per_sec
+                .or(file.compact_io_mb_per_sec)
+                .unwrap_or(COMPACT_IO_MB_PER_SEC_DEFAULT),
             snapshot_rate_mb: overrides
                 .snapshot_rate_mb
                 .or(file.snapshot_rate_mb)
@@ -245,6 +285,31 @@ impl BrokerConfig {
                 ),
             );
         }
+        if self.compact_interval_ms < COMPACT_INTERVAL_MS_MIN {
+            return invalid(
+                "compact-interval-ms",
+                format!(
+                    "{} is below {COMPACT_INTERVAL_MS_MIN}",
+                    self.compact_interval_ms
+                ),
+            );
+        }
+        if !(1..=100).contains(&self.compact_dirty_percent_min) {
+            return invalid(
+                "compact-dirty-percent-min",
+                format!("{} is outside 1..=100", self.compact_dirty_percent_min),
+            );
+        }
+        // 1 TB/s: past any disk, and the byte rate cannot overflow.
+        if self.compact_io_mb_per_sec > 1_000_000 {
+            return invalid(
+                "compact-io-mb-per-sec",
+                format!(
+                    "{} is above 1000000 (0 is no limit)",
+                    self.compact_io_mb_per_sec
+                ),
+            );
+        }
         if self.snapshot_rate_mb == 0 || self.snapshot_rate_mb > 100_000 {
             return invalid(
                 "snapshot-rate-mb",
@@ -282,6 +347,47 @@ mod tests {
             max_connections: None,
             max_inflight_bytes: None,
             ..FileConfig::default()
+        }
+    }
+
+    #[test]
+    fn compaction_settings_default_and_bad_ones_are_refused() {
+        let c = BrokerConfig::resolve(FileConfig::default(), flags(), 1).unwrap();
+        assert_eq!(c.compact_interval_ms, COMPACT_INTERVAL_MS_DEFAULT);
+        assert_eq!(c.compact_dirty_percent_min, 50);
+        assert_eq!(c.compact_io_mb_per_sec, COMPACT_IO_MB_PER_SEC_DEFAULT);
+        for (f, field) in [
+            (
+                FileConfig {
+                    compact_interval_ms: Some(0),
+                    ..flags()
+                },
+                "compact-interval-ms",
+            ),
+            (
+                FileConfig {
+                    compact_dirty_percent_min: Some(0),
+                    ..flags()
+                },
+                "compact-dirty-percent-min",
+            ),
+            (
+                FileConfig {
+                    compact_dirty_percent_min: Some(101),
+                    ..flags()
+                },
+                "compact-dirty-percent-min",
+            ),
+            (
+                FileConfig {
+                    compact_io_mb_per_sec: Some(u64::MAX),
+                    ..flags()
+                },
+                "compact-io-mb-per-sec",
+            ),
+        ] {
+            let e = BrokerConfig::resolve(FileConfig::default(), f, 1).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
         }
     }
 

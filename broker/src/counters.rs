@@ -51,6 +51,12 @@ pub struct ShardCounters {
     /// Elections won by this shard's groups (each election counts once in
     /// the cluster: only the winner counts it).
     pub elections: Cell<u64>,
+    /// Compaction rounds completed on this shard's partitions.
+    pub compactions: Cell<u64>,
+    /// Segments those rounds rewrote, and their data bytes before and after.
+    pub compaction_segments_rewritten: Cell<u64>,
+    pub compaction_bytes_before: Cell<u64>,
+    pub compaction_bytes_after: Cell<u64>,
     /// Produce latency, from the request frame read off the socket to its
     /// answer written to it.
     pub produce_latency: LatencyRecorder,
@@ -70,6 +76,10 @@ impl Default for ShardCounters {
             segments_deleted: Cell::new(0),
             leader_changes: Cell::new(0),
             elections: Cell::new(0),
+            compactions: Cell::new(0),
+            compaction_segments_rewritten: Cell::new(0),
+            compaction_bytes_before: Cell::new(0),
+            compaction_bytes_after: Cell::new(0),
             produce_latency: LatencyRecorder::default(),
         }
     }

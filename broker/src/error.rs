@@ -159,6 +159,8 @@ pub enum Error {
     EntryLookup(StorageError),
     #[error("Raft asked to install snapshot {index}, which is not staged here")]
     SnapshotMissing { index: u64 },
+    #[error("the archive staged for snapshot {index} does not match it: {why}")]
+    SnapshotMismatch { index: u64, why: String },
     #[error("stopped while the disk was full")]
     StoppedWhileDiskFull,
     #[error("saving raft.state")]

@@ -8,7 +8,8 @@
 //! | [`shard`]      | one shard: the router between its parts, cross-shard messages, its telemetry sample |
 //! | [`counters`]   | a shard's counters: requests, records, errors by code, produce latency, core load |
 //! | [`connection`] | client connections: accept and refuse, reader/writer per connection, limits |
-//! | [`partition`]  | a partition replica: produce, fetch, list offsets, status, retention |
+//! | [`partition`]  | a partition replica: produce, fetch, list offsets, status, retention, a compaction round |
+//! | [`compaction`] | background key compaction: the broker's one compactor thread and its slot |
 //! | [`groups`]     | consumer groups: coordinators on the offsets topic's leaders, leases, sticky assignment, offsets |
 //! | [`controller`] | the controller group: topic commands, proposing, applying, admin requests |
 //! | [`cluster`]    | the cluster view: leaders, peers seen, endpoints, metadata and status answers |
@@ -29,6 +30,7 @@
 //! internal offsets topic (docs/ARCHITECTURE.md says what exists).
 
 pub mod cluster;
+pub mod compaction;
 pub mod config;
 pub mod connection;
 pub mod controller;

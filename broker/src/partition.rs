@@ -1,7 +1,8 @@
 //! A partition replica on this shard: its Raft group (which drives the
 //! partition log), the idempotent-producer table and the high watermark the
 //! group keeps, and what clients ask of a partition: produce, fetch, list
-//! offsets. Also its status, its telemetry sample and retention.
+//! offsets. Also its status, its telemetry sample, retention and key
+//! compaction.
 //!
 //! The shard finds the partition and checks that this broker leads it;
 //! everything that reads or writes the log goes through here.
@@ -11,12 +12,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use raft::Role;
-use storage::{Cleanup, LogConfig, Retired, SyncPolicy};
+use storage::{Cleanup, CompactReport, LogConfig, Retired, SyncPolicy};
 use wire::{
     Acks, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetSpec,
     PartitionStatus, ProduceResponse, RecordBatch, ReplicaStatus, WireError,
 };
 
+use crate::compaction::Compactor;
 use crate::error::{Error, Result};
 use crate::producers::{BatchId, Verdict};
 use crate::raft_group::{RaftGroup, RaftGroupKind, WaitResult};
@@ -42,6 +44,14 @@ pub struct Partition {
     /// The Raft group over the partition log (the shard ticks it and steps
     /// peer messages into it).
     pub group: Rc<RaftGroup>,
+}
+
+/// What one compaction round left for the shard: its report (`None` if it
+/// failed, which it logged) and the replaced segments' maps to release off
+/// the shard.
+pub(crate) struct Compacted {
+    pub report: Option<CompactReport>,
+    pub retired: Retired,
 }
 
 impl Partition {
@@ -316,6 +326,9 @@ impl Partition {
             log_start_offset: log.log_start_offset(),
             log_end_offset: log.next_offset(),
             size_bytes: log.data_bytes(),
+            clean_offset: self
+                .compaction_dirt()
+                .map(|_| self.group.clean_offset.get()),
             // One at a time is shown: the first follower's by id.
             snapshot_transfer: g.archives.sending.borrow().values().next().map(|t| {
                 SnapshotTransferSample {
@@ -374,6 +387,9 @@ impl Partition {
             tracing::warn!(broker, shard, group = g.id, error = %e, "saving the producer state");
             return None;
         }
+        // Not while a snapshot is taken or installed, or a compaction round
+        // runs (they hold `maintenance`): the next round of retention cuts.
+        let _maintenance = g.maintenance.try_acquire_permit(1).ok()?;
         let bound = g.high_watermark.get();
         // Where retention would cut, and the entry just before the cut
         // with its term: saved before anything is removed.
@@ -385,9 +401,14 @@ impl Partition {
             })
         };
         let (cut, entry, term) = plan?;
-        if let Err(e) = g.save_start_prev(entry, term).await {
-            tracing::warn!(broker, shard, group = g.id, error = %e, "retention: saving the log-start point");
-            return None;
+        // Compaction may have saved a later point already: never lowered
+        // (entries below it may have gaps).
+        let raise = entry > g.start_prev().0;
+        if raise {
+            if let Err(e) = g.save_start_prev(entry, term).await {
+                tracing::warn!(broker, shard, group = g.id, error = %e, "retention: saving the log-start point");
+                return None;
+            }
         }
         // `entry-start` (two fsyncs) is written off the shard.
         let plan = g.part.log().plan_move_start(cut);
@@ -411,11 +432,93 @@ impl Partition {
                 tracing::warn!(broker, shard, group = g.id, error = %e, "retention")
             }
         }
-        if log.log_start_offset() == cut {
+        if raise && log.log_start_offset() == cut {
             g.use_start_prev(entry, term);
         }
         let retired = log.take_retired();
         Some((segments, retired))
+    }
+
+    /// How dirty this replica's log is for compaction: (bytes of sealed
+    /// segments above the last clean offset, all sealed bytes); `None`
+    /// unless the topic is compacted.
+    pub fn compaction_dirt(&self) -> Option<(u64, u64)> {
+        let log = self.group.part.log();
+        matches!(log.config().cleanup, Cleanup::Compact { .. })
+            .then(|| log.compaction_dirt(self.group.clean_offset.get()))
+    }
+
+    /// One compaction round of this replica's log below its commit point
+    /// (leader or follower), if the broker's compaction slot and the
+    /// group's maintenance lock are free and there is something new to
+    /// compact; `None` if it did not run. The rewriting runs on the
+    /// compactor thread; the shard only plans and swaps the segments in,
+    /// and reads keep using the old segments until then. Raft's start
+    /// point is raised to the last entry of the range first (durably:
+    /// batches below it may lose entries, so a follower needing them gets a
+    /// snapshot). `broker` and `shard` name the log lines.
+    pub(crate) async fn compact(
+        &self,
+        compactor: &Compactor,
+        broker: u64,
+        shard: usize,
+    ) -> Option<Compacted> {
+        let g = &self.group;
+        if g.failed.borrow().is_some() {
+            // Stopped on a persistence failure: its log is left as it is.
+            return None;
+        }
+        // Held through the round, so a snapshot never links a segment
+        // halfway through its swap; taken by one: try at the next check.
+        let _maintenance = g.maintenance.try_acquire_permit(1).ok()?;
+        let slot = compactor.claim()?;
+        let job = match g.part.log().plan_compaction(g.high_watermark.get()) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::warn!(broker, shard, group = g.id, error = %e, "compaction: planning");
+                return None;
+            }
+        };
+        if job.reach_offset() <= self.group.clean_offset.get() {
+            return None;
+        }
+        let (entry, term) = job.last_entry()?;
+        if entry > g.start_prev().0 {
+            if let Err(e) = g.save_start_prev(entry, term).await {
+                tracing::warn!(broker, shard, group = g.id, error = %e, "compaction: saving the log-start point");
+                return None;
+            }
+            g.use_start_prev(entry, term);
+        }
+        *self.group.compaction_stop.borrow_mut() = Some(job.stopper());
+        let done = compactor.run(&slot, job).await;
+        self.group.compaction_stop.borrow_mut().take();
+        let done = done?;
+        let mut log = g.part.log_mut();
+        let finished = log.finish_compaction(done);
+        let retired = log.take_retired();
+        drop(log);
+        let report = match finished {
+            Ok(r) => {
+                self.group
+                    .clean_offset
+                    .set(self.group.clean_offset.get().max(r.clean_offset));
+                Some(r)
+            }
+            Err(e) => {
+                tracing::warn!(broker, shard, group = g.id, error = %e, "compaction");
+                None
+            }
+        };
+        Some(Compacted { report, retired })
+    }
+
+    /// Asks the running compaction round of this replica, if any, to stop
+    /// at its next segment (it still swaps in what it finished; the
+    /// `maintenance` permit is free soon after): for work that must not
+    /// wait out a long round, such as a snapshot or a deletion.
+    pub fn stop_compaction(&self) {
+        self.group.stop_compaction();
     }
 
     /// Stops the replica of a deleted topic and renames its directory to
@@ -423,6 +526,7 @@ impl Partition {
     /// live data); returns the new name, for the janitor to remove.
     pub(crate) fn delete(&self) -> Result<PathBuf> {
         let g = &self.group;
+        self.stop_compaction();
         g.stop();
         // Unique: a restart replays the controller log and deletes the
         // same topic again while an older copy may still be being removed.

@@ -125,11 +125,17 @@ pub struct RaftGroup {
     pub failed: RefCell<Option<String>>,
     stopped: Cell<bool>,
     /// Serialises writes of `raft.state`.
-    save_lock: glommio::sync::Semaphore,
+    pub(crate) save_lock: glommio::sync::Semaphore,
     /// Held by whatever rewrites or links sealed segments off the shard
     /// (background compaction, taking a snapshot archive, installing one),
     /// so an archive never links a segment halfway through its swap.
     pub maintenance: glommio::sync::Semaphore,
+    /// Compacted topics: every segment ending at or below this offset was
+    /// compacted by a round of this process (0 after a start or a snapshot
+    /// install, so the next check looks at the whole log again).
+    pub(crate) clean_offset: Cell<u64>,
+    /// The running compaction round's stop flag, if one runs.
+    pub(crate) compaction_stop: RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>>,
     /// Ticks left in which a preferred leader campaigns again while no
     /// leader is known (see [`RaftGroup::tick`]).
     first_campaigns: Cell<u32>,
@@ -246,6 +252,8 @@ impl RaftGroup {
             stopped: Cell::new(false),
             save_lock: glommio::sync::Semaphore::new(1),
             maintenance: glommio::sync::Semaphore::new(1),
+            clean_offset: Cell::new(0),
+            compaction_stop: RefCell::new(None),
             first_campaigns: Cell::new(0),
             producers_term: Cell::new(0),
             producers_version: Cell::new(0),
@@ -551,6 +559,15 @@ impl RaftGroup {
     /// See `raft::Config::snapshot_catch_up_bytes`.
     pub fn set_snapshot_catch_up_bytes(&self, bytes: u64) {
         self.raft.borrow_mut().set_snapshot_catch_up_bytes(bytes);
+    }
+
+    /// Asks the running compaction round of this replica, if any, to stop
+    /// at its next segment (it still swaps in what it finished; the
+    /// `maintenance` permit is free soon after).
+    pub(crate) fn stop_compaction(&self) {
+        if let Some(stop) = &*self.compaction_stop.borrow() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
@@ -863,6 +880,11 @@ impl RaftGroup {
             s.start_prev_term = term;
         })
         .await
+    }
+
+    /// The log-start point Raft reads: (entry index, term).
+    pub fn start_prev(&self) -> (u64, u64) {
+        self.start_prev.get()
     }
 
     /// Makes the saved log-start point the one Raft reads (once the cut is

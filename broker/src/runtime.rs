@@ -2,7 +2,8 @@
 //! `Shard` that owns its Raft groups (partitions),
 //! their logs, its client listener and its peer connections; the signal
 //! thread that stops them; the janitor thread that removes files off the
-//! shards.
+//! shards; the compactor thread that rewrites compacted topics' segments
+//! ([`crate::compaction`]).
 //!
 //! Shard `s` serves clients on `listen.port + s` and peers on
 //! `peer_listen.port + s`. Shard 0 also runs the controller group
@@ -17,6 +18,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use storage::Retired;
 
 use crate::cluster::{broker_ids, Cluster, ClusterView};
+use crate::compaction::Compactor;
 use crate::config::BrokerConfig;
 use crate::error::{chain, Error, Result};
 use crate::peer::{self, Outbox};
@@ -72,6 +74,11 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         name: "janitor",
         source,
     })?;
+    let compactor =
+        Compactor::start(config.compact_io_mb_per_sec).map_err(|source| Error::Thread {
+            name: "compactor",
+            source,
+        })?;
     // Partition directories of deleted topics that a stop interrupted, and
     // snapshot archives (a restart takes new ones when needed).
     if let Ok(dir) = std::fs::read_dir(config.data_dir.join("partitions")) {
@@ -82,10 +89,25 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
             let orphan = name
                 .strip_suffix(".staging")
                 .is_some_and(|p| !e.path().with_file_name(p).exists());
-            if name.ends_with(DELETED_SUFFIX)
-                || name.contains(crate::snapshot::ARCHIVE_SUFFIX)
-                || orphan
-            {
+            if name.ends_with(DELETED_SUFFIX) || orphan {
+                let _ = janitor.send(Chore::RemoveDir(e.path()));
+            }
+        }
+    }
+    // Snapshot archives: a restart takes new ones when needed. Renamed
+    // first (at once), so the janitor never races a new archive.
+    let archives = config.data_dir.join(crate::snapshot::ARCHIVES_DIR);
+    let old = config.data_dir.join(format!(
+        "{}.{}{DELETED_SUFFIX}",
+        crate::snapshot::ARCHIVES_DIR,
+        crate::replica::now_ms()
+    ));
+    let _ = std::fs::rename(&archives, &old);
+    // This one, and any an earlier start renamed but did not remove.
+    if let Ok(dir) = std::fs::read_dir(&config.data_dir) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(crate::snapshot::ARCHIVES_DIR) && name.ends_with(DELETED_SUFFIX) {
                 let _ = janitor.send(Chore::RemoveDir(e.path()));
             }
         }
@@ -108,6 +130,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         let senders = senders.clone();
         let telemetry = telemetry.clone();
         let janitor = janitor.clone();
+        let compactor = compactor.clone();
         let ready = ready_tx.clone();
         let view = view.clone();
         let secret = secret.clone();
@@ -145,6 +168,7 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
                     inboxes: senders,
                     telemetry,
                     janitor,
+                    compactor,
                     snapshot_limiter,
                 }));
                 if let Err(e) = shard.clone().serve(identity, inbox, ready.clone()).await {

@@ -24,6 +24,7 @@ use wire::{
 };
 
 use crate::cluster::Cluster;
+use crate::compaction::{dirty_enough, Compactor};
 use crate::config::BrokerConfig;
 use crate::connection::{self, Connections};
 use crate::controller::{Controller, CONTROLLER_GROUP};
@@ -94,6 +95,8 @@ pub(crate) struct Shard {
     pub(crate) telemetry: Telemetry,
     /// To the janitor thread: files and directories to remove off the shard.
     pub(crate) janitor: flume::Sender<Chore>,
+    /// The broker's compactor thread (shared by all shards).
+    compactor: Compactor,
     pub(crate) counters: ShardCounters,
     /// How busy this shard's core was over the sample interval.
     load: CoreLoad,
@@ -116,6 +119,7 @@ pub(crate) struct ShardStart {
     pub(crate) inboxes: Vec<flume::Sender<ShardMsg>>,
     pub(crate) telemetry: Telemetry,
     pub(crate) janitor: flume::Sender<Chore>,
+    pub(crate) compactor: Compactor,
     /// The broker's snapshot send budget, shared by its shards.
     pub(crate) snapshot_limiter: std::sync::Arc<crate::snapshot::RateLimiter>,
 }
@@ -218,6 +222,7 @@ impl Shard {
             stopping: Notify::default(),
             telemetry: start.telemetry,
             janitor: start.janitor,
+            compactor: start.compactor,
             counters: ShardCounters::default(),
             load: CoreLoad::new(Instant::now()),
             connections: Connections::default(),
@@ -244,8 +249,8 @@ impl Shard {
         Rc::new(Hooks(Rc::downgrade(self)))
     }
 
-    /// Runs the shard: listeners, ticks, telemetry, retention, the
-    /// controller on shard 0; serves clients until told to stop, then
+    /// Runs the shard: listeners, ticks, telemetry, retention, compaction,
+    /// the controller on shard 0; serves clients until told to stop, then
     /// hands leadership over and makes every group durable.
     pub(crate) async fn serve(
         self: Rc<Self>,
@@ -357,6 +362,15 @@ impl Shard {
             }
         })
         .detach();
+        let compaction = self.clone();
+        glommio::spawn_local(async move {
+            let every = Duration::from_millis(compaction.config.compact_interval_ms);
+            loop {
+                glommio::timer::sleep(every).await;
+                compaction.compact_dirtiest().await;
+            }
+        })
+        .detach();
         connection::accept(&self, &listener, &self.stopping).await;
         // Graceful stop: no new connections; hand leadership over (bounded
         // wait), then make every group durable and stop it.
@@ -411,8 +425,6 @@ impl Shard {
 
     /// Runs retention on every partition of this shard (see
     /// [`Partition::apply_retention`]); removed files go to the janitor.
-    /// Compaction of compacted topics is not scheduled yet: it rewrites
-    /// segments with blocking I/O and needs a task of its own.
     async fn apply_retention(&self) {
         let owned: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         for p in owned {
@@ -429,6 +441,48 @@ impl Shard {
                     e.into_inner().run();
                 }
             }
+        }
+    }
+
+    /// Runs one compaction round on the dirtiest compacted partition of
+    /// this shard whose dirty share reaches `compact_dirty_percent_min`
+    /// (the next dirtiest if that one has nothing new below its commit
+    /// point, or its lock is taken); see [`Partition::compact`]. Nothing if
+    /// another shard's round holds the broker's slot. Replaced segment maps
+    /// go to the janitor.
+    async fn compact_dirtiest(&self) {
+        let min = self.config.compact_dirty_percent_min;
+        let mut dirty: Vec<(u64, Rc<Partition>)> = self
+            .partitions
+            .borrow()
+            .values()
+            .filter_map(|p| {
+                let (dirty, sealed) = p.compaction_dirt()?;
+                Some((dirty_enough(dirty, sealed, min)?, p.clone()))
+            })
+            .collect();
+        dirty.sort_by_key(|d| std::cmp::Reverse(d.0));
+        // Bounded by the shard's partitions.
+        for (_, p) in dirty {
+            let Some(done) = p.compact(&self.compactor, self.config.id, self.id).await else {
+                continue;
+            };
+            if let Some(r) = done.report {
+                let c = &self.counters;
+                bump(&c.compactions, 1);
+                bump(
+                    &c.compaction_segments_rewritten,
+                    r.segments_rewritten as u64,
+                );
+                bump(&c.compaction_bytes_before, r.bytes_before);
+                bump(&c.compaction_bytes_after, r.bytes_after);
+            }
+            if !done.retired.is_empty() {
+                if let Err(e) = self.janitor.try_send(Chore::Retired(done.retired)) {
+                    e.into_inner().run();
+                }
+            }
+            return;
         }
     }
 
@@ -461,6 +515,10 @@ impl Shard {
             snapshot_archives: self.snapshot_counters.archives.get(),
             leader_changes: c.leader_changes.get(),
             elections: c.elections.get(),
+            compactions: c.compactions.get(),
+            compaction_segments_rewritten: c.compaction_segments_rewritten.get(),
+            compaction_bytes_before: c.compaction_bytes_before.get(),
+            compaction_bytes_after: c.compaction_bytes_after.get(),
             peer_frames_sent: self.outbox.counters.frames_sent.get(),
             peer_frames_dropped: self.outbox.counters.frames_dropped.get(),
             connections: self.connections.open() as u64,

@@ -37,23 +37,7 @@ fn create(c: &Cluster, topic: &str, partitions: u32) {
 
 /// Every message of `topic` (value -> count), read from the cluster.
 fn consume_all(c: &Cluster, topic: &str) -> BTreeMap<String, usize> {
-    let o = c.cli(
-        &["consume", "--topic", topic, "--idle-timeout-ms", "2000"],
-        None,
-    );
-    assert!(
-        o.status.success(),
-        "consume: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let mut seen = BTreeMap::new();
-    for line in String::from_utf8(o.stdout).unwrap().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        *seen
-            .entry(v["value"].as_str().unwrap().to_owned())
-            .or_insert(0) += 1;
-    }
-    seen
+    c.consume_counts(topic, 2000)
 }
 
 fn produce_lines(c: &Cluster, topic: &str, values: &[String]) -> Vec<Value> {

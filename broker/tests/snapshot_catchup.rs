@@ -131,23 +131,7 @@ fn counter_reaches(c: &Cluster, i: usize, field: &str, min: u64) -> bool {
 
 /// Every value of `topic` with its count, read from the cluster.
 fn consume_all(c: &Cluster, topic: &str) -> BTreeMap<String, usize> {
-    let o = c.cli(
-        &["consume", "--topic", topic, "--idle-timeout-ms", "3000"],
-        None,
-    );
-    assert!(
-        o.status.success(),
-        "consume: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let mut seen = BTreeMap::new();
-    for line in String::from_utf8(o.stdout).unwrap().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        *seen
-            .entry(v["value"].as_str().unwrap().to_owned())
-            .or_insert(0) += 1;
-    }
-    seen
+    c.consume_counts(topic, 3000)
 }
 
 /// Waits (bounded) until the leader's log start passes `offset`.

@@ -8,12 +8,14 @@
 //! | `baseline`   | raw loopback TCP and write+fdatasync loops at the same batch size  |
 //! | `spawn`      | a local single broker for `--spawn-broker` and `bench`             |
 //! | `dashboards` | `--dashboards N`: WebSocket clients reading the brokers' `/ws`     |
+//! | `catchup`    | `catch-up`: a follower far behind rejoins by snapshot / by replay   |
 //!
 //! `drmq-loadtest run` drives a broker (given by `--brokers`, or started by
 //! `--spawn-broker`); `drmq-loadtest bench` runs the fixed suite on a broker
 //! it starts itself. Bad flags are one line on stderr and exit status 2.
 
 mod baseline;
+mod catchup;
 mod dashboards;
 mod fault;
 mod group;
@@ -54,6 +56,11 @@ enum Cmd {
     /// then 50 % of it for latency; RF=3 with a follower stopped and with the
     /// leader killed; optionally a latency-versus-throughput plot.
     Bench(BenchArgs),
+    /// Catch-up of a follower far behind, by snapshot and by replay, on
+    /// local 3-broker clusters it starts: rejoin time, transfer MB/s against
+    /// the loopback and write+fdatasync baselines, and produce latency to
+    /// the leader's shard during the transfer against without.
+    CatchUp(catchup::CatchUpArgs),
 }
 
 #[derive(Args, Clone)]
@@ -291,6 +298,10 @@ fn main() -> ExitCode {
         {
             Err(msg) => return usage_error(msg),
             Ok(()) => cmd_bench(args),
+        },
+        Cmd::CatchUp(args) => match catchup::validate(&args) {
+            Err(msg) => return usage_error(msg),
+            Ok(()) => catchup::cmd(args),
         },
     };
     match result {

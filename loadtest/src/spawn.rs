@@ -127,7 +127,7 @@ pub fn counter_deltas(
 }
 
 /// The broker's `GET /api/status` (None if it does not answer).
-fn api_status(http: SocketAddr) -> Option<serde_json::Value> {
+pub(crate) fn api_status(http: SocketAddr) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

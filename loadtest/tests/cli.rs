@@ -371,6 +371,95 @@ fn bench_removes_each_cases_data_after_it() {
     assert!(left.is_empty(), "bench topics' data left behind: {left:?}");
 }
 
+#[test]
+fn catch_up_flag_errors_are_one_line_and_exit_2() {
+    let e = usage_error(&["catch-up", "--modes", "snapshot,both"]);
+    assert!(e.contains("both"), "{e}");
+    // The threshold must be below what the follower misses, else it replays.
+    let e = usage_error(&["catch-up", "--behind-mib", "100"]);
+    assert!(e.contains("--catch-up-mib 256"), "{e}");
+    let e = usage_error(&["catch-up", "--catch-up-mib", "0"]);
+    assert!(e.contains("would replay"), "{e}");
+    let e = usage_error(&["catch-up", "--probe-rate=-1"]);
+    assert!(e.contains("--probe-rate"), "{e}");
+    let e = usage_error(&["catch-up", "--quiet-s", "0"]);
+    assert!(e.contains("--quiet-s"), "{e}");
+}
+
+/// Issue 12's benchmark, small: a follower 24 MiB behind (1 MiB segments)
+/// rejoins by snapshot with a 4 MiB threshold, and by replay with none;
+/// the data directory is left empty.
+#[test]
+fn catch_up_runs_both_modes_and_reports_the_snapshot_only_where_one_was_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("catchup.json");
+    let o = loadtest()
+        .args([
+            "catch-up",
+            "--behind-mib",
+            "24",
+            "--catch-up-mib",
+            "4",
+            "--segment-mib",
+            "1",
+            "--probe-rate",
+            "200",
+            "--probe-partitions",
+            "4",
+            "--quiet-s",
+            "1",
+            "--no-baselines",
+            "--quiet",
+            "--drmq",
+        ])
+        .arg(drmq_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let modes = r["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 2, "{r}");
+    for m in modes {
+        assert!(m["ok"].as_bool().unwrap(), "{m}");
+        assert!(m["rejoin_s"].as_f64().unwrap() > 0.0, "{m}");
+        let installs = m["follower_counters"]["snapshot_installs"]
+            .as_u64()
+            .unwrap();
+        let sent = m["snapshot_bytes_sent"].as_u64().unwrap();
+        if m["mode"] == "snapshot" {
+            assert_eq!(installs, 1, "{m}");
+            // The archive holds at least the sealed part of what it missed.
+            assert!(sent > 16 << 20, "{m}");
+        } else {
+            assert_eq!((installs, sent), (0, 0), "{m}");
+        }
+        // The shard probe and the catch-up partition's probe: every window
+        // has acknowledged messages, none failed.
+        let probes = m["probes"].as_array().unwrap();
+        assert!(!probes.is_empty(), "{m}");
+        for p in probes {
+            for w in ["before", "catch_up", "after"] {
+                assert!(p["windows"][w]["acked"].as_u64().unwrap() > 0, "{w}: {p}");
+                assert_eq!(p["windows"][w]["failed"], 0, "{w}: {p}");
+            }
+        }
+    }
+    // Each mode's cluster removed its data; only the JSON is left.
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "catchup.json")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// `--group` with churn: every rebalance is timed, nothing is missing, and
 /// a crashed member is not expired long before its lease could have run
 /// out (its last heartbeat was about one heartbeat interval before the

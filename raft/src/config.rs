@@ -81,9 +81,10 @@ pub struct Config {
     /// Snapshot payload bytes per InstallSnapshot message.
     pub snapshot_chunk_bytes: u64,
     /// A follower being probed (it came back, or rejected an append) that
-    /// lacks more than this many bytes of log ([`crate::Storage::bytes_from`])
-    /// is sent the snapshot instead of the entries: copying the storage's
-    /// snapshot beats replaying that much. 0: only below the log start.
+    /// lacks more than this many bytes of committed log
+    /// ([`crate::Storage::bytes_from`]), and at least half of the log, is
+    /// sent the snapshot instead of the entries. 0: only below the log
+    /// start.
     pub snapshot_catch_up_bytes: u64,
     /// The index the driver's state machine has applied (on restart).
     pub applied_index: u64,

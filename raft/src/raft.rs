@@ -1137,7 +1137,18 @@ impl<S: Storage> Raft<S> {
         let next_index = pr.next_index;
         let probing = pr.state == ProgressState::Probe;
         let catch_up = self.cfg.snapshot_catch_up_bytes;
-        if probing && catch_up > 0 && self.log.storage.bytes_from(next_index) > catch_up {
+        // Only committed bytes count: a snapshot never covers the rest, and
+        // a follower the quorum needs for them must get them by replay. And
+        // the snapshot is the whole log: only when the follower lacks at
+        // least half of it (the snapshot is then at most twice the replay).
+        let far = || {
+            let s = &self.log.storage;
+            let behind = s
+                .bytes_from(next_index)
+                .saturating_sub(s.bytes_from(self.log.committed + 1));
+            behind > catch_up && behind.saturating_mul(2) >= s.bytes_from(self.log.first_index())
+        };
+        if probing && catch_up > 0 && far() {
             // Far behind: the snapshot is cheaper than the replay. One that
             // does not reach past what the follower has is not sent: the
             // follower waits in snapshot state for the driver to take a

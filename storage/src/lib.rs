@@ -5,7 +5,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | `compact` | key compaction of sealed segments (compacted topics), atomic per-segment swap |
+//! | `compact` | key compaction of sealed segments (compacted topics), atomic per-segment swap; planned and swapped in on the log's thread, the rewriting (`CompactJob`) on one that may block |
 //! | [`config`] | per-partition settings and their limits |
 //! | [`error`] | the one error type; `DiskFull` is retriable, the rest fatal |
 //! | [`fault`] | named fault-injection points (append, roll, fsync, truncate, index write, compact, install) |
@@ -36,7 +36,9 @@ pub mod shard;
 pub mod snapshot;
 pub mod syncer;
 
-pub use compact::{CompactReport, COMPACT_KEY_BYTES_MAX, COMPACT_KEY_COUNT_MAX};
+pub use compact::{
+    CompactDone, CompactJob, CompactReport, COMPACT_KEY_BYTES_MAX, COMPACT_KEY_COUNT_MAX,
+};
 pub use config::{
     Cleanup, Clock, DiskBudget, LogConfig, SyncPolicy, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
     SEGMENT_BYTES_MIN,

@@ -927,10 +927,16 @@ impl Segment {
                 Err(e) => return Err(StorageError::io("rename", p, e)),
             }
         }
+        self.release_maps(into);
+        Ok(())
+    }
+
+    /// Hands the maps over for unmapping off the caller's thread, leaving
+    /// the files alone (compaction replaced them already).
+    pub fn release_maps(self, into: &mut Retired) {
         into.maps.push(self.map);
         into.maps.push(self.index.into_map());
         into.maps.push(self.time_index.into_map());
-        Ok(())
     }
 
     pub fn delete_files(&self) -> Result<()> {

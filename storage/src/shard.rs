@@ -215,14 +215,15 @@ impl Partition {
         done
     }
 
-    /// Replaces the log by a completely received snapshot archive
-    /// ([`Log::install_snapshot_keeping_old`]) once no sync round is in
-    /// flight, and forgets the files the syncer held open (the new log's
-    /// files may reuse their ids). Returns the archive's metadata and the
-    /// directory holding the replaced partition, for the caller to remove.
-    /// The exchange and reopen run here (a few metadata syscalls and one
-    /// header read per segment); the bulk of the install, receiving and
-    /// fsyncing the files, happened before.
+    /// Replaces the log by a completely received and prepared snapshot
+    /// archive ([`Log::install_prepared`]) once no sync round is in flight,
+    /// and forgets the files the syncer held open (the new log's files may
+    /// reuse their ids). Returns the archive's metadata and the directory
+    /// holding the replaced partition, for the caller to remove; the caller
+    /// makes the exchange durable ([`crate::snapshot::sync_parent`]) before
+    /// acknowledging. Only the exchange and the reopen (one header read per
+    /// segment) run here; receiving, fsyncing and preparing the files
+    /// happened before, off the shard.
     pub async fn install_snapshot(
         &self,
         inst: crate::snapshot::SnapshotInstaller,
@@ -232,7 +233,7 @@ impl Partition {
         while self.in_flight.get() {
             self.round_done.wait().await;
         }
-        let r = self.log.borrow_mut().install_snapshot_keeping_old(inst);
+        let r = self.log.borrow_mut().install_prepared(inst);
         self.syncer.borrow_mut().files.clear();
         self.round_done.notify_all();
         r

@@ -27,7 +27,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +44,8 @@ pub const SNAPSHOT_META_FILE: &str = "snapshot.meta";
 /// The archive header as received, in a staging directory: present while
 /// a transfer is under way, so it can resume after a restart.
 const TRANSFER_HEADER_FILE: &str = "transfer.header";
+/// Which installer owns a staging directory (a random u64).
+const TRANSFER_ID_FILE: &str = "transfer.id";
 const MAGIC: u32 = u32::from_le_bytes(*b"DRSA");
 const VERSION: u32 = 1;
 /// Three files per segment.
@@ -317,14 +318,20 @@ impl Log {
                 format!("no sealed segment ends at or below {upto}"),
             ));
         };
-        let Some(last_entry_index) = included.iter().rev().find_map(|s| s.last_entry_index) else {
+        // The last segment holding an entry names the archive's last entry
+        // and its term (a sealed segment may hold none).
+        let Some((last_entry_index, last_term)) = included
+            .iter()
+            .rev()
+            .find_map(|s| s.last_entry_index.map(|e| (e, s.last_term)))
+        else {
             return Err(bad(snapshot_dir, "the sealed segments hold no entry"));
         };
         Ok(SnapshotPlan {
             partition_dir: self.dir.clone(),
             bases: included.iter().map(|s| s.base_offset).collect(),
             last_included_offset: last.next_offset - 1,
-            last_included_term: last.last_term,
+            last_included_term: last_term,
             last_entry_index,
             log_start_offset: self.log_start_offset(),
         })
@@ -339,44 +346,36 @@ impl Log {
     /// partition (the staging directory is wiped by the next installer);
     /// after it, the new one. Fault point `install`: hit before and after
     /// the exchange.
-    pub fn install_snapshot(&mut self, inst: SnapshotInstaller) -> Result<SnapshotMeta> {
-        let (meta, old) = self.install_snapshot_keeping_old(inst)?;
+    pub fn install_snapshot(&mut self, mut inst: SnapshotInstaller) -> Result<SnapshotMeta> {
+        inst.prepare()?;
+        let (meta, old) = self.install_prepared(inst)?;
+        sync_parent(&self.dir)?;
         if let Err(e) = std::fs::remove_dir_all(&old) {
             tracing::warn!(dir = %old.display(), error = %e, "could not remove the replaced partition");
         }
         Ok(meta)
     }
 
-    /// [`Log::install_snapshot`] without removing the replaced partition:
-    /// returns the directory that now holds it (the staging name), for
-    /// the caller to remove off its thread (a later installer also wipes
-    /// it).
-    pub fn install_snapshot_keeping_old(
-        &mut self,
-        inst: SnapshotInstaller,
-    ) -> Result<(SnapshotMeta, PathBuf)> {
+    /// The quick part of [`Log::install_snapshot`], for a shard: checks
+    /// that the staging directory is still this installer's and prepared
+    /// ([`SnapshotInstaller::prepare`], blocking, done before), exchanges it
+    /// with the partition directory and reopens the log. Returns the
+    /// directory that now holds the replaced partition (the staging name),
+    /// for the caller to remove off its thread. The exchange is durable
+    /// only once the caller ran [`sync_parent`]: acknowledge nothing
+    /// before. Fault point `install`: hit before and after the exchange.
+    pub fn install_prepared(&mut self, inst: SnapshotInstaller) -> Result<(SnapshotMeta, PathBuf)> {
         self.writable()?;
-        let Some((meta, header)) = inst.finished() else {
+        let Some((meta, _)) = inst.finished() else {
             return Err(bad(&inst.staging, "archive not completely received"));
         };
+        if !inst.prepared {
+            return Err(bad(&inst.staging, "staging directory not prepared"));
+        }
+        inst.check_owner()?;
         let staging = inst.staging.clone();
-        let next = meta.last_included_offset + 1;
-        let active = staging.join(segment::file_name(next, "log"));
-        File::create(&active).map_err(|e| StorageError::io("create", &active, e))?;
-        let start = meta.log_start_offset.min(next);
-        let mut ls = [0u8; 12];
-        ls[..8].copy_from_slice(&start.to_le_bytes());
-        let crc = crc32c::crc32c(&ls[..8]);
-        ls[8..].copy_from_slice(&crc.to_le_bytes());
-        write_atomic(&staging, crate::log::LOG_START_FILE, &ls)?;
-        write_atomic(&staging, SNAPSHOT_META_FILE, header)?;
-        let progress = staging.join(TRANSFER_HEADER_FILE);
-        std::fs::remove_file(&progress).map_err(|e| StorageError::io("remove", &progress, e))?;
         self.install_fault()?;
         exchange(&staging, &self.dir)?;
-        if let Some(parent) = self.dir.parent() {
-            fsync_dir(parent)?;
-        }
         self.install_fault()?;
         // The old partition is now under the staging name.
         if let Some(b) = &self.config.disk_budget {
@@ -411,30 +410,18 @@ impl Log {
     }
 }
 
+/// Makes a directory exchange of `partition_dir` durable: fsyncs its parent.
+/// Blocking.
+pub fn sync_parent(partition_dir: &Path) -> Result<()> {
+    match partition_dir.parent() {
+        Some(parent) => fsync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 /// Atomically exchanges two directories (same file system).
 fn exchange(a: &Path, b: &Path) -> Result<()> {
-    let ca =
-        std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(|_| bad(a, "path with NUL"))?;
-    let cb =
-        std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(|_| bad(b, "path with NUL"))?;
-    // SAFETY: two valid C strings; plain syscall.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc != 0 {
-        return Err(StorageError::io(
-            "renameat2 exchange",
-            b,
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    crate::compact::rename_exchange(a, b).map_err(|e| StorageError::io("renameat2 exchange", b, e))
 }
 
 /// An archive decided on a shard ([`Log::plan_snapshot`]) and taken
@@ -620,6 +607,10 @@ pub struct SnapshotInstaller {
     file_index: usize,
     file: Option<(File, u64, u32)>,
     failed: Option<String>,
+    /// Written into the staging directory as `transfer.id` when it was
+    /// created: another installer that took the directory over replaced it.
+    token: u64,
+    prepared: bool,
 }
 
 impl SnapshotInstaller {
@@ -648,6 +639,13 @@ impl SnapshotInstaller {
         };
         let Ok(parsed) = decode(&header, &hp) else {
             return Ok(None);
+        };
+        let tp = staging.join(TRANSFER_ID_FILE);
+        let token = match std::fs::read(&tp) {
+            Ok(b) if b.len() == 8 => u64::from_le_bytes(b.try_into().unwrap_or_default()),
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::io("read", &tp, e)),
         };
         let mut received = header.len() as u64;
         let mut file_index = 0;
@@ -694,7 +692,62 @@ impl SnapshotInstaller {
             file_index,
             file,
             failed: None,
+            token,
+            prepared: false,
         }))
+    }
+
+    /// Bytes of the whole archive stream, once its header is in.
+    pub fn total_bytes(&self) -> Option<u64> {
+        let (_, files) = self.parsed.as_ref()?;
+        Some(self.header.len() as u64 + files.iter().map(|f| f.bytes).sum::<u64>())
+    }
+
+    /// Whether the staging directory is still this installer's (no other
+    /// installer started over in it meanwhile).
+    fn check_owner(&self) -> Result<()> {
+        let tp = self.staging.join(TRANSFER_ID_FILE);
+        match std::fs::read(&tp) {
+            Ok(b) if b == self.token.to_le_bytes() => Ok(()),
+            Ok(_) | Err(_) => Err(bad(
+                &self.staging,
+                "the staging directory was taken over by another transfer",
+            )),
+        }
+    }
+
+    /// Readies a completely received archive to become the partition:
+    /// an empty active segment at the offset after the archive, the log
+    /// start and `snapshot.meta`, everything fsync'ed. Blocking (a few
+    /// small files and fsyncs); the caller may add files of its own (Raft
+    /// state) before or after. [`Log::install_prepared`] then swaps it in.
+    pub fn prepare(&mut self) -> Result<()> {
+        let Some((meta, header)) = self.finished() else {
+            return Err(bad(&self.staging, "archive not completely received"));
+        };
+        self.check_owner()?;
+        if self.prepared {
+            return Ok(());
+        }
+        let staging = self.staging.clone();
+        let next = meta.last_included_offset + 1;
+        let active = staging.join(segment::file_name(next, "log"));
+        File::create(&active).map_err(|e| StorageError::io("create", &active, e))?;
+        let start = meta.log_start_offset.min(next);
+        let mut ls = [0u8; 12];
+        ls[..8].copy_from_slice(&start.to_le_bytes());
+        let crc = crc32c::crc32c(&ls[..8]);
+        ls[8..].copy_from_slice(&crc.to_le_bytes());
+        let header = header.to_vec();
+        write_atomic(&staging, crate::log::LOG_START_FILE, &ls)?;
+        write_atomic(&staging, SNAPSHOT_META_FILE, &header)?;
+        // `transfer.id` stays until the exchange (the owner check); both
+        // transfer files are ignored by `Log::open`.
+        let progress = staging.join(TRANSFER_HEADER_FILE);
+        std::fs::remove_file(&progress).map_err(|e| StorageError::io("remove", &progress, e))?;
+        fsync_dir(&staging)?;
+        self.prepared = true;
+        Ok(())
     }
 
     /// The identity of the archive being received ([`SnapshotReader::archive_id`]),
@@ -713,7 +766,21 @@ impl SnapshotInstaller {
             Err(e) => return Err(StorageError::io("remove", &staging, e)),
         }
         std::fs::create_dir(&staging).map_err(|e| StorageError::io("create dir", &staging, e))?;
+        let token = {
+            use std::hash::{BuildHasher, Hasher};
+            // A per-process random seed (std's hash keys), per call varied.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.finish()
+        };
+        write_atomic(&staging, TRANSFER_ID_FILE, &token.to_le_bytes())?;
         Ok(SnapshotInstaller {
+            token,
+            prepared: false,
             staging,
             received: 0,
             header: Vec::new(),
@@ -758,6 +825,10 @@ impl SnapshotInstaller {
         }
         if data.len() > SNAPSHOT_CHUNK_BYTES_MAX {
             return Err(bad(&self.staging, format!("chunk of {} bytes", data.len())));
+        }
+        if data.is_empty() {
+            // It would move nothing: a stream of them would never end.
+            return Err(bad(&self.staging, format!("empty chunk at {offset}")));
         }
         let computed = crc32c::crc32c(data);
         if computed != crc {

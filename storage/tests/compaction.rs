@@ -390,27 +390,168 @@ fn batches_in(all: &[(u64, u64, Vec<u8>)], from: u64, to: u64) -> Vec<(u64, u64,
         .collect()
 }
 
+/// 60 batches of 3 records over 5 keys (every seventh batch tombstones),
+/// in several small sealed segments, synced; the clock then moves past the
+/// tombstone grace.
+fn fixture(dir: &Path, clock: &Rc<Cell<i64>>) {
+    let (mut log, _) = Log::open(dir, config(clock, &FaultInjector::new())).unwrap();
+    for i in 0..60u64 {
+        let recs: Vec<NewRecord> = (0..3)
+            .map(|j| NewRecord {
+                key: Some(format!("k{}", (i * 3 + j) % 5).into_bytes()),
+                value: (i % 7 != 3).then(|| vec![b'a' + (i % 26) as u8; 150]),
+            })
+            .collect();
+        log.append(&batch::build(&recs, clock.get()), 1).unwrap();
+        clock.set(clock.get() + 20);
+    }
+    log.roll().unwrap();
+    log.sync_now().unwrap();
+    drop(log);
+    clock.set(clock.get() + 10 * GRACE_MS as i64);
+}
+
+/// Names in `dir` ending in `suffix`.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(suffix))
+        .collect()
+}
+
+#[test]
+fn the_job_run_on_another_thread_gives_what_compact_gives() {
+    let clock = Rc::new(Cell::new(1_000_000i64));
+    let none = FaultInjector::new();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    fixture(a.path(), &clock);
+    copy_dir(a.path(), b.path());
+    let open = |d: &Path| Log::open(d, config(&clock, &none)).unwrap().0;
+    let mut inline = open(a.path());
+    let want = inline.compact(u64::MAX).unwrap();
+    assert!(want.segments_rewritten >= 3, "{want:?}");
+
+    let mut log = open(b.path());
+    let before = read_all(&log);
+    let job = log.plan_compaction(u64::MAX).unwrap();
+    let bases = log.segment_bases();
+    assert_eq!(job.reach_offset(), *bases.last().unwrap());
+    let last = job.last_entry().unwrap();
+    assert_eq!(last.1, 1, "the term of the last sealed batch");
+    // The job is `Send` and runs with the log untouched meanwhile: reads
+    // still see the old segments (their inodes stay mapped).
+    let done = std::thread::spawn(move || job.run()).join().unwrap();
+    assert!(read_all(&log) == before, "the log changed before the swap");
+    let got = log.finish_compaction(done).unwrap();
+    assert_eq!(got, want);
+    assert!(read_all(&log) == read_all(&inline));
+    assert!(files_ending(b.path(), ".swap").is_empty());
+    drop(log);
+    let (log, report) = Log::open(b.path(), config(&clock, &none)).unwrap();
+    assert!(report.truncations.is_empty(), "{report:?}");
+    assert_eq!(
+        report.segments_scanned, 1,
+        "only the active segment: {report:?}"
+    );
+    assert!(read_all(&log) == read_all(&inline));
+}
+
+#[test]
+fn a_segment_retention_removes_while_the_job_runs_is_skipped_and_not_brought_back() {
+    let clock = Rc::new(Cell::new(1_000_000i64));
+    let none = FaultInjector::new();
+    let whole = tempfile::tempdir().unwrap();
+    fixture(whole.path(), &clock);
+    let open = |d: &Path| Log::open(d, config(&clock, &none)).unwrap().0;
+    let bases = open(whole.path()).segment_bases();
+    assert!(bases.len() >= 4, "{bases:?}");
+    let cut = bases[2];
+    // Retention before the job runs, and after it ran but before the swap.
+    for late in [false, true] {
+        let ctx = format!("retention after the run: {late}");
+        let d = tempfile::tempdir().unwrap();
+        copy_dir(whole.path(), d.path());
+        let mut log = open(d.path());
+        let job = log.plan_compaction(u64::MAX).unwrap();
+        let done = if late {
+            let done = job.run();
+            log.move_start(cut).unwrap();
+            done
+        } else {
+            log.move_start(cut).unwrap();
+            job.run()
+        };
+        let rep = log.finish_compaction(done).unwrap();
+        assert!(log.poisoned().is_none(), "{ctx}");
+        assert!(rep.segments_rewritten >= 1, "{ctx}: {rep:?}");
+        assert_eq!(log.segment_bases()[0], cut, "{ctx}");
+        for base in &bases[..2] {
+            for ext in ["log", "index", "timeindex"] {
+                let p = d.path().join(format!("{base:020}.{ext}"));
+                assert!(!p.exists(), "{ctx}: {} is back", p.display());
+            }
+        }
+        assert!(files_ending(d.path(), ".swap").is_empty(), "{ctx}");
+        let got = read_all(&log);
+        drop(log);
+        let (log, report) = Log::open(d.path(), config(&clock, &none)).unwrap();
+        assert!(report.truncations.is_empty(), "{ctx}: {report:?}");
+        assert_eq!(log.segment_bases()[0], cut, "{ctx}");
+        assert!(read_all(&log) == got, "{ctx}: reopened log differs");
+        // Every key's newest record above the cut is still there.
+        let mut log = log;
+        log.compact(u64::MAX).unwrap();
+        assert!(read_all(&log) == got, "{ctx}: a second round changed more");
+    }
+}
+
+#[test]
+fn a_stopped_job_stops_at_a_segment_boundary_and_the_log_stays_whole() {
+    let clock = Rc::new(Cell::new(1_000_000i64));
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path(), &clock);
+    let (mut log, _) = Log::open(d.path(), config(&clock, &FaultInjector::new())).unwrap();
+    let before = read_all(&log);
+    let job = log.plan_compaction(u64::MAX).unwrap();
+    job.stopper()
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let rep = log.finish_compaction(job.run()).unwrap();
+    assert_eq!(rep.segments_rewritten, 0, "{rep:?}");
+    assert_eq!(rep.clean_offset, log.segment_bases()[0], "{rep:?}");
+    assert!(read_all(&log) == before);
+    assert!(files_ending(d.path(), ".swap").is_empty());
+    // The next round does the work.
+    assert!(log.compact(u64::MAX).unwrap().segments_rewritten > 0);
+}
+
+#[test]
+fn a_paced_job_takes_at_least_its_bytes_over_the_rate() {
+    let clock = Rc::new(Cell::new(1_000_000i64));
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path(), &clock);
+    let (mut log, _) = Log::open(d.path(), config(&clock, &FaultInjector::new())).unwrap();
+    let sealed = log.data_bytes();
+    let mut job = log.plan_compaction(u64::MAX).unwrap();
+    // The job reads the sealed bytes at least twice (key map, then the
+    // removals), so at this rate it cannot end sooner than `floor`.
+    let rate = 200_000;
+    job.pace(rate);
+    let floor = std::time::Duration::from_secs_f64(2.0 * sealed as f64 / rate as f64)
+        .saturating_sub(std::time::Duration::from_millis(10));
+    let t = std::time::Instant::now();
+    let done = job.run();
+    let took = t.elapsed();
+    log.finish_compaction(done).unwrap();
+    assert!(took >= floor, "{took:?} for {sealed} bytes at {rate} B/s");
+}
+
 #[test]
 fn crash_at_every_stage_of_a_swap_leaves_the_old_or_the_new_segment() {
     let src = tempfile::tempdir().unwrap();
     let clock = Rc::new(Cell::new(1_000_000i64));
     let none = FaultInjector::new();
-    {
-        let (mut log, _) = Log::open(src.path(), config(&clock, &none)).unwrap();
-        for i in 0..60u64 {
-            let recs: Vec<NewRecord> = (0..3)
-                .map(|j| NewRecord {
-                    key: Some(format!("k{}", (i * 3 + j) % 5).into_bytes()),
-                    value: (i % 7 != 3).then(|| vec![b'a' + (i % 26) as u8; 150]),
-                })
-                .collect();
-            log.append(&batch::build(&recs, clock.get()), 1).unwrap();
-            clock.set(clock.get() + 20);
-        }
-        log.roll().unwrap();
-        log.sync_now().unwrap();
-    }
-    clock.set(clock.get() + 10 * GRACE_MS as i64);
+    fixture(src.path(), &clock);
     let open = |d: &Path, f: &FaultInjector| Log::open(d, config(&clock, f)).unwrap().0;
     let (before, bases, end) = {
         let log = open(src.path(), &none);

@@ -246,16 +246,26 @@ impl SnapshotEnv {
     }
 }
 
-/// The archive directory for entry `index` of the partition in `dir`.
-pub fn archive_dir(dir: &std::path::Path, index: u64) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(format!("{ARCHIVE_SUFFIX}{index}"));
-    PathBuf::from(s)
-}
+/// Archives live in a directory of their own beside `partitions/` (the same
+/// file system, for hard links; no topic name can collide with them); a
+/// restart removes it whole (a resuming follower then starts over).
+pub const ARCHIVES_DIR: &str = "snapshots";
 
-/// Archive directories are named `<partition>.archive-<index>`; a restart
-/// removes them all (a resuming follower then starts over).
-pub const ARCHIVE_SUFFIX: &str = ".archive-";
+/// A fresh archive directory for entry `index` of the partition in `dir`
+/// (`<data>/partitions/<name>`): `<data>/snapshots/<name>-<index>-<n>`, `n`
+/// unique in this process, so a new archive never reuses the directory of
+/// one still being read or removed.
+pub fn archive_dir(dir: &std::path::Path, index: u64) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let data = dir.parent().and_then(|p| p.parent()).unwrap_or(dir);
+    data.join(ARCHIVES_DIR).join(format!("{name}-{index}-{n}"))
+}
 
 #[cfg(test)]
 mod tests {

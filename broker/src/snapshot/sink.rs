@@ -61,16 +61,25 @@ impl RaftGroup {
     /// Decides whether a Raft message may be stepped now. Everything but
     /// a snapshot ticket may. A ticket is held back (and its archive
     /// fetched) until the archive is completely staged; a ticket for what
-    /// this replica already has committed goes to Raft, which answers it.
+    /// this replica already holds goes to Raft, which answers it; one from
+    /// a deposed leader is dropped.
     pub(crate) fn snapshot_gate(self: &Rc<Self>, m: &mut raft::Message) -> bool {
         let from = m.from;
-        let MessageBody::InstallSnapshot { meta, data, .. } = &mut m.body else {
+        let MessageBody::InstallSnapshot { meta, .. } = &mut m.body else {
             return true;
         };
         meta.membership = Membership::with_voters(self.replicas.iter().copied());
-        if meta.index <= self.commit_index() {
-            return true;
+        let (index, term) = (meta.index, meta.term);
+        if m.term < self.term() {
+            return false; // a deposed leader's: Raft would ignore it
         }
+        let held = raft::Storage::term(self.raft.borrow().storage(), index) == Ok(term);
+        if index <= self.commit_index() || held {
+            return true; // Raft answers it: nothing to fetch
+        }
+        let MessageBody::InstallSnapshot { data, .. } = &m.body else {
+            return true;
+        };
         let Some(ticket) = Ticket::decode(data) else {
             tracing::warn!(
                 group = self.id,
@@ -85,7 +94,6 @@ impl RaftGroup {
         let Some(env) = self.snapshot_env() else {
             return false;
         };
-        let (index, term) = (meta.index, meta.term);
         let msg = m.clone();
         let mut cur = self.inbox.current.borrow_mut();
         match cur.as_mut() {
@@ -266,6 +274,9 @@ impl RaftGroup {
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            if c.data.is_empty() && !c.done {
+                return Err("an empty chunk".into());
+            }
             let len = c.data.len() as u64;
             let (i, written) = glommio::executor()
                 .spawn_blocking(move || {
@@ -275,6 +286,18 @@ impl RaftGroup {
                 .await;
             inst = i;
             written.map_err(|e| e.to_string())?;
+            // The archive must be the one the ticket names, and no larger:
+            // a manifest claiming more would fill the disk.
+            if let Some(total) = inst.total_bytes() {
+                if inst.archive_id() != Some(job.ticket.archive_id)
+                    || total != job.ticket.total_bytes
+                {
+                    return Err(format!(
+                        "the archive received is not the one the ticket names ({total} bytes, id {:?})",
+                        inst.archive_id()
+                    ));
+                }
+            }
             bump(&env.counters.bytes_received, len);
             job.received.set(inst.next_offset());
             if inst.is_complete() {
@@ -292,7 +315,19 @@ impl RaftGroup {
     /// reopens the log in place. Other partitions keep serving; this group
     /// appends nothing meanwhile (its driver is here).
     pub(crate) async fn install_snapshot(&self, meta: &raft::SnapshotMeta) -> Result<()> {
+        // Until it is done no ticket passes the gate, and no fetch can take
+        // the staging directory over (it waits for the staging lock).
+        let lock = self.inbox.staging_lock();
+        let _staging = lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+        let r = self.install_staged(meta).await;
         self.inbox.installing.set(false);
+        r
+    }
+
+    async fn install_staged(&self, meta: &raft::SnapshotMeta) -> Result<()> {
         let staged = {
             let mut cur = self.inbox.current.borrow_mut();
             let found = cur
@@ -304,11 +339,25 @@ impl RaftGroup {
             }
             found
         };
-        let Some(inst) = staged else {
+        let Some(mut inst) = staged else {
             return Err(Error::SnapshotMissing { index: meta.index });
         };
-        let _permit = self
+        if inst.meta().map(|m| m.last_included_term) != Some(meta.term) {
+            return Err(Error::SnapshotMismatch {
+                index: meta.index,
+                why: "its last entry's term is not the one Raft names".into(),
+            });
+        }
+        self.stop_compaction();
+        let _maintenance = self
             .maintenance
+            .acquire_permit(1)
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+        // No `raft.state` write (term and vote, retention's start point)
+        // may land between reading `saved` and the exchange.
+        let _state = self
+            .save_lock
             .acquire_permit(1)
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
@@ -323,6 +372,9 @@ impl RaftGroup {
         let extra = inst.meta().map(|m| m.extra.clone()).unwrap_or_default();
         let staging = inst.staging_dir().to_path_buf();
         let group = self.id;
+        // Everything but the exchange and the reopen, off the shard: the
+        // Raft state, the producer table, the empty active segment, the log
+        // start and `snapshot.meta`, all fsync'ed.
         let inst = glommio::executor()
             .spawn_blocking(move || -> std::io::Result<SnapshotInstaller> {
                 state.save(&staging)?;
@@ -333,6 +385,7 @@ impl RaftGroup {
                     }
                     Err(_) => {}
                 }
+                inst.prepare().map_err(std::io::Error::other)?;
                 Ok(inst)
             })
             .await
@@ -345,8 +398,25 @@ impl RaftGroup {
                 dir: self.dir.clone(),
                 source,
             })?;
+        // Durable before anything is acknowledged (the Ready's messages).
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || storage::snapshot::sync_parent(&dir))
+            .await
+            .map_err(|source| Error::SyncLog {
+                dir: self.dir.clone(),
+                source,
+            })?;
         self.saved.set(state);
         self.start_prev.set((meta.index, meta.term));
+        self.clean_offset.set(0);
+        let last = self.part.log().last_entry_index();
+        if last != meta.index {
+            return Err(Error::SnapshotMismatch {
+                index: meta.index,
+                why: format!("the installed log ends at entry {last}"),
+            });
+        }
         let table = load_producers(&self.dir, &self.part.log());
         *self.producers.borrow_mut() = table;
         self.note_producers_changed();

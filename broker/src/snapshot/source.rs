@@ -138,6 +138,9 @@ impl RaftGroup {
     /// checksums on the blocking pool. Holds `maintenance` (no compaction
     /// swaps a segment meanwhile).
     async fn take_archive(self: &Rc<Self>, env: &SnapshotEnv) -> Result<(), String> {
+        // A long compaction round would hold the follower back: it stops at
+        // its next segment (a snapshot of what it swapped in is consistent).
+        self.stop_compaction();
         let _permit = self
             .maintenance
             .acquire_permit(1)
@@ -167,6 +170,17 @@ impl RaftGroup {
             .map_err(|e| e.to_string())?;
         let index = plan.last_entry_index;
         let term = plan.last_included_term;
+        if self
+            .archives
+            .current
+            .borrow()
+            .as_ref()
+            .is_some_and(|a| a.index >= index)
+        {
+            return Err(format!(
+                "nothing committed past the current archive (entry {index}) yet"
+            ));
+        }
         let dir = archive_dir(&self.dir, index);
         let extra = {
             let mut table = self.producers.borrow().clone();
@@ -182,10 +196,8 @@ impl RaftGroup {
             .spawn_blocking({
                 let dir = dir.clone();
                 move || -> Result<SnapshotReader, String> {
-                    match std::fs::remove_dir_all(&dir) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e.to_string()),
+                    if let Some(parent) = dir.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                     }
                     plan.take(&dir, extra).map_err(|e| e.to_string())?;
                     SnapshotReader::open(&dir).map_err(|e| e.to_string())
@@ -238,6 +250,23 @@ impl RaftGroup {
     }
 }
 
+/// Counts a transfer reading an archive, also when its task is dropped.
+struct Reading(Rc<Archive>);
+
+impl Reading {
+    fn new(a: Rc<Archive>) -> Reading {
+        a.sends.set(a.sends.get() + 1);
+        Reading(a)
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.sends.set(self.0.sends.get().saturating_sub(1));
+        self.0.last_used.set(Instant::now());
+    }
+}
+
 /// Serves one transfer connection (the follower sent `req` after the
 /// handshake): streams the archive from the follower's resume point, or
 /// from 0 if it staged another archive, rate-limited, reading each chunk
@@ -256,7 +285,8 @@ pub async fn serve(
         .as_ref()
         .filter(|a| a.index == req.snapshot_index && a.term == req.snapshot_term)
         .cloned();
-    let Some(archive) = archive else {
+    let replica = g.replicas.contains(&from) && from != env.broker;
+    let Some(archive) = archive.filter(|_| replica) else {
         let msg = format!(
             "no archive at entry {} (term {}) of group {} here",
             req.snapshot_index, req.snapshot_term, req.group
@@ -297,10 +327,9 @@ pub async fn serve(
         .sending
         .borrow_mut()
         .insert(from, progress.clone());
-    archive.sends.set(archive.sends.get() + 1);
+    let reading = Reading::new(archive.clone());
     let result = stream_chunks(&mut stream, &archive, start, &g, &env, &progress).await;
-    archive.sends.set(archive.sends.get() - 1);
-    archive.last_used.set(Instant::now());
+    drop(reading);
     {
         // Only this transfer's entry: a newer connection from the same
         // follower may have replaced it.

@@ -404,6 +404,10 @@ fn sample_frame(v: &View, ts_ms: u64) -> Value {
                 "produce_latency_us_p99": p.map(|p| p.p99),
                 "produce_latency_us_p999": p.map(|p| p.p999),
                 "peer_lanes": s.peer_lanes,
+                "compactions_total": s.compactions,
+                "compaction_segments_rewritten_total": s.compaction_segments_rewritten,
+                "compaction_bytes_before_total": s.compaction_bytes_before,
+                "compaction_bytes_after_total": s.compaction_bytes_after,
                 "snapshot_transfers_started_total": s.snapshot_transfers_started,
                 "snapshot_transfers_finished_total": s.snapshot_transfers_finished,
                 "snapshot_transfers_resumed_total": s.snapshot_transfers_resumed,
@@ -656,6 +660,7 @@ mod tests {
             log_end_offset: 8,
             size_bytes: 4096,
             snapshot_transfer: None,
+            clean_offset: None,
         });
         let mut a = s.partitions[0].clone();
         a.topic = "a".into();
@@ -678,6 +683,8 @@ mod tests {
         // Partitions of all shards, sorted by topic then partition.
         assert_eq!(f["partitions"][0]["topic"], "a");
         assert_eq!(f["partitions"][1]["snapshot_transfer"], Value::Null);
+        assert_eq!(f["partitions"][1]["clean_offset"], Value::Null);
+        assert_eq!(f["shards"][0]["compactions_total"], 0);
         assert_eq!(f["disk"]["used_bytes"], 8192);
         assert_eq!(f["groups"], json!([]));
         assert_eq!(f["group_lag"], json!([]));
@@ -749,8 +756,20 @@ mod tests {
         .unwrap();
         assert_eq!(e["kind"], "group_rebalanced");
         assert_eq!(
-            (&e["group"], &e["generation"], &e["members"], &e["member"], &e["why"]),
-            (&json!("g"), &json!(7), &json!(2), &json!("m-1"), &json!("expired"))
+            (
+                &e["group"],
+                &e["generation"],
+                &e["members"],
+                &e["member"],
+                &e["why"]
+            ),
+            (
+                &json!("g"),
+                &json!(7),
+                &json!(2),
+                &json!("m-1"),
+                &json!("expired")
+            )
         );
     }
 

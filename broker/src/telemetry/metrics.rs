@@ -11,7 +11,7 @@ use super::{ShardSample, LATENCY_BUCKETS_US};
 /// A per-shard counter: name, help, how to read it.
 type Counter = (&'static str, &'static str, fn(&ShardSample) -> u64);
 
-const SHARD_COUNTERS: [Counter; 19] = [
+const SHARD_COUNTERS: [Counter; 23] = [
     (
         "drmq_produce_requests_total",
         "Produce requests answered",
@@ -49,6 +49,26 @@ const SHARD_COUNTERS: [Counter; 19] = [
         "drmq_segments_deleted_total",
         "Segments deleted by retention",
         |s| s.segments_deleted,
+    ),
+    (
+        "drmq_compactions_total",
+        "Compaction rounds completed on this shard's partitions",
+        |s| s.compactions,
+    ),
+    (
+        "drmq_compaction_segments_rewritten_total",
+        "Segments rewritten by compaction",
+        |s| s.compaction_segments_rewritten,
+    ),
+    (
+        "drmq_compaction_bytes_before_total",
+        "Data bytes of the segments compaction rewrote, before",
+        |s| s.compaction_bytes_before,
+    ),
+    (
+        "drmq_compaction_bytes_after_total",
+        "Data bytes of the segments compaction rewrote, after",
+        |s| s.compaction_bytes_after,
     ),
     (
         "drmq_snapshot_transfers_started_total",
@@ -301,6 +321,23 @@ pub fn prometheus(broker: u64, latest: &BTreeMap<usize, ShardSample>, disk: Disk
     }
     head(
         &mut out,
+        "drmq_partition_clean_offset",
+        "gauge",
+        "Compacted topics: offset up to which the replica's log was compacted since the broker started",
+    );
+    for s in latest.values() {
+        for p in &s.partitions {
+            if let Some(o) = p.clean_offset {
+                let _ = writeln!(
+                    out,
+                    "drmq_partition_clean_offset{{broker=\"{b}\",topic=\"{}\",partition=\"{}\"}} {o}",
+                    p.topic, p.partition
+                );
+            }
+        }
+    }
+    head(
+        &mut out,
         "drmq_partition_replica_lag_entries",
         "gauge",
         "Raft entries a replica is behind the leader (reported by the leader)",
@@ -388,6 +425,7 @@ mod tests {
             shard: 1,
             produce_requests: 7,
             errors: 2,
+            compaction_bytes_after: 5,
             ..ShardSample::default()
         };
         s.errors_by_code.insert("NotLeader", 2);
@@ -421,6 +459,7 @@ mod tests {
             log_end_offset: 42,
             size_bytes: 100,
             snapshot_transfer: None,
+            clean_offset: Some(17),
         });
         s.group_offsets.push(super::super::GroupOffsetsSample {
             group: "g".into(),
@@ -446,6 +485,8 @@ mod tests {
             "drmq_disk_full{broker=\"9\"} 0",
             "drmq_group_members{broker=\"9\",group=\"g\"} 3",
             "drmq_group_committed_offset{broker=\"9\",group=\"g\",topic=\"t\",partition=\"3\"} 40",
+            "drmq_compaction_bytes_after_total{broker=\"9\",shard=\"1\"} 5",
+            "drmq_partition_clean_offset{broker=\"9\",topic=\"t\",partition=\"3\"} 17",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

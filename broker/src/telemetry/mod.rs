@@ -92,6 +92,9 @@ pub struct PartitionSample {
     pub log_end_offset: u64,
     pub size_bytes: u64,
     pub snapshot_transfer: Option<SnapshotTransferSample>,
+    /// Compacted topics: every segment ending at or below this offset was
+    /// compacted since the broker started; `None` for other topics.
+    pub clean_offset: Option<u64>,
 }
 
 /// One broker as this broker knows it.
@@ -167,6 +170,12 @@ pub struct ShardSample {
     pub snapshot_archives: u64,
     pub leader_changes: u64,
     pub elections: u64,
+    /// Compaction rounds completed, segments they rewrote, and those
+    /// segments' data bytes before and after.
+    pub compactions: u64,
+    pub compaction_segments_rewritten: u64,
+    pub compaction_bytes_before: u64,
+    pub compaction_bytes_after: u64,
     pub peer_frames_sent: u64,
     pub peer_frames_dropped: u64,
     /// Client connections open now.

@@ -315,6 +315,33 @@ impl Cluster {
         cli_at(&self.brokers(), args, stdin)
     }
 
+    /// Every value of `topic` with how often it was read (`drmq consume`
+    /// until `idle_ms` pass without a message).
+    pub fn consume_counts(
+        &self,
+        topic: &str,
+        idle_ms: u64,
+    ) -> std::collections::BTreeMap<String, usize> {
+        let idle = idle_ms.to_string();
+        let o = self.cli(
+            &["consume", "--topic", topic, "--idle-timeout-ms", &idle],
+            None,
+        );
+        assert!(
+            o.status.success(),
+            "consume: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let mut seen = std::collections::BTreeMap::new();
+        for line in String::from_utf8(o.stdout).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            *seen
+                .entry(v["value"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+        seen
+    }
+
     /// `topic describe` as JSON (any live broker answers).
     pub fn describe(&self, topic: &str) -> serde_json::Value {
         let o = self.cli(&["topic", "describe", topic], None);

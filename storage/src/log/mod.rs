@@ -142,7 +142,7 @@ pub struct Log {
     space_unchecked_bytes: u64,
     last_sync_ms: i64,
     /// Retired segment files awaiting deletion by the caller.
-    retired: Retired,
+    pub(crate) retired: Retired,
 }
 
 fn parse_base(name: &[u8]) -> Option<u64> {

@@ -129,6 +129,18 @@ struct BrokerArgs {
     /// until answers go out.
     #[arg(long)]
     max_inflight_bytes: Option<u64>,
+    /// How often each shard looks for a compacted partition to compact
+    /// (default 10000).
+    #[arg(long)]
+    compact_interval_ms: Option<u64>,
+    /// Dirty share of a compacted partition's sealed bytes, in percent, at
+    /// which it is compacted (default 50).
+    #[arg(long)]
+    compact_dirty_percent_min: Option<u8>,
+    /// Compaction's I/O budget per broker in MB/s read plus written
+    /// (default 32; 0: no limit).
+    #[arg(long)]
+    compact_io_mb_per_sec: Option<u64>,
     /// Snapshot send budget of this broker in MB/s, all transfers together
     /// (default 100).
     #[arg(long)]
@@ -397,6 +409,9 @@ fn broker(args: BrokerArgs) -> Result<()> {
         cluster_secret: args.cluster_secret,
         max_connections: args.max_connections,
         max_inflight_bytes: args.max_inflight_bytes,
+        compact_interval_ms: args.compact_interval_ms,
+        compact_dirty_percent_min: args.compact_dirty_percent_min,
+        compact_io_mb_per_sec: args.compact_io_mb_per_sec,
         snapshot_rate_mb: args.snapshot_rate_mb,
         snapshot_catch_up_mib: args.snapshot_catch_up_mib,
     };
