@@ -192,6 +192,7 @@ export function parseFrame(text: string): ParseResult {
       return { ok: false, error: 'sample without uptime_ms, shards, partitions or disk' };
     }
     if (!Array.isArray(value.groups)) value.groups = [];
+    if (!Array.isArray(value.group_lag)) value.group_lag = [];
     return { ok: true, frame: value as unknown as SampleFrame };
   }
   if (value.type === 'event') {
