@@ -483,14 +483,22 @@ impl Partition {
             return None;
         }
         let (entry, term) = job.last_entry()?;
+        // Stoppable from here on (a snapshot, an install, a deletion asking
+        // meanwhile is not lost).
+        let stop = job.stopper();
+        *self.group.compaction_stop.borrow_mut() = Some(stop.clone());
         if entry > g.start_prev().0 {
             if let Err(e) = g.save_start_prev(entry, term).await {
                 tracing::warn!(broker, shard, group = g.id, error = %e, "compaction: saving the log-start point");
+                self.group.compaction_stop.borrow_mut().take();
                 return None;
             }
             g.use_start_prev(entry, term);
         }
-        *self.group.compaction_stop.borrow_mut() = Some(job.stopper());
+        if stop.load(std::sync::atomic::Ordering::Relaxed) || g.is_stopped() {
+            self.group.compaction_stop.borrow_mut().take();
+            return None;
+        }
         let done = compactor.run(&slot, job).await;
         self.group.compaction_stop.borrow_mut().take();
         let done = done?;

@@ -342,9 +342,6 @@ impl RaftGroup {
             return;
         }
         let stepped = self.raft.borrow_mut().step(m);
-        if ticket {
-            self.snapshot_stepped();
-        }
         match stepped {
             Ok(()) => {}
             // This replica's log contradicts the leader: stop the group (it

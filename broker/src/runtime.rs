@@ -86,9 +86,11 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
             let name = e.file_name().to_string_lossy().into_owned();
             // A staged transfer is kept for its partition to resume, unless
             // the partition is gone.
-            let orphan = name
-                .strip_suffix(".staging")
-                .is_some_and(|p| !e.path().with_file_name(p).exists());
+            // (a replaced partition left there by a stop right after an
+            // install holds no transfer header: removed too).
+            let orphan = name.strip_suffix(".staging").is_some_and(|p| {
+                !e.path().with_file_name(p).exists() || !e.path().join("transfer.header").exists()
+            });
             if name.ends_with(DELETED_SUFFIX) || orphan {
                 let _ = janitor.send(Chore::RemoveDir(e.path()));
             }

@@ -228,10 +228,29 @@ impl Partition {
         &self,
         inst: crate::snapshot::SnapshotInstaller,
     ) -> Result<(crate::snapshot::SnapshotMeta, std::path::PathBuf)> {
-        // Bounded: rounds only start from appends and flushes, and the
-        // caller (the group's driver) appends nothing meanwhile.
+        self.wait_sync_idle().await;
+        self.install_now(inst)
+    }
+
+    /// Waits until no sync round is in flight. Bounded when the caller
+    /// appends nothing meanwhile (rounds start from appends and flushes).
+    pub async fn wait_sync_idle(&self) {
         while self.in_flight.get() {
             self.round_done.wait().await;
+        }
+    }
+
+    /// [`Partition::install_snapshot`] without the wait: the caller checked
+    /// [`Partition::wait_sync_idle`] with no await since. Refused while a
+    /// round is in flight.
+    pub fn install_now(
+        &self,
+        inst: crate::snapshot::SnapshotInstaller,
+    ) -> Result<(crate::snapshot::SnapshotMeta, std::path::PathBuf)> {
+        if self.in_flight.get() {
+            return Err(StorageError::Config(
+                "a snapshot install raced a sync round".into(),
+            ));
         }
         let r = self.log.borrow_mut().install_prepared(inst);
         self.syncer.borrow_mut().files.clear();

@@ -377,6 +377,9 @@ impl Log {
         self.install_fault()?;
         exchange(&staging, &self.dir)?;
         self.install_fault()?;
+        for name in [TRANSFER_HEADER_FILE, TRANSFER_ID_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
         // The old partition is now under the staging name.
         if let Some(b) = &self.config.disk_budget {
             b.give(self.segments.iter().map(|s| s.disk_bytes()).sum());
@@ -741,10 +744,9 @@ impl SnapshotInstaller {
         let header = header.to_vec();
         write_atomic(&staging, crate::log::LOG_START_FILE, &ls)?;
         write_atomic(&staging, SNAPSHOT_META_FILE, &header)?;
-        // `transfer.id` stays until the exchange (the owner check); both
-        // transfer files are ignored by `Log::open`.
-        let progress = staging.join(TRANSFER_HEADER_FILE);
-        std::fs::remove_file(&progress).map_err(|e| StorageError::io("remove", &progress, e))?;
+        // Both transfer files stay until the exchange (the owner check; a
+        // crash before it resumes a complete archive); `Log::open` ignores
+        // them, and they are removed right after.
         fsync_dir(&staging)?;
         self.prepared = true;
         Ok(())

@@ -42,8 +42,6 @@ pub struct Receive {
 pub struct Inbox {
     pub current: RefCell<Option<Receive>>,
     gen: Cell<u64>,
-    /// Raft holds a stepped ticket whose archive the driver must install.
-    installing: Cell<bool>,
     /// One fetch at a time writes the staging directory.
     staging: RefCell<Option<Rc<glommio::sync::Semaphore>>>,
 }
@@ -88,8 +86,8 @@ impl RaftGroup {
             );
             return false;
         };
-        if self.inbox.installing.get() {
-            return false; // Raft holds one already; it ignores others meanwhile
+        if self.raft.borrow().has_pending_snapshot() {
+            return false; // Raft holds one until it is installed; it ignores others
         }
         let Some(env) = self.snapshot_env() else {
             return false;
@@ -143,14 +141,6 @@ impl RaftGroup {
         let g = self.clone();
         glommio::spawn_local(async move { g.fetch(env, job).await }).detach();
         false
-    }
-
-    /// After a ticket was stepped: whether Raft took it (then the driver
-    /// installs it next).
-    pub(crate) fn snapshot_stepped(&self) {
-        if self.raft.borrow().has_pending_snapshot() {
-            self.inbox.installing.set(true);
-        }
     }
 
     async fn fetch(self: Rc<Self>, env: Rc<SnapshotEnv>, job: Fetch) {
@@ -322,9 +312,7 @@ impl RaftGroup {
             .acquire_permit(1)
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
-        let r = self.install_staged(meta).await;
-        self.inbox.installing.set(false);
-        r
+        self.install_staged(meta).await
     }
 
     async fn install_staged(&self, meta: &raft::SnapshotMeta) -> Result<()> {
@@ -370,6 +358,19 @@ impl RaftGroup {
             start_prev_term: meta.term,
         };
         let extra = inst.meta().map(|m| m.extra.clone()).unwrap_or_default();
+        // The producer table was saved as of the archive's last entry: one
+        // for another entry is another archive.
+        if let Ok(p) = ProducerSnapshot::decode(&extra) {
+            if (p.entry, p.term) != (meta.index, meta.term) {
+                return Err(Error::SnapshotMismatch {
+                    index: meta.index,
+                    why: format!(
+                        "its producer state is as of entry {} (term {})",
+                        p.entry, p.term
+                    ),
+                });
+            }
+        }
         let staging = inst.staging_dir().to_path_buf();
         let group = self.id;
         // Everything but the exchange and the reopen, off the shard: the
@@ -390,14 +391,28 @@ impl RaftGroup {
             })
             .await
             .map_err(Error::SaveState)?;
+        self.part.wait_sync_idle().await;
+        // Deleted meanwhile (its directory renamed, perhaps a new topic of
+        // the same name since): never exchange. No await from here to the
+        // exchange.
+        if self.is_stopped() {
+            return Err(Error::PartitionClosed);
+        }
         let (_, old) = self
             .part
-            .install_snapshot(inst)
-            .await
+            .install_now(inst)
             .map_err(|source| Error::SyncLog {
                 dir: self.dir.clone(),
                 source,
             })?;
+        let old = retire_dir(old);
+        let last = self.part.log().last_entry_index();
+        if last != meta.index {
+            return Err(Error::SnapshotMismatch {
+                index: meta.index,
+                why: format!("the installed log ends at entry {last}"),
+            });
+        }
         // Durable before anything is acknowledged (the Ready's messages).
         let dir = self.dir.clone();
         glommio::executor()
@@ -410,13 +425,6 @@ impl RaftGroup {
         self.saved.set(state);
         self.start_prev.set((meta.index, meta.term));
         self.clean_offset.set(0);
-        let last = self.part.log().last_entry_index();
-        if last != meta.index {
-            return Err(Error::SnapshotMismatch {
-                index: meta.index,
-                why: format!("the installed log ends at entry {last}"),
-            });
-        }
         let table = load_producers(&self.dir, &self.part.log());
         *self.producers.borrow_mut() = table;
         self.note_producers_changed();
@@ -432,6 +440,23 @@ impl RaftGroup {
             );
         }
         Ok(())
+    }
+}
+
+/// Renames a directory about to be removed to a name of its own
+/// (`<dir>.<ms>.deleted`, which a start also removes), so a later staging
+/// directory at the same path is never removed with it.
+pub(crate) fn retire_dir(dir: std::path::PathBuf) -> std::path::PathBuf {
+    let mut to = dir.clone().into_os_string();
+    to.push(format!(
+        ".{}{}",
+        crate::replica::now_ms(),
+        crate::runtime::DELETED_SUFFIX
+    ));
+    let to = std::path::PathBuf::from(to);
+    match std::fs::rename(&dir, &to) {
+        Ok(()) => to,
+        Err(_) => dir,
     }
 }
 

@@ -242,7 +242,10 @@ impl RaftGroup {
         for a in current.into_iter().chain(retired) {
             env.remove_dir(a.dir.clone());
         }
-        env.remove_dir(storage::SnapshotInstaller::staging_path(&self.dir));
+        let staging = storage::SnapshotInstaller::staging_path(&self.dir);
+        if staging.exists() {
+            env.remove_dir(super::sink::retire_dir(staging));
+        }
     }
 
     fn poke_driver(&self) {
