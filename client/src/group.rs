@@ -325,6 +325,9 @@ pub struct GroupConsumer {
     lease_lost_reported: bool,
     /// Heartbeats and commits go on, records are not fetched.
     paused: bool,
+    /// The application refused a record: the consumer was dropped and the
+    /// next poll reads again from `delivered`.
+    reread: bool,
     events: Vec<GroupEvent>,
 }
 
@@ -353,6 +356,7 @@ impl GroupConsumer {
             next_commit: now,
             lease_lost_reported: false,
             paused: false,
+            reread: false,
             events: Vec::new(),
         };
         g.join()?;
@@ -503,13 +507,9 @@ impl GroupConsumer {
             }
         }
         self.delivered = start.clone();
+        self.reread = false;
         if !partitions.is_empty() {
-            let mut c = ConsumerConfig::new(self.cfg.client.clone(), self.cfg.topic.clone());
-            c.partitions = Some(partitions.clone());
-            c.start = StartAt::Offsets(start);
-            c.fetch_bytes_max = self.cfg.fetch_bytes_max;
-            c.fetch_wait = self.cfg.fetch_wait;
-            self.consumer = Some(Consumer::new(c)?);
+            self.consumer = Some(self.open_consumer(start)?);
         }
         self.events.push(GroupEvent::Assigned {
             generation,
@@ -653,11 +653,19 @@ impl GroupConsumer {
 
     /// Heartbeats and commits when due, then fetches from the partitions
     /// held (while the lease lasts) for up to `wait`, handing each record
-    /// to `on_record(partition, record, received_at)`. Returns how many.
+    /// to `on_record(partition, record, received_at)`. Returns how many
+    /// were accepted.
+    ///
+    /// `on_record` returns whether it took the record: `true` counts it as
+    /// delivered (what [`GroupConsumer::commit`] saves), `false` refuses it
+    /// (the application stopped, or could not write it out). A refused
+    /// record and every later one of its partition are not delivered: the
+    /// partition is read again from the refused record at the next poll,
+    /// and nothing past it is committed.
     pub fn poll(
         &mut self,
         wait: Duration,
-        mut on_record: impl FnMut(u32, &Record<'_>, Instant),
+        mut on_record: impl FnMut(u32, &Record<'_>, Instant) -> bool,
     ) -> Result<usize, PipelineError> {
         let now = Instant::now();
         // A commit first when one is due, or when the lease has run out
@@ -689,6 +697,10 @@ impl GroupConsumer {
             std::thread::sleep(wait.min(self.next_heartbeat.saturating_duration_since(now)));
             return Ok(0);
         }
+        if self.consumer.is_none() && self.reread && !self.paused && !self.partitions.is_empty() {
+            // A record was refused: read again from what was delivered.
+            self.reopen()?;
+        }
         let Some(consumer) = self.consumer.as_mut().filter(|_| !self.paused) else {
             std::thread::sleep(wait.min(self.next_heartbeat.saturating_duration_since(now)));
             return Ok(0);
@@ -698,29 +710,68 @@ impl GroupConsumer {
             .min(self.next_heartbeat.saturating_duration_since(now));
         let lease_until = self.lease_until;
         let mut dropped = false;
+        let mut refused: Vec<u32> = Vec::new();
         let mut n = 0;
         let delivered = &mut self.delivered;
         consumer.poll(wait, |p, rec, at| {
+            if dropped || refused.contains(&p) {
+                return;
+            }
             if Instant::now() >= lease_until {
                 dropped = true;
                 return;
             }
-            on_record(p, rec, at);
-            delivered.insert(p, rec.offset + 1);
-            n += 1;
+            if on_record(p, rec, at) {
+                delivered.insert(p, rec.offset + 1);
+                n += 1;
+            } else {
+                refused.push(p);
+            }
         })?;
         if dropped {
             // The lease ended during the poll: read again from what was
             // delivered once it is renewed.
             self.consumer = None;
         } else {
-            // Control batches skipped count as read.
+            // Control batches skipped count as read, except on a partition
+            // where a record was refused: its position is past the refusal.
             for (p, pos) in consumer.positions() {
+                if refused.contains(&p) {
+                    continue;
+                }
                 let d = self.delivered.entry(p).or_insert(pos);
                 *d = (*d).max(pos);
             }
+            if !refused.is_empty() {
+                // The consumer has read past the refused records: the next
+                // poll reads them again from `delivered`.
+                self.consumer = None;
+                self.reread = true;
+            }
         }
         Ok(n)
+    }
+
+    /// Reads the partitions held again from what was delivered (after a
+    /// refused record), with no new assignment.
+    fn reopen(&mut self) -> Result<(), PipelineError> {
+        self.reread = false;
+        if !self.partitions.iter().all(|p| self.delivered.contains_key(p)) {
+            let p = self.partitions.clone();
+            let generation = self.generation();
+            return self.assign(p, generation);
+        }
+        self.consumer = Some(self.open_consumer(self.delivered.clone())?);
+        Ok(())
+    }
+
+    fn open_consumer(&self, start: BTreeMap<u32, u64>) -> Result<Consumer, PipelineError> {
+        let mut c = ConsumerConfig::new(self.cfg.client.clone(), self.cfg.topic.clone());
+        c.partitions = Some(start.keys().copied().collect());
+        c.start = StartAt::Offsets(start);
+        c.fetch_bytes_max = self.cfg.fetch_bytes_max;
+        c.fetch_wait = self.cfg.fetch_wait;
+        Consumer::new(c)
     }
 
     /// Commits what was delivered and leaves the group: its partitions go

@@ -705,7 +705,10 @@ impl Reader for GroupConsumer {
         wait: Duration,
         on_record: &mut dyn FnMut(u32, &wire::Record<'_>, Instant),
     ) -> Result<usize, PipelineError> {
-        self.poll(wait, on_record)
+        self.poll(wait, |p, rec, at| {
+            on_record(p, rec, at);
+            true
+        })
     }
     fn read_positions(&self) -> BTreeMap<u32, u64> {
         self.positions()

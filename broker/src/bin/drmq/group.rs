@@ -63,9 +63,11 @@ pub fn consume(cfg: ClientConfig, a: MemberArgs, stop: Arc<AtomicBool>) -> Resul
         let mut write_error = None;
         let mut done = false;
         let topic = &a.topic;
+        // A record not printed is refused: the member neither counts nor
+        // commits it (the next member of the group reads it).
         let got = member.poll(POLL_WAIT, |partition, rec, _| {
             if done || write_error.is_some() {
-                return;
+                return false;
             }
             let line = json!({
                 "topic": topic,
@@ -78,10 +80,11 @@ pub fn consume(cfg: ClientConfig, a: MemberArgs, stop: Arc<AtomicBool>) -> Resul
             });
             if let Err(e) = writeln!(o, "{line}") {
                 write_error = Some(e);
-                return;
+                return false;
             }
             printed += 1;
             done = a.max_messages.is_some_and(|m| printed >= m);
+            true
         })?;
         let flushed = o.flush();
         drop(o);
