@@ -6,14 +6,20 @@
 //! in-memory state, proposed as one record, applied when committed. One
 //! change at a time per partition (a one-permit semaphore), so the state a
 //! change was decided on is exactly the state at its place in the log. A
-//! new leader reads the whole log before it answers (`Loading` meanwhile);
-//! a failed or timed-out proposal drops the state, so the next request
-//! reads the log again rather than trust a guess.
+//! new leader reads the whole log before it answers (`Loading` meanwhile).
+//! A proposal that may have reached the log but whose outcome is unknown
+//! (timed out, leadership moved) marks the state stale, so the next request
+//! reads the log again rather than trust a guess. A change refused before
+//! the log (too large, malformed, disk full) leaves the state as it is:
+//! commits are bounded and measured against the segment before proposing.
 //!
 //! Leases are not replicated (a heartbeat is not a write): a coordinator
-//! that loads the log gives every member a full lease from that moment, plus
-//! [`FAILOVER_GRACE`] for renewals a deposed coordinator may still have
-//! given, so a failover can only lengthen a lease, never cut it short.
+//! that loads the log in a new term gives every member a full lease from
+//! that moment, plus [`FAILOVER_GRACE`] for renewals a deposed coordinator
+//! may still have given, so a failover can only lengthen a lease, never cut
+//! it short. A reload within the same term keeps the leases it had (this
+//! leader gave every renewal of the term): failed requests cannot keep a
+//! crashed member alive.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -62,6 +68,10 @@ const CLIENT_ID_BYTES_MAX: usize = 255;
 const TOPICS_PER_MEMBER_MAX: usize = 100;
 /// Longest metadata string of a committed offset (replicated with it).
 const COMMIT_METADATA_BYTES_MAX: usize = 1024;
+/// Most offsets one commit may carry (a topic's partitions at most: a
+/// member commits one topic). Its records must also fit one segment of the
+/// offsets topic, which [`Coordinator::commit`] checks before proposing.
+const OFFSETS_PER_COMMIT_MAX: usize = crate::topics::PARTITIONS_PER_TOPIC_MAX as usize;
 
 /// Partition counts of topics, as this broker knows them.
 pub type TopicPartitions<'a> = dyn Fn(&str) -> Option<u32> + 'a;
@@ -121,6 +131,9 @@ pub(crate) async fn lease_loop(shard: Rc<Shard>) {
 
 struct Loaded {
     term: u64,
+    /// A proposal of this term may or may not have committed: the log is
+    /// read again before the next answer (the leases stay).
+    stale: bool,
     groups: Groups,
     /// (group, member) → when its lease ends.
     leases: HashMap<(String, String), Instant>,
@@ -165,26 +178,46 @@ impl Coordinator {
                 leader: self.partition.leader(),
             });
         }
-        if self
-            .loaded
-            .borrow()
-            .as_ref()
-            .is_some_and(|l| l.term == term)
-        {
-            return Ok(());
+        let same_term = match self.loaded.borrow().as_ref() {
+            Some(l) if l.term == term && !l.stale => return Ok(()),
+            Some(l) => l.term == term,
+            None => false,
+        };
+        if !same_term {
+            *self.loaded.borrow_mut() = None;
         }
-        *self.loaded.borrow_mut() = None;
+        // A stale state of this term stays while the log is read (its
+        // leases keep running out, and the lease loop retries the load).
         let groups = self.load(term).await?;
         let now = Instant::now();
+        let mut before = if same_term {
+            self.loaded
+                .borrow_mut()
+                .take()
+                .map(|l| l.leases)
+                .unwrap_or_default()
+        } else {
+            HashMap::new()
+        };
         let mut leases = HashMap::new();
         for (name, g) in &groups.groups {
             for m in g.members.values() {
+                let key = (name.clone(), m.id.clone());
                 let lease = Duration::from_millis(u64::from(m.lease_ms));
-                leases.insert((name.clone(), m.id.clone()), now + lease + FAILOVER_GRACE);
+                let until = match before.remove(&key) {
+                    // This leader's own lease of this term.
+                    Some(until) => until,
+                    // A join of this term whose answer was lost.
+                    None if same_term => now + lease,
+                    // A new term: renewals by a deposed leader may be out.
+                    None => now + lease + FAILOVER_GRACE,
+                };
+                leases.insert(key, until);
             }
         }
         *self.loaded.borrow_mut() = Some(Loaded {
             term,
+            stale: false,
             groups,
             leases,
         });
@@ -279,6 +312,18 @@ impl Coordinator {
             });
         }
         let batch = b.finish();
+        let segment = self.partition.group.part.log().config().segment_bytes_max as usize;
+        let limit = segment.min(wire::batch::BATCH_BYTES_MAX);
+        if batch.len() > limit {
+            return Err(GroupError::TooLarge {
+                what: "a change",
+                limit: format!(
+                    "{} bytes of records, more than the {limit}-byte segment of {OFFSETS_TOPIC}",
+                    batch.len()
+                ),
+            }
+            .into());
+        }
         match self
             .partition
             .produce(Acks::Quorum, PROPOSE_TIMEOUT_MS, &batch)
@@ -292,9 +337,18 @@ impl Coordinator {
                 }
                 Ok(())
             }
+            // Refused before the log: nothing changed.
+            Err(
+                e @ (Error::BatchTooLarge { .. }
+                | Error::CorruptBatch(_)
+                | Error::DiskFull
+                | Error::Raft(raft::Error::ProposalTooLarge { .. })),
+            ) => Err(e),
             Err(e) => {
                 // It may still commit later: read the log again next time.
-                *self.loaded.borrow_mut() = None;
+                if let Some(l) = self.loaded.borrow_mut().as_mut() {
+                    l.stale = true;
+                }
                 Err(e)
             }
         }
@@ -476,13 +530,16 @@ impl Coordinator {
                 Ok(LeaveGroupResponse { group: r.group }.into())
             }
             Message::OffsetCommitRequest(r) => {
-                if r.offsets
-                    .iter()
-                    .any(|o| o.metadata.len() > COMMIT_METADATA_BYTES_MAX)
+                if r.offsets.len() > OFFSETS_PER_COMMIT_MAX
+                    || r.offsets
+                        .iter()
+                        .any(|o| o.metadata.len() > COMMIT_METADATA_BYTES_MAX)
                 {
                     return Err(GroupError::TooLarge {
                         what: "a commit",
-                        limit: format!("metadata of at most {COMMIT_METADATA_BYTES_MAX} bytes"),
+                        limit: format!(
+                            "at most {OFFSETS_PER_COMMIT_MAX} offsets, with metadata of at most {COMMIT_METADATA_BYTES_MAX} bytes"
+                        ),
                     }
                     .into());
                 }
@@ -672,8 +729,10 @@ impl Coordinator {
         format!("{prefix}-{h:016x}")
     }
 
-    /// Whether a lease has run out; drops the state of a partition this
-    /// broker no longer leads (so nobody reports its leases).
+    /// Whether a lease has run out, or the state must be (re)loaded (a
+    /// load that failed is retried here, not only on the next request);
+    /// drops the state of a partition this broker no longer leads (so
+    /// nobody reports its leases).
     fn expiry_due(&self) -> bool {
         if !self.is_leading() {
             if self.lock.available() > 0 {
@@ -685,11 +744,19 @@ impl Coordinator {
         self.loaded
             .borrow()
             .as_ref()
-            .is_some_and(|l| l.leases.values().any(|&until| until <= now))
+            .is_none_or(|l| l.stale || l.leases.values().any(|&until| until <= now))
     }
 
     /// Removes the members whose lease ran out, one change each.
     async fn expire_leases(&self, topics: &TopicPartitions<'_>) {
+        if self.loaded.borrow().as_ref().is_none_or(|l| l.stale) {
+            let Ok(_permit) = self.lock.acquire_permit(1).await else {
+                return;
+            };
+            if self.ready().await.is_err() {
+                return;
+            }
+        }
         let now = Instant::now();
         let expired: Vec<(String, String)> = match self.loaded.borrow().as_ref() {
             Some(l) => l
