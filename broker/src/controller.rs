@@ -402,6 +402,20 @@ impl Shard {
                     });
                 }
                 let brokers = broker_ids(&self.config);
+                let mut req = req;
+                if req.name == wire::rules::OFFSETS_TOPIC {
+                    // Internal: created only with its own settings (no
+                    // retention: the coordinators replay the whole log),
+                    // replicated as the cluster allows, not as asked.
+                    if req.partitions != wire::rules::OFFSETS_PARTITIONS
+                        || req.config != wire::rules::offsets_topic_config()
+                    {
+                        return Err(crate::groups::GroupError::InternalTopicConfig.into());
+                    }
+                    req.replication = wire::rules::OFFSETS_REPLICATION_MAX
+                        .min(u16::try_from(brokers.len()).unwrap_or(u16::MAX))
+                        .max(1);
+                }
                 if req.replication == 0 || usize::from(req.replication) > brokers.len() {
                     return Err(Error::Replication {
                         replication: req.replication,

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use wire::{
     CommittedOffset, CreateTopicRequest, ErrorCode, GroupHeartbeatRequest, JoinGroupRequest,
     LeaveGroupRequest, Message, OffsetCommitRequest, OffsetFetchRequest, OffsetSpec, Record,
-    TopicConfig, TopicPartition,
+    TopicPartition,
 };
 
 use crate::connection::Connection;
@@ -46,10 +46,6 @@ use crate::routes::{routes, routes_partial};
 use crate::{Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, PipelineError, StartAt};
 
 pub use wire::rules::{coordinator_partition, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
-
-/// Segment size of the offsets topic: its records are small (a commit is
-/// about 100 bytes), and each partition preallocates one segment.
-const OFFSETS_SEGMENT_BYTES: u64 = 4 << 20;
 
 /// Where a partition with no committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,24 +201,18 @@ impl CoordinatorLink {
     }
 }
 
-/// Creates the offsets topic ([`OFFSETS_PARTITIONS`] partitions, replicated
-/// on up to 3 brokers) unless it exists.
+/// Creates the offsets topic unless it exists. The controller owns its
+/// configuration ([`wire::rules::offsets_topic_config`],
+/// [`OFFSETS_PARTITIONS`] partitions, replicated on min(3, brokers
+/// configured)): the replication asked for here is ignored, so a client that
+/// sees only some brokers does not decide it.
 pub fn ensure_offsets_topic(cfg: &ClientConfig) -> Result<(), ClientError> {
     let admin = Admin::new(cfg.brokers.clone(), cfg.request_timeout);
-    let brokers = admin.metadata(Some(Vec::new()))?.brokers.len().max(1);
     let req = CreateTopicRequest {
         name: OFFSETS_TOPIC.to_owned(),
         partitions: OFFSETS_PARTITIONS,
-        replication: brokers.min(3) as u16,
-        config: TopicConfig {
-            retention_bytes: None,
-            retention_ms: None,
-            segment_bytes: Some(OFFSETS_SEGMENT_BYTES),
-            segment_ms: None,
-            cleanup: wire::CleanupPolicy::Delete,
-            durability: wire::Durability::EveryBatch,
-            tombstone_retention_ms: None,
-        },
+        replication: 1,
+        config: wire::rules::offsets_topic_config(),
         timeout_ms: admin.timeout_ms(),
     };
     admin.ensure_topic(req).map_err(|e| match e {

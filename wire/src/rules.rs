@@ -23,6 +23,27 @@ pub fn partition_for_key(key: &[u8], partitions: usize) -> usize {
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Partitions of [`OFFSETS_TOPIC`] when a client creates it.
 pub const OFFSETS_PARTITIONS: u32 = 8;
+/// Segment size of [`OFFSETS_TOPIC`]: its records are small (a commit is
+/// about 100 bytes), and each partition preallocates one segment.
+pub const OFFSETS_SEGMENT_BYTES: u64 = 4 << 20;
+/// Most replicas of each [`OFFSETS_TOPIC`] partition: the controller
+/// creates it with min(this, brokers configured), whatever a request says.
+pub const OFFSETS_REPLICATION_MAX: u16 = 3;
+
+/// The only configuration [`OFFSETS_TOPIC`] is created with: no retention
+/// (the coordinators replay the whole log), fixed segments, every batch
+/// durable.
+pub fn offsets_topic_config() -> crate::TopicConfig {
+    crate::TopicConfig {
+        retention_bytes: None,
+        retention_ms: None,
+        segment_bytes: Some(OFFSETS_SEGMENT_BYTES),
+        segment_ms: None,
+        cleanup: crate::CleanupPolicy::Delete,
+        durability: crate::Durability::EveryBatch,
+        tombstone_retention_ms: None,
+    }
+}
 
 /// The partition of [`OFFSETS_TOPIC`] that coordinates `group`: FNV-1a of
 /// the name modulo the topic's partition count (0 is taken as 1).

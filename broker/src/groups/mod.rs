@@ -33,6 +33,8 @@ pub const OFFSETS_TOPIC: &str = wire::rules::OFFSETS_TOPIC;
 /// Its partition count when a client creates it (a partition is a Raft
 /// group: 8 spread coordinators over 8 shards or brokers at little cost).
 pub const OFFSETS_PARTITIONS: u32 = wire::rules::OFFSETS_PARTITIONS;
+/// [`wire::rules::OFFSETS_SEGMENT_BYTES`] in MiB, for messages.
+const OFFSETS_SEGMENT_MIB: u64 = wire::rules::OFFSETS_SEGMENT_BYTES >> 20;
 
 /// Requested leases are clamped to this range: below 500 ms a heartbeat
 /// every lease/4 is more traffic than it is worth and a GC pause of the
@@ -73,6 +75,8 @@ pub enum GroupError {
     NoOffsetsTopic,
     #[error("{OFFSETS_TOPIC} is internal: written by group coordinators only, and never deleted (it holds every group's offsets)")]
     InternalTopic,
+    #[error("{OFFSETS_TOPIC} is internal: it is created (by the first group client) only with its own settings: {OFFSETS_PARTITIONS} partitions, no retention, {OFFSETS_SEGMENT_MIB} MiB segments, replication chosen by the controller")]
+    InternalTopicConfig,
     #[error("a join names no topic")]
     NoTopics,
     #[error("{what} is too large: {limit}")]
@@ -90,7 +94,9 @@ impl GroupError {
         match self {
             GroupError::UnknownMember { .. } => ErrorCode::UnknownMember,
             GroupError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
-            GroupError::NotEmpty { .. } | GroupError::InternalTopic | GroupError::NoTopics => {
+            GroupError::NotEmpty { .. } | GroupError::InternalTopic
+            | GroupError::InternalTopicConfig
+            | GroupError::NoTopics => {
                 ErrorCode::InvalidRequest
             }
             GroupError::TooLarge { .. } => ErrorCode::RequestTooLarge,
