@@ -14,8 +14,10 @@
 //!
 //! # Rebalances
 //! A heartbeat answered with `rebalance` (the group's generation moved)
-//! makes the member commit what it has delivered and join again with its
-//! member id; the coordinator takes back the partitions meant for others
+//! makes the member commit what it has delivered, stop reading, and join
+//! again with its member id (reading resumes only from the join's answer,
+//! so a lost answer cannot leave it reading what was given away); the
+//! coordinator takes back the partitions meant for others
 //! only then, and grants them to their new owner, who learns it at its next
 //! heartbeat. So no partition is read by two members at once, and a
 //! handover re-delivers nothing (the commit came first). A member that
@@ -509,6 +511,13 @@ impl GroupConsumer {
         Ok(())
     }
 
+    /// Stops reading, keeping the partitions and what was delivered: the
+    /// next join answer (see `join`) reads them again from there.
+    fn suspend(&mut self) {
+        self.consumer = None;
+        self.reread = false;
+    }
+
     /// Stops reading everything (nothing is committed).
     fn drop_partitions(&mut self) {
         self.consumer = None;
@@ -613,8 +622,14 @@ impl GroupConsumer {
                 self.lease_lost_reported = false;
                 if r.rebalance {
                     self.commit()?;
-                    // A coordinator that cannot be reached now is tried
-                    // again at the next heartbeat (still a rebalance).
+                    // Reading stops before the rejoin is sent: once the
+                    // coordinator has it, the partitions it takes from this
+                    // member may go to another at once, even if the answer
+                    // never arrives (timeout, coordinator crash after the
+                    // commit). Only a join answer starts reading again
+                    // (from what was delivered); until then heartbeats
+                    // still answer `rebalance` and the join is tried again.
+                    self.suspend();
                     soft(self.join())?;
                 } else if self.consumer.is_none() && !self.partitions.is_empty() {
                     // Reading stopped when the lease ran out; it is back.
