@@ -260,11 +260,16 @@ impl Coordinator {
                 .await?;
             let before = at;
             for batch in wire::batches(&r.batches) {
+                // A state read past a bad batch would be a guess (offsets
+                // or memberships missing): keep answering `Loading`.
                 let batch = match batch {
                     Ok(b) => b,
                     Err(e) => {
-                        tracing::error!(partition = self.index, error = %e, "offsets log: bad batch");
-                        break;
+                        tracing::error!(partition = self.index, offset = at, error = %e, "offsets log: bad batch; the coordinator stays loading");
+                        return Err(GroupError::Loading {
+                            partition: self.index,
+                        }
+                        .into());
                     }
                 };
                 at = at.max(batch.last_offset() + 1);
@@ -374,9 +379,10 @@ impl Coordinator {
             .unwrap_or_default()
     }
 
-    fn renew(&self, group: &str, member: &str, lease_ms: u32) {
+    /// Renews a lease from `from` (when the request arrived).
+    fn renew(&self, group: &str, member: &str, lease_ms: u32, from: Instant) {
         if let Some(l) = self.loaded.borrow_mut().as_mut() {
-            let until = Instant::now() + Duration::from_millis(u64::from(lease_ms));
+            let until = from + Duration::from_millis(u64::from(lease_ms));
             l.leases
                 .insert((group.to_owned(), member.to_owned()), until);
         }
@@ -394,6 +400,9 @@ impl Coordinator {
         msg: Message,
         topics: &TopicPartitions<'_>,
     ) -> Result<Message> {
+        // A lease renewed by this request counts from its arrival, not from
+        // when it got the lock (the member counts from when it sent it).
+        let arrived = Instant::now();
         // Heartbeats take the lock too, though they change nothing
         // replicated: a heartbeat answered while an expiry of the same
         // member is being committed would promise a lease over partitions
@@ -448,10 +457,11 @@ impl Coordinator {
                     }
                     None => {
                         if g.members.len() >= MEMBERS_MAX {
-                            return Err(Error::Group(GroupError::NotEmpty {
+                            return Err(GroupError::TooManyMembers {
                                 group: r.group,
-                                members: g.members.len(),
-                            }));
+                                limit: MEMBERS_MAX,
+                            }
+                            .into());
                         }
                         let id = self.new_member_id(&r.client_id);
                         let m = Member {
@@ -472,7 +482,7 @@ impl Coordinator {
                 }
                 let g = self.group(&r.group);
                 let lease_ms = g.members.get(&member).map_or(lease_ms, |m| m.lease_ms);
-                self.renew(&r.group, &member, lease_ms);
+                self.renew(&r.group, &member, lease_ms, arrived);
                 Ok(JoinGroupResponse {
                     group: r.group,
                     assignment: tps(g.assignment(&member)),
@@ -507,7 +517,7 @@ impl Coordinator {
                     }
                     .into());
                 }
-                self.renew(&r.group, &r.member_id, lease_ms);
+                self.renew(&r.group, &r.member_id, lease_ms, arrived);
                 Ok(GroupHeartbeatResponse {
                     generation,
                     lease_ms,

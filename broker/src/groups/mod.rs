@@ -79,6 +79,8 @@ pub enum GroupError {
     InternalTopicConfig,
     #[error("a join names no topic")]
     NoTopics,
+    #[error("group {group} has {limit} members, the most a group may have")]
+    TooManyMembers { group: String, limit: usize },
     #[error("{what} is too large: {limit}")]
     TooLarge { what: &'static str, limit: String },
     #[error("group {group}: {topic}-{partition} does not exist")]
@@ -96,6 +98,7 @@ impl GroupError {
             GroupError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
             GroupError::NotEmpty { .. } | GroupError::InternalTopic
             | GroupError::InternalTopicConfig
+            | GroupError::TooManyMembers { .. }
             | GroupError::NoTopics => {
                 ErrorCode::InvalidRequest
             }
