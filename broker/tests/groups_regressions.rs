@@ -207,7 +207,10 @@ fn the_offsets_topic_cannot_be_created_with_retention_by_a_user() {
         String::from_utf8_lossy(&o.stdout)
     );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("internal"), "refused for another reason: {err}");
+    assert!(
+        err.contains("internal"),
+        "refused for another reason: {err}"
+    );
     // A group client still creates it, with the controller's settings.
     client::group::ensure_offsets_topic(&client_cfg(&c)).unwrap();
     let o = c.cli(&["topic", "describe", "__consumer_offsets", "--json"], None);

@@ -761,7 +761,11 @@ impl GroupConsumer {
     /// refused record), with no new assignment.
     fn reopen(&mut self) -> Result<(), PipelineError> {
         self.reread = false;
-        if !self.partitions.iter().all(|p| self.delivered.contains_key(p)) {
+        if !self
+            .partitions
+            .iter()
+            .all(|p| self.delivered.contains_key(p))
+        {
             let p = self.partitions.clone();
             let generation = self.generation();
             return self.assign(p, generation);

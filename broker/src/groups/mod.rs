@@ -96,12 +96,11 @@ impl GroupError {
         match self {
             GroupError::UnknownMember { .. } => ErrorCode::UnknownMember,
             GroupError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
-            GroupError::NotEmpty { .. } | GroupError::InternalTopic
+            GroupError::NotEmpty { .. }
+            | GroupError::InternalTopic
             | GroupError::InternalTopicConfig
             | GroupError::TooManyMembers { .. }
-            | GroupError::NoTopics => {
-                ErrorCode::InvalidRequest
-            }
+            | GroupError::NoTopics => ErrorCode::InvalidRequest,
             GroupError::TooLarge { .. } => ErrorCode::RequestTooLarge,
             GroupError::Loading { .. } => ErrorCode::LeaderNotAvailable,
             GroupError::NoOffsetsTopic | GroupError::UnknownPartition { .. } => {
