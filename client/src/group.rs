@@ -800,3 +800,311 @@ impl GroupConsumer {
         committed.map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use wire::{
+        BrokerInfo, Endpoint, ErrorResponse, FetchResponse, FetchedOffset, FrameDecoder,
+        FrameLimits, GroupHeartbeatResponse, JoinGroupResponse, LeaveGroupResponse,
+        MetadataResponse, OffsetCommitResponse, OffsetFetchResponse, PartitionMetadata,
+        PartitionResult, TopicMetadata,
+    };
+
+    /// What the fake broker is told to do with rejoins.
+    struct Script {
+        joins: AtomicUsize,
+        /// Rejoins are refused (retriably) while set: the member never
+        /// gets their answer.
+        refuse_rejoins: AtomicBool,
+    }
+
+    fn partitions(n: u32) -> Vec<PartitionMetadata> {
+        (0..n)
+            .map(|partition| PartitionMetadata {
+                partition,
+                leader: Some(1),
+                leader_term: 1,
+                shard: 0,
+                replicas: vec![1],
+            })
+            .collect()
+    }
+
+    fn answer(port: u16, script: &Script, msg: Message, corr: u64) -> Vec<u8> {
+        let limits = FrameLimits::default();
+        let frame = match msg {
+            Message::MetadataRequest(r) => {
+                let all = [("t", 1), (OFFSETS_TOPIC, OFFSETS_PARTITIONS)];
+                let topics = all
+                    .iter()
+                    .filter(|(n, _)| r.topics.as_ref().is_none_or(|t| t.iter().any(|x| x == n)))
+                    .map(|&(name, n)| TopicMetadata {
+                        name: name.to_owned(),
+                        error: 0,
+                        partitions: partitions(n),
+                    })
+                    .collect();
+                let resp = MetadataResponse {
+                    brokers: vec![BrokerInfo {
+                        id: 1,
+                        endpoints: vec![Endpoint {
+                            host: "127.0.0.1".into(),
+                            port,
+                        }],
+                    }],
+                    controller: Some(1),
+                    topics,
+                };
+                wire::encode(&resp, corr, limits)
+            }
+            Message::JoinGroupRequest(r) => {
+                let n = script.joins.fetch_add(1, Ordering::SeqCst);
+                if n > 0 && script.refuse_rejoins.load(Ordering::SeqCst) {
+                    let e = ErrorResponse::new(ErrorCode::LeaderNotAvailable, "fake: loading");
+                    wire::encode(&e, corr, limits)
+                } else {
+                    let resp = JoinGroupResponse {
+                        group: r.group,
+                        member_id: "m".into(),
+                        generation: n as u64 + 1,
+                        lease_ms: 60_000,
+                        assignment: vec![TopicPartition {
+                            topic: "t".into(),
+                            partition: 0,
+                        }],
+                    };
+                    wire::encode(&resp, corr, limits)
+                }
+            }
+            Message::GroupHeartbeatRequest(r) => {
+                let resp = GroupHeartbeatResponse {
+                    generation: r.generation + 1,
+                    lease_ms: 60_000,
+                    rebalance: true,
+                };
+                wire::encode(&resp, corr, limits)
+            }
+            Message::OffsetFetchRequest(r) => {
+                let resp = OffsetFetchResponse {
+                    offsets: r
+                        .partitions
+                        .into_iter()
+                        .map(|tp| FetchedOffset {
+                            topic: tp.topic,
+                            partition: tp.partition,
+                            offset: Some(0),
+                            metadata: String::new(),
+                        })
+                        .collect(),
+                };
+                wire::encode(&resp, corr, limits)
+            }
+            Message::OffsetCommitRequest(r) => {
+                let resp = OffsetCommitResponse {
+                    results: r
+                        .offsets
+                        .into_iter()
+                        .map(|o| PartitionResult {
+                            topic: o.topic,
+                            partition: o.partition,
+                            error: 0,
+                        })
+                        .collect(),
+                };
+                wire::encode(&resp, corr, limits)
+            }
+            Message::LeaveGroupRequest(r) => {
+                wire::encode(&LeaveGroupResponse { group: r.group }, corr, limits)
+            }
+            Message::FetchRequest(r) => {
+                // An endless log: five records from wherever it is asked.
+                let mut b = wire::RecordBatchBuilder::new();
+                for _ in 0..5 {
+                    b.push(wire::NewRecord {
+                        timestamp_ms: 0,
+                        key: None,
+                        value: Some(b"x"),
+                        headers: &[],
+                    });
+                }
+                let mut batch = b.finish();
+                wire::batch::set_base_offset(&mut batch, r.offset);
+                let resp = FetchResponse {
+                    topic: r.topic,
+                    partition: r.partition,
+                    high_watermark: r.offset + 5,
+                    log_start_offset: 0,
+                    batches: batch,
+                };
+                wire::encode(&resp, corr, limits)
+            }
+            other => {
+                let e = ErrorResponse::new(ErrorCode::InvalidRequest, other.kind().name());
+                wire::encode(&e, corr, limits)
+            }
+        };
+        frame.unwrap().to_vec()
+    }
+
+    fn serve(mut s: TcpStream, port: u16, script: Arc<Script>) {
+        let mut decoder = FrameDecoder::new(FrameLimits::default());
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let Ok(Some(frame)) = decoder.next_frame() else {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => decoder.extend(&chunk[..k]),
+                }
+                continue;
+            };
+            let corr = frame.header.correlation_id;
+            let Ok(msg) = frame.message() else {
+                return;
+            };
+            if s.write_all(&answer(port, &script, msg, corr)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A one-broker fake cluster: topic `t` (one partition) and the
+    /// offsets topic, a coordinator that always asks for a rebalance.
+    fn fake_cluster(script: Arc<Script>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                let script = script.clone();
+                std::thread::spawn(move || serve(s, addr.port(), script));
+            }
+        });
+        addr
+    }
+
+    /// A member told to rebalance stops reading before it sends its
+    /// rejoin: while the rejoin gets no answer (here refused retriably
+    /// until the request deadline; in life a timeout, or a coordinator
+    /// that crashed after committing it) it delivers nothing of the
+    /// partitions it held, which the coordinator may have given away.
+    /// Reading starts again from the join's answer, where it stopped.
+    #[test]
+    fn a_member_whose_rejoin_goes_unanswered_reads_nothing_until_it_is_answered() {
+        let script = Arc::new(Script {
+            joins: AtomicUsize::new(0),
+            refuse_rejoins: AtomicBool::new(true),
+        });
+        let addr = fake_cluster(script.clone());
+        let mut client = ClientConfig::new(vec![addr]);
+        // Short: the rejoin gives up (retriably) soon.
+        client.request_timeout = Duration::from_millis(300);
+        let mut cfg = GroupConfig::new(client, "g", "t");
+        cfg.lease = Duration::from_secs(60);
+        cfg.auto_commit_interval = None;
+        cfg.fetch_wait = Duration::from_millis(10);
+        let mut g = GroupConsumer::new(cfg).unwrap();
+        assert_eq!(g.partitions(), &[0]);
+
+        // Reading: the heartbeat is not due for a quarter of the lease.
+        let mut seen = 0;
+        for _ in 0..50 {
+            seen += g.poll(Duration::from_millis(20), |_, _, _| true).unwrap();
+            if seen > 0 {
+                break;
+            }
+        }
+        assert!(seen > 0, "the member read nothing");
+        let before = g.positions()[&0];
+
+        // The heartbeat answers `rebalance`; the rejoin goes unanswered.
+        g.next_heartbeat = Instant::now();
+        let mut during = 0;
+        for _ in 0..5 {
+            during += g.poll(Duration::from_millis(20), |_, _, _| true).unwrap();
+        }
+        // The first join, then the rejoin (tried again until its deadline).
+        assert!(
+            script.joins.load(Ordering::SeqCst) >= 2,
+            "no rejoin was sent"
+        );
+        assert_eq!(
+            during, 0,
+            "records delivered while the rejoin was unanswered"
+        );
+        assert_eq!(g.positions()[&0], before);
+
+        // The next rejoin is answered: reading goes on from `before`.
+        script.refuse_rejoins.store(false, Ordering::SeqCst);
+        g.next_heartbeat = Instant::now();
+        let mut first = None;
+        for _ in 0..50 {
+            g.poll(Duration::from_millis(20), |_, rec, _| {
+                first.get_or_insert(rec.offset);
+                true
+            })
+            .unwrap();
+            if first.is_some() {
+                break;
+            }
+        }
+        assert_eq!(first, Some(before));
+        assert!(g.generation() > 1, "the rejoin's answer was not taken");
+    }
+
+    /// A record the application refuses is not delivered (not counted, not
+    /// committed), nor is anything after it on its partition; the next
+    /// poll hands it over again.
+    #[test]
+    fn a_refused_record_is_not_delivered_and_comes_again() {
+        let script = Arc::new(Script {
+            joins: AtomicUsize::new(0),
+            refuse_rejoins: AtomicBool::new(false),
+        });
+        let addr = fake_cluster(script);
+        let mut cfg = GroupConfig::new(ClientConfig::new(vec![addr]), "g", "t");
+        cfg.lease = Duration::from_secs(60);
+        cfg.auto_commit_interval = None;
+        cfg.fetch_wait = Duration::from_millis(10);
+        let mut g = GroupConsumer::new(cfg).unwrap();
+        // Take two records, refuse the third (the fake answers five at a
+        // time).
+        let mut taken = Vec::new();
+        let mut refused = None;
+        for _ in 0..50 {
+            g.poll(Duration::from_millis(20), |_, rec, _| {
+                if taken.len() < 2 {
+                    taken.push(rec.offset);
+                    true
+                } else {
+                    refused.get_or_insert(rec.offset);
+                    false
+                }
+            })
+            .unwrap();
+            if refused.is_some() {
+                break;
+            }
+        }
+        let refused = refused.expect("no record was offered past the second");
+        assert_eq!(taken, vec![0, 1]);
+        assert_eq!(refused, 2);
+        assert_eq!(g.positions()[&0], 2, "delivered past a refused record");
+        let mut next = None;
+        for _ in 0..50 {
+            g.poll(Duration::from_millis(20), |_, rec, _| {
+                next.get_or_insert(rec.offset);
+                true
+            })
+            .unwrap();
+            if next.is_some() {
+                break;
+            }
+        }
+        assert_eq!(next, Some(2), "the refused record did not come again");
+    }
+}
