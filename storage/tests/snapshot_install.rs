@@ -1,17 +1,9 @@
-//! Regression (found by review). In the broker, `RaftGroup::install_snapshot`
-//! (broker/src/snapshot/sink.rs) clears `inbox.installing` and empties
-//! `inbox.current` at its very start, then awaits (maintenance permit,
-//! raft.state written into staging on the blocking pool, the in-flight sync
-//! round). A ticket for a *newer* archive arriving in that window passes the
-//! gate and starts a fetch, which (not holding anything install holds) runs
-//! `SnapshotInstaller::new` on the same `<partition>.staging` and starts
-//! receiving. The install then exchanges whatever is in staging.
-//!
-//! This is that interleaving at the storage level: the installer being
-//! installed has lost its staging directory to a second installer. The
-//! install must refuse; today it swaps in a mix (the second archive's
-//! partial files, the first one's manifest) and the raft.state the broker
-//! wrote into staging is gone.
+//! Regressions found by review in the snapshot install path (storage
+//! half). Each test names what it guards:
+//! - an install whose staging directory another transfer took over (a newer
+//!   ticket during the install) is refused instead of swapping in a mix;
+//! - a prepared archive stays resumable after a crash before the exchange;
+//! - an empty chunk is refused (a stream of them would never end).
 
 mod common;
 
@@ -91,4 +83,41 @@ fn an_install_whose_staging_was_taken_over_by_a_newer_fetch_is_refused() {
         installed == old
     );
     assert!(installed == old, "the old partition must stay whole");
+}
+
+#[test]
+fn a_prepared_archive_is_still_resumable_after_a_crash_before_the_exchange() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = log_with(&tmp.path().join("a"), 1, 40);
+    a.take_snapshot(&tmp.path().join("snap-a"), u64::MAX, b"a".to_vec())
+        .unwrap();
+    let ra = SnapshotReader::open(&tmp.path().join("snap-a")).unwrap();
+    let dst_dir = tmp.path().join("dst");
+    let _dst = log_with(&dst_dir, 9000, 10);
+    let mut inst = SnapshotInstaller::new(&dst_dir).unwrap();
+    for c in ra.chunks(0, SNAPSHOT_CHUNK_BYTES_MAX) {
+        let c = c.unwrap();
+        inst.write_chunk(c.offset, &c.data, c.crc).unwrap();
+    }
+    assert!(inst.is_complete());
+    inst.prepare().unwrap();
+    drop(inst); // the process dies before install_prepared
+    let resumed = SnapshotInstaller::resume(&dst_dir).unwrap();
+    assert!(
+        resumed.as_ref().is_some_and(|i| i.is_complete()),
+        "a complete, durable archive in staging was forgotten (resume: {:?}); the follower re-fetches it all",
+        resumed.map(|i| i.next_offset())
+    );
+}
+
+#[test]
+fn a_zero_length_chunk_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let part = tmp.path().join("p");
+    std::fs::create_dir(&part).unwrap();
+    let mut inst = SnapshotInstaller::new(&part).unwrap();
+    for _ in 0..1000 {
+        let r = inst.write_chunk(inst.next_offset(), &[], crc32c::crc32c(&[]));
+        assert!(r.is_err(), "an empty chunk was taken without progress");
+    }
 }
