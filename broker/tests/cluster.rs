@@ -13,26 +13,7 @@ use common::{drmq, Cluster};
 use serde_json::Value;
 
 fn create(c: &Cluster, topic: &str, partitions: u32) {
-    let p = partitions.to_string();
-    let o = c.cli(
-        &[
-            "topic",
-            "create",
-            topic,
-            "--partitions",
-            &p,
-            "--replication",
-            "3",
-            "--segment-bytes",
-            "1048576",
-        ],
-        None,
-    );
-    assert!(
-        o.status.success(),
-        "create {topic}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    c.create_topic(topic, partitions, 3, &["--segment-bytes", "1048576"]);
 }
 
 /// Every message of `topic` (value -> count), read from the cluster.

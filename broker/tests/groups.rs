@@ -21,22 +21,15 @@ use wire::{
 };
 
 fn create(c: &Cluster, topic: &str, partitions: u32) {
-    let p = partitions.to_string();
-    let args = [
-        "topic",
-        "create",
-        topic,
-        "--partitions",
-        &p,
-        "--replication",
-        "3",
-    ];
-    let o = c.cli(&[&args[..], &["--segment-bytes", "1048576"]].concat(), None);
-    assert!(
-        o.status.success(),
-        "create: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    c.create_topic(topic, partitions, 3, &["--segment-bytes", "1048576"]);
+}
+
+/// `drmq group reset-offsets p --topic t6 --to TO`.
+fn reset_p(c: &Cluster, to: &str) -> std::process::Output {
+    c.cli(
+        &["group", "reset-offsets", "p", "--topic", "t6", "--to", to],
+        None,
+    )
 }
 
 /// Produces `values` (one line each); returns each value's partition.
@@ -680,18 +673,7 @@ fn the_protocol_fences_stale_generations_and_expired_members_and_reset_needs_an_
         Some(ErrorCode::IllegalGeneration)
     );
     // Reset is refused while the group has members.
-    let o = c.cli(
-        &[
-            "group",
-            "reset-offsets",
-            "p",
-            "--topic",
-            "t6",
-            "--to",
-            "earliest",
-        ],
-        None,
-    );
+    let o = reset_p(&c, "earliest");
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("member(s)"),
@@ -733,10 +715,7 @@ fn the_protocol_fences_stale_generations_and_expired_members_and_reset_needs_an_
         member_id: m2.member_id.clone(),
     };
     call(&cfg, leave.into()).unwrap();
-    let o = c.cli(
-        &["group", "reset-offsets", "p", "--topic", "t6", "--to", "0"],
-        None,
-    );
+    let o = reset_p(&c, "0");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for p in 0..6 {
         assert_eq!(fetched(&cfg, p), Some(0));
@@ -764,10 +743,7 @@ fn the_protocol_fences_stale_generations_and_expired_members_and_reset_needs_an_
     }
     assert_eq!(first_after.len(), 6);
     let at = format!("@{t}");
-    let o = c.cli(
-        &["group", "reset-offsets", "p", "--topic", "t6", "--to", &at],
-        None,
-    );
+    let o = reset_p(&c, &at);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for (p, off) in &first_after {
         assert_eq!(
@@ -776,18 +752,7 @@ fn the_protocol_fences_stale_generations_and_expired_members_and_reset_needs_an_
             "partition {p} reset to {at}"
         );
     }
-    let o = c.cli(
-        &[
-            "group",
-            "reset-offsets",
-            "p",
-            "--topic",
-            "t6",
-            "--to",
-            "latest",
-        ],
-        None,
-    );
+    let o = reset_p(&c, "latest");
     assert!(o.status.success());
     let latest: Value = serde_json::from_slice(&o.stdout).unwrap();
     let d = describe(&c, "p").unwrap();
@@ -809,18 +774,7 @@ fn the_protocol_fences_stale_generations_and_expired_members_and_reset_needs_an_
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let o = c.cli(
-        &[
-            "group",
-            "reset-offsets",
-            "p",
-            "--topic",
-            "t6",
-            "--to",
-            "soon",
-        ],
-        None,
-    );
+    let o = reset_p(&c, "soon");
     assert!(String::from_utf8_lossy(&o.stderr).contains("expected earliest, latest"));
     let o = c.cli(&["group", "list"], None);
     let list: Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -27,20 +27,7 @@ fn client_cfg(c: &Cluster) -> ClientConfig {
 }
 
 fn create(c: &Cluster, topic: &str, partitions: u32) {
-    let p = partitions.to_string();
-    let o = c.cli(
-        &[
-            "topic",
-            "create",
-            topic,
-            "--partitions",
-            &p,
-            "--replication",
-            "1",
-        ],
-        None,
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    c.create_topic(topic, partitions, 1, &[]);
 }
 
 fn describe(c: &Cluster, group: &str) -> Value {

@@ -13,15 +13,6 @@ use std::time::{Duration, Instant};
 use common::{http_json, Cluster};
 use serde_json::Value;
 
-const TOPIC_ARGS: &[&str] = &[
-    "--partitions",
-    "1",
-    "--replication",
-    "3",
-    "--segment-bytes",
-    "262144",
-];
-
 /// A topic with 256 KiB segments and 1 MiB retention.
 fn create(c: &Cluster, topic: &str) {
     create_with(c, topic, &["--retention-bytes", "1048576"]);
@@ -29,14 +20,11 @@ fn create(c: &Cluster, topic: &str) {
 
 /// A topic with 256 KiB segments and more flags.
 fn create_with(c: &Cluster, topic: &str, more: &[&str]) {
-    let o = c.cli(
-        &[&["topic", "create", topic][..], TOPIC_ARGS, more].concat(),
-        None,
-    );
-    assert!(
-        o.status.success(),
-        "create {topic}: {}",
-        String::from_utf8_lossy(&o.stderr)
+    c.create_topic(
+        topic,
+        1,
+        3,
+        &[&["--segment-bytes", "262144"][..], more].concat(),
     );
 }
 

@@ -315,6 +315,27 @@ impl Cluster {
         cli_at(&self.brokers(), args, stdin)
     }
 
+    /// Creates `topic` with `partitions` and replication `rf` (and more
+    /// `drmq topic create` flags); asserts that it worked.
+    pub fn create_topic(&self, topic: &str, partitions: u32, rf: u16, more: &[&str]) {
+        let (p, rf) = (partitions.to_string(), rf.to_string());
+        let args = [
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &p,
+            "--replication",
+            &rf,
+        ];
+        let o = self.cli(&[&args[..], more].concat(), None);
+        assert!(
+            o.status.success(),
+            "create {topic}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     /// Every value of `topic` with how often it was read (`drmq consume`
     /// until `idle_ms` pass without a message).
     pub fn consume_counts(
