@@ -635,7 +635,12 @@ impl RaftGroup {
         outbox: &dyn Transport,
         hooks: &dyn RaftGroupHooks,
     ) -> Result<()> {
-        let rd = self.raft.borrow_mut().ready()?;
+        let mut rd = self.raft.borrow_mut().ready()?;
+        // A leader sends its appends before its own fsync (see
+        // `raft::Ready`): the followers' writes and syncs overlap its own.
+        if rd.send_before_persisting {
+            outbox.send(std::mem::take(&mut rd.messages));
+        }
         // A term change may have dropped this node's own proposals that
         // never reached its log (a new leader's entries take their indexes):
         // forget what the producer table recorded past the log's end. The

@@ -50,7 +50,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// One workload against a broker (or one it starts with --spawn-broker).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The fixed suite on brokers it starts: RF=1 on one broker and RF=3 on
     /// three; 100 B and 1 KiB messages; 1 and 16 partitions; maximum rate,
     /// then 50 % of it for latency; RF=3 with a follower stopped and with the
@@ -149,6 +149,9 @@ struct RunArgs {
     /// Produce requests in flight per producer (the closed-loop window).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     in_flight: u64,
+    /// Batch bytes in flight per producer (the client's default if absent).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    in_flight_bytes: Option<u64>,
     /// Target rate in msgs/s over all producers (open loop); maximum rate if
     /// absent.
     #[arg(long)]
@@ -290,7 +293,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run(args) => match validate_run(&args) {
             Err(msg) => return usage_error(msg),
-            Ok(()) => cmd_run(args),
+            Ok(()) => cmd_run(*args),
         },
         Cmd::Bench(args) => match validate_broker_args(&args.broker)
             .and_then(|()| positive("--duration-s", args.duration_s))
@@ -477,6 +480,9 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
         batch_bytes: a.batch_bytes as usize,
         linger: Duration::from_micros(a.linger_us),
         in_flight: a.in_flight as usize,
+        in_flight_bytes: a
+            .in_flight_bytes
+            .map_or(client::IN_FLIGHT_BYTES_DEFAULT, |b| b as usize),
         rate: a.rate,
         stop,
         warmup: Duration::from_secs_f64(a.warmup_s),
@@ -625,6 +631,8 @@ fn bench_case(
         batch_bytes: a.batch_bytes as usize,
         linger: Duration::from_millis(1),
         in_flight: 64,
+        // The suite measures the maximum: a window of 64 full batches.
+        in_flight_bytes: 64 * a.batch_bytes as usize,
         rate,
         stop: Stop::Duration(Duration::from_secs_f64(a.duration_s)),
         warmup: Duration::from_secs_f64(a.warmup_s),

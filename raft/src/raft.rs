@@ -42,6 +42,15 @@ const SNAPSHOT_STALL_HEARTBEATS: u32 = 2;
 /// All `snapshot_chunks` of one Ready belong to one snapshot; when `snapshot`
 /// is set they are its last chunks. `soft_state` (leader and role) is
 /// informational.
+///
+/// When `send_before_persisting` is set, `messages` may go out at once,
+/// before steps 1-4 (Raft thesis 10.2.1): the Ready comes from a node that
+/// was leader already at the last Ready, in the same term with the same vote
+/// (durable then), and installs no snapshot. A leader's messages (appends,
+/// heartbeats, snapshot tickets) promise nothing about its own disk: the
+/// leader counts itself towards a quorum only for entries that
+/// [`Raft::advance`] reported durable. Sending them first lets the
+/// followers write and sync while the leader does.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub soft_state: Option<SoftState>,
@@ -51,6 +60,7 @@ pub struct Ready {
     pub entries: Vec<Entry>,
     pub messages: Vec<Message>,
     pub committed_entries: Vec<Entry>,
+    pub send_before_persisting: bool,
 }
 
 /// What a handed-out Ready promised to persist (checked against on advance).
@@ -522,15 +532,23 @@ impl<S: Storage> Raft<S> {
             self.log.applied = last.index;
         }
         let hard_state = self.hard_state();
+        let same_vote =
+            hard_state.term == self.prev_hard_state.term && hard_state.vote == self.prev_hard_state.vote;
         let hard_state = (hard_state != self.prev_hard_state).then(|| {
             self.prev_hard_state = hard_state;
             hard_state
         });
         let soft_state = self.soft_state();
+        let same_role = soft_state == self.prev_soft_state;
         let soft_state = (soft_state != self.prev_soft_state).then(|| {
             self.prev_soft_state = soft_state;
             soft_state
         });
+        let send_before_persisting = self.role == Role::Leader
+            && same_role
+            && same_vote
+            && snapshot.is_none()
+            && self.snapshot_chunks.is_empty();
         self.ready_in_flight = Some(ReadyInFlight {
             snapshot_index: snapshot.as_ref().map(|s| s.index),
             last_entry: entries.last().map(|e| (e.index, e.term)),
@@ -543,6 +561,7 @@ impl<S: Storage> Raft<S> {
             entries,
             messages: std::mem::take(&mut self.msgs),
             committed_entries,
+            send_before_persisting,
         })
     }
 

@@ -893,3 +893,63 @@ fn proposals_beyond_the_uncommitted_budget_are_refused_until_commits_catch_up() 
     cluster.tick_all(3);
     assert!(cluster.node_mut(1).propose(vec![0; 1000]).is_ok());
 }
+
+#[test]
+fn a_leader_sends_appends_before_its_own_write_and_counts_itself_only_once_durable() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    assert_eq!(cluster.leader(), Some(1));
+    cluster.node_mut(1).propose(b"x".to_vec()).unwrap();
+    // An established leader's Ready: its appends may leave first.
+    let ready = cluster.node_mut(1).ready().unwrap();
+    assert!(ready.send_before_persisting, "{ready:?}");
+    assert_eq!(ready.entries.len(), 1);
+    let index = ready.entries[0].index;
+    cluster.queue.extend(ready.messages.iter().cloned());
+    // Both followers write, sync and acknowledge while the leader's own
+    // write is still pending; their Readies may not send first.
+    for id in [2, 3] {
+        cluster.deliver_one();
+        let raft = cluster.node_mut(id);
+        assert!(raft.has_ready());
+        let ready = cluster.handle_ready(id).unwrap();
+        assert!(!ready.send_before_persisting, "a follower's acks wait for its disk");
+    }
+    cluster.deliver_one();
+    cluster.deliver_one();
+    // Two followers of three are a quorum without the leader's copy.
+    assert_eq!(cluster.node(1).commit_index(), index);
+    // The leader crashes before its own write was durable: the entry lives on.
+    cluster.crash(1);
+    cluster.restart(1);
+    assert!(cluster.node(1).last_index() < index, "the leader lost its copy");
+    cluster.campaign(2);
+    assert_eq!(cluster.leader(), Some(2));
+    let leader = cluster.node(2);
+    assert!(leader.commit_index() >= index && leader.last_index() >= index);
+    // A new leader's first Ready changes role: it waits for the disk.
+    let mut cluster = Cluster::new(3);
+    cluster.node_mut(1).campaign();
+    let first = cluster.handle_ready(1).unwrap();
+    assert!(!first.send_before_persisting, "a candidate's vote requests wait for its vote");
+}
+
+#[test]
+fn a_leader_only_counts_itself_once_its_ready_is_advanced() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.node_mut(1).propose(b"x".to_vec()).unwrap();
+    let ready = cluster.node_mut(1).ready().unwrap();
+    let index = ready.entries[0].index;
+    // Only follower 2 hears of it: leader (not durable) + one follower is
+    // not a quorum of durable copies.
+    cluster.queue.extend(ready.messages.iter().filter(|m| m.to == 2).cloned());
+    cluster.deliver_one();
+    cluster.handle_ready(2);
+    cluster.deliver_one();
+    assert!(cluster.node(1).commit_index() < index);
+    // Once the leader's write is durable, it counts.
+    cluster.node_mut(1).storage_mut().append(&ready.entries);
+    cluster.node_mut(1).advance().unwrap();
+    assert_eq!(cluster.node(1).commit_index(), index);
+}

@@ -131,6 +131,11 @@ pub struct Stats {
     pub snapshots_installed: u64,
     pub membership_changes_applied: u64,
     pub transfers_started: u64,
+    /// Messages a leader sent before its Ready was durable.
+    pub sent_before_persisting: u64,
+    /// Crashes of a leader whose Ready had sent its messages but was not
+    /// durable (its followers may hold entries it lost).
+    pub crashes_after_early_send: u64,
     /// The slowest recovery after healing, in ticks (bound: LIVENESS_TICKS_MAX).
     pub liveness_ticks_max: u64,
 }
@@ -146,6 +151,8 @@ impl Stats {
         self.snapshots_installed += other.snapshots_installed;
         self.membership_changes_applied += other.membership_changes_applied;
         self.transfers_started += other.transfers_started;
+        self.sent_before_persisting += other.sent_before_persisting;
+        self.crashes_after_early_send += other.crashes_after_early_send;
         self.liveness_ticks_max = self.liveness_ticks_max.max(other.liveness_ticks_max);
     }
 }
@@ -262,6 +269,9 @@ impl Sim {
         let mut storage = raft.into_storage();
         let mut pairs = Vec::new();
         if let Some(ready) = node.pending.take() {
+            if ready.send_before_persisting && !ready.entries.is_empty() {
+                self.stats.crashes_after_early_send += 1;
+            }
             if torn && ready.snapshot.is_none() && !ready.entries.is_empty() {
                 let first = ready.entries[0].index;
                 let mut prev_term = storage.term(first - 1).expect("prev term");
@@ -379,9 +389,24 @@ impl Sim {
         let Some(raft) = node.raft.as_mut() else {
             return;
         };
+        let mut early = Vec::new();
         if node.pending.is_none() && raft.has_ready() {
-            node.pending = Some(raft.ready().expect("ready"));
+            let mut ready = raft.ready().expect("ready");
+            // A leader's messages leave before its Ready is durable (and a
+            // crash may then lose the Ready): what the broker does.
+            if ready.send_before_persisting {
+                early = std::mem::take(&mut ready.messages);
+            }
+            node.pending = Some(ready);
         }
+        if !early.is_empty() {
+            self.stats.sent_before_persisting += early.len() as u64;
+            self.send(early);
+        }
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = node.raft.as_mut() else {
+            return;
+        };
         if !persist {
             return;
         }
