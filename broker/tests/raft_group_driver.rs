@@ -295,12 +295,12 @@ fn nothing_is_promised_to_a_peer_before_it_is_durable() {
                 Entry {
                     index: 2,
                     term: 5,
-                    payload: EntryPayload::Data(batch(b"one")),
+                    payload: EntryPayload::data(batch(b"one")),
                 },
                 Entry {
                     index: 3,
                     term: 5,
-                    payload: EntryPayload::Data(batch(b"two")),
+                    payload: EntryPayload::data(batch(b"two")),
                 },
             ];
             h.group.step(msg(

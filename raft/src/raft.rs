@@ -326,7 +326,7 @@ impl<S: Storage> Raft<S> {
 
     /// Proposes application data; returns the entry's index. Leaders only.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, Error> {
-        self.propose_payload(EntryPayload::Data(data))
+        self.propose_payload(EntryPayload::data(data))
     }
 
     /// Proposes a single-server membership change; returns the entry's index.

@@ -608,7 +608,7 @@ mod tests {
                     Entry {
                         index: 12,
                         term: 5,
-                        payload: EntryPayload::Data(data.clone()),
+                        payload: EntryPayload::data(data.clone()),
                     },
                 ],
                 commit: 10,
