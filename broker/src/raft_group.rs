@@ -341,7 +341,15 @@ impl RaftGroup {
         if ticket && !self.snapshot_gate(&mut m) {
             return;
         }
+        let commit_before = self.commit_index();
         let stepped = self.raft.borrow_mut().step(m);
+        // A follower's acknowledgement can commit entries while the driver
+        // waits for this node's own fsync of a later Ready: answer their
+        // producers now, not after that fsync. (Not the controller: its
+        // commands are answered after the driver applied them.)
+        if self.commit_index() > commit_before && self.kind != RaftGroupKind::Controller {
+            self.after_commit();
+        }
         match stepped {
             Ok(()) => {}
             // This replica's log contradicts the leader: stop the group (it
