@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEEDS ?= 20000
 FUZZ_SECONDS ?= 600
 
-.PHONY: all build dashboard dashboard-test e2e chromium run test lint fmt bench bench-catchup fuzz sim clean
+.PHONY: bench-nats all build dashboard dashboard-test e2e chromium run test lint fmt bench bench-catchup fuzz sim clean
 
 all: build
 
@@ -64,6 +64,14 @@ bench:
 	$(CARGO) bench -p storage --bench storage
 	$(CARGO) build --release -p broker -p loadtest
 	./target/release/drmq-loadtest bench --duration-s 5 --warmup-s 1 --quiet --json target/loadtest-bench.json --plot docs/latency-throughput.svg
+
+# DRMQ against NATS JetStream R3 in the same run (issue 15; figures in
+# docs/BENCHMARKS.md): the shared harness's table (client defaults and a
+# 256 KiB window), then the maximum-rate and half-load rows.
+bench-nats:
+	$(CARGO) build --release -p broker -p loadtest
+	../shared/peerbench/compare.sh target/release
+	scripts/peerbench-max.sh target/release
 
 # Catch-up by snapshot (issue 12), figures in docs/BENCHMARKS.md: on fresh
 # local 3-broker clusters, a follower killed while 1 GiB is written rejoins
