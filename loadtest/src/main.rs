@@ -9,6 +9,7 @@
 //! | `spawn`      | a local single broker for `--spawn-broker` and `bench`             |
 //! | `dashboards` | `--dashboards N`: WebSocket clients reading the brokers' `/ws`     |
 //! | `catchup`    | `catch-up`: a follower far behind rejoins by snapshot / by replay   |
+//! | `idle`       | `idle`: CPU, memory and wake-ups of an idle cluster as partitions grow |
 //!
 //! `drmq-loadtest run` drives a broker (given by `--brokers`, or started by
 //! `--spawn-broker`); `drmq-loadtest bench` runs the fixed suite on a broker
@@ -19,6 +20,7 @@ mod catchup;
 mod dashboards;
 mod fault;
 mod group;
+mod idle;
 mod plot;
 mod report;
 mod run;
@@ -61,6 +63,10 @@ enum Cmd {
     /// the loopback and write+fdatasync baselines, and produce latency to
     /// the leader's shard during the transfer against without.
     CatchUp(catchup::CatchUpArgs),
+    /// The cost of an idle cluster as partitions grow: CPU (% of a core),
+    /// memory, wake-ups and peer frames per broker, with no topic and then
+    /// with each --partitions count, on a local cluster it starts.
+    Idle(idle::IdleArgs),
 }
 
 #[derive(Args, Clone)]
@@ -302,6 +308,10 @@ fn main() -> ExitCode {
         Cmd::CatchUp(args) => match catchup::validate(&args) {
             Err(msg) => return usage_error(msg),
             Ok(()) => catchup::cmd(args),
+        },
+        Cmd::Idle(args) => match idle::validate(&args) {
+            Err(msg) => return usage_error(msg),
+            Ok(()) => idle::cmd(args),
         },
     };
     match result {
