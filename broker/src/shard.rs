@@ -137,14 +137,18 @@ impl Inbound for ShardInbound {
             return;
         };
         self.0.cluster.mark_seen(from);
-        let groups = self.0.groups.borrow();
-        for m in msgs {
-            // A group not created here yet (its topic's command is still on
-            // its way) or already deleted: Raft resends.
-            if let Some(g) = groups.get(&m.group_id) {
-                g.step(m);
+        {
+            let groups = self.0.groups.borrow();
+            for m in msgs {
+                // A group not created here yet (its topic's command is still
+                // on its way) or already deleted: Raft resends.
+                if let Some(g) = groups.get(&m.group_id) {
+                    g.step(m);
+                }
             }
         }
+        // The answers to a frame of heartbeats leave as one frame.
+        self.0.outbox.flush();
     }
 
     fn serve_snapshot(
@@ -316,6 +320,9 @@ impl Shard {
                 for g in groups {
                     g.tick();
                 }
+                // The heartbeats of every group this tick made: one frame
+                // per peer.
+                ticker.outbox.flush();
             }
         });
         let addr = SocketAddr::new(
