@@ -339,15 +339,18 @@ impl Shard {
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
         let _ = ready.send(Ok(local));
         // How late a timer of the client task queue runs: how long a
-        // runnable task waits for this core.
+        // runnable task waits for this core (slower while the shard idles).
         let probe = self.clone();
         glommio::spawn_local(async move {
+            let mut every = PROBE_INTERVAL;
             loop {
-                let due = Instant::now() + PROBE_INTERVAL;
-                glommio::timer::sleep(PROBE_INTERVAL).await;
-                probe
+                let due = Instant::now() + every;
+                glommio::timer::sleep(every).await;
+                let late = Instant::now().saturating_duration_since(due);
+                let c = &probe.counters;
+                every = probe
                     .load
-                    .note_late(Instant::now().saturating_duration_since(due));
+                    .probe(late, c.produce_requests.get() + c.fetch_requests.get());
             }
         })
         .detach();
