@@ -31,18 +31,23 @@ use crate::telemetry::Event;
 
 /// Raft timing in ticks of [`TICK`]: heartbeats every 100 ms, elections
 /// after 1-2 s of silence. Generous for loaded 2-core test machines.
-pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
-pub const HEARTBEAT_TICKS: u32 = 10;
-pub const ELECTION_TICKS: u32 = 100;
-/// A preferred leader retries its first campaign every 20 ticks (200 ms)
-/// for 80 ticks, all below the 100-tick minimum election timeout of the
+/// A shard ticks every group it holds: 50 ms (not 10) makes that a fifth of
+/// the work (1,000 groups: 20,000 ticks a second instead of 100,000, each
+/// touching the group's state), and election timeouts still fall on 20
+/// distinct ticks of their 1-2 s range.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+pub const HEARTBEAT_TICKS: u32 = 2;
+pub const ELECTION_TICKS: u32 = 20;
+/// A preferred leader retries its first campaign every 4 ticks (200 ms)
+/// for 16 ticks, all below the 20-tick minimum election timeout of the
 /// others.
-const FIRST_CAMPAIGN_EVERY_TICKS: u32 = 20;
-const FIRST_CAMPAIGN_TICKS: u32 = 80;
-/// A tick that produced nothing skips the look for a Ready; every this
-/// many ticks (staggered by group) a group looks anyway, as every tick did
-/// before, so a change that forgot to wake the driver waits 100 ms at most.
-const READY_CHECK_EVERY_TICKS: u64 = 10;
+const FIRST_CAMPAIGN_EVERY_TICKS: u32 = 4;
+const FIRST_CAMPAIGN_TICKS: u32 = 16;
+/// A tick that produced nothing skips the look for a Ready (it reads the
+/// log); every this many ticks (1 s, staggered by group) a group looks
+/// anyway, as every tick did before, so an input that forgot to wake the
+/// driver waits 1 s at most (less than an election timeout).
+const READY_CHECK_EVERY_TICKS: u64 = 20;
 /// Send-only Readies handled in a row where an input arose: one, and the
 /// one its advance may make (a leader's appends after a commit); past that
 /// the driver takes over.
@@ -378,7 +383,8 @@ impl RaftGroup {
             }
             let (ready, send_only) = {
                 let raft = self.raft.borrow();
-                (raft.has_ready(), raft.ready_sends_only())
+                let send_only = raft.ready_sends_only();
+                (send_only || raft.has_ready(), send_only)
             };
             if !ready {
                 return;

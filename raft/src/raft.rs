@@ -506,14 +506,20 @@ impl<S: Storage> Raft<S> {
     /// [`Raft::advance`] at once, where the input that made it arose (an
     /// idle group's heartbeats and their answers need no disk and no task).
     pub fn ready_sends_only(&self) -> bool {
-        self.has_ready()
+        let nothing_else = self.ready_in_flight.is_none()
             && !self.append_pending
             && self.snapshot_chunks.is_empty()
             && !self.log.has_unstable()
-            && !(self.cfg.deliver_committed_entries && self.log.has_next_committed())
             && self.term == self.prev_hard_state.term
             && self.vote == self.prev_hard_state.vote
-            && self.soft_state() == self.prev_soft_state
+            && self.soft_state() == self.prev_soft_state;
+        // What is left of `has_ready`, the log read (committed entries)
+        // last: a heartbeat's Ready is told by its messages alone.
+        nothing_else
+            && !(self.cfg.deliver_committed_entries && self.log.has_next_committed())
+            && (!self.msgs.is_empty()
+                || self.log.committed != self.prev_hard_state.commit
+                || self.log.has_next_committed())
     }
 
     /// Whether messages wait for the next Ready: cheaper than
