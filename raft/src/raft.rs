@@ -505,6 +505,41 @@ impl<S: Storage> Raft<S> {
                 || self.soft_state() != self.prev_soft_state)
     }
 
+    /// True when the Ready [`Raft::ready`] would hand out now asks for
+    /// nothing but sending its messages: no snapshot or chunks, no entries,
+    /// no committed entries to apply, the same role and leader as at the
+    /// last Ready, and the same term and vote (durable since that Ready).
+    /// Only the commit index may have moved, and it is volatile state
+    /// (Figure 2: a restarted node learns it again), so nothing needs to be
+    /// written before the messages go. Steps 1-4 and 6 of the contract are
+    /// then empty: a driver may take such a Ready, send its messages and
+    /// [`Raft::advance`] at once, where the input that made it arose (an
+    /// idle group's heartbeats and their answers need no disk and no task).
+    pub fn ready_sends_only(&self) -> bool {
+        let nothing_else = self.ready_in_flight.is_none()
+            && !self.append_pending
+            && self.snapshot_chunks.is_empty()
+            && !self.log.has_unstable()
+            && self.term == self.prev_hard_state.term
+            && self.vote == self.prev_hard_state.vote
+            && self.soft_state() == self.prev_soft_state;
+        // What is left of `has_ready`, the log read (committed entries)
+        // last: a heartbeat's Ready is told by its messages alone.
+        nothing_else
+            && !(self.cfg.deliver_committed_entries && self.log.has_next_committed())
+            && (!self.msgs.is_empty()
+                || self.log.committed != self.prev_hard_state.commit
+                || self.log.has_next_committed())
+    }
+
+    /// Whether messages wait for the next Ready: cheaper than
+    /// [`Raft::has_ready`] (no storage read), so a driver ticking thousands
+    /// of groups can tell which ticks produced anything (a tick only sends
+    /// messages or changes role or term).
+    pub fn has_messages(&self) -> bool {
+        !self.msgs.is_empty()
+    }
+
     /// Takes everything to persist, send and apply. Call [`Raft::advance`]
     /// once it is durable; until then `ready` may not be called again.
     pub fn ready(&mut self) -> Result<Ready, Error> {

@@ -953,3 +953,93 @@ fn a_leader_only_counts_itself_once_its_ready_is_advanced() {
     cluster.node_mut(1).advance().unwrap();
     assert_eq!(cluster.node(1).commit_index(), index);
 }
+
+/// Ticks `id` alone (no stabilizing) until it has messages to send.
+fn tick_until_messages(cluster: &mut Cluster, id: u64) {
+    for _ in 0..100 {
+        cluster.node_mut(id).tick().unwrap();
+        if cluster.node(id).has_messages() {
+            return;
+        }
+    }
+    panic!("node {id} sent nothing in 100 ticks");
+}
+
+#[test]
+fn persistence_contract_an_idle_groups_heartbeats_and_their_answers_need_nothing_written() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    // The leader's heartbeat tick: a Ready that only sends (Figure 2: term
+    // and vote are durable already, nothing else is persistent state).
+    tick_until_messages(&mut cluster, 1);
+    assert!(cluster.node(1).ready_sends_only());
+    let beat = cluster.handle_ready(1).unwrap();
+    assert!(beat.entries.is_empty() && beat.hard_state.is_none() && beat.soft_state.is_none());
+    assert_eq!(beat.messages.len(), 2);
+    assert!(beat
+        .messages
+        .iter()
+        .all(|m| matches!(m.body, MessageBody::Heartbeat { .. })));
+    // The follower's answer: only a message as well.
+    assert!(cluster.deliver_one());
+    let follower = cluster.delivered.last().unwrap().to;
+    assert!(cluster.node(follower).ready_sends_only());
+    let answer = cluster.handle_ready(follower).unwrap();
+    assert!(answer.entries.is_empty() && answer.soft_state.is_none());
+    assert_eq!(answer.messages.len(), 1);
+    assert_eq!(answer.messages[0].body, MessageBody::HeartbeatResponse);
+    // A follower's tick short of its election timeout makes nothing at
+    // all: a driver need not look for a Ready after it.
+    cluster.node_mut(follower).tick().unwrap();
+    assert!(!cluster.node(follower).has_messages());
+    assert!(!cluster.node(follower).has_ready());
+    // The leader takes the answer without anything to send back.
+    assert!(cluster.deliver_one());
+    cluster.stabilize();
+    assert!(!cluster.node(1).has_ready());
+}
+
+#[test]
+fn persistence_contract_a_ready_that_writes_or_promises_is_never_send_only() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    // Entries to write (and the appends that carry them).
+    cluster.node_mut(1).propose(b"x".to_vec()).unwrap();
+    assert!(cluster.node(1).has_ready());
+    assert!(!cluster.node(1).ready_sends_only());
+    // While a Ready is in flight, a heartbeat tick adds messages but no
+    // Ready: they wait for advance (and the entries' fsync).
+    let in_flight = cluster.node_mut(1).ready().unwrap();
+    assert_eq!(in_flight.entries.len(), 1);
+    tick_until_messages(&mut cluster, 1);
+    assert!(!cluster.node(1).has_ready());
+    assert!(!cluster.node(1).ready_sends_only());
+    let leader = cluster.node_mut(1);
+    leader.storage_mut().append(&in_flight.entries);
+    if let Some(hs) = in_flight.hard_state {
+        leader.storage_mut().set_hard_state(hs);
+    }
+    leader.advance().unwrap();
+    cluster.queue.extend(in_flight.messages);
+    cluster.stabilize();
+    // A heartbeat of a newer term: the follower must save the term first
+    // (section 5.1) and reports a new leader.
+    let term = cluster.node(2).term() + 1;
+    cluster
+        .node_mut(2)
+        .step(Message {
+            group_id: 1,
+            from: 3,
+            to: 2,
+            term,
+            body: MessageBody::Heartbeat { commit: 0 },
+        })
+        .unwrap();
+    assert!(cluster.node(2).has_ready());
+    assert!(!cluster.node(2).ready_sends_only());
+    let saved = cluster.handle_ready(2).unwrap();
+    assert_eq!(saved.hard_state.map(|h| h.term), Some(term));
+    // A campaign: a new role (and, past the pre-vote, a new term and vote).
+    cluster.node_mut(3).campaign();
+    assert!(!cluster.node(3).ready_sends_only());
+}

@@ -107,5 +107,7 @@ fn simulation_keeps_raft_safe_and_live_under_faults() {
             stats.sent_before_persisting > count && stats.crashes_after_early_send > 0,
             "{stats:?}"
         );
+        // Heartbeats and their answers take the send-only path.
+        assert!(stats.send_only_readies > count, "{stats:?}");
     }
 }
