@@ -227,6 +227,8 @@ impl Sim {
         c.seed = self.seed;
         c.election_timeout_ticks = ELECTION_TIMEOUT_TICKS;
         c.heartbeat_interval_ticks = 2;
+        // Idle groups heartbeat every 2-5 ticks, by seed.
+        c.idle_heartbeat_interval_ticks = 2 + (self.seed % 4) as u32;
         // Small limits so that windows, byte budgets and chunking are exercised.
         c.inflight_msgs_max = 4;
         c.inflight_bytes_max = 256;
