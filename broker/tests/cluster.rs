@@ -182,9 +182,8 @@ fn idle_groups_keep_their_leaders_and_elect_new_ones_when_a_leader_broker_dies()
     let mut c = Cluster::start(dir.path(), 3);
     let partitions = 12;
     create(&c, "idle", partitions as u32);
-    let placement = |c: &Cluster| -> Vec<(u64, u64)> {
-        (0..partitions).map(|p| c.leader("idle", p)).collect()
-    };
+    let placement =
+        |c: &Cluster| -> Vec<(u64, u64)> { (0..partitions).map(|p| c.leader("idle", p)).collect() };
     let before = placement(&c);
     // No traffic for two election timeouts: the heartbeats alone (sent
     // without the drivers, held and coalesced per peer) keep every leader.

@@ -177,6 +177,13 @@ fn thread_kind(comm: &str) -> String {
         .to_owned()
 }
 
+/// CPU seconds (user + system, all threads) a process used so far; `None`
+/// once it is gone.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat_ticks(&stat)? as f64 / clock_ticks_per_s())
+}
+
 fn clock_ticks_per_s() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

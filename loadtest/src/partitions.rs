@@ -5,11 +5,21 @@
 //! (A, B; B, A; ...), each run on a fresh topic. Prints B's mean throughput
 //! as a fraction of A's, with the spread of A's runs as the noise to read it
 //! against. Issue 15's figure: 256 partitions at ≥ 0.9 of 16.
+//!
+//! Throughput on this shared machine swings with whatever else runs, so
+//! each case also reports the CPU it cost: user + system seconds of the
+//! brokers and of this process (the client) from `/proc`, over the whole
+//! case (catch-up wait, run, drain and the topic's deletion), and the
+//! acknowledged messages per CPU-second. At maximum rate the cores are the
+//! limit, so the ratio of messages per CPU-second is the same comparison
+//! made robust to other load (the deletion's share, larger for the larger
+//! count, biases it slightly against it).
 
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use crate::{bench_case, bench_topic_with, brokers_for, write_json, Baselines, BenchArgs};
+use crate::idle::cpu_seconds;
+use crate::{bench_case, bench_topic_with, brokers_for, write_json, Baselines, BenchArgs, Shared};
 
 /// Segments of the compared topics: 256 partitions × 3 replicas each
 /// preallocate an active segment, so 4 MiB keeps that at 3 GB (the suite's
@@ -39,6 +49,7 @@ pub fn compare_partitions(a: &BenchArgs, counts: &[u32]) -> Result<bool> {
     };
     let mut ok = true;
     let (mut runs_small, mut runs_large) = (Vec::new(), Vec::new());
+    let (mut per_cpu_small, mut per_cpu_large) = (Vec::new(), Vec::new());
     let mut rounds = Vec::new();
     for round in 0..a.compare_rounds {
         // ABBA: a drift over the rounds falls on both sides alike.
@@ -58,6 +69,7 @@ pub fn compare_partitions(a: &BenchArgs, counts: &[u32]) -> Result<bool> {
                 REPLICATION,
                 Some(COMPARE_SEGMENT_BYTES),
             )?;
+            let cpu_before = cpu_now(local.as_ref());
             let c = bench_case(
                 a,
                 &brokers,
@@ -70,17 +82,25 @@ pub fn compare_partitions(a: &BenchArgs, counts: &[u32]) -> Result<bool> {
                 None,
                 0,
             )?;
+            let cpu = cpu_now(local.as_ref()) - cpu_before;
+            let acked = c.json["publish"]["acked"].as_u64().unwrap_or(0);
+            let per_cpu_s = acked as f64 / cpu.max(1e-9);
             ok &= c.ok;
             if partitions == small {
                 runs_small.push(c.msgs_per_s);
+                per_cpu_small.push(per_cpu_s);
             } else {
                 runs_large.push(c.msgs_per_s);
+                per_cpu_large.push(per_cpu_s);
             }
             eprintln!(
-                "drmq-loadtest: round {round}: {partitions} partitions {:.0} msgs/s (ack p50 {} µs, p99 {} µs)",
+                "drmq-loadtest: round {round}: {partitions} partitions {:.0} msgs/s (ack p50 {} µs, p99 {} µs); {acked} acknowledged for {cpu:.1} CPU-s: {per_cpu_s:.0} msgs per CPU-s",
                 c.msgs_per_s, c.ack_p50_us, c.ack_p99_us
             );
-            pair.insert(partitions.to_string(), c.json);
+            let mut j = c.json;
+            j["cpu_s"] = json!(cpu);
+            j["msgs_per_cpu_s"] = json!(per_cpu_s);
+            pair.insert(partitions.to_string(), j);
         }
         rounds.push(serde_json::Value::Object(pair));
     }
@@ -94,11 +114,16 @@ pub fn compare_partitions(a: &BenchArgs, counts: &[u32]) -> Result<bool> {
     };
     let (m_small, m_large) = (mean(&runs_small), mean(&runs_large));
     let ratio = m_large / m_small.max(1e-9);
+    let (c_small, c_large) = (mean(&per_cpu_small), mean(&per_cpu_large));
+    let cpu_ratio = c_large / c_small.max(1e-9);
     println!();
     println!(
         "RF=3, 1 KiB, maximum rate: {small} partitions {m_small:.0} msgs/s {runs_small:.0?}, {large} partitions {m_large:.0} msgs/s {runs_large:.0?}; ratio {ratio:.3} (target ≥ 0.9; runs spread {:.1} % and {:.1} %)",
         spread(&runs_small),
         spread(&runs_large),
+    );
+    println!(
+        "per CPU-second (brokers and client): {small} partitions {c_small:.0} msgs {per_cpu_small:.0?}, {large} partitions {c_large:.0} msgs {per_cpu_large:.0?}; ratio {cpu_ratio:.3}"
     );
     if let Some(path) = &a.json {
         write_json(
@@ -110,9 +135,20 @@ pub fn compare_partitions(a: &BenchArgs, counts: &[u32]) -> Result<bool> {
                 "msgs_per_s": { small.to_string(): runs_small, large.to_string(): runs_large },
                 "msgs_per_s_mean": { small.to_string(): m_small, large.to_string(): m_large },
                 "ratio": ratio,
+                "msgs_per_cpu_s": { small.to_string(): per_cpu_small, large.to_string(): per_cpu_large },
+                "msgs_per_cpu_s_ratio": cpu_ratio,
                 "spread_pct": { small.to_string(): spread(&runs_small), large.to_string(): spread(&runs_large) },
             }}),
         )?;
     }
     Ok(ok)
+}
+
+/// CPU seconds used so far by the local brokers and this process.
+fn cpu_now(local: Option<&Shared>) -> f64 {
+    let mut pids = vec![std::process::id()];
+    if let Some(l) = local.and_then(|l| l.lock().ok()) {
+        pids.extend((0..l.nodes()).filter_map(|i| l.pid(i)));
+    }
+    pids.into_iter().filter_map(cpu_seconds).sum()
 }

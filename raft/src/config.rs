@@ -46,6 +46,14 @@ pub enum ConfigError {
     SnapshotChunk(u64),
     #[error("committed_bytes_per_ready_max must be at least 1")]
     CommittedBytes,
+    #[error(
+        "idle_heartbeat_interval_ticks ({idle}) must be at least heartbeat_interval_ticks ({heartbeat}) and below election_timeout_ticks ({election})"
+    )]
+    IdleHeartbeat {
+        idle: u32,
+        heartbeat: u32,
+        election: u32,
+    },
 }
 
 /// Settings of one node in one group.
@@ -62,6 +70,14 @@ pub struct Config {
     pub election_timeout_ticks: u32,
     /// A leader sends heartbeats this often.
     pub heartbeat_interval_ticks: u32,
+    /// A leader with nothing to replicate or tell (every follower in
+    /// replicate state holds every entry, all of it committed, and the last
+    /// heartbeat carried that commit index) sends heartbeats this often
+    /// instead: they then only feed the followers' election timers and its
+    /// own check-quorum. In `[heartbeat_interval_ticks,
+    /// election_timeout_ticks)`; equal to the heartbeat interval, it changes
+    /// nothing.
+    pub idle_heartbeat_interval_ticks: u32,
     /// Pre-vote (thesis 9.6): a partitioned node does not inflate terms.
     pub pre_vote: bool,
     /// Check-quorum (thesis 6.2): a leader that has not heard from a quorum for
@@ -106,6 +122,7 @@ impl Config {
             group_id,
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 2,
+            idle_heartbeat_interval_ticks: 2,
             pre_vote: true,
             check_quorum: true,
             inflight_msgs_max: 256,
@@ -133,6 +150,15 @@ impl Config {
             return Err(ConfigError::ElectionNotAboveHeartbeat {
                 election: self.election_timeout_ticks,
                 heartbeat: self.heartbeat_interval_ticks,
+            });
+        }
+        if self.idle_heartbeat_interval_ticks < self.heartbeat_interval_ticks
+            || self.idle_heartbeat_interval_ticks >= self.election_timeout_ticks
+        {
+            return Err(ConfigError::IdleHeartbeat {
+                idle: self.idle_heartbeat_interval_ticks,
+                heartbeat: self.heartbeat_interval_ticks,
+                election: self.election_timeout_ticks,
             });
         }
         if self.election_timeout_ticks > ELECTION_TIMEOUT_TICKS_MAX {
@@ -197,5 +223,17 @@ mod tests {
         let mut c = Config::new(1, 1);
         c.snapshot_chunk_bytes = 0;
         assert_eq!(c.validate(), Err(ConfigError::SnapshotChunk(0)));
+        // Idle heartbeats: never faster than the heartbeat, and often
+        // enough that a follower hears one within its election timeout.
+        let mut c = Config::new(1, 1);
+        c.idle_heartbeat_interval_ticks = c.election_timeout_ticks - 1;
+        assert_eq!(c.validate(), Ok(()));
+        for idle in [c.heartbeat_interval_ticks - 1, c.election_timeout_ticks] {
+            c.idle_heartbeat_interval_ticks = idle;
+            assert!(matches!(
+                c.validate(),
+                Err(ConfigError::IdleHeartbeat { .. })
+            ));
+        }
     }
 }

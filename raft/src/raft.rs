@@ -96,6 +96,8 @@ pub struct Raft<S: Storage> {
     election_elapsed: u32,
     heartbeat_elapsed: u32,
     randomized_election_timeout: u32,
+    /// The commit index the leader's last heartbeats carried.
+    heartbeat_commit: u64,
     transferee: Option<NodeId>,
     /// Uncommitted proposals of this leader: (index, bytes).
     uncommitted: VecDeque<(u64, u64)>,
@@ -170,6 +172,7 @@ impl<S: Storage> Raft<S> {
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: cfg.election_timeout_ticks,
+            heartbeat_commit: 0,
             transferee: None,
             uncommitted: VecDeque::new(),
             uncommitted_bytes: 0,
@@ -295,7 +298,8 @@ impl<S: Storage> Raft<S> {
     pub fn tick(&mut self) -> Result<(), Error> {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.role != Role::Leader {
-            if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
+            // The timer first: it is a field, `promotable` a membership lookup.
+            if self.election_elapsed >= self.randomized_election_timeout && self.promotable() {
                 self.election_elapsed = 0;
                 self.campaign_inner(false);
             }
@@ -312,11 +316,29 @@ impl<S: Storage> Raft<S> {
             }
             self.transferee = None;
         }
-        if self.heartbeat_elapsed >= self.cfg.heartbeat_interval_ticks {
+        // An idle group's heartbeats only feed timers: they may come at the
+        // longer idle interval (still below the election timeout).
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_interval_ticks
+            && (self.heartbeat_elapsed >= self.cfg.idle_heartbeat_interval_ticks
+                || !self.idle_as_leader())
+        {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
         }
         Ok(())
+    }
+
+    /// A leader with nothing to replicate or tell: no transfer under way,
+    /// every entry committed, the last heartbeats carried that commit, and
+    /// every follower (learners too) in replicate state with every entry.
+    fn idle_as_leader(&self) -> bool {
+        let last = self.log.last_index();
+        self.transferee.is_none()
+            && self.log.committed == last
+            && self.heartbeat_commit == last
+            && self.progress.iter().all(|(&id, p)| {
+                id == self.cfg.id || (p.state == ProgressState::Replicate && p.match_index == last)
+            })
     }
 
     /// Starts an election now (pre-vote first, if enabled).
@@ -1341,6 +1363,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn broadcast_heartbeat(&mut self) {
+        self.heartbeat_commit = self.log.committed;
         let peers: Vec<(NodeId, u64)> = self
             .progress
             .iter()

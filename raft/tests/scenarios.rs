@@ -1043,3 +1043,61 @@ fn persistence_contract_a_ready_that_writes_or_promises_is_never_send_only() {
     cluster.node_mut(3).campaign();
     assert!(!cluster.node(3).ready_sends_only());
 }
+
+/// Heartbeats every 2 ticks, every 6 when idle; elections after 10-20.
+fn idle_heartbeats(c: &mut raft::Config) {
+    c.idle_heartbeat_interval_ticks = 6;
+}
+
+/// Heartbeats delivered from `from` to `to` so far.
+fn heartbeats(cluster: &Cluster, from: u64, to: u64) -> usize {
+    cluster
+        .delivered
+        .iter()
+        .filter(|m| m.from == from && m.to == to && matches!(m.body, MessageBody::Heartbeat { .. }))
+        .count()
+}
+
+#[test]
+fn thesis_6_2_an_idle_leader_heartbeats_less_often_and_keeps_its_followers_and_its_quorum() {
+    let mut cluster = Cluster::with_config(3, idle_heartbeats);
+    cluster.campaign(1);
+    cluster.tick_all(6);
+    let before = heartbeats(&cluster, 1, 2);
+    // Ten election timeouts of idleness: one heartbeat every 6 ticks is
+    // enough for every election timer (10-20 ticks) and for check-quorum.
+    cluster.tick_all(120);
+    let idle = heartbeats(&cluster, 1, 2) - before;
+    assert!((19..=21).contains(&idle), "{idle} heartbeats in 120 ticks");
+    assert_eq!(cluster.leader(), Some(1));
+    assert_eq!(cluster.node(1).term(), 1, "no election");
+    // Something to replicate: back to the 2-tick interval while a follower
+    // lacks entries (node 3, cut off), although node 2 has them all.
+    cluster.cut.insert((1, 3));
+    cluster.propose(1, b"x");
+    let before = heartbeats(&cluster, 1, 2);
+    cluster.tick_node(1, 12);
+    let busy = heartbeats(&cluster, 1, 2) - before;
+    assert_eq!(busy, 6, "a heartbeat every 2 ticks while node 3 lags");
+    cluster.heal();
+    cluster.tick_all(12);
+    assert_eq!(cluster.node(3).commit_index(), cluster.node(1).last_index());
+    // Idle again once node 3 caught up and knows the commit.
+    let before = heartbeats(&cluster, 1, 2);
+    cluster.tick_all(60);
+    let again = heartbeats(&cluster, 1, 2) - before;
+    assert!((9..=11).contains(&again), "{again} heartbeats in 60 ticks");
+}
+
+#[test]
+fn thesis_6_2_an_idle_leader_cut_off_from_the_majority_still_steps_down() {
+    let mut cluster = Cluster::with_config(3, idle_heartbeats);
+    cluster.campaign(1);
+    cluster.tick_all(12);
+    cluster.isolate(1);
+    cluster.tick_node(1, 2 * 10);
+    assert_ne!(cluster.node(1).role(), Role::Leader, "no quorum heard");
+    cluster.tick_all(40);
+    let leader = cluster.leader().expect("the majority elects a leader");
+    assert_ne!(leader, 1);
+}

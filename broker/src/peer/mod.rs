@@ -222,22 +222,24 @@ impl Outbox {
     /// beats of every group a tick or a peer frame touched go to each peer
     /// in one frame. The shard flushes after every tick and every peer
     /// frame it delivered, so nothing waits longer than one tick.
-    pub fn hold(&self, msgs: Vec<raft::Message>) {
-        let (beats, rest): (Vec<raft::Message>, Vec<raft::Message>) =
-            msgs.into_iter().partition(|m| {
-                matches!(
-                    m.body,
-                    MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse
-                )
-            });
-        if !rest.is_empty() {
-            self.send(rest);
-        }
+    pub fn hold(&self, mut msgs: Vec<raft::Message>) {
         let full = {
             let mut held = self.held.borrow_mut();
-            held.extend(beats);
+            msgs.retain(|m| {
+                let beat = matches!(
+                    m.body,
+                    MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse
+                );
+                if beat {
+                    held.push(m.clone());
+                }
+                !beat
+            });
             held.len() >= HELD_BEATS_MAX
         };
+        if !msgs.is_empty() {
+            self.send(msgs);
+        }
         if full {
             self.flush();
         }

@@ -234,6 +234,8 @@ impl Sim {
         c.seed = self.seed;
         c.election_timeout_ticks = ELECTION_TIMEOUT_TICKS;
         c.heartbeat_interval_ticks = 2;
+        // Idle groups heartbeat every 2-5 ticks, by seed.
+        c.idle_heartbeat_interval_ticks = 2 + (self.seed % 4) as u32;
         // Small limits so that windows, byte budgets and chunking are exercised.
         c.inflight_msgs_max = 4;
         c.inflight_bytes_max = 256;
@@ -383,39 +385,6 @@ impl Sim {
                 raft.step(m).expect("step");
             }
         }
-    }
-
-    /// What the broker does with a Ready that [`Raft::ready_sends_only`]
-    /// calls send-only: sends its messages and advances at once, writing
-    /// nothing (not even a moved commit index), and a crash right after
-    /// keeps only what was durable before. Checks that the Ready asked for
-    /// nothing else.
-    fn handle_send_only_ready(&mut self, id: NodeId) {
-        let node = self.nodes.get_mut(&id).unwrap();
-        let Some(raft) = node.raft.as_mut() else {
-            return;
-        };
-        if node.pending.is_some() || !raft.ready_sends_only() {
-            return;
-        }
-        let ready = raft.ready().expect("ready");
-        let durable = raft.storage().hard_state();
-        let more = !ready.entries.is_empty()
-            || ready.snapshot.is_some()
-            || !ready.snapshot_chunks.is_empty()
-            || !ready.committed_entries.is_empty()
-            || ready.soft_state.is_some()
-            || ready
-                .hard_state
-                .is_some_and(|h| (h.term, h.vote) != (durable.term, durable.vote));
-        if more {
-            self.fail(format!(
-                "node {id}: a send-only Ready asks for more than sending: {ready:?}"
-            ));
-        }
-        raft.advance().expect("advance");
-        self.stats.send_only_readies += 1;
-        self.send(ready.messages);
     }
 
     /// Takes a Ready if none is pending; persists the pending one with the
@@ -623,6 +592,39 @@ impl Sim {
             self.handle_ready(id, !faults);
         }
         self.check_invariants();
+    }
+
+    /// What the broker does with a Ready that [`Raft::ready_sends_only`]
+    /// calls send-only: sends its messages and advances at once, writing
+    /// nothing (not even a moved commit index), and a crash right after
+    /// keeps only what was durable before. Checks that the Ready asked for
+    /// nothing else.
+    fn handle_send_only_ready(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = node.raft.as_mut() else {
+            return;
+        };
+        if node.pending.is_some() || !raft.ready_sends_only() {
+            return;
+        }
+        let ready = raft.ready().expect("ready");
+        let durable = raft.storage().hard_state();
+        let more = !ready.entries.is_empty()
+            || ready.snapshot.is_some()
+            || !ready.snapshot_chunks.is_empty()
+            || !ready.committed_entries.is_empty()
+            || ready.soft_state.is_some()
+            || ready
+                .hard_state
+                .is_some_and(|h| (h.term, h.vote) != (durable.term, durable.vote));
+        if more {
+            self.fail(format!(
+                "node {id}: a send-only Ready asks for more than sending: {ready:?}"
+            ));
+        }
+        raft.advance().expect("advance");
+        self.stats.send_only_readies += 1;
+        self.send(ready.messages);
     }
 
     fn inject_faults(&mut self) {
