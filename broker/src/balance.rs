@@ -408,7 +408,7 @@ mod tests {
     }
 
     fn leaders_after(reports: &[GroupReport], moves: &[Move]) -> Vec<usize> {
-        let mut count = vec![0; 4];
+        let mut count = [0; 4];
         for r in reports {
             let to = moves
                 .iter()
