@@ -534,12 +534,17 @@ fn run_with_fault(
         (Some(spec), Some(l)) => Some((spec, fault::spawn(spec, l.clone(), w.topic.clone()))),
         _ => None,
     };
-    w.started = thread.as_ref().map(|(_, (tx, _))| tx.clone());
-    let outcome = run::run(&w)?;
+    w.started = thread.as_ref().map(|(_, f)| f.start.clone());
+    let outcome = run::run(&w);
     w.started = None;
+    if let Some((_, f)) = &thread {
+        f.run_over.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let outcome = outcome?;
     let fault = match thread {
-        Some((spec, (_, t))) => {
-            let log = t
+        Some((spec, f)) => {
+            let log = f
+                .thread
                 .join()
                 .map_err(|_| anyhow::anyhow!("the fault thread panicked"))?;
             Some(fault::analyse(spec, log, &outcome))
