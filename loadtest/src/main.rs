@@ -87,6 +87,10 @@ struct BrokerArgs {
     /// Append the spawned brokers' log (stderr) to this file.
     #[arg(long)]
     broker_log: Option<PathBuf>,
+    /// One more `drmq broker` argument for every spawned broker (repeat
+    /// for more), e.g. `--broker-arg=--leader-balance-interval-ms=0`.
+    #[arg(long = "broker-arg", allow_hyphen_values = true)]
+    broker_args: Vec<String>,
     /// Where the fdatasync baseline writes (default: the spawned broker's data
     /// directory, else the current directory).
     #[arg(long)]
@@ -390,6 +394,7 @@ fn brokers_for(
             b.shards,
             b.nodes,
             b.broker_log.as_deref(),
+            &b.broker_args,
         )?;
         eprintln!(
             "drmq-loadtest: started {} broker(s) (pids {:?}) on {:?} with data in {}",
