@@ -100,10 +100,11 @@ const LEADERS_POLL: Duration = Duration::from_millis(250);
 /// run's end stops it earlier).
 const BALANCE_WAIT_MAX: Duration = Duration::from_secs(300);
 /// The spans compared for the ack rate before the fault and after the
-/// leaders are balanced again: 5 s of 100 ms buckets.
-const RATE_WINDOW_BUCKETS: usize = 50;
+/// leaders are balanced again: 10 s of 100 ms buckets (this shared
+/// machine's rate swings by tens of percent from one second to the next).
+const RATE_WINDOW_BUCKETS: usize = 100;
 /// An after-balance span shorter than this (the run ended) gives no ratio.
-const RATE_WINDOW_BUCKETS_MIN: usize = 20;
+const RATE_WINDOW_BUCKETS_MIN: usize = 50;
 
 /// What the fault thread did.
 #[derive(Debug, Default, Clone)]
