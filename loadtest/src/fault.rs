@@ -315,6 +315,11 @@ pub struct FaultReport {
     pub rate_before: Option<f64>,
     pub rate_after_balance: Option<f64>,
     pub rate_ratio_after_balance: Option<f64>,
+    /// Acks per second over the last [`RATE_WINDOW_BUCKETS`] of the
+    /// producers (long after the fault, balanced or not), and against the
+    /// rate before the fault.
+    pub rate_end: Option<f64>,
+    pub rate_ratio_end: Option<f64>,
     /// Acks in each second of the run (timeline), for plots.
     pub acks_per_s: Vec<u64>,
 }
@@ -374,10 +379,20 @@ pub fn analyse(spec: FaultSpec, log: FaultLog, o: &Outcome) -> FaultReport {
         }
         avg(span)
     });
-    let rate_ratio_after_balance = rate_before
-        .zip(rate_after_balance)
-        .filter(|(b, _)| *b > 0.0)
-        .map(|(b, a)| a / b);
+    let ratio = |after: Option<f64>| {
+        rate_before
+            .zip(after)
+            .filter(|(b, _)| *b > 0.0)
+            .map(|(b, a)| a / b)
+    };
+    let rate_ratio_after_balance = ratio(rate_after_balance);
+    let rate_end = log
+        .healed_at
+        .map(|h| index(h).min(end))
+        .map(|healed| &t[end.saturating_sub(RATE_WINDOW_BUCKETS).max(healed)..end])
+        .filter(|span| span.len() >= RATE_WINDOW_BUCKETS_MIN)
+        .and_then(avg);
+    let rate_ratio_end = ratio(rate_end);
     let balanced_after_restart_s = log
         .healed_at
         .zip(log.balanced_at)
@@ -397,6 +412,8 @@ pub fn analyse(spec: FaultSpec, log: FaultLog, o: &Outcome) -> FaultReport {
         rate_before,
         rate_after_balance,
         rate_ratio_after_balance,
+        rate_end,
+        rate_ratio_end,
         acks_per_s,
     }
 }
@@ -462,13 +479,14 @@ impl FaultReport {
                 counts(&self.log.leaders_balanced),
                 f(self.balanced_after_restart_s, " s"),
             );
+            let window_s = RATE_WINDOW_BUCKETS as f64 * TIMELINE_BUCKET_US as f64 / 1e6;
             println!(
-                "    ack rate: {} msgs/s in the {:.0} s before the fault, {} msgs/s in the {:.0} s from the balance on: {} of before",
+                "    ack rate: {} msgs/s in the {window_s:.0} s before the fault; {} msgs/s in the {window_s:.0} s from the balance on ({} of before); {} msgs/s in the last {window_s:.0} s of the producers ({} of before)",
                 f(self.rate_before, ""),
-                RATE_WINDOW_BUCKETS as f64 * TIMELINE_BUCKET_US as f64 / 1e6,
                 f(self.rate_after_balance, ""),
-                RATE_WINDOW_BUCKETS as f64 * TIMELINE_BUCKET_US as f64 / 1e6,
                 f(self.rate_ratio_after_balance, ""),
+                f(self.rate_end, ""),
+                f(self.rate_ratio_end, ""),
             );
         }
         println!(
@@ -503,6 +521,8 @@ impl FaultReport {
             "ack_rate_before": self.rate_before,
             "ack_rate_after_balance": self.rate_after_balance,
             "ack_rate_ratio_after_balance": self.rate_ratio_after_balance,
+            "ack_rate_end": self.rate_end,
+            "ack_rate_ratio_end": self.rate_ratio_end,
             "acks_per_s": self.acks_per_s,
         })
     }
@@ -562,6 +582,8 @@ mod tests {
         assert_eq!(r.rate_before, Some(100.0));
         assert_eq!(r.rate_after_balance, Some(80.0));
         assert_eq!(r.rate_ratio_after_balance, Some(0.8));
+        // The last 10 s of the producers: buckets 169..269.
+        assert_eq!(r.rate_end, Some(80.0));
         assert_eq!(r.balanced_after_restart_s, Some(5.0));
         assert_eq!(r.unavailable_s.map(|s| (s * 10.0).round()), Some(20.0));
         assert_eq!(r.acks_per_s.len(), 27);
