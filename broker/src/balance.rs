@@ -15,7 +15,10 @@
 //!    round's plan with [`raft::plan_leader_moves`] over every report of the
 //!    round ([`plan`]); the others read the same plan, so the moves of
 //!    different shards fit together without a message between them. A
-//!    round in which a shard did not report has no plan. A group is
+//!    round in which a shard did not report has no plan, nor has one while
+//!    a group is electing (no leader heard from, for less than
+//!    [`LEADERLESS_WAIT_MAX`]): its leader is about to land somewhere and
+//!    the counts would be wrong. A group is
 //!    counted where its leader is; it may move only when that leader has
 //!    held it (same leader, same term) for the settle time (the interval,
 //!    at least [`SETTLED_MIN`]), and only to a voter heard from within
@@ -43,7 +46,7 @@
 //! narrows the gap in its planner's view, and a broker only ever moves its
 //! own leaderships.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -75,6 +78,11 @@ pub const CAUGHT_UP_ENTRIES_MAX: u64 = 64;
 /// at most 32 groups at once, and a broker of 1,000 groups of which a third
 /// must move (a restarted peer of three) is balanced in 11 rounds.
 pub const MOVES_PER_ROUND_MAX: usize = 32;
+/// No plan is made while a group has had no leader heard from for less
+/// than this: an election takes an election timeout (1-2 s) and a round
+/// trip, so a group without one for 10 s has no quorum, and it no longer
+/// holds the others back.
+pub const LEADERLESS_WAIT_MAX: Duration = Duration::from_secs(10);
 /// The smallest interval besides 0 (off): it must leave room for the
 /// report phase.
 pub const INTERVAL_MS_MIN: u64 = 500;
@@ -116,6 +124,8 @@ pub struct Board {
     /// By shard: the round of its last report and its groups.
     reports: Vec<Option<(u64, Vec<GroupReport>)>>,
     seen: HashMap<u64, Seen>,
+    /// Groups without a leader heard from, since when (at plan time).
+    leaderless: HashMap<u64, Instant>,
     /// The round whose plan this is, and this broker's moves in it.
     plan: Option<(u64, Vec<Move>)>,
 }
@@ -132,6 +142,7 @@ impl Board {
             epoch,
             reports: Vec::new(),
             seen: HashMap::new(),
+            leaderless: HashMap::new(),
             plan: None,
         }
     }
@@ -206,14 +217,35 @@ impl Board {
                 .flat_map(|(_, groups)| groups)
                 .collect();
             // Forget groups no shard holds any more (deleted topics).
-            self.seen
-                .retain(|g, _| reports.iter().any(|r| r.group == *g));
+            let held: HashSet<u64> = reports.iter().map(|r| r.group).collect();
+            self.seen.retain(|g, _| held.contains(g));
+            // Groups electing: their leaders are about to land somewhere,
+            // so counts made now would be wrong (two brokers could each
+            // give the other a group). Wait for them, not for a group stuck
+            // without a quorum.
+            let leaderless: HashSet<u64> = reports
+                .iter()
+                .filter(|r| r.group != CONTROLLER_GROUP && !r.leader.is_some_and(alive))
+                .map(|r| r.group)
+                .collect();
+            self.leaderless.retain(|g, _| leaderless.contains(g));
+            for g in leaderless {
+                self.leaderless.entry(g).or_insert(now);
+            }
+            let electing = self
+                .leaderless
+                .values()
+                .any(|since| now.saturating_duration_since(*since) < LEADERLESS_WAIT_MAX);
             let seen = &self.seen;
             let settled = |r: &GroupReport| {
                 seen.get(&r.group)
                     .is_some_and(|s| now.saturating_duration_since(s.since) >= settle)
             };
-            plan(me, &reports, &settled, alive)
+            if electing {
+                Vec::new()
+            } else {
+                plan(me, &reports, &settled, alive)
+            }
         } else {
             Vec::new()
         };
@@ -510,6 +542,36 @@ mod tests {
         assert_eq!(board.moves(round, 1, SETTLE, &all_alive, later), first);
         let reports: Vec<GroupReport> = shard(0).into_iter().chain(shard(1)).collect();
         assert_eq!(leaders_after(&reports, &first), vec![2, 2, 2]);
+    }
+
+    #[test]
+    fn no_plan_while_a_group_elects_unless_it_has_been_without_a_leader_too_long() {
+        // Broker 3 died leading group 4: 1 leads 1-3, 2 nothing, and 4 is
+        // about to elect a leader (maybe 2, which would even the count).
+        let t0 = Instant::now();
+        let mut board = Board::new(t0);
+        let groups = (1..=4)
+            .map(|g| report(g, if g <= 3 { 1 } else { 3 }, Some(vec![2, 3])))
+            .collect::<Vec<_>>();
+        let dead_3 = |b: u64| b != 3;
+        board.report(0, 1, 1, groups.clone(), t0);
+        let t1 = t0 + SETTLE;
+        board.report(0, 1, 2, groups.clone(), t1);
+        assert!(
+            board.moves(2, 1, SETTLE, &dead_3, t1).is_empty(),
+            "group 4 is electing"
+        );
+        // Still without a leader long after: it no longer holds back.
+        let t2 = t1 + LEADERLESS_WAIT_MAX;
+        board.report(0, 1, 3, groups, t2);
+        assert_eq!(
+            board.moves(3, 1, SETTLE, &dead_3, t2),
+            vec![Move {
+                group: 1,
+                to: 2,
+                term: 7
+            }]
+        );
     }
 
     #[test]
