@@ -7,10 +7,8 @@
 //! 1. **Report.** At the round's start (rounds are counted from one instant
 //!    of the broker, so its shards share them) each shard writes into the
 //!    broker's [`Board`] (held in the shared `ClusterView`), for every
-//!    partition group it holds (never the controller), the voters, the
-//!    leader and term its replica knows, and, where this broker leads, the
-//!    followers that could take over now ([`ready_followers`]: replicating
-//!    and within [`CAUGHT_UP_ENTRIES_MAX`] entries of the leader's log).
+//!    partition group it holds (never the controller), the voters and the
+//!    leader and term its replica knows.
 //! 2. **Plan.** [`REPORT_PHASE`] later the first shard to ask makes the
 //!    round's plan with [`raft::plan_leader_moves`] over every report of the
 //!    round ([`plan`]); the others read the same plan, so the moves of
@@ -22,14 +20,20 @@
 //!    counted where its leader is; it may move only when that leader has
 //!    held it (same leader, same term) for the settle time (the interval,
 //!    at least [`SETTLED_MIN`]), and only to a voter heard from within
-//!    [`HEARD_WITHIN`] that (where this broker leads) is ready. So a
-//!    broker that restarts is given leadership only once it has caught up,
-//!    a group just moved is not moved again at once, and nothing
-//!    oscillates while elections are still going on.
+//!    [`HEARD_WITHIN`]. The plan uses nothing but what every broker's
+//!    replicas know alike, so brokers that hold the same groups make the
+//!    same plan, and each one's moves fit the others' (a broker cannot
+//!    know how far behind the followers of another's groups are: counting
+//!    that in once made two brokers each give the other a group).
 //! 3. **Move.** Each shard starts, with `Raft::transfer_leader`, the moves
-//!    whose source is this broker and whose group it owns, after checking
-//!    again that it still leads in the planned term and the target is still
-//!    ready. At most [`MOVES_PER_ROUND_MAX`] moves a round (a wave).
+//!    whose source is this broker and whose group it owns (at most
+//!    [`MOVES_PER_ROUND_MAX`] a round: a wave), if it still leads in the
+//!    planned term and the target is ready ([`ready_followers`]:
+//!    replicating and within [`CAUGHT_UP_ENTRIES_MAX`] entries of the
+//!    leader's log). A move to a target not ready yet waits for a later
+//!    round, so a broker that restarts is given leadership only once it
+//!    has caught up; a group just moved is not moved again at once, and
+//!    nothing oscillates while elections are still going on.
 //!
 //! Raft bounds a transfer: the leader refuses proposals (retriable) until
 //! the target has caught up and been sent TimeoutNow, and abandons the
@@ -46,7 +50,7 @@
 //! narrows the gap in its planner's view, and a broker only ever moves its
 //! own leaderships.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -94,8 +98,6 @@ pub struct GroupReport {
     pub voters: Vec<u64>,
     pub leader: Option<u64>,
     pub term: u64,
-    /// Where this broker leads: the followers that could take over now.
-    pub ready: Option<Vec<u64>>,
 }
 
 /// A leadership move this broker makes: hand `group`, led here in `term`,
@@ -244,7 +246,17 @@ impl Board {
             if electing {
                 Vec::new()
             } else {
-                plan(me, &reports, &settled, alive)
+                let moves = plan(me, &reports, &settled, alive);
+                if !moves.is_empty() {
+                    let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+                    for r in &reports {
+                        if let Some(l) = r.leader.filter(|&l| alive(l)) {
+                            *led.entry(l).or_default() += 1;
+                        }
+                    }
+                    tracing::info!(broker = me, round, ?led, ?moves, "leader balance plan");
+                }
+                moves
             }
         } else {
             Vec::new()
@@ -275,9 +287,12 @@ pub fn plan(
         };
         let mut voters = vec![leader];
         if settled(r) {
-            voters.extend(r.voters.iter().copied().filter(|&v| {
-                v != leader && alive(v) && r.ready.as_ref().is_none_or(|ready| ready.contains(&v))
-            }));
+            voters.extend(
+                r.voters
+                    .iter()
+                    .copied()
+                    .filter(|&v| v != leader && alive(v)),
+            );
         }
         terms.insert(r.group, r.term);
         groups.push(GroupLeadership {
@@ -325,7 +340,6 @@ fn reports(shard: &Shard) -> Vec<GroupReport> {
                 voters: raft.membership().voters.iter().copied().collect(),
                 leader,
                 term: raft.term(),
-                ready: (leader == Some(me)).then(|| ready_followers(&raft)),
             }
         })
         .collect()
@@ -410,35 +424,24 @@ mod tests {
 
     const SETTLE: Duration = Duration::from_secs(3);
 
-    fn report(group: u64, leader: u64, ready: Option<Vec<u64>>) -> GroupReport {
+    fn report(group: u64, leader: u64) -> GroupReport {
         GroupReport {
             group,
             voters: vec![1, 2, 3],
             leader: Some(leader),
             term: 7,
-            ready,
         }
-    }
-
-    /// Six groups as broker 1 sees them after broker 3 was away: 1 and 2
-    /// lead three each; broker 1 reports its followers' readiness.
-    fn after_restart(ready_3: bool) -> Vec<GroupReport> {
-        let ready = if ready_3 { vec![2, 3] } else { vec![2] };
-        (1..=6)
-            .map(|g| {
-                if g <= 3 {
-                    report(g, 1, Some(ready.clone()))
-                } else {
-                    report(g, 2, None)
-                }
-            })
-            .collect()
     }
 
     fn all_alive(_: u64) -> bool {
         true
     }
 
+    fn refs(reports: &[GroupReport]) -> Vec<&GroupReport> {
+        reports.iter().collect()
+    }
+
+    /// Partitions led by brokers 1, 2 and 3 once `moves` are done.
     fn leaders_after(reports: &[GroupReport], moves: &[Move]) -> Vec<usize> {
         let mut count = [0; 4];
         for r in reports {
@@ -452,34 +455,35 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_broker_gets_leaders_only_once_it_has_caught_up() {
-        let reports = after_restart(false);
-        let refs: Vec<&GroupReport> = reports.iter().collect();
-        let moves = plan(1, &refs, &|_| true, &all_alive);
-        assert!(moves.is_empty(), "3 is behind everywhere here: {moves:?}");
-        let reports = after_restart(true);
-        let refs: Vec<&GroupReport> = reports.iter().collect();
-        let moves = plan(1, &refs, &|_| true, &all_alive);
-        assert_eq!(moves.len(), 1, "{moves:?}");
-        assert_eq!(moves[0].to, 3);
-        assert_eq!(moves[0].term, 7);
-        // Broker 2 plans its own move from the same counts: together 2-2-2.
-        let moves_2 = plan(2, &refs, &|_| true, &all_alive);
-        assert_eq!(moves_2.len(), 1, "{moves_2:?}");
-        let both: Vec<Move> = moves.iter().chain(&moves_2).copied().collect();
-        assert_eq!(leaders_after(&reports, &both), vec![2, 2, 2]);
+    fn brokers_holding_the_same_groups_make_plans_that_fit_together() {
+        // Broker 3 came back: 1 and 2 lead six groups each.
+        let reports: Vec<GroupReport> = (1..=12)
+            .map(|g| report(g, if g <= 6 { 1 } else { 2 }))
+            .collect();
+        let from_1 = plan(1, &refs(&reports), &|_| true, &all_alive);
+        let from_2 = plan(2, &refs(&reports), &|_| true, &all_alive);
+        assert!(
+            from_1.iter().chain(&from_2).all(|m| m.to == 3),
+            "1 and 2 never trade groups: {from_1:?} {from_2:?}"
+        );
+        let both: Vec<Move> = from_1.iter().chain(&from_2).copied().collect();
+        assert_eq!(leaders_after(&reports, &both), vec![4, 4, 4]);
+        assert!(both.iter().all(|m| m.term == 7));
+        // Broker 3 plans nothing of its own (it leads nothing).
+        assert!(plan(3, &refs(&reports), &|_| true, &all_alive).is_empty());
     }
 
     #[test]
     fn dead_targets_unsettled_groups_and_the_controller_stay() {
-        let reports = after_restart(true);
-        let refs: Vec<&GroupReport> = reports.iter().collect();
-        let moves = plan(1, &refs, &|_| true, &|b| b != 3);
+        let reports: Vec<GroupReport> = (1..=6)
+            .map(|g| report(g, if g <= 3 { 1 } else { 2 }))
+            .collect();
+        let moves = plan(1, &refs(&reports), &|_| true, &|b| b != 3);
         assert!(moves.is_empty(), "3 is not heard from: {moves:?}");
-        let moves = plan(1, &refs, &|_| false, &all_alive);
+        let moves = plan(1, &refs(&reports), &|_| false, &all_alive);
         assert!(moves.is_empty(), "no leader has settled: {moves:?}");
         // Only group 2 has settled: it is the one that moves.
-        let moves = plan(1, &refs, &|r| r.group == 2, &all_alive);
+        let moves = plan(1, &refs(&reports), &|r| r.group == 2, &all_alive);
         assert_eq!(
             moves,
             vec![Move {
@@ -489,11 +493,9 @@ mod tests {
             }]
         );
         // The controller neither moves nor counts.
-        let mut reports: Vec<GroupReport> =
-            (1..=4).map(|g| report(g, 1, Some(vec![2, 3]))).collect();
+        let mut reports: Vec<GroupReport> = (1..=4).map(|g| report(g, 1)).collect();
         reports[0].group = CONTROLLER_GROUP;
-        let refs: Vec<&GroupReport> = reports.iter().collect();
-        let moves = plan(1, &refs, &|_| true, &all_alive);
+        let moves = plan(1, &refs(&reports), &|_| true, &all_alive);
         assert_eq!(leaders_after(&reports[1..], &moves), vec![1, 1, 1]);
         assert!(moves.iter().all(|m| m.group != CONTROLLER_GROUP));
     }
@@ -503,10 +505,9 @@ mod tests {
         // Broker 3 died leading groups 4-6 (no election yet): 1 leads 1-3
         // and must not give any away to 2 on their account.
         let reports: Vec<GroupReport> = (1..=6)
-            .map(|g| report(g, if g <= 3 { 1 } else { 3 }, Some(vec![2, 3])))
+            .map(|g| report(g, if g <= 3 { 1 } else { 3 }))
             .collect();
-        let refs: Vec<&GroupReport> = reports.iter().collect();
-        let moves = plan(1, &refs, &|_| true, &|b| b != 3);
+        let moves = plan(1, &refs(&reports), &|_| true, &|b| b != 3);
         assert_eq!(moves.len(), 1, "3-0 between 1 and 2 becomes 2-1: {moves:?}");
         assert_eq!(moves[0].to, 2);
     }
@@ -519,11 +520,8 @@ mod tests {
         let (round, start) = board.next_round(every, t0 + Duration::from_millis(10));
         assert_eq!((round, start), (1, t0 + every));
         // Broker 1 leads all six groups, three on each of its two shards.
-        let shard = |s: u64| -> Vec<GroupReport> {
-            (0..3)
-                .map(|i| report(1 + s * 3 + i, 1, Some(vec![2, 3])))
-                .collect()
-        };
+        let shard =
+            |s: u64| -> Vec<GroupReport> { (0..3).map(|i| report(1 + s * 3 + i, 1)).collect() };
         board.report(0, 2, round, shard(0), start);
         // Not every shard has reported: no plan this round, for anyone.
         let later = start + SETTLE;
@@ -550,9 +548,9 @@ mod tests {
         // about to elect a leader (maybe 2, which would even the count).
         let t0 = Instant::now();
         let mut board = Board::new(t0);
-        let groups = (1..=4)
-            .map(|g| report(g, if g <= 3 { 1 } else { 3 }, Some(vec![2, 3])))
-            .collect::<Vec<_>>();
+        let groups: Vec<GroupReport> = (1..=4)
+            .map(|g| report(g, if g <= 3 { 1 } else { 3 }))
+            .collect();
         let dead_3 = |b: u64| b != 3;
         board.report(0, 1, 1, groups.clone(), t0);
         let t1 = t0 + SETTLE;
@@ -578,23 +576,23 @@ mod tests {
     fn a_new_leader_or_term_restarts_the_settle_time() {
         let t0 = Instant::now();
         let mut board = Board::new(t0);
-        let groups = |leader: u64, term: u64| -> Vec<GroupReport> {
+        let groups = |term: u64| -> Vec<GroupReport> {
             (1..=3)
                 .map(|g| GroupReport {
                     term,
-                    ..report(g, leader, Some(vec![2, 3]))
+                    ..report(g, 1)
                 })
                 .collect()
         };
-        board.report(0, 1, 1, groups(1, 7), t0);
+        board.report(0, 1, 1, groups(7), t0);
         let t1 = t0 + SETTLE;
-        board.report(0, 1, 2, groups(1, 8), t1);
+        board.report(0, 1, 2, groups(8), t1);
         assert!(
             board.moves(2, 1, SETTLE, &all_alive, t1).is_empty(),
             "term 8 was first seen just now"
         );
         let t2 = t1 + SETTLE;
-        board.report(0, 1, 3, groups(1, 8), t2);
+        board.report(0, 1, 3, groups(8), t2);
         assert_eq!(board.moves(3, 1, SETTLE, &all_alive, t2).len(), 2);
     }
 }
