@@ -3,7 +3,7 @@ CARGO ?= cargo
 SEEDS ?= 20000
 FUZZ_SECONDS ?= 600
 
-.PHONY: all build dashboard dashboard-test e2e chromium run test lint fmt bench bench-catchup fuzz sim clean
+.PHONY: bench-nats all build dashboard dashboard-test e2e chromium run test lint fmt bench bench-catchup fuzz sim clean
 
 all: build
 
@@ -58,12 +58,26 @@ fmt:
 	$(CARGO) fmt --all
 
 # Benchmarks; figures and how to read them are in docs/BENCHMARKS.md.
+# The last two are the cost as work grows (issue 15): 256 partitions against
+# 16 (RF=3, 1 KiB, maximum rate, interleaved on the same brokers), then an
+# idle cluster of 1,000 RF=3 partitions (CPU % of a core, memory, wake-ups
+# and peer frames per broker).
 bench:
 	$(CARGO) bench -p wire --bench codec
 	$(CARGO) bench -p raft --bench raft -- 1000000 2000
 	$(CARGO) bench -p storage --bench storage
 	$(CARGO) build --release -p broker -p loadtest
 	./target/release/drmq-loadtest bench --duration-s 5 --warmup-s 1 --quiet --json target/loadtest-bench.json --plot docs/latency-throughput.svg
+	./target/release/drmq-loadtest bench --compare-partitions 16,256 --compare-rounds 2 --duration-s 5 --warmup-s 1 --quiet --no-baselines --json target/bench-partitions.json
+	./target/release/drmq-loadtest idle --partitions 1000 --window-s 20 --json target/bench-idle.json
+
+# DRMQ against NATS JetStream R3 in the same run (issue 15; figures in
+# docs/BENCHMARKS.md): the shared harness's table (client defaults and a
+# 256 KiB window), then the maximum-rate and half-load rows.
+bench-nats:
+	$(CARGO) build --release -p broker -p loadtest
+	../shared/peerbench/compare.sh target/release
+	scripts/peerbench-max.sh target/release
 
 # Catch-up by snapshot (issue 12), figures in docs/BENCHMARKS.md: on fresh
 # local 3-broker clusters, a follower killed while 1 GiB is written rejoins

@@ -85,7 +85,7 @@ pub fn decode_entry(index: u64, batch: &[u8]) -> Result<Entry, String> {
         return Ok(Entry {
             index,
             term,
-            payload: EntryPayload::Data(batch.to_vec()),
+            payload: EntryPayload::data(batch.to_vec()),
         });
     }
     let value = parsed
@@ -94,7 +94,7 @@ pub fn decode_entry(index: u64, batch: &[u8]) -> Result<Entry, String> {
     let (&tag, body) = value.split_first().ok_or("empty control record")?;
     let payload = match tag {
         t if t == ControlTag::Empty as u8 => EntryPayload::Empty,
-        t if t == ControlTag::Data as u8 => EntryPayload::Data(batch.to_vec()),
+        t if t == ControlTag::Data as u8 => EntryPayload::data(batch.to_vec()),
         t if t == ControlTag::Membership as u8 => {
             if body.len() < 4 || (body.len() - 4) % 8 != 0 {
                 return Err("malformed membership entry".into());
@@ -390,7 +390,7 @@ mod tests {
         for payload in [
             EntryPayload::Empty,
             EntryPayload::Membership(m),
-            EntryPayload::Data(command_batch(b"{\"create\":1}")),
+            EntryPayload::data(command_batch(b"{\"create\":1}")),
         ] {
             let batch = entry_batch(&payload).into_owned();
             let e = decode_entry(5, &batch).unwrap();
@@ -407,6 +407,6 @@ mod tests {
         let data = b.finish();
         assert_eq!(command_body(&data), None, "a producer batch is no command");
         let e = decode_entry(1, &data).unwrap();
-        assert_eq!(e.payload, EntryPayload::Data(data));
+        assert_eq!(e.payload, EntryPayload::data(data));
     }
 }

@@ -137,14 +137,18 @@ impl Inbound for ShardInbound {
             return;
         };
         self.0.cluster.mark_seen(from);
-        let groups = self.0.groups.borrow();
-        for m in msgs {
-            // A group not created here yet (its topic's command is still on
-            // its way) or already deleted: Raft resends.
-            if let Some(g) = groups.get(&m.group_id) {
-                g.step(m);
+        {
+            let groups = self.0.groups.borrow();
+            for m in msgs {
+                // A group not created here yet (its topic's command is still
+                // on its way) or already deleted: Raft resends.
+                if let Some(g) = groups.get(&m.group_id) {
+                    g.step(m);
+                }
             }
         }
+        // The answers to a frame of heartbeats leave as one frame.
+        self.0.outbox.flush();
     }
 
     fn serve_snapshot(
@@ -317,6 +321,9 @@ impl Shard {
                 for g in groups {
                     g.tick();
                 }
+                // The heartbeats of every group this tick made: one frame
+                // per peer.
+                ticker.outbox.flush();
             }
         });
         let addr = SocketAddr::new(
@@ -333,15 +340,18 @@ impl Shard {
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
         let _ = ready.send(Ok(local));
         // How late a timer of the client task queue runs: how long a
-        // runnable task waits for this core.
+        // runnable task waits for this core (slower while the shard idles).
         let probe = self.clone();
         glommio::spawn_local(async move {
+            let mut every = PROBE_INTERVAL;
             loop {
-                let due = Instant::now() + PROBE_INTERVAL;
-                glommio::timer::sleep(PROBE_INTERVAL).await;
-                probe
+                let due = Instant::now() + every;
+                glommio::timer::sleep(every).await;
+                let late = Instant::now().saturating_duration_since(due);
+                let c = &probe.counters;
+                every = probe
                     .load
-                    .note_late(Instant::now().saturating_duration_since(due));
+                    .probe(late, c.produce_requests.get() + c.fetch_requests.get());
             }
         })
         .detach();

@@ -1,6 +1,7 @@
 //! Three real brokers on loopback, replication factor 3: replication, a
-//! leader killed while a producer runs, a follower stopped for 30 s, and a
-//! restart of every broker.
+//! leader killed while a producer runs, idle groups that keep their leaders
+//! and elect new ones when a broker dies, a follower stopped for 30 s, and
+//! a restart of every broker.
 
 mod common;
 
@@ -173,6 +174,40 @@ fn killing_the_leader_while_producing_loses_no_acknowledged_message_and_duplicat
     // Offsets the producer was given are the ones consumers see.
     let offsets: BTreeSet<u64> = acks.iter().map(|a| a["offset"].as_u64().unwrap()).collect();
     assert_eq!(offsets.len(), total, "distinct offsets");
+}
+
+#[test]
+fn idle_groups_keep_their_leaders_and_elect_new_ones_when_a_leader_broker_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path(), 3);
+    let partitions = 12;
+    create(&c, "idle", partitions as u32);
+    let placement = |c: &Cluster| -> Vec<(u64, u64)> {
+        (0..partitions).map(|p| c.leader("idle", p)).collect()
+    };
+    let before = placement(&c);
+    // No traffic for two election timeouts: the heartbeats alone (sent
+    // without the drivers, held and coalesced per peer) keep every leader.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(placement(&c), before, "an idle group held an election");
+    // The broker leading partition 0 dies: the followers of every group it
+    // led, idle all along, elect new leaders among themselves.
+    let dead = before[0].0;
+    let led: Vec<usize> = (0..partitions).filter(|&p| before[p].0 == dead).collect();
+    c.kill(dead as usize - 1);
+    let started = Instant::now();
+    let after = placement(&c);
+    for &p in &led {
+        assert_ne!(after[p].0, dead, "partition {p}");
+        assert!(after[p].1 > before[p].1, "partition {p}: a new term");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "new leaders took {:?}",
+        started.elapsed()
+    );
+    let acks = produce_lines(&c, "idle", &["after".to_owned()]);
+    assert_eq!(acks.len(), 1);
 }
 
 #[test]

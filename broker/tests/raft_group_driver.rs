@@ -48,6 +48,15 @@ impl Transport for Recorder {
                         )),
                     }
                 }
+                // Every message of a term goes out once the term is saved
+                // (pre-votes name the term they would campaign in).
+                MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { .. } => {}
+                _ if RaftState::load(&g.dir).unwrap_or_default().term < m.term => {
+                    self.violations.borrow_mut().push(format!(
+                        "sent {:?} of term {} before saving the term",
+                        m.body, m.term
+                    ));
+                }
                 MessageBody::VoteResponse { reject: false } => {
                     let saved = RaftState::load(&g.dir).unwrap_or_default();
                     if saved.term < m.term || saved.vote != Some(m.to) {
@@ -295,12 +304,12 @@ fn nothing_is_promised_to_a_peer_before_it_is_durable() {
                 Entry {
                     index: 2,
                     term: 5,
-                    payload: EntryPayload::Data(batch(b"one")),
+                    payload: EntryPayload::data(batch(b"one")),
                 },
                 Entry {
                     index: 3,
                     term: 5,
-                    payload: EntryPayload::Data(batch(b"two")),
+                    payload: EntryPayload::data(batch(b"two")),
                 },
             ];
             h.group.step(msg(
@@ -670,6 +679,48 @@ fn a_single_voter_reports_its_election_and_its_leadership() {
                     },
                 ]
             );
+            h.group.stop();
+        })
+    });
+}
+
+#[test]
+fn an_idle_followers_heartbeat_answers_leave_at_once_but_a_new_term_is_saved_first() {
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let h = open(dir.path(), config(), vec![1, 2, 3]);
+            let answers = |h: &Harness| {
+                h.sent(|m| matches!(m.body, MessageBody::HeartbeatResponse))
+                    .len()
+            };
+            // A heartbeat of a new term: the term must be saved before the
+            // answer, so the driver answers (after its write).
+            h.group
+                .step(msg(2, 1, MessageBody::Heartbeat { commit: 0 }));
+            assert_eq!(answers(&h), 0, "not before the term is saved");
+            h.until_sent("the answer", |m| {
+                matches!(m.body, MessageBody::HeartbeatResponse)
+            })
+            .await;
+            assert_eq!(RaftState::load(&h.group.dir).unwrap().term, 1);
+            // The next heartbeats need nothing written: answered where they
+            // are stepped, without waiting for the driver's task.
+            for n in 2..=4 {
+                h.group
+                    .step(msg(2, 1, MessageBody::Heartbeat { commit: 0 }));
+                assert_eq!(answers(&h), n);
+            }
+            // A newer leader's heartbeat goes through the driver again.
+            h.group
+                .step(msg(3, 2, MessageBody::Heartbeat { commit: 0 }));
+            assert_eq!(answers(&h), 4);
+            until("the answer in term 2", || {
+                !h.sent(|m| m.term == 2 && matches!(m.body, MessageBody::HeartbeatResponse))
+                    .is_empty()
+            })
+            .await;
+            h.assert_contract_kept();
             h.group.stop();
         })
     });

@@ -38,7 +38,8 @@ pub use consumer::{Consumer, ConsumerConfig, StartAt};
 pub use error::{ClientError, PipelineError};
 pub use group::{GroupConfig, GroupConsumer, GroupEvent, Reset};
 pub use producer::{
-    random_producer_id, Delivery, DeliveryError, Producer, ProducerConfig, IN_FLIGHT_MAX_LIMIT,
+    random_producer_id, Delivery, DeliveryError, Producer, ProducerConfig, IN_FLIGHT_BYTES_DEFAULT,
+    IN_FLIGHT_MAX_LIMIT,
 };
 pub use retry::{RetryCause, RetryPolicy};
 pub use routes::{routes, routes_partial};

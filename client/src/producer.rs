@@ -26,6 +26,9 @@ use crate::{ClientConfig, ClientStats, PipelineError};
 /// Largest in-flight window (requests) a producer accepts: the broker allows
 /// 1024 requests in flight per connection.
 pub const IN_FLIGHT_MAX_LIMIT: usize = 1024;
+/// Default batch bytes in flight per producer (see
+/// [`ProducerConfig::in_flight_bytes_max`]).
+pub const IN_FLIGHT_BYTES_DEFAULT: usize = 512 * 1024;
 /// Room in a produce frame for everything but the batch (header, topic, rkyv
 /// framing): 4 KiB is far more than a 255-byte topic name needs.
 const PRODUCE_FRAME_OVERHEAD_BYTES: usize = 4096;
@@ -83,6 +86,12 @@ pub struct ProducerConfig {
     pub linger: Duration,
     /// Produce requests in flight at once, across all partitions.
     pub in_flight_max: usize,
+    /// Batch bytes in flight at once, across all partitions (one batch
+    /// always may be, whatever its size). With the broker's group commit,
+    /// more bytes in flight buy throughput until the disk is busy and then
+    /// only latency (Little's law): the default sits near that knee on the
+    /// machines we measured (docs/BENCHMARKS.md).
+    pub in_flight_bytes_max: usize,
     /// A batch not acknowledged this long after it was first sent fails.
     pub delivery_timeout: Duration,
     /// Stamp a producer id and per-partition sequence numbers into every
@@ -99,6 +108,7 @@ impl ProducerConfig {
             batch_bytes_max: 64 * 1024,
             linger: Duration::from_millis(1),
             in_flight_max: 64,
+            in_flight_bytes_max: IN_FLIGHT_BYTES_DEFAULT,
             delivery_timeout: Duration::from_secs(30),
             idempotent: true,
         }
@@ -128,6 +138,9 @@ impl ProducerConfig {
                     wire::IDEMPOTENCE_WINDOW_BATCHES
                 ),
             );
+        }
+        if self.in_flight_bytes_max == 0 {
+            return bad("in_flight_bytes_max", "must be at least 1".into());
         }
         if !(1..=IN_FLIGHT_MAX_LIMIT).contains(&self.in_flight_max) {
             return bad(
@@ -388,9 +401,30 @@ impl Producer {
     /// queued or in flight than the window allows.
     fn wait_for_window(&mut self) {
         // Bounded: every request in flight is answered, fails or times out.
-        while self.ready.len() + self.in_flight.len() > self.cfg.in_flight_max {
+        while self.ready.len() + self.in_flight.len() > self.cfg.in_flight_max
+            || (self.ready.len() + self.in_flight.len() > 1
+                && self.queued_bytes() > self.cfg.in_flight_bytes_max)
+        {
             self.pump(self.cfg.client.retry_backoff_min);
         }
+    }
+
+    /// Batch bytes sent and not answered yet.
+    fn in_flight_bytes(&self) -> usize {
+        self.in_flight.values().map(|f| f.batch.req.batch.len()).sum()
+    }
+
+    /// Batch bytes sealed and not answered yet (in flight or waiting).
+    fn queued_bytes(&self) -> usize {
+        self.in_flight_bytes() + self.ready.iter().map(|(_, b)| b.req.batch.len()).sum::<usize>()
+    }
+
+    /// Whether a batch of `bytes` may be sent now: the window has room for
+    /// it (an empty window takes any one batch).
+    fn has_room(&self, bytes: usize, in_flight_bytes: usize) -> bool {
+        self.in_flight.is_empty()
+            || (self.in_flight.len() < self.cfg.in_flight_max
+                && in_flight_bytes + bytes <= self.cfg.in_flight_bytes_max)
     }
 
     /// Sends what is due, processes answers (waiting up to `wait` for the
@@ -402,6 +436,8 @@ impl Producer {
     }
 
     /// When the next linger or retry falls due (None: nothing pending).
+    /// Batches waiting for room in a full window are not due: only an
+    /// answer (or a request timing out) makes room.
     pub fn next_due(&self) -> Option<Instant> {
         let linger = self
             .open
@@ -409,7 +445,15 @@ impl Producer {
             .flatten()
             .map(|o| o.opened_at + self.cfg.linger)
             .min();
-        let retry = self.ready.iter().map(|(t, _)| *t).min();
+        let head_fits = self
+            .ready
+            .front()
+            .is_some_and(|(_, b)| self.has_room(b.req.batch.len(), self.in_flight_bytes()));
+        let retry = if head_fits {
+            self.ready.iter().map(|(t, _)| *t).min()
+        } else {
+            None
+        };
         match (linger, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -451,15 +495,18 @@ impl Producer {
         // partition wait too, so a retry does not land behind them (an
         // idempotent producer's would be refused as out of order).
         let mut blocked: Vec<u32> = Vec::new();
+        let mut in_flight_bytes = self.in_flight_bytes();
         while let Some((due, batch)) = self.ready.pop_front() {
             let p = batch.req.partition;
-            if due > now || self.in_flight.len() >= self.cfg.in_flight_max || blocked.contains(&p) {
+            let bytes = batch.req.batch.len();
+            if due > now || !self.has_room(bytes, in_flight_bytes) || blocked.contains(&p) {
                 if !blocked.contains(&p) {
                     blocked.push(p);
                 }
                 held.push_back((due, batch));
                 continue;
             }
+            in_flight_bytes += bytes;
             self.transmit(batch);
         }
         self.ready = held;
@@ -766,6 +813,58 @@ mod tests {
 
     fn values(seen: &[Seen]) -> Vec<Vec<u8>> {
         seen.iter().flat_map(|s| s.values.clone()).collect()
+    }
+
+    /// A batch sealed while the window is full waits for an answer, not
+    /// for a time: `next_due` must not call it due, or every wait for room
+    /// becomes a busy loop (a whole core at full load).
+    #[test]
+    fn a_batch_waiting_for_room_in_a_full_window_is_not_due() {
+        // A broker that takes the connection and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut cfg = config(addr, false);
+        cfg.in_flight_max = 1;
+        let mut p = Producer::with_routes(cfg, vec![addr]).unwrap();
+        p.send_to(0, None, b"a", 0, 1).unwrap();
+        p.poll(Duration::ZERO);
+        assert_eq!(p.in_flight(), 1, "\"a\" sealed and sent");
+        p.send_to(0, None, b"b", 0, 2).unwrap();
+        p.poll(Duration::ZERO);
+        assert_eq!(p.pending_batches(), 2, "\"b\" sealed, waiting for room");
+        assert_eq!(p.next_due(), None);
+        drop(listener);
+    }
+
+    /// The byte window: batches go while their bytes fit (any one batch
+    /// always may); the rest wait for answers, not for a time.
+    #[test]
+    fn batches_in_flight_are_bounded_by_bytes_as_well_as_by_count() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let value = vec![7u8; 1000];
+        for (window_batches, expect_in_flight) in [(1, 1), (2, 2), (3, 3)] {
+            let mut cfg = config(addr, false);
+            cfg.in_flight_max = 64;
+            // Each batch of one 1000-byte record is a little over 1000 bytes.
+            cfg.in_flight_bytes_max = window_batches * 1100;
+            let mut p = Producer::with_routes(cfg, vec![addr]).unwrap();
+            for tag in 0..4 {
+                p.send_to(0, None, &value, 0, tag).unwrap();
+                p.poll(Duration::ZERO);
+            }
+            assert_eq!(p.in_flight(), expect_in_flight, "window of {window_batches} batches");
+            assert_eq!(p.pending_batches(), 4);
+            assert_eq!(p.next_due(), None);
+        }
+        // A batch larger than the whole window still goes, alone.
+        let mut cfg = config(addr, false);
+        cfg.in_flight_bytes_max = 10;
+        let mut p = Producer::with_routes(cfg, vec![addr]).unwrap();
+        p.send_to(0, None, &value, 0, 0).unwrap();
+        p.poll(Duration::ZERO);
+        assert_eq!(p.in_flight(), 1);
+        drop(listener);
     }
 
     /// Without idempotence and with one batch in flight (`drmq produce`

@@ -9,6 +9,8 @@
 //! | `spawn`      | a local single broker for `--spawn-broker` and `bench`             |
 //! | `dashboards` | `--dashboards N`: WebSocket clients reading the brokers' `/ws`     |
 //! | `catchup`    | `catch-up`: a follower far behind rejoins by snapshot / by replay   |
+//! | `idle`       | `idle`: CPU, memory and wake-ups of an idle cluster as partitions grow |
+//! | `partitions` | `bench --compare-partitions`: throughput at two partition counts     |
 //!
 //! `drmq-loadtest run` drives a broker (given by `--brokers`, or started by
 //! `--spawn-broker`); `drmq-loadtest bench` runs the fixed suite on a broker
@@ -19,6 +21,8 @@ mod catchup;
 mod dashboards;
 mod fault;
 mod group;
+mod idle;
+mod partitions;
 mod plot;
 mod report;
 mod run;
@@ -50,7 +54,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// One workload against a broker (or one it starts with --spawn-broker).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The fixed suite on brokers it starts: RF=1 on one broker and RF=3 on
     /// three; 100 B and 1 KiB messages; 1 and 16 partitions; maximum rate,
     /// then 50 % of it for latency; RF=3 with a follower stopped and with the
@@ -61,6 +65,10 @@ enum Cmd {
     /// the loopback and write+fdatasync baselines, and produce latency to
     /// the leader's shard during the transfer against without.
     CatchUp(catchup::CatchUpArgs),
+    /// The cost of an idle cluster as partitions grow: CPU (% of a core),
+    /// memory, wake-ups and peer frames per broker, with no topic and then
+    /// with each --partitions count, on a local cluster it starts.
+    Idle(idle::IdleArgs),
 }
 
 #[derive(Args, Clone)]
@@ -153,6 +161,9 @@ struct RunArgs {
     /// Produce requests in flight per producer (the closed-loop window).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     in_flight: u64,
+    /// Batch bytes in flight per producer (the client's default if absent).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    in_flight_bytes: Option<u64>,
     /// Target rate in msgs/s over all producers (open loop); maximum rate if
     /// absent.
     #[arg(long)]
@@ -239,7 +250,14 @@ struct BenchArgs {
     /// and prints the throughput ratio.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=dashboards::CLIENTS_PER_BROKER_MAX as i64))]
     compare_dashboards: Option<u16>,
-    /// Pairs of runs (without, with) for --compare-dashboards.
+    /// Instead of the suite: throughput at two partition counts, A,B (e.g.
+    /// 16,256). Runs the maximum-rate case (1 KiB, RF=3 on three brokers)
+    /// on A and on B partitions, interleaved (--compare-rounds pairs), on
+    /// the same brokers, and prints B's throughput as a fraction of A's.
+    #[arg(long, value_delimiter = ',', conflicts_with = "compare_dashboards")]
+    compare_partitions: Option<Vec<u32>>,
+    /// Pairs of runs for --compare-dashboards (without, with) and
+    /// --compare-partitions (A, B).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=20))]
     compare_rounds: u16,
     #[arg(long)]
@@ -294,7 +312,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run(args) => match validate_run(&args) {
             Err(msg) => return usage_error(msg),
-            Ok(()) => cmd_run(args),
+            Ok(()) => cmd_run(*args),
         },
         Cmd::Bench(args) => match validate_broker_args(&args.broker)
             .and_then(|()| positive("--duration-s", args.duration_s))
@@ -306,6 +324,10 @@ fn main() -> ExitCode {
         Cmd::CatchUp(args) => match catchup::validate(&args) {
             Err(msg) => return usage_error(msg),
             Ok(()) => catchup::cmd(args),
+        },
+        Cmd::Idle(args) => match idle::validate(&args) {
+            Err(msg) => return usage_error(msg),
+            Ok(()) => idle::cmd(args),
         },
     };
     match result {
@@ -482,6 +504,9 @@ fn cmd_run(a: RunArgs) -> Result<bool> {
         batch_bytes: a.batch_bytes as usize,
         linger: Duration::from_micros(a.linger_us),
         in_flight: a.in_flight as usize,
+        in_flight_bytes: a
+            .in_flight_bytes
+            .map_or(client::IN_FLIGHT_BYTES_DEFAULT, |b| b as usize),
         rate: a.rate,
         stop,
         warmup: Duration::from_secs_f64(a.warmup_s),
@@ -600,7 +625,19 @@ fn bench_topic(
     partitions: u32,
     rf: u16,
 ) -> Result<()> {
-    spawn::ensure_topic(brokers, topic, partitions, rf, BENCH_SEGMENT_BYTES).map_err(|e| {
+    bench_topic_with(brokers, https, topic, partitions, rf, BENCH_SEGMENT_BYTES)
+}
+
+/// [`bench_topic`] with its segment size.
+fn bench_topic_with(
+    brokers: &[SocketAddr],
+    https: &[SocketAddr],
+    topic: &str,
+    partitions: u32,
+    rf: u16,
+    segment_bytes: Option<u64>,
+) -> Result<()> {
+    spawn::ensure_topic(brokers, topic, partitions, rf, segment_bytes).map_err(|e| {
         let full = spawn::disks_full(https);
         if full.is_empty() {
             e
@@ -635,6 +672,8 @@ fn bench_case(
         batch_bytes: a.batch_bytes as usize,
         linger: Duration::from_millis(1),
         in_flight: 64,
+        // The suite measures the maximum: a window of 64 full batches.
+        in_flight_bytes: 64 * a.batch_bytes as usize,
         rate,
         stop: Stop::Duration(Duration::from_secs_f64(a.duration_s)),
         warmup: Duration::from_secs_f64(a.warmup_s),
@@ -704,6 +743,9 @@ fn bench_case(
 fn cmd_bench(a: BenchArgs) -> Result<bool> {
     if let Some(n) = a.compare_dashboards {
         return compare_dashboards(&a, usize::from(n));
+    }
+    if let Some(counts) = &a.compare_partitions {
+        return partitions::compare_partitions(&a, counts);
     }
     let mut cases: Vec<Case> = Vec::new();
     let mut series: Vec<plot::Series> = Vec::new();

@@ -70,6 +70,7 @@ impl Report<'_> {
                 "batch_bytes": w.batch_bytes,
                 "linger_us": w.linger.as_micros() as u64,
                 "in_flight": w.in_flight,
+                "in_flight_bytes": w.in_flight_bytes,
                 "mode": if w.rate.is_some() { "open_loop" } else { "max_rate" },
                 "target_msgs_per_s": w.rate,
                 "warmup_s": w.warmup.as_secs_f64(),
@@ -131,7 +132,7 @@ impl Report<'_> {
         let w = self.workload;
         println!("== {} ==", self.name);
         println!(
-            "  {} partitions, {} producer(s), {} consumer(s), values {:?}, {}, acks {:?}, batch {} B, linger {} µs, in-flight {}, {}",
+            "  {} partitions, {} producer(s), {} consumer(s), values {:?}, {}, acks {:?}, batch {} B, linger {} µs, in-flight {} ({} KiB), {}",
             o.partitions,
             w.producers,
             w.consumers,
@@ -141,6 +142,7 @@ impl Report<'_> {
             w.batch_bytes,
             w.linger.as_micros(),
             w.in_flight,
+            w.in_flight_bytes / 1024,
             match w.rate {
                 Some(r) => format!("open loop at {r:.0} msgs/s"),
                 None => "max rate (closed loop)".to_owned(),

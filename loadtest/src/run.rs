@@ -122,6 +122,7 @@ pub struct Workload {
     pub batch_bytes: usize,
     pub linger: Duration,
     pub in_flight: usize,
+    pub in_flight_bytes: usize,
     /// Total target rate in msgs/s (open loop); None: maximum rate.
     pub rate: Option<f64>,
     pub stop: Stop,
@@ -411,6 +412,7 @@ pub fn run(w: &Workload) -> Result<Outcome> {
         cfg.batch_bytes_max = w.batch_bytes;
         cfg.linger = w.linger;
         cfg.in_flight_max = w.in_flight;
+        cfg.in_flight_bytes_max = w.in_flight_bytes;
         let producer = Producer::new(cfg)?;
         let live = live.clone();
         let w = w.clone();

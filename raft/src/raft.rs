@@ -42,6 +42,15 @@ const SNAPSHOT_STALL_HEARTBEATS: u32 = 2;
 /// All `snapshot_chunks` of one Ready belong to one snapshot; when `snapshot`
 /// is set they are its last chunks. `soft_state` (leader and role) is
 /// informational.
+///
+/// When `send_before_persisting` is set, `messages` may go out at once,
+/// before steps 1-4 (Raft thesis 10.2.1): the Ready comes from a node that
+/// was leader already at the last Ready, in the same term with the same vote
+/// (durable then), and installs no snapshot. A leader's messages (appends,
+/// heartbeats, snapshot tickets) promise nothing about its own disk: the
+/// leader counts itself towards a quorum only for entries that
+/// [`Raft::advance`] reported durable. Sending them first lets the
+/// followers write and sync while the leader does.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub soft_state: Option<SoftState>,
@@ -51,6 +60,7 @@ pub struct Ready {
     pub entries: Vec<Entry>,
     pub messages: Vec<Message>,
     pub committed_entries: Vec<Entry>,
+    pub send_before_persisting: bool,
 }
 
 /// What a handed-out Ready promised to persist (checked against on advance).
@@ -316,7 +326,7 @@ impl<S: Storage> Raft<S> {
 
     /// Proposes application data; returns the entry's index. Leaders only.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<u64, Error> {
-        self.propose_payload(EntryPayload::Data(data))
+        self.propose_payload(EntryPayload::data(data))
     }
 
     /// Proposes a single-server membership change; returns the entry's index.
@@ -495,6 +505,41 @@ impl<S: Storage> Raft<S> {
                 || self.soft_state() != self.prev_soft_state)
     }
 
+    /// True when the Ready [`Raft::ready`] would hand out now asks for
+    /// nothing but sending its messages: no snapshot or chunks, no entries,
+    /// no committed entries to apply, the same role and leader as at the
+    /// last Ready, and the same term and vote (durable since that Ready).
+    /// Only the commit index may have moved, and it is volatile state
+    /// (Figure 2: a restarted node learns it again), so nothing needs to be
+    /// written before the messages go. Steps 1-4 and 6 of the contract are
+    /// then empty: a driver may take such a Ready, send its messages and
+    /// [`Raft::advance`] at once, where the input that made it arose (an
+    /// idle group's heartbeats and their answers need no disk and no task).
+    pub fn ready_sends_only(&self) -> bool {
+        let nothing_else = self.ready_in_flight.is_none()
+            && !self.append_pending
+            && self.snapshot_chunks.is_empty()
+            && !self.log.has_unstable()
+            && self.term == self.prev_hard_state.term
+            && self.vote == self.prev_hard_state.vote
+            && self.soft_state() == self.prev_soft_state;
+        // What is left of `has_ready`, the log read (committed entries)
+        // last: a heartbeat's Ready is told by its messages alone.
+        nothing_else
+            && !(self.cfg.deliver_committed_entries && self.log.has_next_committed())
+            && (!self.msgs.is_empty()
+                || self.log.committed != self.prev_hard_state.commit
+                || self.log.has_next_committed())
+    }
+
+    /// Whether messages wait for the next Ready: cheaper than
+    /// [`Raft::has_ready`] (no storage read), so a driver ticking thousands
+    /// of groups can tell which ticks produced anything (a tick only sends
+    /// messages or changes role or term).
+    pub fn has_messages(&self) -> bool {
+        !self.msgs.is_empty()
+    }
+
     /// Takes everything to persist, send and apply. Call [`Raft::advance`]
     /// once it is durable; until then `ready` may not be called again.
     pub fn ready(&mut self) -> Result<Ready, Error> {
@@ -522,15 +567,23 @@ impl<S: Storage> Raft<S> {
             self.log.applied = last.index;
         }
         let hard_state = self.hard_state();
+        let same_vote =
+            hard_state.term == self.prev_hard_state.term && hard_state.vote == self.prev_hard_state.vote;
         let hard_state = (hard_state != self.prev_hard_state).then(|| {
             self.prev_hard_state = hard_state;
             hard_state
         });
         let soft_state = self.soft_state();
+        let same_role = soft_state == self.prev_soft_state;
         let soft_state = (soft_state != self.prev_soft_state).then(|| {
             self.prev_soft_state = soft_state;
             soft_state
         });
+        let send_before_persisting = self.role == Role::Leader
+            && same_role
+            && same_vote
+            && snapshot.is_none()
+            && self.snapshot_chunks.is_empty();
         self.ready_in_flight = Some(ReadyInFlight {
             snapshot_index: snapshot.as_ref().map(|s| s.index),
             last_entry: entries.last().map(|e| (e.index, e.term)),
@@ -543,6 +596,7 @@ impl<S: Storage> Raft<S> {
             entries,
             messages: std::mem::take(&mut self.msgs),
             committed_entries,
+            send_before_persisting,
         })
     }
 

@@ -227,7 +227,7 @@ mod tests {
         Entry {
             index,
             term,
-            payload: EntryPayload::Data(vec![index as u8]),
+            payload: EntryPayload::data(vec![index as u8]),
         }
     }
 

@@ -21,16 +21,28 @@ pub const MEMBERS_MAX: usize = 16;
 /// so that many empty entries still consume budget.
 pub const ENTRY_OVERHEAD_BYTES: u64 = 24;
 
+/// An entry's application bytes, shared by reference count.
+pub type Payload = std::sync::Arc<Vec<u8>>;
+
 /// What an entry carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryPayload {
     /// The no-op a new leader appends to commit entries of earlier terms
     /// (Raft paper, section 8).
     Empty,
-    /// Opaque application bytes (in DRMQ: one encoded record batch).
-    Data(Vec<u8>),
+    /// Opaque application bytes (in DRMQ: one encoded record batch),
+    /// shared: the unstable log, every follower's append and the driver's
+    /// Ready hold the same bytes, never copies.
+    Data(Payload),
     /// A membership change; in effect as soon as it is in the log (thesis 4.1).
     Membership(Membership),
+}
+
+impl EntryPayload {
+    /// Application bytes as a payload (moves them, no copy).
+    pub fn data(bytes: Vec<u8>) -> EntryPayload {
+        EntryPayload::Data(Payload::new(bytes))
+    }
 }
 
 /// One log entry.

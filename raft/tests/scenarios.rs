@@ -893,3 +893,153 @@ fn proposals_beyond_the_uncommitted_budget_are_refused_until_commits_catch_up() 
     cluster.tick_all(3);
     assert!(cluster.node_mut(1).propose(vec![0; 1000]).is_ok());
 }
+
+#[test]
+fn a_leader_sends_appends_before_its_own_write_and_counts_itself_only_once_durable() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    assert_eq!(cluster.leader(), Some(1));
+    cluster.node_mut(1).propose(b"x".to_vec()).unwrap();
+    // An established leader's Ready: its appends may leave first.
+    let ready = cluster.node_mut(1).ready().unwrap();
+    assert!(ready.send_before_persisting, "{ready:?}");
+    assert_eq!(ready.entries.len(), 1);
+    let index = ready.entries[0].index;
+    cluster.queue.extend(ready.messages.iter().cloned());
+    // Both followers write, sync and acknowledge while the leader's own
+    // write is still pending; their Readies may not send first.
+    for id in [2, 3] {
+        cluster.deliver_one();
+        let raft = cluster.node_mut(id);
+        assert!(raft.has_ready());
+        let ready = cluster.handle_ready(id).unwrap();
+        assert!(!ready.send_before_persisting, "a follower's acks wait for its disk");
+    }
+    cluster.deliver_one();
+    cluster.deliver_one();
+    // Two followers of three are a quorum without the leader's copy.
+    assert_eq!(cluster.node(1).commit_index(), index);
+    // The leader crashes before its own write was durable: the entry lives on.
+    cluster.crash(1);
+    cluster.restart(1);
+    assert!(cluster.node(1).last_index() < index, "the leader lost its copy");
+    cluster.campaign(2);
+    assert_eq!(cluster.leader(), Some(2));
+    let leader = cluster.node(2);
+    assert!(leader.commit_index() >= index && leader.last_index() >= index);
+    // A new leader's first Ready changes role: it waits for the disk.
+    let mut cluster = Cluster::new(3);
+    cluster.node_mut(1).campaign();
+    let first = cluster.handle_ready(1).unwrap();
+    assert!(!first.send_before_persisting, "a candidate's vote requests wait for its vote");
+}
+
+#[test]
+fn a_leader_only_counts_itself_once_its_ready_is_advanced() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.node_mut(1).propose(b"x".to_vec()).unwrap();
+    let ready = cluster.node_mut(1).ready().unwrap();
+    let index = ready.entries[0].index;
+    // Only follower 2 hears of it: leader (not durable) + one follower is
+    // not a quorum of durable copies.
+    cluster.queue.extend(ready.messages.iter().filter(|m| m.to == 2).cloned());
+    cluster.deliver_one();
+    cluster.handle_ready(2);
+    cluster.deliver_one();
+    assert!(cluster.node(1).commit_index() < index);
+    // Once the leader's write is durable, it counts.
+    cluster.node_mut(1).storage_mut().append(&ready.entries);
+    cluster.node_mut(1).advance().unwrap();
+    assert_eq!(cluster.node(1).commit_index(), index);
+}
+
+/// Ticks `id` alone (no stabilizing) until it has messages to send.
+fn tick_until_messages(cluster: &mut Cluster, id: u64) {
+    for _ in 0..100 {
+        cluster.node_mut(id).tick().unwrap();
+        if cluster.node(id).has_messages() {
+            return;
+        }
+    }
+    panic!("node {id} sent nothing in 100 ticks");
+}
+
+#[test]
+fn persistence_contract_an_idle_groups_heartbeats_and_their_answers_need_nothing_written() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    // The leader's heartbeat tick: a Ready that only sends (Figure 2: term
+    // and vote are durable already, nothing else is persistent state).
+    tick_until_messages(&mut cluster, 1);
+    assert!(cluster.node(1).ready_sends_only());
+    let beat = cluster.handle_ready(1).unwrap();
+    assert!(beat.entries.is_empty() && beat.hard_state.is_none() && beat.soft_state.is_none());
+    assert_eq!(beat.messages.len(), 2);
+    assert!(beat
+        .messages
+        .iter()
+        .all(|m| matches!(m.body, MessageBody::Heartbeat { .. })));
+    // The follower's answer: only a message as well.
+    assert!(cluster.deliver_one());
+    let follower = cluster.delivered.last().unwrap().to;
+    assert!(cluster.node(follower).ready_sends_only());
+    let answer = cluster.handle_ready(follower).unwrap();
+    assert!(answer.entries.is_empty() && answer.soft_state.is_none());
+    assert_eq!(answer.messages.len(), 1);
+    assert_eq!(answer.messages[0].body, MessageBody::HeartbeatResponse);
+    // A follower's tick short of its election timeout makes nothing at
+    // all: a driver need not look for a Ready after it.
+    cluster.node_mut(follower).tick().unwrap();
+    assert!(!cluster.node(follower).has_messages());
+    assert!(!cluster.node(follower).has_ready());
+    // The leader takes the answer without anything to send back.
+    assert!(cluster.deliver_one());
+    cluster.stabilize();
+    assert!(!cluster.node(1).has_ready());
+}
+
+#[test]
+fn persistence_contract_a_ready_that_writes_or_promises_is_never_send_only() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    // Entries to write (and the appends that carry them).
+    cluster.node_mut(1).propose(b"x".to_vec()).unwrap();
+    assert!(cluster.node(1).has_ready());
+    assert!(!cluster.node(1).ready_sends_only());
+    // While a Ready is in flight, a heartbeat tick adds messages but no
+    // Ready: they wait for advance (and the entries' fsync).
+    let in_flight = cluster.node_mut(1).ready().unwrap();
+    assert_eq!(in_flight.entries.len(), 1);
+    tick_until_messages(&mut cluster, 1);
+    assert!(!cluster.node(1).has_ready());
+    assert!(!cluster.node(1).ready_sends_only());
+    let leader = cluster.node_mut(1);
+    leader.storage_mut().append(&in_flight.entries);
+    if let Some(hs) = in_flight.hard_state {
+        leader.storage_mut().set_hard_state(hs);
+    }
+    leader.advance().unwrap();
+    cluster.queue.extend(in_flight.messages);
+    cluster.stabilize();
+    // A heartbeat of a newer term: the follower must save the term first
+    // (section 5.1) and reports a new leader.
+    let term = cluster.node(2).term() + 1;
+    cluster
+        .node_mut(2)
+        .step(Message {
+            group_id: 1,
+            from: 3,
+            to: 2,
+            term,
+            body: MessageBody::Heartbeat { commit: 0 },
+        })
+        .unwrap();
+    assert!(cluster.node(2).has_ready());
+    assert!(!cluster.node(2).ready_sends_only());
+    let saved = cluster.handle_ready(2).unwrap();
+    assert_eq!(saved.hard_state.map(|h| h.term), Some(term));
+    // A campaign: a new role (and, past the pre-vote, a new term and vote).
+    cluster.node_mut(3).campaign();
+    assert!(!cluster.node(3).ready_sends_only());
+}

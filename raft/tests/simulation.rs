@@ -101,5 +101,13 @@ fn simulation_keeps_raft_safe_and_live_under_faults() {
         assert!(stats.snapshots_installed > count / 10, "{stats:?}");
         assert!(stats.membership_changes_applied > count / 10, "{stats:?}");
         assert!(stats.leaders_elected > count, "{stats:?}");
+        // Leaders send appends before their own fsync, and some crash
+        // before it: acknowledged entries must survive that too.
+        assert!(
+            stats.sent_before_persisting > count && stats.crashes_after_early_send > 0,
+            "{stats:?}"
+        );
+        // Heartbeats and their answers take the send-only path.
+        assert!(stats.send_only_readies > count, "{stats:?}");
     }
 }

@@ -16,7 +16,7 @@
 //! listener's nonce is new on every connection). Until then frames are
 //! limited to [`HELLO_FRAME_BYTES_MAX`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -129,22 +129,42 @@ struct Link {
 pub const LANE_CONTROL: &str = "control";
 pub const LANE_BULK: &str = "bulk";
 
+/// Heartbeats (and answers) [`Outbox::hold`] keeps before it sends them
+/// without waiting for a flush: one full batch (`raft::heartbeat::BEATS_PER_BATCH_MAX`,
+/// ~100 KiB encoded). A shard's groups make about a tenth of their count
+/// per tick (one heartbeat per peer every 10 ticks), so a shard of up to
+/// ~20,000 groups towards two peers flushes once per tick.
+const HELD_BEATS_MAX: usize = raft::heartbeat::BEATS_PER_BATCH_MAX;
+
 /// The outbound side of one shard: a link per peer broker.
 pub struct Outbox {
     me: NodeId,
     links: BTreeMap<NodeId, Link>,
     pub counters: Rc<PeerCounters>,
+    /// Heartbeats and their answers from [`Outbox::hold`], until
+    /// [`Outbox::flush`].
+    held: RefCell<Vec<raft::Message>>,
 }
 
 /// Where a group driver sends its Raft messages: the [`Outbox`], or a test
 /// double that records (and checks) what leaves.
 pub trait Transport {
     fn send(&self, msgs: Vec<raft::Message>);
+    /// Like [`Transport::send`], but heartbeats and their answers may wait
+    /// for the shard's next flush (the end of the tick or of the peer frame
+    /// that made them), so those of many groups to one peer leave as one
+    /// frame.
+    fn hold(&self, msgs: Vec<raft::Message>) {
+        self.send(msgs);
+    }
 }
 
 impl Transport for Outbox {
     fn send(&self, msgs: Vec<raft::Message>) {
         Outbox::send(self, msgs);
+    }
+    fn hold(&self, msgs: Vec<raft::Message>) {
+        Outbox::hold(self, msgs);
     }
 }
 
@@ -193,6 +213,42 @@ impl Outbox {
             me: identity.node_id,
             links,
             counters,
+            held: RefCell::default(),
+        }
+    }
+
+    /// Sends `msgs` but keeps their heartbeats and heartbeat answers until
+    /// [`Outbox::flush`] (or until [`HELD_BEATS_MAX`] are kept), so that the
+    /// beats of every group a tick or a peer frame touched go to each peer
+    /// in one frame. The shard flushes after every tick and every peer
+    /// frame it delivered, so nothing waits longer than one tick.
+    pub fn hold(&self, msgs: Vec<raft::Message>) {
+        let (beats, rest): (Vec<raft::Message>, Vec<raft::Message>) =
+            msgs.into_iter().partition(|m| {
+                matches!(
+                    m.body,
+                    MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse
+                )
+            });
+        if !rest.is_empty() {
+            self.send(rest);
+        }
+        let full = {
+            let mut held = self.held.borrow_mut();
+            held.extend(beats);
+            held.len() >= HELD_BEATS_MAX
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    /// Sends what [`Outbox::hold`] kept: per peer, one heartbeat frame and
+    /// one answer frame (more past `raft::BEATS_PER_BATCH_MAX` beats).
+    pub fn flush(&self) {
+        let held = std::mem::take(&mut *self.held.borrow_mut());
+        if !held.is_empty() {
+            self.send(held);
         }
     }
 
@@ -608,7 +664,7 @@ mod tests {
                     Entry {
                         index: 12,
                         term: 5,
-                        payload: EntryPayload::Data(data.clone()),
+                        payload: EntryPayload::data(data.clone()),
                     },
                 ],
                 commit: 10,
@@ -842,6 +898,87 @@ mod tests {
                 assert_eq!(a.client, "127.0.0.1:9100");
                 assert_eq!(a.http, "127.0.0.1:8100");
             }
+        });
+    }
+
+    /// Records the size of every delivery.
+    #[derive(Default)]
+    struct Deliveries(std::cell::RefCell<Vec<Vec<raft::Message>>>);
+
+    impl Inbound for Deliveries {
+        fn peer_up(&self, _node: NodeId, _addresses: &PeerAddresses) {}
+        fn deliver(&self, msgs: Vec<raft::Message>) {
+            self.0.borrow_mut().push(msgs);
+        }
+    }
+
+    #[test]
+    fn held_heartbeats_of_many_groups_to_one_peer_leave_in_one_frame_at_the_flush() {
+        on_executor(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let peers = BTreeMap::from([(1, "127.0.0.1:1".parse().unwrap()), (2, addr)]);
+            let identity = |node| {
+                Rc::new(Identity::new(
+                    node,
+                    0,
+                    b"secret".to_vec(),
+                    String::new(),
+                    String::new(),
+                    &[1, 2],
+                ))
+            };
+            let seen = Rc::new(Deliveries::default());
+            let received = Rc::new(PeerCounters::default());
+            glommio::spawn_local(listen(
+                listener,
+                identity(2),
+                Rc::new(peers.clone()),
+                seen.clone(),
+                received.clone(),
+            ))
+            .detach();
+            let tq = glommio::executor().current_task_queue();
+            let outbox = Outbox::start(identity(1), &peers, tq);
+            let groups = 300u64;
+            let beat = |group, body| raft::Message {
+                group_id: group,
+                from: 1,
+                to: 2,
+                term: 3,
+                body,
+            };
+            // Each group's Ready holds its own beats, as the driver's fast
+            // path does, one group at a time; a vote answer is not held.
+            for g in 0..groups {
+                outbox.hold(vec![
+                    beat(g, MessageBody::Heartbeat { commit: g }),
+                    beat(g + 1000, MessageBody::HeartbeatResponse),
+                ]);
+            }
+            outbox.hold(vec![beat(7, MessageBody::VoteResponse { reject: true })]);
+            let control = |o: &Outbox| o.lane_samples()[1].frames_queued;
+            assert_eq!(control(&outbox), 1, "only the vote answer is queued");
+            outbox.flush();
+            assert_eq!(control(&outbox), 3, "one frame of beats, one of answers");
+            outbox.flush();
+            assert_eq!(control(&outbox), 3, "a second flush sends nothing");
+            for _ in 0..500 {
+                if seen.0.borrow().len() == 3 {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            let seen = seen.0.borrow();
+            let sizes: Vec<usize> = seen.iter().map(|d| d.len()).collect();
+            assert_eq!(sizes, [1, groups as usize, groups as usize]);
+            assert_eq!(received.frames_received.get(), 3);
+            let beats = &seen[1];
+            assert!(beats.iter().enumerate().all(|(g, m)| m.group_id == g as u64
+                && m.body == MessageBody::Heartbeat { commit: g as u64 }));
+            assert!(seen[2]
+                .iter()
+                .all(|m| m.body == MessageBody::HeartbeatResponse && m.group_id >= 1000));
         });
     }
 

@@ -41,13 +41,22 @@ impl RaftGroup {
         if raft.role() != Role::Leader || self.kind == RaftGroupKind::Controller {
             return Vec::new();
         }
-        let first = raft::Storage::first_index(raft.storage());
+        // The log's first index is a lookup in its first segment: only
+        // for a follower that may be below it (one that has every entry is
+        // not; most are, most of the time).
+        let last = raft.last_index();
+        let first = std::cell::OnceCell::new();
         let mut out = Vec::new();
         for &r in self.replicas.iter().filter(|&&r| r != raft.id()) {
             let Some(pr) = raft.progress(r).filter(|p| p.recent_active) else {
                 continue;
             };
-            if pr.state == ProgressState::Snapshot || pr.next_index < first {
+            let below_start = || {
+                pr.next_index <= last
+                    && pr.next_index
+                        < *first.get_or_init(|| raft::Storage::first_index(raft.storage()))
+            };
+            if pr.state == ProgressState::Snapshot || below_start() {
                 out.push(Need {
                     follower: r,
                     match_index: pr.match_index,
@@ -65,6 +74,12 @@ impl RaftGroup {
             return;
         }
         let needs = self.snapshot_needs();
+        if needs.is_empty()
+            && self.archives.current.borrow().is_none()
+            && self.archives.retired.borrow().is_empty()
+        {
+            return; // nothing to start, nothing to expire: most groups
+        }
         let start_prev = self.start_prev.get().0;
         let usable = self.archives.usable(start_prev);
         let first = raft::Storage::first_index(self.raft.borrow().storage());

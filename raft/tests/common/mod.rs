@@ -202,7 +202,7 @@ impl Cluster {
         let state = self.applied.entry(id).or_default();
         for entry in &ready.committed_entries {
             if let EntryPayload::Data(data) = &entry.payload {
-                state.push(data.clone());
+                state.push(data.to_vec());
             }
         }
         raft.advance().unwrap();
@@ -313,7 +313,7 @@ pub fn storage_with_terms(voters: &[NodeId], terms: &[u64], current_term: u64) -
         .map(|(i, &term)| Entry {
             index: i as u64 + 1,
             term,
-            payload: EntryPayload::Data(format!("{}@{}", i + 1, term).into_bytes()),
+            payload: EntryPayload::data(format!("{}@{}", i + 1, term).into_bytes()),
         })
         .collect();
     storage.append(&entries);

@@ -123,6 +123,9 @@ struct Sim {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
     pub seeds: u64,
+    /// Readies that only sent, taken the broker's way: sent and advanced
+    /// at once, with nothing written.
+    pub send_only_readies: u64,
     pub leaders_elected: u64,
     pub entries_committed: u64,
     pub crashes: u64,
@@ -131,6 +134,11 @@ pub struct Stats {
     pub snapshots_installed: u64,
     pub membership_changes_applied: u64,
     pub transfers_started: u64,
+    /// Messages a leader sent before its Ready was durable.
+    pub sent_before_persisting: u64,
+    /// Crashes of a leader whose Ready had sent its messages but was not
+    /// durable (its followers may hold entries it lost).
+    pub crashes_after_early_send: u64,
     /// The slowest recovery after healing, in ticks (bound: LIVENESS_TICKS_MAX).
     pub liveness_ticks_max: u64,
 }
@@ -138,6 +146,7 @@ pub struct Stats {
 impl Stats {
     pub fn add(&mut self, other: &Stats) {
         self.seeds += other.seeds;
+        self.send_only_readies += other.send_only_readies;
         self.leaders_elected += other.leaders_elected;
         self.entries_committed += other.entries_committed;
         self.crashes += other.crashes;
@@ -146,6 +155,8 @@ impl Stats {
         self.snapshots_installed += other.snapshots_installed;
         self.membership_changes_applied += other.membership_changes_applied;
         self.transfers_started += other.transfers_started;
+        self.sent_before_persisting += other.sent_before_persisting;
+        self.crashes_after_early_send += other.crashes_after_early_send;
         self.liveness_ticks_max = self.liveness_ticks_max.max(other.liveness_ticks_max);
     }
 }
@@ -262,6 +273,9 @@ impl Sim {
         let mut storage = raft.into_storage();
         let mut pairs = Vec::new();
         if let Some(ready) = node.pending.take() {
+            if ready.send_before_persisting && !ready.entries.is_empty() {
+                self.stats.crashes_after_early_send += 1;
+            }
             if torn && ready.snapshot.is_none() && !ready.entries.is_empty() {
                 let first = ready.entries[0].index;
                 let mut prev_term = storage.term(first - 1).expect("prev term");
@@ -371,6 +385,39 @@ impl Sim {
         }
     }
 
+    /// What the broker does with a Ready that [`Raft::ready_sends_only`]
+    /// calls send-only: sends its messages and advances at once, writing
+    /// nothing (not even a moved commit index), and a crash right after
+    /// keeps only what was durable before. Checks that the Ready asked for
+    /// nothing else.
+    fn handle_send_only_ready(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = node.raft.as_mut() else {
+            return;
+        };
+        if node.pending.is_some() || !raft.ready_sends_only() {
+            return;
+        }
+        let ready = raft.ready().expect("ready");
+        let durable = raft.storage().hard_state();
+        let more = !ready.entries.is_empty()
+            || ready.snapshot.is_some()
+            || !ready.snapshot_chunks.is_empty()
+            || !ready.committed_entries.is_empty()
+            || ready.soft_state.is_some()
+            || ready
+                .hard_state
+                .is_some_and(|h| (h.term, h.vote) != (durable.term, durable.vote));
+        if more {
+            self.fail(format!(
+                "node {id}: a send-only Ready asks for more than sending: {ready:?}"
+            ));
+        }
+        raft.advance().expect("advance");
+        self.stats.send_only_readies += 1;
+        self.send(ready.messages);
+    }
+
     /// Takes a Ready if none is pending; persists the pending one with the
     /// seed's probability (so crashes can catch Readies not yet durable).
     fn handle_ready(&mut self, id: NodeId, persist_always: bool) {
@@ -379,9 +426,24 @@ impl Sim {
         let Some(raft) = node.raft.as_mut() else {
             return;
         };
+        let mut early = Vec::new();
         if node.pending.is_none() && raft.has_ready() {
-            node.pending = Some(raft.ready().expect("ready"));
+            let mut ready = raft.ready().expect("ready");
+            // A leader's messages leave before its Ready is durable (and a
+            // crash may then lose the Ready): what the broker does.
+            if ready.send_before_persisting {
+                early = std::mem::take(&mut ready.messages);
+            }
+            node.pending = Some(ready);
         }
+        if !early.is_empty() {
+            self.stats.sent_before_persisting += early.len() as u64;
+            self.send(early);
+        }
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(raft) = node.raft.as_mut() else {
+            return;
+        };
         if !persist {
             return;
         }
@@ -555,6 +617,9 @@ impl Sim {
         }
         self.deliver();
         for id in self.alive() {
+            if self.rng.chance(1, 2) {
+                self.handle_send_only_ready(id);
+            }
             self.handle_ready(id, !faults);
         }
         self.check_invariants();
