@@ -46,6 +46,8 @@ pub struct ClusterView {
     leader_changes: u64,
     /// Recent leadership events (bounded), the seam for the event feed.
     events: VecDeque<LeaderChange>,
+    /// The shards' leader-balance rounds (`crate::balance`).
+    balance: crate::balance::Board,
 }
 
 impl ClusterView {
@@ -191,6 +193,29 @@ impl Cluster {
             }
             v.events.push_back(change);
         };
+    }
+
+    /// Runs `f` on the broker's leader-balance board (under the view's
+    /// lock), with whether a broker was heard from within `heard_within`
+    /// (this one always is).
+    pub(crate) fn with_balance<R>(
+        &self,
+        heard_within: Duration,
+        f: impl FnOnce(&mut crate::balance::Board, &dyn Fn(u64) -> bool) -> R,
+    ) -> Option<R> {
+        let mut v = self.view.write().ok()?;
+        let now = Instant::now();
+        let ClusterView {
+            balance, last_seen, ..
+        } = &mut *v;
+        let me = self.me;
+        let alive = |b: u64| {
+            b == me
+                || last_seen
+                    .get(&b)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < heard_within)
+        };
+        Some(f(balance, &alive))
     }
 
     /// The leader of Raft group `group`, as last seen.

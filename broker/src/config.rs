@@ -48,6 +48,11 @@ pub const SNAPSHOT_RATE_MB_DEFAULT: u64 = 100;
 /// (in sealed bytes the leader would replay) gets a snapshot even though the
 /// leader still holds every entry it needs. See docs/BENCHMARKS.md.
 pub const SNAPSHOT_CATCH_UP_MIB_DEFAULT: u64 = 256;
+/// Default interval of the leader-balance rounds: a few seconds, so a
+/// restarted broker leads its share again soon after it has caught up,
+/// while a round (a few map insertions per group) costs nothing measurable.
+/// 0 turns balancing off.
+pub const LEADER_BALANCE_INTERVAL_MS_DEFAULT: u64 = 3_000;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -98,6 +103,9 @@ pub struct FileConfig {
     /// A follower this many MiB behind catches up by snapshot (0: only a
     /// follower below the leader's log start does).
     pub snapshot_catch_up_mib: Option<u64>,
+    /// How often the shards even out partition leaders over the brokers
+    /// (0: never).
+    pub leader_balance_interval_ms: Option<u64>,
 }
 
 /// A complete, validated broker configuration.
@@ -119,6 +127,7 @@ pub struct BrokerConfig {
     pub compact_io_mb_per_sec: u64,
     pub snapshot_rate_mb: u64,
     pub snapshot_catch_up_mib: u64,
+    pub leader_balance_interval_ms: u64,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT,...`.
@@ -223,6 +232,10 @@ impl BrokerConfig {
                 .snapshot_catch_up_mib
                 .or(file.snapshot_catch_up_mib)
                 .unwrap_or(SNAPSHOT_CATCH_UP_MIB_DEFAULT),
+            leader_balance_interval_ms: overrides
+                .leader_balance_interval_ms
+                .or(file.leader_balance_interval_ms)
+                .unwrap_or(LEADER_BALANCE_INTERVAL_MS_DEFAULT),
         };
         config.validate()?;
         Ok(config)
@@ -322,6 +335,16 @@ impl BrokerConfig {
                 format!("{} MiB is more than any log", self.snapshot_catch_up_mib),
             );
         }
+        let balance_min = crate::balance::INTERVAL_MS_MIN;
+        if self.leader_balance_interval_ms != 0 && self.leader_balance_interval_ms < balance_min {
+            return invalid(
+                "leader-balance-interval-ms",
+                format!(
+                    "{} is below {balance_min} (0 turns balancing off)",
+                    self.leader_balance_interval_ms
+                ),
+            );
+        }
         let ports = [self.listen, self.peer_listen, self.http];
         if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
             return invalid("listen", "listen, peer-listen and http must differ".into());
@@ -408,6 +431,27 @@ mod tests {
         };
         let c = BrokerConfig::resolve(FileConfig::default(), off, 2).unwrap();
         assert_eq!(c.snapshot_catch_up_mib, 0, "0 turns the threshold off");
+    }
+
+    #[test]
+    fn leader_balance_defaults_on_and_zero_turns_it_off_but_a_tiny_interval_is_refused() {
+        let c = BrokerConfig::resolve(FileConfig::default(), flags(), 2).unwrap();
+        assert_eq!(
+            c.leader_balance_interval_ms,
+            LEADER_BALANCE_INTERVAL_MS_DEFAULT
+        );
+        let off = FileConfig {
+            leader_balance_interval_ms: Some(0),
+            ..flags()
+        };
+        let c = BrokerConfig::resolve(FileConfig::default(), off, 2).unwrap();
+        assert_eq!(c.leader_balance_interval_ms, 0);
+        let tiny = FileConfig {
+            leader_balance_interval_ms: Some(10),
+            ..flags()
+        };
+        let e = BrokerConfig::resolve(FileConfig::default(), tiny, 2).unwrap_err();
+        assert!(e.to_string().contains("leader-balance-interval-ms"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | [`groups`]     | consumer groups: coordinators on the offsets topic's leaders, leases, sticky assignment, offsets |
 //! | [`controller`] | the controller group: topic commands, proposing, applying, admin requests |
 //! | [`cluster`]    | the cluster view: leaders, peers seen, endpoints, metadata and status answers |
+//! | [`balance`]    | leader rebalancing: rounds of reports, one plan, leadership transfers |
 //! | [`raft_group`] | a Raft group over a log (a partition or the controller) and the task driving it |
 //! | [`replica`]    | `raft::Storage` over the log, control batches, `raft.state`      |
 //! | [`producers`]  | idempotent-producer sequence state per partition                 |
@@ -29,6 +30,7 @@
 //! in the controller group; consumer groups in the partitions of the
 //! internal offsets topic (docs/ARCHITECTURE.md says what exists).
 
+pub mod balance;
 pub mod cluster;
 pub mod compaction;
 pub mod config;

@@ -312,6 +312,7 @@ impl Shard {
                 }
             }
         });
+        self.spawn_raft(crate::balance::run(self.clone()));
         let ticker = self.clone();
         self.spawn_raft(async move {
             loop {

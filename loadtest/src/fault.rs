@@ -13,11 +13,20 @@
 //! largest ack latency after it, and the ack rate while it lasted against
 //! the rate before it. Lost or duplicated messages are the consumers' id
 //! checks, as in every run.
+//!
+//! With kill-leader the thread also counts the partitions each broker leads
+//! (merged `cluster status`) before the kill, just before the last restart,
+//! and then every [`LEADERS_POLL`] until they are balanced again (no broker
+//! leads more than one more than another, twice in a row): the time from
+//! the restart to that moment, and the ack rate over [`RATE_WINDOW_BUCKETS`]
+//! from it against the same span before the fault (leader rebalancing).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use client::Admin;
 use serde_json::{json, Value};
 
 use crate::run::{Outcome, TIMELINE_BUCKET_US};
@@ -84,6 +93,19 @@ impl FaultSpec {
     }
 }
 
+/// How often the leaders are counted after the last restart: a status
+/// round trip to each broker, a few a second at most.
+const LEADERS_POLL: Duration = Duration::from_millis(250);
+/// How long the leaders are watched after the last restart at most (the
+/// run's end stops it earlier).
+const BALANCE_WAIT_MAX: Duration = Duration::from_secs(300);
+/// The spans compared for the ack rate before the fault and after the
+/// leaders are balanced again: 10 s of 100 ms buckets (this shared
+/// machine's rate swings by tens of percent from one second to the next).
+const RATE_WINDOW_BUCKETS: usize = 100;
+/// An after-balance span shorter than this (the run ended) gives no ratio.
+const RATE_WINDOW_BUCKETS_MIN: usize = 50;
+
 /// What the fault thread did.
 #[derive(Debug, Default, Clone)]
 pub struct FaultLog {
@@ -96,32 +118,102 @@ pub struct FaultLog {
     pub healed_at: Option<Instant>,
     /// Brokers killed (kill-leader).
     pub kills: u32,
+    /// Partitions of the topic each broker leads (index: id - 1), just
+    /// before the first kill, just before the last restart, and once
+    /// balanced again after it (kill-leader).
+    pub leaders_before: Option<Vec<u64>>,
+    pub leaders_down: Option<Vec<u64>>,
+    pub leaders_balanced: Option<Vec<u64>>,
+    /// When the leaders were first seen balanced after the last restart.
+    pub balanced_at: Option<Instant>,
     pub error: Option<String>,
 }
 
-/// Applies `spec` to `cluster` on its own thread, timed from the run's start
-/// (sent on the returned sender; dropping it unsent cancels the fault).
-pub fn spawn(
-    spec: FaultSpec,
-    cluster: Arc<Mutex<LocalCluster>>,
-    topic: String,
-) -> (
-    std::sync::mpsc::Sender<Instant>,
-    std::thread::JoinHandle<FaultLog>,
-) {
+/// A fault thread: told the run's start on `start` (dropping it unsent
+/// cancels the fault), told the run is over through `run_over`.
+pub struct FaultThread {
+    pub start: std::sync::mpsc::Sender<Instant>,
+    pub run_over: Arc<AtomicBool>,
+    pub thread: std::thread::JoinHandle<FaultLog>,
+}
+
+/// Applies `spec` to `cluster` on its own thread, timed from the run's start.
+pub fn spawn(spec: FaultSpec, cluster: Arc<Mutex<LocalCluster>>, topic: String) -> FaultThread {
     let (tx, rx) = std::sync::mpsc::channel();
+    let run_over = Arc::new(AtomicBool::new(false));
+    let over = run_over.clone();
     let thread = std::thread::spawn(move || {
         let mut log = FaultLog::default();
         let Ok(start) = rx.recv() else {
             log.error = Some("the run did not start".into());
             return log;
         };
-        if let Err(e) = apply(spec, &cluster, &topic, start, &mut log) {
+        if let Err(e) = apply(spec, &cluster, &topic, start, &over, &mut log) {
             log.error = Some(format!("{e:#}"));
         }
         log
     });
-    (tx, thread)
+    FaultThread {
+        start: tx,
+        run_over,
+        thread,
+    }
+}
+
+/// Partitions of `topic` led by each broker (index: id - 1) as the running
+/// brokers report them; `None` while a partition has no leader or the
+/// status cannot be read.
+fn leader_counts(cluster: &Mutex<LocalCluster>, topic: &str) -> Option<Vec<u64>> {
+    let (live, nodes) = {
+        let c = cluster.lock().ok()?;
+        let live: Vec<_> = (0..c.nodes())
+            .filter(|&i| c.is_running(i))
+            .map(|i| c.listens[i])
+            .collect();
+        (live, c.nodes())
+    };
+    let status = Admin::new(live, Duration::from_secs(2))
+        .cluster_status()
+        .ok()?;
+    let mut counts = vec![0u64; nodes];
+    for p in status.partitions.iter().filter(|p| p.topic == topic) {
+        let l = p.leader?;
+        *counts.get_mut((l as usize).checked_sub(1)?)? += 1;
+    }
+    Some(counts)
+}
+
+/// No broker leads more than one partition more than another.
+pub fn balanced(counts: &[u64]) -> bool {
+    let (min, max) = (counts.iter().min(), counts.iter().max());
+    min.zip(max).is_some_and(|(a, b)| b - a <= 1)
+}
+
+/// Polls the leaders until they are balanced twice in a row (the first of
+/// the two is the moment), the run ends or [`BALANCE_WAIT_MAX`] passes.
+fn watch_balance(
+    cluster: &Mutex<LocalCluster>,
+    topic: &str,
+    run_over: &AtomicBool,
+    log: &mut FaultLog,
+) {
+    let deadline = Instant::now() + BALANCE_WAIT_MAX;
+    let mut first: Option<(Instant, Vec<u64>)> = None;
+    while Instant::now() < deadline && !run_over.load(Ordering::Relaxed) {
+        let at = Instant::now();
+        match leader_counts(cluster, topic).filter(|c| balanced(c)) {
+            Some(counts) => match first.take() {
+                Some((t, c)) => {
+                    log.balanced_at = Some(t);
+                    log.leaders_balanced = Some(c);
+                    return;
+                }
+                None => first = Some((at, counts)),
+            },
+            None => first = None,
+        }
+        std::thread::sleep(LEADERS_POLL);
+    }
 }
 
 fn sleep_until(t: Instant) {
@@ -136,6 +228,7 @@ fn apply(
     cluster: &Mutex<LocalCluster>,
     topic: &str,
     start: Instant,
+    run_over: &AtomicBool,
     log: &mut FaultLog,
 ) -> Result<()> {
     let lock = || {
@@ -150,6 +243,7 @@ fn apply(
             times,
         } => {
             sleep_until(start + Duration::from_secs_f64(at_s));
+            log.leaders_before = leader_counts(cluster, topic);
             for k in 0..times {
                 if k > 0 {
                     std::thread::sleep(Duration::from_secs_f64(restart_after_s));
@@ -166,12 +260,16 @@ fn apply(
                 log.kills += 1;
                 drop(c);
                 std::thread::sleep(Duration::from_secs_f64(restart_after_s));
+                if k + 1 == times {
+                    log.leaders_down = leader_counts(cluster, topic);
+                }
                 let mut c = lock()?;
                 let p = c.placement(topic, 0)?;
                 log.leader_after = p.leader.map(|l| (l, p.term));
                 c.restart(leader as usize - 1)?;
                 log.healed_at = Some(Instant::now());
             }
+            watch_balance(cluster, topic, run_over, log);
         }
         FaultSpec::PauseFollower { at_s, for_s } => {
             sleep_until(start + Duration::from_secs_f64(at_s));
@@ -209,6 +307,21 @@ pub struct FaultReport {
     pub max_ack_after_ms: Option<f64>,
     /// Ack rate while the fault lasted / ack rate in the 3 s before it.
     pub rate_ratio_during: Option<f64>,
+    /// From the last restart to leaders balanced again (kill-leader).
+    pub balanced_after_restart_s: Option<f64>,
+    /// Acks per second over the [`RATE_WINDOW_BUCKETS`] before the fault,
+    /// and over as many (at least [`RATE_WINDOW_BUCKETS_MIN`]) from the
+    /// moment the leaders were balanced again; their ratio.
+    pub rate_before: Option<f64>,
+    pub rate_after_balance: Option<f64>,
+    pub rate_ratio_after_balance: Option<f64>,
+    /// Acks per second over the last [`RATE_WINDOW_BUCKETS`] of the
+    /// producers (long after the fault, balanced or not), and against the
+    /// rate before the fault.
+    pub rate_end: Option<f64>,
+    pub rate_ratio_end: Option<f64>,
+    /// Acks in each second of the run (timeline), for plots.
+    pub acks_per_s: Vec<u64>,
 }
 
 pub fn analyse(spec: FaultSpec, log: FaultLog, o: &Outcome) -> FaultReport {
@@ -248,12 +361,60 @@ pub fn analyse(spec: FaultSpec, log: FaultLog, o: &Outcome) -> FaultReport {
             }
         }
     }
+    let avg = |b: &[crate::run::Bucket]| {
+        (!b.is_empty())
+            .then(|| b.iter().map(|b| b.acks).sum::<u64>() as f64 / (b.len() as f64 * bucket_s))
+    };
+    let rate_before = log
+        .injected_at
+        .map(|at| index(at).min(t.len()))
+        .and_then(|i0| avg(&t[i0.saturating_sub(RATE_WINDOW_BUCKETS)..i0]));
+    // Up to the last whole bucket with acks (the producers' end).
+    let end = t.iter().rposition(|b| b.acks > 0).unwrap_or(0);
+    let rate_after_balance = log.balanced_at.and_then(|at| {
+        let i = index(at);
+        let span = &t[i.min(end)..(i + RATE_WINDOW_BUCKETS).min(end)];
+        if span.len() < RATE_WINDOW_BUCKETS_MIN {
+            return None;
+        }
+        avg(span)
+    });
+    let ratio = |after: Option<f64>| {
+        rate_before
+            .zip(after)
+            .filter(|(b, _)| *b > 0.0)
+            .map(|(b, a)| a / b)
+    };
+    let rate_ratio_after_balance = ratio(rate_after_balance);
+    let rate_end = log
+        .healed_at
+        .map(|h| index(h).min(end))
+        .map(|healed| &t[end.saturating_sub(RATE_WINDOW_BUCKETS).max(healed)..end])
+        .filter(|span| span.len() >= RATE_WINDOW_BUCKETS_MIN)
+        .and_then(avg);
+    let rate_ratio_end = ratio(rate_end);
+    let balanced_after_restart_s = log
+        .healed_at
+        .zip(log.balanced_at)
+        .map(|(h, b)| b.saturating_duration_since(h).as_secs_f64());
+    let per_s = (1e6 / TIMELINE_BUCKET_US as f64).round().max(1.0) as usize;
+    let acks_per_s = t
+        .chunks(per_s)
+        .map(|c| c.iter().map(|b| b.acks).sum())
+        .collect();
     FaultReport {
         spec,
         log,
         unavailable_s,
         max_ack_after_ms,
         rate_ratio_during,
+        balanced_after_restart_s,
+        rate_before,
+        rate_after_balance,
+        rate_ratio_after_balance,
+        rate_end,
+        rate_ratio_end,
+        acks_per_s,
     }
 }
 
@@ -302,6 +463,32 @@ impl FaultReport {
             lt(self.log.leader_before),
             lt(self.log.leader_after)
         );
+        if let FaultSpec::KillLeader { .. } = self.spec {
+            let counts = |v: &Option<Vec<u64>>| {
+                v.as_ref().map_or("-".into(), |c| {
+                    c.iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+            };
+            println!(
+                "    partitions led per broker: {} before, {} before the restart, {} balanced again {} after the restart",
+                counts(&self.log.leaders_before),
+                counts(&self.log.leaders_down),
+                counts(&self.log.leaders_balanced),
+                f(self.balanced_after_restart_s, " s"),
+            );
+            let window_s = RATE_WINDOW_BUCKETS as f64 * TIMELINE_BUCKET_US as f64 / 1e6;
+            println!(
+                "    ack rate: {} msgs/s in the {window_s:.0} s before the fault; {} msgs/s in the {window_s:.0} s from the balance on ({} of before); {} msgs/s in the last {window_s:.0} s of the producers ({} of before)",
+                f(self.rate_before, ""),
+                f(self.rate_after_balance, ""),
+                f(self.rate_ratio_after_balance, ""),
+                f(self.rate_end, ""),
+                f(self.rate_ratio_end, ""),
+            );
+        }
         println!(
             "    acknowledged messages missing: {}, duplicated: {}",
             o.missing, o.duplicates
@@ -326,6 +513,17 @@ impl FaultReport {
             "missing": o.missing,
             "duplicates": o.duplicates,
             "elections": o.broker_counters.as_ref().and_then(|c| c.get("elections")),
+            "leaders_before": self.log.leaders_before,
+            "leaders_before_restart": self.log.leaders_down,
+            "leaders_balanced": self.log.leaders_balanced,
+            "balanced_at_s": since(self.log.balanced_at),
+            "balanced_after_restart_s": self.balanced_after_restart_s,
+            "ack_rate_before": self.rate_before,
+            "ack_rate_after_balance": self.rate_after_balance,
+            "ack_rate_ratio_after_balance": self.rate_ratio_after_balance,
+            "ack_rate_end": self.rate_end,
+            "ack_rate_ratio_end": self.rate_ratio_end,
+            "acks_per_s": self.acks_per_s,
         })
     }
 
@@ -337,6 +535,60 @@ impl FaultReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::Bucket;
+
+    #[test]
+    fn balance_is_within_one_partition_per_broker() {
+        assert!(balanced(&[2, 2, 2]));
+        assert!(balanced(&[3, 2, 2]));
+        assert!(!balanced(&[3, 3, 0]));
+        assert!(!balanced(&[]));
+    }
+
+    #[test]
+    fn the_rate_after_the_balance_is_compared_with_the_rate_before_the_fault() {
+        // 10 acks per 100 ms bucket for 10 s, nothing for 2 s after the
+        // kill at 10 s, then 8 per bucket; the leaders balance at 20 s.
+        let mut t = vec![
+            Bucket {
+                acks: 10,
+                max_ack_us: 1
+            };
+            100
+        ];
+        t.extend(vec![Bucket::default(); 20]);
+        t.extend(vec![
+            Bucket {
+                acks: 8,
+                max_ack_us: 1
+            };
+            150
+        ]);
+        let started_at = Instant::now();
+        let at = |s: f64| started_at + Duration::from_secs_f64(s);
+        let log = FaultLog {
+            injected_at: Some(at(10.0)),
+            healed_at: Some(at(15.0)),
+            balanced_at: Some(at(20.0)),
+            ..FaultLog::default()
+        };
+        let o = crate::run::Outcome::for_tests(started_at, t);
+        let spec = FaultSpec::KillLeader {
+            at_s: 10.0,
+            restart_after_s: 5.0,
+            times: 1,
+        };
+        let r = analyse(spec, log, &o);
+        assert_eq!(r.rate_before, Some(100.0));
+        assert_eq!(r.rate_after_balance, Some(80.0));
+        assert_eq!(r.rate_ratio_after_balance, Some(0.8));
+        // The last 10 s of the producers: buckets 169..269.
+        assert_eq!(r.rate_end, Some(80.0));
+        assert_eq!(r.balanced_after_restart_s, Some(5.0));
+        assert_eq!(r.unavailable_s.map(|s| (s * 10.0).round()), Some(20.0));
+        assert_eq!(r.acks_per_s.len(), 27);
+        assert_eq!(r.acks_per_s[0], 100);
+    }
 
     #[test]
     fn fault_specs_parse_and_bad_ones_are_named() {

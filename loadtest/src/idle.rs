@@ -357,6 +357,9 @@ pub fn cmd(a: IdleArgs) -> Result<bool> {
         a.shards,
         a.nodes,
         a.broker_log.as_deref(),
+        // The brokers' defaults, leader rebalancing included: its rounds
+        // are part of what an idle broker costs.
+        &[],
     )?;
     eprintln!(
         "drmq-loadtest: started {} broker(s) (pids {:?}) with data in {}",

@@ -95,6 +95,10 @@ struct BrokerArgs {
     /// Append the spawned brokers' log (stderr) to this file.
     #[arg(long)]
     broker_log: Option<PathBuf>,
+    /// One more `drmq broker` argument for every spawned broker (repeat
+    /// for more), e.g. `--broker-arg=--leader-balance-interval-ms=0`.
+    #[arg(long = "broker-arg", allow_hyphen_values = true)]
+    broker_args: Vec<String>,
     /// Where the fdatasync baseline writes (default: the spawned broker's data
     /// directory, else the current directory).
     #[arg(long)]
@@ -412,6 +416,7 @@ fn brokers_for(
             b.shards,
             b.nodes,
             b.broker_log.as_deref(),
+            &b.broker_args,
         )?;
         eprintln!(
             "drmq-loadtest: started {} broker(s) (pids {:?}) on {:?} with data in {}",
@@ -559,12 +564,17 @@ fn run_with_fault(
         (Some(spec), Some(l)) => Some((spec, fault::spawn(spec, l.clone(), w.topic.clone()))),
         _ => None,
     };
-    w.started = thread.as_ref().map(|(_, (tx, _))| tx.clone());
-    let outcome = run::run(&w)?;
+    w.started = thread.as_ref().map(|(_, f)| f.start.clone());
+    let outcome = run::run(&w);
     w.started = None;
+    if let Some((_, f)) = &thread {
+        f.run_over.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let outcome = outcome?;
     let fault = match thread {
-        Some((spec, (_, t))) => {
-            let log = t
+        Some((spec, f)) => {
+            let log = f
+                .thread
                 .join()
                 .map_err(|_| anyhow::anyhow!("the fault thread panicked"))?;
             Some(fault::analyse(spec, log, &outcome))

@@ -270,6 +270,44 @@ pub struct Outcome {
     pub ack_timeline: Vec<Bucket>,
 }
 
+#[cfg(test)]
+impl Outcome {
+    /// An empty run with this acknowledgement timeline (fault analysis tests).
+    pub(crate) fn for_tests(started_at: Instant, ack_timeline: Vec<Bucket>) -> Outcome {
+        Outcome {
+            window_s: 0.0,
+            sent: 0,
+            acked: 0,
+            acked_in_window: 0,
+            failed: 0,
+            consumed: 0,
+            consumed_unique: 0,
+            consumed_in_window: 0,
+            duplicates: 0,
+            missing: 0,
+            unacked_seen: 0,
+            malformed: 0,
+            errors: BTreeMap::new(),
+            retries: BTreeMap::new(),
+            ack_us: new_hist(),
+            e2e_us: new_hist(),
+            send_delay_us: new_hist(),
+            backlog_at_end: 0,
+            drain_s: 0.0,
+            drain_msgs_per_s: None,
+            broker_appended: 0,
+            broker_end_offsets: BTreeMap::new(),
+            partitions: 0,
+            fatal: Vec::new(),
+            broker_counters: None,
+            dashboards: None,
+            group: None,
+            started_at,
+            ack_timeline,
+        }
+    }
+}
+
 pub(crate) fn elapsed_us(t0: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(t0).as_micros() as u64
 }

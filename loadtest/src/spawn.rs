@@ -20,7 +20,8 @@ const NODES_MAX: u16 = 7;
 /// may not be elected yet on a cluster that just started.
 const ENSURE_TOPIC_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Starts `nodes` brokers with `shards` shards each, spawning the `drmq`
+/// Starts `nodes` brokers with `shards` shards each (and `broker_args`
+/// more flags), spawning the `drmq`
 /// binary (`drmq`, else `$DRMQ_BIN`, else the one next to this executable).
 /// Without `data_dir` the data goes to a temporary directory, removed when
 /// the cluster is dropped.
@@ -30,6 +31,7 @@ pub fn start_local(
     shards: u16,
     nodes: u16,
     log: Option<&Path>,
+    broker_args: &[String],
 ) -> Result<LocalCluster> {
     if nodes == 0 || nodes > NODES_MAX {
         bail!("--nodes must be in 1..={NODES_MAX}");
@@ -56,6 +58,7 @@ pub fn start_local(
     if let Some(p) = log {
         opts.log = BrokerLog::Append(p.to_owned());
     }
+    opts.extra_args = broker_args.to_vec();
     Ok(LocalCluster::start(opts)?)
 }
 

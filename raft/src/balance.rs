@@ -7,7 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::types::{GroupId, NodeId};
+use crate::progress::ProgressState;
+use crate::raft::Raft;
+use crate::storage::Storage;
+use crate::types::{GroupId, NodeId, Role};
 
 /// At most this many moves per plan: each transfer costs a short pause in its
 /// group (proposals wait for the TimeoutNow election), so a driver moves
@@ -75,6 +78,31 @@ pub fn plan_leader_moves(groups: &[GroupLeadership], moves_max: usize) -> Vec<Le
         });
     }
     moves
+}
+
+/// The voters a leader could hand its group to now: replicating (their
+/// log matches ours) and at most `lag_entries_max` entries behind our last
+/// one. Empty unless `raft` leads. The leader cannot tell a crashed
+/// follower from a quiet one here: the driver checks that a target was
+/// heard from lately, and [`Raft::transfer_leader`] gives up after an
+/// election timeout if the target never takes over.
+pub fn transfer_targets<S: Storage>(raft: &Raft<S>, lag_entries_max: u64) -> Vec<NodeId> {
+    if raft.role() != Role::Leader {
+        return Vec::new();
+    }
+    let last = raft.last_index();
+    raft.membership()
+        .voters
+        .iter()
+        .copied()
+        .filter(|&v| v != raft.id())
+        .filter(|&v| {
+            raft.progress(v).is_some_and(|p| {
+                p.state == ProgressState::Replicate
+                    && p.match_index.saturating_add(lag_entries_max) >= last
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

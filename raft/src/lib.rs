@@ -62,7 +62,7 @@ pub mod rng;
 pub mod storage;
 pub mod types;
 
-pub use balance::{plan_leader_moves, GroupLeadership, LeaderMove};
+pub use balance::{plan_leader_moves, transfer_targets, GroupLeadership, LeaderMove};
 pub use config::{Config, ConfigError};
 pub use error::{Error, StorageError};
 pub use heartbeat::{coalesce, Beat, HeartbeatBatch};

@@ -3,8 +3,9 @@
 //! loopback and write+fdatasync baselines of the same run, and what a
 //! transfer costs the leader's produce latency.
 //!
-//! Each mode gets a fresh local cluster (3 brokers), so the two differ in one
-//! broker flag only:
+//! Each mode gets a fresh local cluster (3 brokers, leader rebalancing off:
+//! the probes must keep writing to the leader they were placed on), so the
+//! two differ in one broker flag only:
 //! - `snapshot`: `--snapshot-catch-up-mib M` (the broker's default unless
 //!   `--catch-up-mib` is given), below `--behind-mib`: the returning
 //!   follower is more than M behind and is sent an archive of the leader's

@@ -62,7 +62,10 @@ pub(super) fn run_mode(
     drmq: &Path,
     base_dir: &Path,
 ) -> Result<ModeResult> {
-    let mut broker_args = Vec::new();
+    // The probes write to partitions led by the catch-up partition's
+    // leader, on its shard: leader rebalancing would move some of them to
+    // the returning follower once it has caught up on them, mid-measurement.
+    let mut broker_args = vec!["--leader-balance-interval-ms".to_owned(), "0".to_owned()];
     if let Some(r) = a.snapshot_rate_mb {
         broker_args.extend(["--snapshot-rate-mb".to_owned(), r.to_string()]);
     }

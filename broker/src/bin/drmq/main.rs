@@ -150,6 +150,11 @@ struct BrokerArgs {
     /// leader's log start does).
     #[arg(long)]
     snapshot_catch_up_mib: Option<u64>,
+    /// How often the shards even out partition leaders over the brokers,
+    /// moving leaderships to caught-up followers on brokers that lead fewer
+    /// (default 3000; 0: never; at least 500 otherwise).
+    #[arg(long)]
+    leader_balance_interval_ms: Option<u64>,
     /// A TOML file with the same settings; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -414,6 +419,7 @@ fn broker(args: BrokerArgs) -> Result<()> {
         compact_io_mb_per_sec: args.compact_io_mb_per_sec,
         snapshot_rate_mb: args.snapshot_rate_mb,
         snapshot_catch_up_mib: args.snapshot_catch_up_mib,
+        leader_balance_interval_ms: args.leader_balance_interval_ms,
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
