@@ -411,12 +411,20 @@ impl Producer {
 
     /// Batch bytes sent and not answered yet.
     fn in_flight_bytes(&self) -> usize {
-        self.in_flight.values().map(|f| f.batch.req.batch.len()).sum()
+        self.in_flight
+            .values()
+            .map(|f| f.batch.req.batch.len())
+            .sum()
     }
 
     /// Batch bytes sealed and not answered yet (in flight or waiting).
     fn queued_bytes(&self) -> usize {
-        self.in_flight_bytes() + self.ready.iter().map(|(_, b)| b.req.batch.len()).sum::<usize>()
+        self.in_flight_bytes()
+            + self
+                .ready
+                .iter()
+                .map(|(_, b)| b.req.batch.len())
+                .sum::<usize>()
     }
 
     /// Whether a batch of `bytes` may be sent now: the window has room for
@@ -853,7 +861,11 @@ mod tests {
                 p.send_to(0, None, &value, 0, tag).unwrap();
                 p.poll(Duration::ZERO);
             }
-            assert_eq!(p.in_flight(), expect_in_flight, "window of {window_batches} batches");
+            assert_eq!(
+                p.in_flight(),
+                expect_in_flight,
+                "window of {window_batches} batches"
+            );
             assert_eq!(p.pending_batches(), 4);
             assert_eq!(p.next_due(), None);
         }

@@ -72,6 +72,6 @@ pub use raft::{Raft, Ready};
 pub use rng::Rng;
 pub use storage::{InitialState, MemStorage, Storage};
 pub use types::{
-    ConfChange, Entry, EntryPayload, Payload, GroupId, HardState, Membership, Message, MessageBody, NodeId,
-    Role, SnapshotChunk, SnapshotMeta, SoftState,
+    ConfChange, Entry, EntryPayload, GroupId, HardState, Membership, Message, MessageBody, NodeId,
+    Payload, Role, SnapshotChunk, SnapshotMeta, SoftState,
 };

@@ -589,8 +589,8 @@ impl<S: Storage> Raft<S> {
             self.log.applied = last.index;
         }
         let hard_state = self.hard_state();
-        let same_vote =
-            hard_state.term == self.prev_hard_state.term && hard_state.vote == self.prev_hard_state.vote;
+        let same_vote = hard_state.term == self.prev_hard_state.term
+            && hard_state.vote == self.prev_hard_state.vote;
         let hard_state = (hard_state != self.prev_hard_state).then(|| {
             self.prev_hard_state = hard_state;
             hard_state

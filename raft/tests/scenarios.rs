@@ -913,7 +913,10 @@ fn a_leader_sends_appends_before_its_own_write_and_counts_itself_only_once_durab
         let raft = cluster.node_mut(id);
         assert!(raft.has_ready());
         let ready = cluster.handle_ready(id).unwrap();
-        assert!(!ready.send_before_persisting, "a follower's acks wait for its disk");
+        assert!(
+            !ready.send_before_persisting,
+            "a follower's acks wait for its disk"
+        );
     }
     cluster.deliver_one();
     cluster.deliver_one();
@@ -922,7 +925,10 @@ fn a_leader_sends_appends_before_its_own_write_and_counts_itself_only_once_durab
     // The leader crashes before its own write was durable: the entry lives on.
     cluster.crash(1);
     cluster.restart(1);
-    assert!(cluster.node(1).last_index() < index, "the leader lost its copy");
+    assert!(
+        cluster.node(1).last_index() < index,
+        "the leader lost its copy"
+    );
     cluster.campaign(2);
     assert_eq!(cluster.leader(), Some(2));
     let leader = cluster.node(2);
@@ -931,7 +937,10 @@ fn a_leader_sends_appends_before_its_own_write_and_counts_itself_only_once_durab
     let mut cluster = Cluster::new(3);
     cluster.node_mut(1).campaign();
     let first = cluster.handle_ready(1).unwrap();
-    assert!(!first.send_before_persisting, "a candidate's vote requests wait for its vote");
+    assert!(
+        !first.send_before_persisting,
+        "a candidate's vote requests wait for its vote"
+    );
 }
 
 #[test]
@@ -943,7 +952,9 @@ fn a_leader_only_counts_itself_once_its_ready_is_advanced() {
     let index = ready.entries[0].index;
     // Only follower 2 hears of it: leader (not durable) + one follower is
     // not a quorum of durable copies.
-    cluster.queue.extend(ready.messages.iter().filter(|m| m.to == 2).cloned());
+    cluster
+        .queue
+        .extend(ready.messages.iter().filter(|m| m.to == 2).cloned());
     cluster.deliver_one();
     cluster.handle_ready(2);
     cluster.deliver_one();
