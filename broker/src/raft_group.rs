@@ -941,8 +941,17 @@ impl RaftGroup {
 
     /// Moves the high watermark to the commit index and answers the
     /// produce requests it covers.
+    ///
+    /// Only entries this replica's file holds as Raft does count: the file
+    /// lags Raft's log while a Ready is being written (a leader's commit can
+    /// come from its followers first), and on a follower whose Ready
+    /// replaces a stale suffix it still holds the old entries at those
+    /// indexes. What is not counted now is counted when the driver has
+    /// written the Ready and calls this again.
     fn after_commit(&self) {
-        let commit = self.commit_index();
+        let Some(commit) = self.written_commit() else {
+            return;
+        };
         // The high watermark is a function of these three (entries up to
         // the commit never change): most Readies move none of them.
         let basis = {
@@ -960,6 +969,24 @@ impl RaftGroup {
             }
         }
         self.answer_waiters(commit);
+    }
+
+    /// The commit index bounded by the entries written to this replica's
+    /// file, or `None` if the file's entry there is not Raft's (a stale
+    /// suffix not yet replaced). Entries with the same index and term are
+    /// the same entry, with the same entries before them.
+    fn written_commit(&self) -> Option<u64> {
+        let commit = self.commit_index();
+        let log = self.part.log();
+        let upto = commit.min(log.last_entry_index());
+        if upto == 0 || upto < log.first_entry_index() {
+            return Some(upto);
+        }
+        let on_disk = log.entry_term(upto).ok()?;
+        match self.raft.borrow().log_term(upto) {
+            Some(t) if t != on_disk => None,
+            _ => Some(upto),
+        }
     }
 
     /// Answers the produce requests waiting for entries up to `upto`

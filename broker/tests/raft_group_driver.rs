@@ -725,3 +725,153 @@ fn an_idle_followers_heartbeat_answers_leave_at_once_but_a_new_term_is_saved_fir
         })
     });
 }
+
+/// A follower learns a commit index in the same message that replaces a
+/// stale suffix of its log: until the driver has written the new entries,
+/// the file still holds the old ones at those indexes, and the high
+/// watermark must not be read from them (a consumer would be served
+/// records that were never committed).
+#[test]
+fn a_commit_learned_with_a_truncation_is_not_read_from_the_stale_suffix() {
+    fn records(n: usize) -> Vec<u8> {
+        let mut b = wire::RecordBatchBuilder::new();
+        for _ in 0..n {
+            b.push(wire::NewRecord {
+                value: Some(b"stale"),
+                ..Default::default()
+            });
+        }
+        b.finish()
+    }
+    fn data(index: u64, term: u64, payload: Vec<u8>) -> Entry {
+        Entry {
+            index,
+            term,
+            payload: EntryPayload::data(payload),
+        }
+    }
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let h = open(dir.path(), config(), vec![1, 2, 3]);
+            let acked = |term: u64, index: u64| {
+                move |m: &Message| {
+                    m.term == term
+                        && matches!(m.body, MessageBody::AppendResponse { reject: false, index: i, .. } if i == index)
+                }
+            };
+            // Term 1: three committed entries.
+            let append = |from, term, prev_index, prev_term, entries, commit| {
+                msg(
+                    from,
+                    term,
+                    MessageBody::Append {
+                        prev_index,
+                        prev_term,
+                        entries,
+                        commit,
+                    },
+                )
+            };
+            h.group.step(append(
+                2,
+                1,
+                0,
+                0,
+                vec![
+                    data(1, 1, batch(b"a")),
+                    data(2, 1, batch(b"b")),
+                    data(3, 1, batch(b"c")),
+                ],
+                3,
+            ));
+            h.until_sent("term 1 acknowledged", acked(1, 3)).await;
+            // Term 2: a leader that is about to lose sends three large
+            // batches that never commit.
+            h.group.step(append(
+                2,
+                2,
+                3,
+                1,
+                (4..=6).map(|i| data(i, 2, records(50))).collect(),
+                3,
+            ));
+            h.until_sent("term 2 acknowledged", acked(2, 6)).await;
+            // Term 3: the new leader replaces them and says entry 6 is
+            // committed, all in one message.
+            h.group.step(append(
+                3,
+                3,
+                3,
+                1,
+                (4..=6).map(|i| data(i, 3, batch(b"new"))).collect(),
+                6,
+            ));
+            let at_step = h.group.high_watermark.get();
+            assert!(
+                at_step <= 6,
+                "high watermark {at_step} read from the stale suffix (6 records are committed)"
+            );
+            h.until_sent("term 3 acknowledged", acked(3, 6)).await;
+            until("the high watermark covers the commit", || {
+                h.group.high_watermark.get() == 6
+            })
+            .await;
+            h.group.stop();
+        })
+    });
+}
+
+/// A leader sends its appends before its own write; if that write then
+/// fails for a full disk (retried every 500 ms), its followers can commit
+/// the entry before this log holds it. The producer must get its offsets
+/// once the write succeeds, not an error for an entry it cannot find yet
+/// (a retry would then write it twice).
+#[test]
+fn a_commit_ahead_of_the_leaders_own_write_waits_for_the_write() {
+    on_executor(|| {
+        Box::pin(async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = config();
+            let faults = config.faults.clone();
+            let h = open(dir.path(), config, vec![1, 2, 3]);
+            let term = h.elect().await;
+            faults.arm(FaultPoint::Append, Fault::Enospc, 0);
+            let (index, _) = h.group.propose(batch(b"payload")).unwrap();
+            let g = h.group.clone();
+            let waiter =
+                glommio::spawn_local(async move { g.wait_committed(index, Some(term)).await });
+            h.until_sent("the entry is sent", |m| {
+                matches!(&m.body, MessageBody::Append { entries, .. }
+                        if entries.iter().any(|e| e.index == index))
+            })
+            .await;
+            assert!(
+                h.group.part.log().last_entry_index() < index,
+                "the entry left before this log held it (the full disk)"
+            );
+            // Both followers have it: a quorum without this node.
+            for from in [2, 3] {
+                h.group.step(msg(
+                    from,
+                    term,
+                    MessageBody::AppendResponse {
+                        reject: false,
+                        index,
+                        hint_index: 0,
+                        hint_term: 0,
+                    },
+                ));
+            }
+            assert_eq!(h.group.commit_index(), index, "committed by the acks");
+            let answer =
+                glommio::timer::timeout(Duration::from_secs(5), async { Ok(waiter.await) })
+                    .await
+                    .expect("the waiter is answered");
+            let committed = answer.expect("a committed entry is acknowledged once written");
+            let log_base = h.group.part.log().entry_base_offset(index).unwrap();
+            assert_eq!(committed.base_offset, log_base);
+            h.group.stop();
+        })
+    });
+}
