@@ -82,10 +82,11 @@ pub fn plan_leader_moves(groups: &[GroupLeadership], moves_max: usize) -> Vec<Le
 
 /// The voters a leader could hand its group to now: replicating (their
 /// log matches ours) and at most `lag_entries_max` entries behind our last
-/// one. Empty unless `raft` leads. The leader cannot tell a crashed
-/// follower from a quiet one here: the driver checks that a target was
-/// heard from lately, and [`Raft::transfer_leader`] gives up after an
-/// election timeout if the target never takes over.
+/// one, and answering: heard from within the current check-quorum window
+/// (an idle group's stopped replica still looks caught up). The driver
+/// also checks that the target's node was heard from lately, and
+/// [`Raft::transfer_leader`] gives up after an election timeout if the
+/// target never takes over.
 pub fn transfer_targets<S: Storage>(raft: &Raft<S>, lag_entries_max: u64) -> Vec<NodeId> {
     if raft.role() != Role::Leader {
         return Vec::new();
@@ -99,6 +100,7 @@ pub fn transfer_targets<S: Storage>(raft: &Raft<S>, lag_entries_max: u64) -> Vec
         .filter(|&v| {
             raft.progress(v).is_some_and(|p| {
                 p.state == ProgressState::Replicate
+                    && p.recent_active
                     && p.match_index.saturating_add(lag_entries_max) >= last
             })
         })

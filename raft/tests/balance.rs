@@ -83,3 +83,25 @@ fn thesis_3_10_a_transfer_whose_caught_up_target_dies_is_abandoned_and_loses_not
         .any(|m| m.body == MessageBody::TimeoutNow));
     assert!(cluster.committed_changed.is_empty());
 }
+
+/// A follower of an idle group looks caught up forever (replicating, every
+/// entry) even after its replica stopped answering: only one that answered
+/// within the last check-quorum window is a target, or the balancer would
+/// hand it the group round after round, each attempt refusing produce
+/// requests for an election timeout.
+#[test]
+fn a_follower_silent_for_a_check_quorum_window_is_not_a_transfer_target() {
+    let mut cluster = Cluster::new(3);
+    cluster.campaign(1);
+    cluster.propose(1, b"a");
+    assert_eq!(transfer_targets(cluster.node(1), 0), vec![2, 3]);
+    cluster.crash(3);
+    let timeout = Config::new(1, 1).election_timeout_ticks;
+    cluster.tick_node(1, timeout + 1);
+    assert_eq!(cluster.node(1).role(), Role::Leader, "2 keeps the quorum");
+    assert_eq!(
+        transfer_targets(cluster.node(1), 0),
+        vec![2],
+        "3 answered nothing for a whole window"
+    );
+}
