@@ -444,8 +444,10 @@ impl Producer {
     }
 
     /// When the next linger or retry falls due (None: nothing pending).
-    /// Batches waiting for room in a full window are not due: only an
-    /// answer (or a request timing out) makes room.
+    /// By `dispatch_due`'s rules: only each partition's first ready batch
+    /// can go (the later ones wait behind it, a retry's back-off included),
+    /// and only if the window has room for it; a batch waiting for room is
+    /// not due, since only an answer (or a request timing out) makes room.
     pub fn next_due(&self) -> Option<Instant> {
         let linger = self
             .open
@@ -453,15 +455,19 @@ impl Producer {
             .flatten()
             .map(|o| o.opened_at + self.cfg.linger)
             .min();
-        let head_fits = self
-            .ready
-            .front()
-            .is_some_and(|(_, b)| self.has_room(b.req.batch.len(), self.in_flight_bytes()));
-        let retry = if head_fits {
-            self.ready.iter().map(|(t, _)| *t).min()
-        } else {
-            None
-        };
+        let in_flight_bytes = self.in_flight_bytes();
+        let mut seen: Vec<u32> = Vec::new();
+        let mut retry: Option<Instant> = None;
+        for (due, b) in &self.ready {
+            let p = b.req.partition;
+            if seen.contains(&p) {
+                continue;
+            }
+            seen.push(p);
+            if self.has_room(b.req.batch.len(), in_flight_bytes) {
+                retry = Some(retry.map_or(*due, |r| r.min(*due)));
+            }
+        }
         match (linger, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -842,6 +848,40 @@ mod tests {
         assert_eq!(p.pending_batches(), 2, "\"b\" sealed, waiting for room");
         assert_eq!(p.next_due(), None);
         drop(listener);
+    }
+
+    /// A refused batch waits out its back-off before its partition's later
+    /// batches, which were due long ago: none of them is due before the
+    /// back-off ends, or the wait is a busy loop (a leader failover).
+    #[test]
+    fn the_batches_behind_a_retry_are_not_due_before_its_back_off_ends() {
+        let (addr, appended) = fake_broker(|n, _| (n == 0).then_some(ErrorCode::NotEnoughReplicas));
+        let mut cfg = config(addr, false);
+        cfg.in_flight_max = 1;
+        cfg.client.retry_backoff_min = Duration::from_secs(2);
+        cfg.client.retry_backoff_max = Duration::from_secs(2);
+        let mut p = Producer::with_routes(cfg, vec![addr]).unwrap();
+        p.send_to(0, None, b"a", 0, 1).unwrap();
+        p.poll(Duration::ZERO);
+        p.send_to(0, None, b"b", 0, 2).unwrap();
+        p.poll(Duration::ZERO);
+        // Until "a" is refused: then nothing is in flight and both wait.
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while p.in_flight() > 0 && Instant::now() < give_up {
+            p.poll(Duration::from_millis(10));
+        }
+        assert_eq!((p.in_flight(), p.pending_batches()), (0, 2));
+        let due = p.next_due().expect("the retry is due at some time");
+        assert!(
+            due > Instant::now() + Duration::from_millis(500),
+            "due in {:?}: before the 2 s back-off ends",
+            due.saturating_duration_since(Instant::now())
+        );
+        p.flush(Instant::now() + Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            values(&appended.lock().unwrap()),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
     }
 
     /// The byte window: batches go while their bytes fit (any one batch
