@@ -131,9 +131,10 @@ pub const LANE_BULK: &str = "bulk";
 
 /// Heartbeats (and answers) [`Outbox::hold`] keeps before it sends them
 /// without waiting for a flush: one full batch (`raft::heartbeat::BEATS_PER_BATCH_MAX`,
-/// ~100 KiB encoded). A shard's groups make about a tenth of their count
-/// per tick (one heartbeat per peer every 10 ticks), so a shard of up to
-/// ~20,000 groups towards two peers flushes once per tick.
+/// ~100 KiB encoded). A shard's groups make up to half their count per
+/// tick (one heartbeat per peer every 2 ticks of 50 ms; every 5 for an
+/// idle leader), so a shard of up to ~4,000 busy groups towards two peers
+/// flushes once per tick.
 const HELD_BEATS_MAX: usize = raft::heartbeat::BEATS_PER_BATCH_MAX;
 
 /// The outbound side of one shard: a link per peer broker.
