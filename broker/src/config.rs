@@ -106,6 +106,10 @@ pub struct FileConfig {
     /// How often the shards even out partition leaders over the brokers
     /// (0: never).
     pub leader_balance_interval_ms: Option<u64>,
+    /// Pin shard `s` to CPU `s mod cores` (the default: a broker that has
+    /// the machine to itself); false lets the kernel place the shards,
+    /// for several brokers on one machine.
+    pub pin_shards: Option<bool>,
 }
 
 /// A complete, validated broker configuration.
@@ -128,6 +132,7 @@ pub struct BrokerConfig {
     pub snapshot_rate_mb: u64,
     pub snapshot_catch_up_mib: u64,
     pub leader_balance_interval_ms: u64,
+    pub pin_shards: bool,
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT,...`.
@@ -236,6 +241,7 @@ impl BrokerConfig {
                 .leader_balance_interval_ms
                 .or(file.leader_balance_interval_ms)
                 .unwrap_or(LEADER_BALANCE_INTERVAL_MS_DEFAULT),
+            pin_shards: overrides.pin_shards.or(file.pin_shards).unwrap_or(true),
         };
         config.validate()?;
         Ok(config)
@@ -452,6 +458,24 @@ mod tests {
         };
         let e = BrokerConfig::resolve(FileConfig::default(), tiny, 2).unwrap_err();
         assert!(e.to_string().contains("leader-balance-interval-ms"), "{e}");
+    }
+
+    #[test]
+    fn shards_are_pinned_unless_a_flag_or_the_file_says_not() {
+        let c = BrokerConfig::resolve(FileConfig::default(), flags(), 2).unwrap();
+        assert!(c.pin_shards);
+        let file = FileConfig {
+            pin_shards: Some(false),
+            ..FileConfig::default()
+        };
+        let c = BrokerConfig::resolve(file.clone(), flags(), 2).unwrap();
+        assert!(!c.pin_shards, "the file turns pinning off");
+        let on = FileConfig {
+            pin_shards: Some(true),
+            ..flags()
+        };
+        let c = BrokerConfig::resolve(file, on, 2).unwrap();
+        assert!(c.pin_shards, "a flag overrides the file");
     }
 
     #[test]

@@ -138,8 +138,15 @@ pub fn run(mut config: BrokerConfig) -> Result<()> {
         let secret = secret.clone();
         let voters = voters.clone();
         let snapshot_limiter = snapshot_limiter.clone();
-        let builder =
-            LocalExecutorBuilder::new(Placement::Fixed(id % cpus)).name(&format!("shard-{id}"));
+        // Pinned, each shard owns a core; brokers sharing a machine (a
+        // local cluster) would all pin their shard s to the same core, so
+        // they leave placement to the kernel.
+        let placement = if config.pin_shards {
+            Placement::Fixed(id % cpus)
+        } else {
+            Placement::Unbound
+        };
+        let builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{id}"));
         let handle = builder
             .spawn(move || async move {
                 let identity = Rc::new(peer::Identity::new(

@@ -43,6 +43,8 @@ fn broker_check_config_prints_the_merged_settings_as_json() {
         "2",
         "--cluster-secret",
         "a-long-enough-secret",
+        "--pin-shards",
+        "false",
         "--check-config",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -53,6 +55,7 @@ fn broker_check_config_prints_the_merged_settings_as_json() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["id"], 2);
     assert_eq!(v["shards"], 2);
+    assert_eq!(v["pin_shards"], false);
     assert_eq!(v["peers"]["3"], "127.0.0.1:9194");
 }
 

@@ -209,6 +209,15 @@ pub fn spawn(drmq: &Path, spec: &NodeSpec) -> Result<Child, LaunchError> {
         .args(["--http", &format!("127.0.0.1:{}", p.http)]);
     if let Some(peers) = &spec.peers {
         cmd.args(["--peers", peers]);
+        // Every broker of a local cluster is on this machine: pinned, they
+        // would all put their shard s on the same core (unless asked to).
+        if !spec
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--pin-shards"))
+        {
+            cmd.args(["--pin-shards", "false"]);
+        }
     }
     cmd.args(&spec.extra_args);
     if let Some(s) = &spec.secret {

@@ -155,6 +155,11 @@ struct BrokerArgs {
     /// (default 3000; 0: never; at least 500 otherwise).
     #[arg(long)]
     leader_balance_interval_ms: Option<u64>,
+    /// Pin shard s to CPU s mod cores (default true: a broker with the
+    /// machine to itself); false lets the kernel place the shards, as
+    /// `drmq dev` and the load test do for several brokers on one machine.
+    #[arg(long)]
+    pin_shards: Option<bool>,
     /// A TOML file with the same settings; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -420,6 +425,7 @@ fn broker(args: BrokerArgs) -> Result<()> {
         snapshot_rate_mb: args.snapshot_rate_mb,
         snapshot_catch_up_mib: args.snapshot_catch_up_mib,
         leader_balance_interval_ms: args.leader_balance_interval_ms,
+        pin_shards: args.pin_shards,
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
