@@ -28,7 +28,7 @@ use crate::{ClientConfig, ClientStats, PipelineError};
 pub const IN_FLIGHT_MAX_LIMIT: usize = 1024;
 /// Default batch bytes in flight per producer (see
 /// [`ProducerConfig::in_flight_bytes_max`]).
-pub const IN_FLIGHT_BYTES_DEFAULT: usize = 512 * 1024;
+pub const IN_FLIGHT_BYTES_DEFAULT: usize = 768 * 1024;
 /// Room in a produce frame for everything but the batch (header, topic, rkyv
 /// framing): 4 KiB is far more than a 255-byte topic name needs.
 const PRODUCE_FRAME_OVERHEAD_BYTES: usize = 4096;
