@@ -65,6 +65,7 @@ nats_sweep() { # SYNC: always | default
   done
   stop_nats
   rm -rf "$data"/nats-n?
+  sync # lazy fsync's dirty pages are written back now, not in the next run
 }
 
 drmq_sweep() {

@@ -29,7 +29,8 @@ drmq() { # label, then loadtest args
   local lab=$1; shift
   (cd "$OUT" && timeout 300 "$BIN/drmq-loadtest" run --spawn-broker --nodes 3 --replication 3 \
      --message-bytes 1024 --duration-s "$DUR" --warmup-s 2 --quiet \
-     --json "$OUT/$lab-$rep.json" "$@" > "$OUT/$lab-$rep.log" 2>&1) || echo "drmq $lab rep$rep failed" >&2
+     --json "$OUT/$lab-$rep.json" --hdr-log "$OUT/hdr-$lab-$rep" "$@" > "$OUT/$lab-$rep.log" 2>&1) \
+    || echo "drmq $lab rep$rep failed" >&2
 }
 rate_of() { # half the msgs/s of a finished run
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(int(d['publish']['msgs_per_s'] / 2))" "$1" 2>/dev/null || echo 10000
@@ -37,6 +38,11 @@ rate_of() { # half the msgs/s of a finished run
 nats() { # label, SYNC
   SYNC=$2 REPS=1 EXTRA=0 SIZES=1024 N=$N RES="$OUT/$1-$rep.txt" \
     timeout 300 "$PB/nats/run_nats.sh" cluster > "$OUT/$1-$rep.log" 2>&1 || echo "nats $1 rep$rep failed" >&2
+  # NATS with lazy fsync leaves its writes dirty in the page cache; the
+  # kernel writes them back ~30 s later, in the middle of the next DRMQ
+  # run (its fdatasyncs then wait: p99 of 70-130 ms at half load). Flush
+  # them here, outside both measurements.
+  sync
 }
 
 for rep in $(seq 1 "$REPS"); do

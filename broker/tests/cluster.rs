@@ -6,11 +6,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{drmq, Cluster};
+use common::{CliProducer, Cluster};
 use serde_json::Value;
 
 fn create(c: &Cluster, topic: &str, partitions: u32) {
@@ -110,22 +109,7 @@ fn killing_the_leader_while_producing_loses_no_acknowledged_message_and_duplicat
     let mut c = Cluster::start(dir.path(), 3);
     create(&c, "failover", 1);
     let (leader, term) = c.leader("failover", 0);
-    let mut producer = drmq()
-        .args(["produce", "--topic", "failover", "--idempotent"])
-        .args(["--brokers", &c.brokers(), "--timeout-ms", "20000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = producer.stdin.take().unwrap();
-    let stdout = producer.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-            .collect::<Vec<Value>>()
-    });
+    let (producer, mut stdin) = CliProducer::start(&c.brokers(), "failover", "20000");
     // 3,000 lines over ~6 s; the leader dies after ~2 s.
     let total = 3_000;
     for i in 0..total {
@@ -139,18 +123,7 @@ fn killing_the_leader_while_producing_loses_no_acknowledged_message_and_duplicat
         }
     }
     drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = producer.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "producer hung");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let acks = reader.join().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut producer.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "producer failed: {err}");
+    let (acks, err) = producer.finish();
     assert_eq!(acks.len(), total, "every line acknowledged: {err}");
     let (new_leader, new_term) = c.leader("failover", 0);
     assert_ne!(new_leader, leader);

@@ -7,13 +7,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{drmq, Cluster};
+use common::{CliProducer, Cluster};
 use serde_json::Value;
 
 const TOPIC: &str = "spread";
@@ -84,22 +83,7 @@ fn after_a_broker_is_killed_and_restarted_leaders_are_spread_again_and_no_acknow
     });
 
     // A producer throughout: 20 lines every 50 ms until told to stop.
-    let mut producer = drmq()
-        .args(["produce", "--topic", TOPIC, "--idempotent"])
-        .args(["--brokers", &c.brokers(), "--timeout-ms", "30000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = producer.stdin.take().unwrap();
-    let stdout = producer.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
-            .collect::<Vec<Value>>()
-    });
+    let (producer, mut stdin) = CliProducer::start(&c.brokers(), TOPIC, "30000");
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
@@ -134,18 +118,7 @@ fn after_a_broker_is_killed_and_restarted_leaders_are_spread_again_and_no_acknow
 
     stop.store(true, Ordering::Relaxed);
     let sent = writer.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = producer.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "producer hung");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let acks = reader.join().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut producer.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "producer failed: {err}");
+    let (acks, err) = producer.finish();
     assert_eq!(acks.len(), sent, "every line acknowledged: {err}");
 
     let seen: BTreeMap<String, usize> = c.consume_counts(TOPIC, 3000);

@@ -158,6 +158,20 @@ fn msg(from: u64, term: u64, body: MessageBody) -> Message {
     }
 }
 
+/// A follower's acknowledgement of every entry up to `index`.
+fn acked(from: u64, term: u64, index: u64) -> Message {
+    msg(
+        from,
+        term,
+        MessageBody::AppendResponse {
+            reject: false,
+            index,
+            hint_index: 0,
+            hint_term: 0,
+        },
+    )
+}
+
 fn batch(value: &[u8]) -> Vec<u8> {
     let mut b = wire::RecordBatchBuilder::new();
     b.push(wire::NewRecord {
@@ -256,16 +270,7 @@ impl Harness {
                     .is_empty()
         })
         .await;
-        self.group.step(msg(
-            from,
-            term,
-            MessageBody::AppendResponse {
-                reject: false,
-                index,
-                hint_index: 0,
-                hint_term: 0,
-            },
-        ));
+        self.group.step(acked(from, term, index));
         until("the commit", || self.group.commit_index() >= index).await;
     }
 }
@@ -359,16 +364,7 @@ fn a_produce_committed_before_a_step_down_is_answered_with_its_offsets() {
             // In one step, with no Ready in between: node 2 acknowledges
             // the entry (it commits) and node 3 takes over at a higher term
             // (this node steps down).
-            h.group.step(msg(
-                2,
-                term,
-                MessageBody::AppendResponse {
-                    reject: false,
-                    index,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            ));
+            h.group.step(acked(2, term, index));
             assert_eq!(h.group.commit_index(), index, "committed by the ack");
             h.group.step(msg(
                 3,
@@ -754,7 +750,7 @@ fn a_commit_learned_with_a_truncation_is_not_read_from_the_stale_suffix() {
         Box::pin(async {
             let dir = tempfile::tempdir().unwrap();
             let h = open(dir.path(), config(), vec![1, 2, 3]);
-            let acked = |term: u64, index: u64| {
+            let acknowledged = |term: u64, index: u64| {
                 move |m: &Message| {
                     m.term == term
                         && matches!(m.body, MessageBody::AppendResponse { reject: false, index: i, .. } if i == index)
@@ -785,7 +781,8 @@ fn a_commit_learned_with_a_truncation_is_not_read_from_the_stale_suffix() {
                 ],
                 3,
             ));
-            h.until_sent("term 1 acknowledged", acked(1, 3)).await;
+            h.until_sent("term 1 acknowledged", acknowledged(1, 3))
+                .await;
             // Term 2: a leader that is about to lose sends three large
             // batches that never commit.
             h.group.step(append(
@@ -796,7 +793,8 @@ fn a_commit_learned_with_a_truncation_is_not_read_from_the_stale_suffix() {
                 (4..=6).map(|i| data(i, 2, records(50))).collect(),
                 3,
             ));
-            h.until_sent("term 2 acknowledged", acked(2, 6)).await;
+            h.until_sent("term 2 acknowledged", acknowledged(2, 6))
+                .await;
             // Term 3: the new leader replaces them and says entry 6 is
             // committed, all in one message.
             h.group.step(append(
@@ -812,7 +810,8 @@ fn a_commit_learned_with_a_truncation_is_not_read_from_the_stale_suffix() {
                 at_step <= 6,
                 "high watermark {at_step} read from the stale suffix (6 records are committed)"
             );
-            h.until_sent("term 3 acknowledged", acked(3, 6)).await;
+            h.until_sent("term 3 acknowledged", acknowledged(3, 6))
+                .await;
             until("the high watermark covers the commit", || {
                 h.group.high_watermark.get() == 6
             })
@@ -852,16 +851,7 @@ fn a_commit_ahead_of_the_leaders_own_write_waits_for_the_write() {
             );
             // Both followers have it: a quorum without this node.
             for from in [2, 3] {
-                h.group.step(msg(
-                    from,
-                    term,
-                    MessageBody::AppendResponse {
-                        reject: false,
-                        index,
-                        hint_index: 0,
-                        hint_term: 0,
-                    },
-                ));
+                h.group.step(acked(from, term, index));
             }
             assert_eq!(h.group.commit_index(), index, "committed by the acks");
             let answer =

@@ -473,3 +473,68 @@ pub fn status_until(
 pub fn shard_sum(shards: &[serde_json::Value], field: &str) -> u64 {
     shards.iter().filter_map(|s| s[field].as_u64()).sum()
 }
+
+/// `drmq produce --idempotent` on `topic` as a child process: lines written
+/// to its stdin are produced, its acknowledgements (JSON lines) collected.
+pub struct CliProducer {
+    child: Child,
+    acks: Option<std::thread::JoinHandle<Vec<serde_json::Value>>>,
+}
+
+impl CliProducer {
+    /// The producer and its stdin (one line per record).
+    pub fn start(
+        brokers: &str,
+        topic: &str,
+        timeout_ms: &str,
+    ) -> (CliProducer, std::process::ChildStdin) {
+        let mut child = drmq()
+            .args(["produce", "--topic", topic, "--idempotent"])
+            .args(["--brokers", brokers, "--timeout-ms", timeout_ms])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let acks = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+                .collect()
+        });
+        let p = CliProducer {
+            child,
+            acks: Some(acks),
+        };
+        (p, stdin)
+    }
+
+    /// Waits (90 s at most) for the producer to exit once its stdin is
+    /// closed; asserts it succeeded and returns its acknowledgements and
+    /// its stderr.
+    pub fn finish(mut self) -> (Vec<serde_json::Value>, String) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "producer hung");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let acks = self.acks.take().unwrap().join().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "producer failed: {err}");
+        (acks, err)
+    }
+}
+
+impl Drop for CliProducer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
