@@ -45,6 +45,9 @@ healthy() { # url, pattern: bounded to 30 s
 
 nats_sweep() { # SYNC: always | default
   local sync=$1 data=$OUT/nats-$1
+  if curl -sf http://127.0.0.1:8231/healthz >/dev/null 2>&1; then
+    echo "a NATS server already answers on 127.0.0.1:8231: stop it first" >&2; exit 1
+  fi
   mkdir -p "$data/conf"
   for i in 1 2 3; do
     local conf=$data/conf/node$i.conf
@@ -93,7 +96,11 @@ for line in open(f"{out}/nats.txt"):
                          int(kv["p50_us"]) / 1e3, int(kv["p99_us"]) / 1e3))
 for f in glob.glob(f"{out}/drmq-w*.json"):
     w = int(re.search(r"w(\d+)", os.path.basename(f)).group(1))
-    p = json.load(open(f))["publish"]
+    d = json.load(open(f))
+    if not d.get("ok"):
+        print(f"skipped (failed run): {f}", file=sys.stderr)
+        continue
+    p = d["publish"]
     l = p["ack_latency_us"]
     series["DRMQ RF=3"].append((w, p["msgs_per_s"], l["p50"] / 1e3, l["p99"] / 1e3))
 print("| system | bytes in flight | msgs/s | ack p50 / p99 ms |")

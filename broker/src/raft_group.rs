@@ -526,7 +526,9 @@ impl RaftGroup {
         if self.stopped.get() {
             return Err(Error::PartitionClosed);
         }
-        if index <= self.commit_index() {
+        // Answered now only if committed and written here as Raft has it
+        // (`written_commit`); otherwise the next `after_commit` answers it.
+        if self.written_commit().is_some_and(|upto| index <= upto) {
             return self.committed_offsets(index, term);
         }
         let (tx, rx) = flume::bounded(1);
@@ -975,15 +977,26 @@ impl RaftGroup {
     /// file, or `None` if the file's entry there is not Raft's (a stale
     /// suffix not yet replaced). Entries with the same index and term are
     /// the same entry, with the same entries before them.
+    ///
+    /// A snapshot received but not yet installed moves the commit index
+    /// past what the file holds, whose suffix may be stale: nothing counts
+    /// until the driver has installed it. An entry whose header cannot be
+    /// read counts, so its waiters get the lookup error at once.
     fn written_commit(&self) -> Option<u64> {
-        let commit = self.commit_index();
+        let raft = self.raft.borrow();
+        if raft.has_pending_snapshot() {
+            return None;
+        }
+        let commit = raft.commit_index();
         let log = self.part.log();
         let upto = commit.min(log.last_entry_index());
         if upto == 0 || upto < log.first_entry_index() {
             return Some(upto);
         }
-        let on_disk = log.entry_term(upto).ok()?;
-        match self.raft.borrow().log_term(upto) {
+        let Ok(on_disk) = log.entry_term(upto) else {
+            return Some(upto);
+        };
+        match raft.log_term(upto) {
             Some(t) if t != on_disk => None,
             _ => Some(upto),
         }

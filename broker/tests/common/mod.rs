@@ -479,6 +479,8 @@ pub fn shard_sum(shards: &[serde_json::Value], field: &str) -> u64 {
 pub struct CliProducer {
     child: Child,
     acks: Option<std::thread::JoinHandle<Vec<serde_json::Value>>>,
+    /// Read while it runs: a full stderr pipe would block the producer.
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 impl CliProducer {
@@ -498,6 +500,12 @@ impl CliProducer {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+            err
+        });
         let acks = std::thread::spawn(move || {
             use std::io::BufRead;
             std::io::BufReader::new(stdout)
@@ -508,6 +516,7 @@ impl CliProducer {
         let p = CliProducer {
             child,
             acks: Some(acks),
+            stderr: Some(stderr),
         };
         (p, stdin)
     }
@@ -525,8 +534,7 @@ impl CliProducer {
             std::thread::sleep(Duration::from_millis(50));
         };
         let acks = self.acks.take().unwrap().join().unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut err).unwrap();
+        let err = self.stderr.take().unwrap().join().unwrap();
         assert!(status.success(), "producer failed: {err}");
         (acks, err)
     }
