@@ -193,6 +193,41 @@ impl Harness {
     }
 
     /// Waits (bounded) until a message matching `pick` has been sent.
+    /// Proposes `payload` as leader in `term`, starts a task waiting for
+    /// its commit, and waits until the entry has been sent to a follower.
+    async fn propose_and_send(
+        &self,
+        payload: &[u8],
+        term: u64,
+    ) -> (u64, glommio::Task<broker::raft_group::WaitResult>) {
+        let (index, proposed_in) = self.group.propose(batch(payload)).unwrap();
+        assert_eq!(proposed_in, term);
+        let g = self.group.clone();
+        let waiter = glommio::spawn_local(async move { g.wait_committed(index, Some(term)).await });
+        self.until_sent("the entry is sent", |m| {
+            matches!(&m.body, MessageBody::Append { entries, .. }
+                    if entries.iter().any(|e| e.index == index))
+        })
+        .await;
+        (index, waiter)
+    }
+
+    /// Asserts that `waiter` is answered (within 5 s) with the offsets of
+    /// entry `index` in this log.
+    async fn assert_answered_with_offsets(
+        &self,
+        waiter: glommio::Task<broker::raft_group::WaitResult>,
+        index: u64,
+        why: &str,
+    ) {
+        let answer = glommio::timer::timeout(Duration::from_secs(5), async { Ok(waiter.await) })
+            .await
+            .expect("the waiter is answered");
+        let committed = answer.unwrap_or_else(|e| panic!("{why}: {e}"));
+        let log_base = self.group.part.log().entry_base_offset(index).unwrap();
+        assert_eq!(committed.base_offset, log_base);
+    }
+
     async fn until_sent(&self, what: &str, pick: impl Fn(&Message) -> bool) {
         until(what, || !self.sent(&pick).is_empty()).await;
     }
@@ -351,16 +386,7 @@ fn a_produce_committed_before_a_step_down_is_answered_with_its_offsets() {
             let dir = tempfile::tempdir().unwrap();
             let h = open(dir.path(), config(), vec![1, 2, 3]);
             let term = h.elect().await;
-            let (index, proposed_in) = h.group.propose(batch(b"payload")).unwrap();
-            assert_eq!(proposed_in, term);
-            let g = h.group.clone();
-            let waiter =
-                glommio::spawn_local(async move { g.wait_committed(index, Some(term)).await });
-            h.until_sent("the entry is sent", |m| {
-                matches!(&m.body, MessageBody::Append { entries, .. }
-                        if entries.iter().any(|e| e.index == index))
-            })
-            .await;
+            let (index, waiter) = h.propose_and_send(b"payload", term).await;
             // In one step, with no Ready in between: node 2 acknowledges
             // the entry (it commits) and node 3 takes over at a higher term
             // (this node steps down).
@@ -377,13 +403,12 @@ fn a_produce_committed_before_a_step_down_is_answered_with_its_offsets() {
                 },
             ));
             assert_eq!(h.group.role(), Role::Follower);
-            let answer =
-                glommio::timer::timeout(Duration::from_secs(5), async { Ok(waiter.await) })
-                    .await
-                    .expect("the waiter is answered");
-            let committed = answer.expect("a committed entry is acknowledged, not refused");
-            let log_base = h.group.part.log().entry_base_offset(index).unwrap();
-            assert_eq!(committed.base_offset, log_base);
+            h.assert_answered_with_offsets(
+                waiter,
+                index,
+                "a committed entry is acknowledged, not refused",
+            )
+            .await;
             h.assert_contract_kept();
             h.group.stop();
         })
@@ -836,15 +861,7 @@ fn a_commit_ahead_of_the_leaders_own_write_waits_for_the_write() {
             let h = open(dir.path(), config, vec![1, 2, 3]);
             let term = h.elect().await;
             faults.arm(FaultPoint::Append, Fault::Enospc, 0);
-            let (index, _) = h.group.propose(batch(b"payload")).unwrap();
-            let g = h.group.clone();
-            let waiter =
-                glommio::spawn_local(async move { g.wait_committed(index, Some(term)).await });
-            h.until_sent("the entry is sent", |m| {
-                matches!(&m.body, MessageBody::Append { entries, .. }
-                        if entries.iter().any(|e| e.index == index))
-            })
-            .await;
+            let (index, waiter) = h.propose_and_send(b"payload", term).await;
             assert!(
                 h.group.part.log().last_entry_index() < index,
                 "the entry left before this log held it (the full disk)"
@@ -854,13 +871,12 @@ fn a_commit_ahead_of_the_leaders_own_write_waits_for_the_write() {
                 h.group.step(acked(from, term, index));
             }
             assert_eq!(h.group.commit_index(), index, "committed by the acks");
-            let answer =
-                glommio::timer::timeout(Duration::from_secs(5), async { Ok(waiter.await) })
-                    .await
-                    .expect("the waiter is answered");
-            let committed = answer.expect("a committed entry is acknowledged once written");
-            let log_base = h.group.part.log().entry_base_offset(index).unwrap();
-            assert_eq!(committed.base_offset, log_base);
+            h.assert_answered_with_offsets(
+                waiter,
+                index,
+                "a committed entry is acknowledged once written",
+            )
+            .await;
             h.group.stop();
         })
     });
