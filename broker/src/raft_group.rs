@@ -528,7 +528,9 @@ impl RaftGroup {
         }
         // Answered now only if committed and written here as Raft has it
         // (`written_commit`); otherwise the next `after_commit` answers it.
-        if self.written_commit().is_some_and(|upto| index <= upto) {
+        // (The commit index first: a new proposal is past it, so the file
+        // is not read on the produce path.)
+        if index <= self.commit_index() && self.written_commit().is_some_and(|upto| index <= upto) {
             return self.committed_offsets(index, term);
         }
         let (tx, rx) = flume::bounded(1);
